@@ -1,0 +1,170 @@
+//! kennel-config: loads a project's `config/sys/{master,servers,route}.{json,toml}` for one
+//! environment, expands `idStart`/port ranges, validates the cluster, and resolves the secrets.
+//!
+//! Public API (used by the `kennel` worker library and the `kennel-master` supervisor):
+//! [`Project::load`], [`Project`], [`MasterConfig`], [`ServerConfig`], [`Secrets`], [`ConfigError`].
+//!
+//! Files (`<project>/config/sys/`, each either `.json` or `.toml`, never both):
+//! - `master.*`: per environment, `id`, `host` (default `127.0.0.1`), `port`, optional `bin`,
+//!   `serverSecret`, `cliSecret`; other keys land in [`MasterConfig::extra`].
+//!   `KENNEL_MASTER_HOST` / `KENNEL_MASTER_PORT` override `host` / `port`.
+//! - `servers.*`: per environment, server type → list of entries with `id`, `idStart`, `host`,
+//!   `port` (`N` or `[first, last]`), `frontend`, `clientPort` (`N` or `[first, last]`), `bin`,
+//!   `args`; other keys land in [`ServerConfig::extra`].
+//! - `route.*`: one list for all environments (JSON: `["a.b.c", ...]`, TOML: `route = [...]`).
+#![deny(missing_docs)]
+
+mod error;
+mod expand;
+mod load;
+mod master;
+mod route;
+mod secrets;
+mod source;
+mod validate;
+
+use std::path::{Path, PathBuf};
+
+pub use error::{ConfigError, Format, Problem};
+pub use master::{DEFAULT_HOST, MASTER_HOST_ENV, MASTER_PORT_ENV};
+pub use secrets::{CLI_SECRET_ENV, PRODUCTION_ENV, SECRETS_FILE, SERVER_SECRET_ENV, SecretKind};
+pub use source::SYS_DIR;
+
+/// The default environment name.
+pub const DEFAULT_ENV: &str = "development";
+
+/// A loaded, expanded and validated project for one environment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Project {
+    /// The project directory (the one holding `config/sys/`), as given to [`Project::load`].
+    pub dir: PathBuf,
+    /// The environment that was loaded (e.g. `development`).
+    pub env: String,
+    /// The master entry of `master.*` for this environment.
+    pub master: MasterConfig,
+    /// Every server after range expansion, in file order (types in file order, entries in
+    /// order, expanded ids in ascending order).
+    pub servers: Vec<ServerConfig>,
+    /// The route list (`route.*`); a client message's `cmd` is an index into it.
+    pub routes: Vec<String>,
+}
+
+/// The master's entry for one environment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MasterConfig {
+    /// Master id, e.g. `master-server-1`.
+    pub id: String,
+    /// Host the master listens on.
+    pub host: String,
+    /// Port the master listens on (servers and the CLI connect here).
+    pub port: u16,
+    /// Default server binary (key `bin`), relative to the project dir unless absolute.
+    pub bin: Option<String>,
+    /// Secret servers use to authenticate (key `serverSecret`), if set in the file.
+    pub server_secret: Option<String>,
+    /// Secret the CLI uses to authenticate (key `cliSecret`), if set in the file.
+    pub cli_secret: Option<String>,
+    /// Every other key of the entry, kept as written.
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+/// One server after range expansion.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerConfig {
+    /// Server id, e.g. `chat-server-1`.
+    pub id: String,
+    /// Server type: the key of the group in `servers.*`, e.g. `chat`.
+    pub server_type: String,
+    /// Host the server's RPC port listens on.
+    pub host: String,
+    /// RPC (server-to-server) port.
+    pub port: u16,
+    /// Whether game clients connect to this server.
+    pub frontend: bool,
+    /// Client port (frontends only).
+    pub client_port: Option<u16>,
+    /// Binary overriding the master's `bin` (key `bin`).
+    pub bin: Option<String>,
+    /// Extra command-line arguments passed to the server (key `args`, list of strings).
+    pub args: Vec<String>,
+    /// Every other key of the entry, kept as written (minus `id`, `idStart`, `port`, ...).
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+/// The two shared secrets of a cluster: one for servers (master link and peer links) and one
+/// for the CLI. They never cross the wire (challenge/response).
+#[derive(Clone, PartialEq)]
+pub struct Secrets {
+    /// Secret servers use.
+    pub server: String,
+    /// Secret the CLI uses.
+    pub cli: String,
+}
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Secrets")
+            .field("server", &"hidden")
+            .field("cli", &"hidden")
+            .finish()
+    }
+}
+
+impl Project {
+    /// Loads `dir/config/sys/{master,servers,route}.{json,toml}` for environment `env`:
+    /// expands port ranges, then validates ids, addresses and routes.
+    ///
+    /// The environment variables `KENNEL_MASTER_HOST` and `KENNEL_MASTER_PORT`, when set,
+    /// override the master's `host` and `port` of the loaded environment (before validation).
+    ///
+    /// Range expansion: `port: [a, b]` gives `b-a+1` servers with ids `id + (idStart + k)`
+    /// (`idStart` defaults to 0) on ports `a + k`. A plain `port: N` gives one server whose id
+    /// is `id` exactly (`idStart` is ignored). `clientPort: c` gives client ports `c + k`;
+    /// `clientPort: [c, d]` must have as many ports as the `port` range and gives `c + k`.
+    pub fn load(dir: &Path, env: &str) -> Result<Project, ConfigError> {
+        load::load(dir, env)
+    }
+
+    /// The environments of the master config in `dir`, in file order.
+    pub fn environments(dir: &Path) -> Result<Vec<String>, ConfigError> {
+        load::environments(dir)
+    }
+
+    /// The server with id `id`.
+    pub fn server(&self, id: &str) -> Option<&ServerConfig> {
+        self.servers.iter().find(|s| s.id == id)
+    }
+
+    /// The servers of type `server_type`, in file order.
+    pub fn servers_of_type<'a>(
+        &'a self,
+        server_type: &'a str,
+    ) -> impl Iterator<Item = &'a ServerConfig> + 'a {
+        self.servers
+            .iter()
+            .filter(move |s| s.server_type == server_type)
+    }
+
+    /// The server types that have servers, in file order, each once.
+    pub fn server_types(&self) -> Vec<&str> {
+        let mut types: Vec<&str> = Vec::new();
+        for s in &self.servers {
+            if !types.contains(&s.server_type.as_str()) {
+                types.push(&s.server_type);
+            }
+        }
+        types
+    }
+
+    /// The index of `route` in [`Project::routes`] (a client message's `cmd`).
+    pub fn route_index(&self, route: &str) -> Option<usize> {
+        self.routes.iter().position(|r| r == route)
+    }
+
+    /// The binary to start `server` with: its own `bin`, else the master's, resolved against
+    /// the project directory unless absolute. `None` when neither is set.
+    pub fn server_bin(&self, server: &ServerConfig) -> Option<PathBuf> {
+        let bin = server.bin.as_ref().or(self.master.bin.as_ref())?;
+        Some(self.dir.join(bin))
+    }
+}

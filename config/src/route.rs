@@ -1,0 +1,103 @@
+//! The route list of `route.*` (JSON: an array of strings; TOML: `route = [...]`), shared by
+//! every environment, and its checks: no empty or duplicate routes, `type.file.method` routes
+//! must name a server type that has servers, dot-free names are push-only routes.
+
+use std::collections::HashMap;
+
+use serde_json::Value;
+
+use crate::ServerConfig;
+use crate::error::{ConfigError, Format, Problem, describe};
+use crate::source::SourceFile;
+
+fn label(index: usize, route: &str) -> String {
+    format!("route[{index}] (\"{route}\")")
+}
+
+/// Reads the route list out of a parsed `route.*` file (`env` is only for messages).
+pub(crate) fn routes(
+    file: &SourceFile,
+    env: &str,
+    doc: &Value,
+) -> Result<Vec<String>, ConfigError> {
+    let items = match (file.format, doc) {
+        (Format::Json, Value::Array(items)) => items,
+        (Format::Toml, Value::Object(table)) => match table.get("route") {
+            Some(Value::Array(items)) => items,
+            Some(other) => {
+                return Err(file.invalid(
+                    env,
+                    None,
+                    Problem::WrongType {
+                        what: "`route`".to_owned(),
+                        expected: "a list of strings",
+                        found: describe(other),
+                    },
+                ));
+            }
+            None => return Err(file.invalid(env, None, Problem::MissingKey { key: "route" })),
+        },
+        (_, other) => {
+            return Err(file.invalid(
+                env,
+                None,
+                Problem::WrongType {
+                    what: "the file".to_owned(),
+                    expected: "a list of route strings",
+                    found: describe(other),
+                },
+            ));
+        }
+    };
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, v)| match v {
+            Value::String(s) => Ok(s.clone()),
+            other => Err(file.invalid(
+                env,
+                Some(format!("route[{i}]")),
+                Problem::WrongType {
+                    what: "a route".to_owned(),
+                    expected: "a string",
+                    found: describe(other),
+                },
+            )),
+        })
+        .collect()
+}
+
+/// Checks the route list against the servers of the loaded environment.
+pub(crate) fn check_routes(
+    file: &SourceFile,
+    env: &str,
+    routes: &[String],
+    servers: &[ServerConfig],
+) -> Result<(), ConfigError> {
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for (i, route) in routes.iter().enumerate() {
+        let fail = |problem| file.invalid(env, Some(label(i, route)), problem);
+        if route.is_empty() {
+            return Err(fail(Problem::EmptyRoute));
+        }
+        if let Some(&first) = seen.get(route.as_str()) {
+            return Err(fail(Problem::DuplicateRoute { first }));
+        }
+        seen.insert(route, i);
+        let parts: Vec<&str> = route.split('.').collect();
+        match parts.as_slice() {
+            [_push] => {}
+            [server_type, file_part, method]
+                if !server_type.is_empty() && !file_part.is_empty() && !method.is_empty() =>
+            {
+                if !servers.iter().any(|s| s.server_type == *server_type) {
+                    return Err(fail(Problem::RouteWithoutServers {
+                        server_type: (*server_type).to_owned(),
+                    }));
+                }
+            }
+            _ => return Err(fail(Problem::MalformedRoute)),
+        }
+    }
+    Ok(())
+}

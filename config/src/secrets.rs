@@ -1,0 +1,491 @@
+//! The cluster's two shared secrets (server and CLI) and where they come from.
+//!
+//! Each secret is resolved on its own, first found wins:
+//! 1. the environment variable (`KENNEL_SERVER_SECRET` / `KENNEL_CLI_SECRET`);
+//! 2. the master config key (`serverSecret` / `cliSecret`) of the loaded environment;
+//! 3. `<project>/.kennel/secrets.json` (`{"server": "...", "cli": "..."}`), except in
+//!    `production`, which refuses to run on stored/generated secrets;
+//! 4. when allowed (the master starting), 32 random bytes as hex, written to that file
+//!    (directory mode 0700, file mode 0600, atomically; `.kennel/.gitignore` holds `*`).
+//!
+//! Empty secrets are rejected wherever they come from.
+
+use std::env::VarError;
+use std::fmt;
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use rand::RngCore;
+use serde_json::{Map, Value};
+
+use crate::error::{ConfigError, Format};
+use crate::{Project, Secrets};
+
+/// Environment variable holding the server secret.
+pub const SERVER_SECRET_ENV: &str = "KENNEL_SERVER_SECRET";
+/// Environment variable holding the CLI secret.
+pub const CLI_SECRET_ENV: &str = "KENNEL_CLI_SECRET";
+/// The environment in which secrets must be given explicitly (env var or master config).
+pub const PRODUCTION_ENV: &str = "production";
+/// Where generated secrets are kept, relative to the project directory.
+pub const SECRETS_FILE: &str = ".kennel/secrets.json";
+
+/// Which of the two secrets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SecretKind {
+    /// The secret servers use (master link and peer links).
+    Server,
+    /// The secret the operator CLI uses.
+    Cli,
+}
+
+impl SecretKind {
+    /// The environment variable that sets it.
+    pub fn env_var(self) -> &'static str {
+        match self {
+            SecretKind::Server => SERVER_SECRET_ENV,
+            SecretKind::Cli => CLI_SECRET_ENV,
+        }
+    }
+
+    /// The master config key that sets it.
+    pub fn config_key(self) -> &'static str {
+        match self {
+            SecretKind::Server => "serverSecret",
+            SecretKind::Cli => "cliSecret",
+        }
+    }
+
+    /// Its key in `.kennel/secrets.json`.
+    pub fn file_key(self) -> &'static str {
+        match self {
+            SecretKind::Server => "server",
+            SecretKind::Cli => "cli",
+        }
+    }
+}
+
+impl fmt::Display for SecretKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SecretKind::Server => "server",
+            SecretKind::Cli => "CLI",
+        })
+    }
+}
+
+impl Secrets {
+    /// Resolves both secrets for `project` (see the module docs for the order). With
+    /// `generate` (the master), a secret found nowhere is generated and stored in
+    /// `.kennel/secrets.json`; without it (servers, CLI) that is an error. In `production`
+    /// a secret not given by environment variable or master config is always an error.
+    pub fn resolve(project: &Project, generate: bool) -> Result<Secrets, ConfigError> {
+        resolve_with(project, generate, |k| std::env::var(k))
+    }
+
+    /// The secrets file of the project in `dir`: `<dir>/.kennel/secrets.json`.
+    pub fn file_path(dir: &Path) -> PathBuf {
+        dir.join(SECRETS_FILE)
+    }
+
+    /// Returns the secret of one kind.
+    pub fn get(&self, kind: SecretKind) -> &str {
+        match kind {
+            SecretKind::Server => &self.server,
+            SecretKind::Cli => &self.cli,
+        }
+    }
+}
+
+/// [`Secrets::resolve`] with the environment lookup injected (for tests).
+pub(crate) fn resolve_with(
+    project: &Project,
+    generate: bool,
+    lookup: impl Fn(&str) -> Result<String, VarError>,
+) -> Result<Secrets, ConfigError> {
+    let env = project.env.as_str();
+    let bad = |origin: String, kind, reason| ConfigError::BadSecret {
+        origin,
+        env: env.to_owned(),
+        secret: kind,
+        reason,
+    };
+    let kinds = [SecretKind::Server, SecretKind::Cli];
+    let mut found: [Option<String>; 2] = [None, None];
+    for (slot, kind) in found.iter_mut().zip(kinds) {
+        let configured = match kind {
+            SecretKind::Server => &project.master.server_secret,
+            SecretKind::Cli => &project.master.cli_secret,
+        };
+        *slot = match lookup(kind.env_var()) {
+            Ok(v) if v.is_empty() => return Err(bad(kind.env_var().to_owned(), kind, "is empty")),
+            Ok(v) => Some(v),
+            Err(VarError::NotUnicode(_)) => {
+                return Err(bad(kind.env_var().to_owned(), kind, "is not valid UTF-8"));
+            }
+            Err(VarError::NotPresent) => match configured {
+                Some(v) if v.is_empty() => {
+                    let origin = format!(
+                        "`{}` in {}",
+                        kind.config_key(),
+                        master_file(project).display()
+                    );
+                    return Err(bad(origin, kind, "is empty"));
+                }
+                v => v.clone(),
+            },
+        };
+    }
+
+    if found.iter().any(Option::is_none) && env == PRODUCTION_ENV {
+        let missing = kinds[found.iter().position(Option::is_none).unwrap_or(0)];
+        return Err(ConfigError::ProductionSecret {
+            master_file: master_file(project),
+            env: env.to_owned(),
+            secret: missing,
+        });
+    }
+
+    let path = Secrets::file_path(&project.dir);
+    let mut stored: Option<Map<String, Value>> = None;
+    let mut changed = false;
+    for (slot, kind) in found.iter_mut().zip(kinds) {
+        if slot.is_some() {
+            continue;
+        }
+        if stored.is_none() {
+            stored = Some(read_file(&path, env)?);
+        }
+        let file = stored.get_or_insert_with(Map::new);
+        let origin = || path.display().to_string();
+        *slot = match file.get(kind.file_key()) {
+            Some(Value::String(s)) if s.is_empty() => return Err(bad(origin(), kind, "is empty")),
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(_) => return Err(bad(origin(), kind, "is not a string")),
+            None if generate => {
+                let secret = generate_secret();
+                file.insert(kind.file_key().to_owned(), Value::String(secret.clone()));
+                changed = true;
+                Some(secret)
+            }
+            None => {
+                return Err(ConfigError::MissingSecret {
+                    master_file: master_file(project),
+                    secrets_file: path,
+                    env: env.to_owned(),
+                    secret: kind,
+                });
+            }
+        };
+    }
+    if let (true, Some(file)) = (changed, &stored) {
+        write_file(&project.dir, file)?;
+    }
+    let [Some(server), Some(cli)] = found else {
+        unreachable!("every secret was found, generated or reported missing")
+    };
+    Ok(Secrets { server, cli })
+}
+
+/// The master config file of the project, for messages.
+fn master_file(project: &Project) -> PathBuf {
+    crate::source::locate(&project.dir, "master", &project.env)
+        .map(|f| f.path)
+        .unwrap_or_else(|_| project.dir.join(crate::source::SYS_DIR).join("master.json"))
+}
+
+/// 32 random bytes from the thread-local CSPRNG, as 64 hex digits.
+fn generate_secret() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    hex::encode(bytes)
+}
+
+/// Reads the secrets file; a missing file is an empty table.
+fn read_file(path: &Path, env: &str) -> Result<Map<String, Value>, ConfigError> {
+    let text = match fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Map::new()),
+        Err(source) => {
+            return Err(ConfigError::Io {
+                file: path.to_owned(),
+                action: "read",
+                source,
+            });
+        }
+    };
+    let malformed = |message: String| ConfigError::Malformed {
+        file: path.to_owned(),
+        env: env.to_owned(),
+        format: Format::Json,
+        message,
+    };
+    match serde_json::from_str::<Value>(&text).map_err(|e| malformed(e.to_string()))? {
+        Value::Object(map) => Ok(map),
+        _ => Err(malformed(
+            "expected an object like {\"server\": \"...\", \"cli\": \"...\"}".to_owned(),
+        )),
+    }
+}
+
+/// Writes `.kennel/secrets.json` (mode 0600, via a temporary file and a rename) and
+/// `.kennel/.gitignore`, creating `.kennel/` with mode 0700 if needed.
+fn write_file(dir: &Path, contents: &Map<String, Value>) -> Result<(), ConfigError> {
+    let kennel = dir.join(".kennel");
+    let io = |file: &Path, action, source| ConfigError::Io {
+        file: file.to_owned(),
+        action,
+        source,
+    };
+    let mut builder = fs::DirBuilder::new();
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    match builder.create(&kennel) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && kennel.is_dir() => {}
+        Err(e) => return Err(io(&kennel, "create directory", e)),
+    }
+    let gitignore = kennel.join(".gitignore");
+    if !gitignore.exists() {
+        fs::write(&gitignore, "*\n").map_err(|e| io(&gitignore, "write", e))?;
+    }
+
+    let path = kennel.join("secrets.json");
+    let mut suffix = [0u8; 6];
+    rand::rng().fill_bytes(&mut suffix);
+    let tmp = kennel.join(format!(".secrets.json.{}.tmp", hex::encode(suffix)));
+    let mut text = serde_json::to_string_pretty(contents).expect("a JSON map serializes");
+    text.push('\n');
+    let write = || -> std::io::Result<()> {
+        let mut opts = OpenOptions::new();
+        opts.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+        let mut f = opts.open(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        fs::rename(&tmp, &path)
+    };
+    write().map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        io(&path, "write", e)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::MasterConfig;
+    use std::collections::HashMap;
+
+    fn project(dir: &Path, env: &str, server: Option<&str>, cli: Option<&str>) -> Project {
+        Project {
+            dir: dir.to_owned(),
+            env: env.to_owned(),
+            master: MasterConfig {
+                id: "master-server-1".into(),
+                host: "127.0.0.1".into(),
+                port: 3005,
+                bin: None,
+                server_secret: server.map(Into::into),
+                cli_secret: cli.map(Into::into),
+                extra: Map::new(),
+            },
+            servers: vec![],
+            routes: vec![],
+        }
+    }
+
+    fn env_of(vars: &[(&str, &str)]) -> impl Fn(&str) -> Result<String, VarError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| map.get(k).cloned().ok_or(VarError::NotPresent)
+    }
+
+    fn write_secrets(dir: &Path, json: &str) {
+        fs::create_dir_all(dir.join(".kennel")).unwrap();
+        fs::write(dir.join(SECRETS_FILE), json).unwrap();
+    }
+
+    #[test]
+    fn env_beats_config_beats_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        write_secrets(tmp.path(), r#"{"server": "file-s", "cli": "file-c"}"#);
+        let p = project(tmp.path(), "development", Some("cfg-s"), Some("cfg-c"));
+
+        let s = resolve_with(&p, false, env_of(&[])).unwrap();
+        assert_eq!((s.server.as_str(), s.cli.as_str()), ("cfg-s", "cfg-c"));
+
+        let s = resolve_with(&p, false, env_of(&[(SERVER_SECRET_ENV, "env-s")])).unwrap();
+        assert_eq!((s.server.as_str(), s.cli.as_str()), ("env-s", "cfg-c"));
+
+        let p = project(tmp.path(), "development", None, Some("cfg-c"));
+        let s = resolve_with(&p, false, env_of(&[])).unwrap();
+        assert_eq!((s.server.as_str(), s.cli.as_str()), ("file-s", "cfg-c"));
+
+        let s = resolve_with(&p, false, env_of(&[(CLI_SECRET_ENV, "env-c")])).unwrap();
+        assert_eq!((s.server.as_str(), s.cli.as_str()), ("file-s", "env-c"));
+    }
+
+    #[test]
+    fn missing_without_generate_is_a_clear_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = project(tmp.path(), "development", Some("s"), None);
+        let err = resolve_with(&p, false, env_of(&[])).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ConfigError::MissingSecret {
+                    secret: SecretKind::Cli,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        let msg = err.to_string();
+        for needle in [
+            "KENNEL_CLI_SECRET",
+            "cliSecret",
+            ".kennel/secrets.json",
+            "\"development\"",
+        ] {
+            assert!(msg.contains(needle), "{needle} not in {msg}");
+        }
+        assert!(
+            !tmp.path().join(".kennel").exists(),
+            "nothing written without generate"
+        );
+    }
+
+    #[test]
+    fn generate_writes_private_file_and_reuses_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = project(tmp.path(), "development", None, None);
+        let first = resolve_with(&p, true, env_of(&[])).unwrap();
+        assert_eq!(first.server.len(), 64);
+        assert!(first.server.chars().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(first.server, first.cli);
+
+        let file = tmp.path().join(SECRETS_FILE);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600);
+            let dir_mode = fs::metadata(tmp.path().join(".kennel"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777;
+            assert_eq!(dir_mode, 0o700);
+        }
+        assert_eq!(
+            fs::read_to_string(tmp.path().join(".kennel/.gitignore")).unwrap(),
+            "*\n"
+        );
+        let leftovers: Vec<_> = fs::read_dir(tmp.path().join(".kennel"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.ends_with(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+
+        // Servers (no generate) read the same secrets back.
+        let again = resolve_with(&p, false, env_of(&[])).unwrap();
+        assert_eq!(again, first);
+        // Generating again does not rotate them.
+        assert_eq!(resolve_with(&p, true, env_of(&[])).unwrap(), first);
+    }
+
+    #[test]
+    fn generate_only_fills_what_is_missing() {
+        let tmp = tempfile::tempdir().unwrap();
+        write_secrets(tmp.path(), r#"{"server": "kept"}"#);
+        let p = project(tmp.path(), "development", None, None);
+        let s = resolve_with(&p, true, env_of(&[])).unwrap();
+        assert_eq!(s.server, "kept");
+        let stored: Value =
+            serde_json::from_str(&fs::read_to_string(tmp.path().join(SECRETS_FILE)).unwrap())
+                .unwrap();
+        assert_eq!(stored["server"], "kept");
+        assert_eq!(stored["cli"], s.cli.as_str());
+    }
+
+    #[test]
+    fn production_refuses_file_and_generated_secrets() {
+        let tmp = tempfile::tempdir().unwrap();
+        write_secrets(tmp.path(), r#"{"server": "file-s", "cli": "file-c"}"#);
+        let p = project(tmp.path(), "production", Some("cfg-s"), None);
+        let err = resolve_with(&p, true, env_of(&[])).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ConfigError::ProductionSecret {
+                    secret: SecretKind::Cli,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("\"production\""), "{err}");
+        // Given explicitly, production is fine and the file is not consulted.
+        let s = resolve_with(&p, true, env_of(&[(CLI_SECRET_ENV, "env-c")])).unwrap();
+        assert_eq!((s.server.as_str(), s.cli.as_str()), ("cfg-s", "env-c"));
+    }
+
+    #[test]
+    fn production_generates_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = project(tmp.path(), "production", None, None);
+        assert!(resolve_with(&p, true, env_of(&[])).is_err());
+        assert!(!tmp.path().join(".kennel").exists());
+    }
+
+    #[test]
+    fn empty_secrets_are_rejected() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = project(tmp.path(), "development", Some("s"), Some("c"));
+        let err = resolve_with(&p, true, env_of(&[(SERVER_SECRET_ENV, "")])).unwrap_err();
+        assert!(
+            err.to_string().contains("KENNEL_SERVER_SECRET is empty"),
+            "{err}"
+        );
+
+        let p = project(tmp.path(), "development", Some(""), Some("c"));
+        let err = resolve_with(&p, true, env_of(&[])).unwrap_err();
+        assert!(err.to_string().contains("`serverSecret`"), "{err}");
+
+        write_secrets(tmp.path(), r#"{"server": "s", "cli": ""}"#);
+        let p = project(tmp.path(), "development", None, None);
+        let err = resolve_with(&p, true, env_of(&[])).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ConfigError::BadSecret {
+                    secret: SecretKind::Cli,
+                    reason: "is empty",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn malformed_secrets_file_is_reported() {
+        let tmp = tempfile::tempdir().unwrap();
+        write_secrets(tmp.path(), "{not json");
+        let p = project(tmp.path(), "development", None, None);
+        let err = resolve_with(&p, true, env_of(&[])).unwrap_err();
+        assert!(matches!(err, ConfigError::Malformed { .. }), "{err:?}");
+        assert!(err.to_string().contains("secrets.json"), "{err}");
+        // The broken file is left alone, not overwritten with fresh secrets.
+        assert_eq!(
+            fs::read_to_string(tmp.path().join(SECRETS_FILE)).unwrap(),
+            "{not json"
+        );
+    }
+}

@@ -1,0 +1,129 @@
+//! Environment-variable overrides. Every test runs inside `figment::Jail`, which serializes
+//! access to the process environment and restores it afterwards.
+
+mod common;
+
+use common::*;
+use figment::Jail;
+use kennel_config::{ConfigError, Project, Secrets};
+
+/// Runs `f` with the given environment variables set (and restored afterwards).
+#[allow(clippy::result_large_err)] // figment::Error, in the jail closure's signature
+fn with_env<T>(vars: &[(&str, &str)], f: impl FnOnce() -> T) -> T {
+    let mut out = None;
+    Jail::expect_with(|jail| {
+        // Start from a clean slate whatever the caller's environment holds.
+        jail.clear_env();
+        for (k, v) in vars {
+            jail.set_env(k, v);
+        }
+        out = Some(f());
+        Ok(())
+    });
+    out.unwrap()
+}
+
+#[test]
+fn master_port_and_host_come_from_the_environment() {
+    let dir = project(&[]);
+    let p = with_env(
+        &[
+            ("KENNEL_MASTER_PORT", "3999"),
+            ("KENNEL_MASTER_HOST", "10.1.2.3"),
+        ],
+        || load(dir.path()).unwrap(),
+    );
+    assert_eq!((p.master.host.as_str(), p.master.port), ("10.1.2.3", 3999));
+    // Untouched keys still come from the file.
+    assert_eq!(p.master.id, "master-server-1");
+    // And the override applies to whichever environment is loaded.
+    let prod = with_env(&[("KENNEL_MASTER_PORT", "3998")], || {
+        Project::load(dir.path(), "production").unwrap()
+    });
+    assert_eq!(
+        (prod.master.host.as_str(), prod.master.port),
+        ("10.0.0.1", 3998)
+    );
+    for host in ["::1", "localhost", "game-1.internal"] {
+        let p = with_env(&[("KENNEL_MASTER_HOST", host)], || {
+            load(dir.path()).unwrap()
+        });
+        assert_eq!(p.master.host, host);
+    }
+    // Without the variables the file wins.
+    let p = with_env(&[], || load(dir.path()).unwrap());
+    assert_eq!((p.master.host.as_str(), p.master.port), ("127.0.0.1", 3005));
+}
+
+#[test]
+fn master_port_override_can_supply_a_missing_port() {
+    let dir = project(&[("master.json", r#"{"development": {"id": "m"}}"#)]);
+    let p = with_env(&[("KENNEL_MASTER_PORT", "3100")], || {
+        load(dir.path()).unwrap()
+    });
+    assert_eq!(p.master.port, 3100);
+}
+
+#[test]
+fn overridden_master_port_is_validated() {
+    let dir = project(&[]);
+    let err = with_env(&[("KENNEL_MASTER_PORT", "70000")], || {
+        load(dir.path()).unwrap_err()
+    });
+    let msg = err.to_string();
+    assert!(msg.contains("config/sys/master.json"), "{msg}");
+    assert!(msg.contains("70000 (from KENNEL_MASTER_PORT)"), "{msg}");
+
+    let err = with_env(&[("KENNEL_MASTER_PORT", "abc")], || {
+        load(dir.path()).unwrap_err()
+    });
+    assert!(err.to_string().contains("KENNEL_MASTER_PORT"), "{err}");
+
+    // Moved onto a server's port: the collision is caught.
+    let err = with_env(&[("KENNEL_MASTER_PORT", "4101")], || {
+        load(dir.path()).unwrap_err()
+    });
+    let msg = err.to_string();
+    assert!(
+        msg.contains("entry chat[0]") && msg.contains("127.0.0.1:4101"),
+        "{msg}"
+    );
+    assert!(msg.contains("the master"), "{msg}");
+}
+
+#[test]
+fn secrets_env_var_wins_over_master_config() {
+    let dir = project(&[(
+        "master.json",
+        r#"{"development": {"id": "m", "port": 3005, "serverSecret": "cfg-s", "cliSecret": "cfg-c"}}"#,
+    )]);
+    let s = with_env(&[("KENNEL_SERVER_SECRET", "env-s")], || {
+        let p = load(dir.path()).unwrap();
+        Secrets::resolve(&p, false).unwrap()
+    });
+    assert_eq!((s.server.as_str(), s.cli.as_str()), ("env-s", "cfg-c"));
+}
+
+#[test]
+fn production_needs_explicit_secrets() {
+    let dir = project(&[]);
+    let err = with_env(&[], || {
+        let p = Project::load(dir.path(), "production").unwrap();
+        Secrets::resolve(&p, true).unwrap_err()
+    });
+    assert!(
+        matches!(err, ConfigError::ProductionSecret { .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("KENNEL_SERVER_SECRET"), "{err}");
+    assert!(!dir.path().join(".kennel").exists());
+
+    let s = with_env(
+        &[("KENNEL_SERVER_SECRET", "s"), ("KENNEL_CLI_SECRET", "c")],
+        || {
+            let p = Project::load(dir.path(), "production").unwrap();
+            Secrets::resolve(&p, true).unwrap()
+        },
+    );
+    assert_eq!((s.server.as_str(), s.cli.as_str()), ("s", "c"));
+}

@@ -1,0 +1,1 @@
+//! kennel-master: the supervisor.

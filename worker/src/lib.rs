@@ -1,0 +1,1 @@
+//! kennel: the library a game server links.
