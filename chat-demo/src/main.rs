@@ -1,1 +1,42 @@
-fn main() {}
+//! chat-demo: one binary for the whole chat game.
+//!
+//! - `chat-demo --id <id> --env <env>` runs one server (how the master starts it);
+//! - `chat-demo` with no `--id` runs the master on this demo's project directory, spawning this
+//!   same binary for every server (`cargo run --release -p chat-demo`); any `kennel` subcommand
+//!   and flag works too (`chat-demo list`, `chat-demo start -e single`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+mod game;
+
+fn main() -> ExitCode {
+    let is_server = std::env::args().any(|a| a == "--id" || a.starts_with("--id="));
+    if !is_server {
+        return kennel_master::cli_main_with(kennel_master::Defaults {
+            dir: Some(PathBuf::from(env!("CARGO_MANIFEST_DIR"))),
+            bin: std::env::current_exe().ok(),
+        });
+    }
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("chat-demo: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(server()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("chat-demo: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn server() -> anyhow::Result<()> {
+    let app = kennel::App::from_args()?;
+    game::setup(&app);
+    app.run().await?;
+    Ok(())
+}

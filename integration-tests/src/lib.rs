@@ -1,1 +1,10 @@
-//! Test support.
+//! Support for kennel's integration tests: a game client speaking PROTOCOL.md ([`client`]) and
+//! a fixture that boots the real chat-demo cluster in a temp dir on free ports ([`cluster`]).
+
+pub mod client;
+pub mod cluster;
+
+use std::time::Duration;
+
+/// The deadline every wait in these tests lives under.
+pub const TIMEOUT: Duration = Duration::from_secs(30);

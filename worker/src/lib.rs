@@ -1,1 +1,54 @@
 //! kennel: the library a game server links.
+//!
+//! A game server is one binary for every server type of a project. The master starts it as
+//! `<bin> --id <id> --env <env>`; [`App::from_args`] reads those flags and the project's
+//! `config/sys/`, the app registers its handlers, remotes and route functions, and
+//! [`App::run`] registers with the master, joins the RPC mesh and (on frontends) accepts game
+//! clients speaking PROTOCOL.md.
+//!
+//! ```no_run
+//! use kennel::{App, Session};
+//!
+//! #[tokio::main]
+//! async fn main() -> anyhow::Result<()> {
+//!     let app = App::from_args()?;
+//!     app.handler("connector.main.echo", |_app: App, _s: Session, msg: serde_json::Value| async move {
+//!         Some(msg)
+//!     });
+//!     app.run().await?;
+//!     Ok(())
+//! }
+//! ```
+#![deny(missing_docs)]
+
+mod app;
+mod args;
+mod connector;
+mod dispatch;
+mod error;
+mod frontend;
+mod handler;
+mod master_link;
+mod peers;
+mod rpc;
+mod session;
+
+pub use app::{App, ServerInfo};
+pub use args::Args;
+pub use connector::ConnectorConfig;
+pub use error::{Error, PushError, RpcError};
+pub use handler::Reply;
+pub use rpc::Rpc;
+pub use session::Session;
+
+/// Installs a tracing subscriber writing to stderr (level from `RUST_LOG`, default `info`).
+/// Called by [`App::from_args`]; harmless if a subscriber is already set.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .try_init();
+}

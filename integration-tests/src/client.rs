@@ -1,0 +1,129 @@
+//! A minimal game client over TCP speaking PROTOCOL.md: handshake, requests (matched by cmd),
+//! pushes, heartbeats, and raw bytes for abuse tests. Every wait is bounded by [`crate::TIMEOUT`].
+
+use std::collections::VecDeque;
+
+use anyhow::{Context, Result, anyhow, bail};
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use kennel_proto::client::{ClientCodec, Frame, HandshakeReply, TYPE_HANDSHAKE, put_frame, put_message};
+use serde_json::Value;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::time::timeout;
+use tokio_util::codec::FramedRead;
+
+use crate::TIMEOUT;
+
+/// A connected, handshaken client.
+pub struct Client {
+    reader: FramedRead<OwnedReadHalf, ClientCodec>,
+    writer: OwnedWriteHalf,
+    /// The route list the server announced.
+    pub routes: Vec<String>,
+    /// The server's handshake reply.
+    pub handshake: HandshakeReply,
+    /// Messages received while waiting for something else.
+    inbox: VecDeque<(u16, Value)>,
+}
+
+impl Client {
+    /// Connects to `addr` and completes the handshake (empty md5: the server sends the routes).
+    pub async fn connect(addr: &str) -> Result<Client> {
+        let stream = timeout(TIMEOUT, TcpStream::connect(addr)).await.context("connect timed out")??;
+        stream.set_nodelay(true)?;
+        let (rd, mut writer) = stream.into_split();
+        let mut hs = BytesMut::new();
+        put_frame(&mut hs, TYPE_HANDSHAKE, br#"{"md5":""}"#);
+        writer.write_all(&hs).await?;
+        let mut reader = FramedRead::new(rd, ClientCodec::default());
+        let first = timeout(TIMEOUT, reader.next()).await.context("handshake reply timed out")?;
+        let handshake: HandshakeReply = match first {
+            Some(Ok(Frame::Handshake(body))) => serde_json::from_slice(&body)?,
+            other => bail!("expected a handshake reply, got {other:?}"),
+        };
+        let routes = handshake.route.clone().ok_or_else(|| anyhow!("handshake reply without routes"))?;
+        Ok(Client { reader, writer, routes, handshake, inbox: VecDeque::new() })
+    }
+
+    /// The cmd of `route`.
+    pub fn cmd(&self, route: &str) -> Result<u16> {
+        self.routes.iter().position(|r| r == route).map(|i| i as u16).ok_or_else(|| anyhow!("no route {route}"))
+    }
+
+    /// Sends a message without waiting for anything.
+    pub async fn send(&mut self, route: &str, msg: &Value) -> Result<()> {
+        let cmd = self.cmd(route)?;
+        let mut b = BytesMut::new();
+        put_message(&mut b, cmd, serde_json::to_string(msg)?.as_bytes());
+        self.writer.write_all(&b).await?;
+        Ok(())
+    }
+
+    /// Sends a request and waits for the message carrying the same cmd.
+    pub async fn request(&mut self, route: &str, msg: &Value) -> Result<Value> {
+        let cmd = self.cmd(route)?;
+        self.send(route, msg).await?;
+        self.wait_cmd(cmd).await
+    }
+
+    /// Waits for the next push of `route` (or takes it from the inbox).
+    pub async fn expect_push(&mut self, route: &str) -> Result<Value> {
+        let cmd = self.cmd(route)?;
+        self.wait_cmd(cmd).await
+    }
+
+    async fn wait_cmd(&mut self, cmd: u16) -> Result<Value> {
+        if let Some(i) = self.inbox.iter().position(|(c, _)| *c == cmd) {
+            return Ok(self.inbox.remove(i).unwrap().1);
+        }
+        loop {
+            let (c, v) = self.next_message().await?;
+            if c == cmd {
+                return Ok(v);
+            }
+            self.inbox.push_back((c, v));
+        }
+    }
+
+    /// The next message frame (heartbeat replies skipped).
+    pub async fn next_message(&mut self) -> Result<(u16, Value)> {
+        loop {
+            let f = timeout(TIMEOUT, self.reader.next())
+                .await
+                .context("timed out waiting for a message")?
+                .ok_or_else(|| anyhow!("connection closed"))??;
+            match f {
+                Frame::Message { cmd, payload } => return Ok((cmd, serde_json::from_slice(&payload)?)),
+                Frame::Heartbeat => continue,
+                Frame::Handshake(_) => bail!("unexpected handshake frame"),
+            }
+        }
+    }
+
+    /// Writes raw bytes.
+    pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<()> {
+        self.writer.write_all(bytes).await?;
+        Ok(())
+    }
+
+    /// Waits until the server closes the connection (EOF or reset). Errors if a message
+    /// arrives instead or nothing happens before the timeout.
+    pub async fn expect_closed(&mut self) -> Result<()> {
+        match timeout(TIMEOUT, self.reader.next()).await {
+            Err(_) => bail!("connection still open after {TIMEOUT:?}"),
+            Ok(None) | Ok(Some(Err(_))) => Ok(()),
+            Ok(Some(Ok(f))) => bail!("expected close, got {f:?}"),
+        }
+    }
+}
+
+/// Bytes of one raw frame with an arbitrary declared length and type.
+pub fn raw_frame(len: u32, kind: u8, body: &[u8]) -> Bytes {
+    let mut b = BytesMut::new();
+    b.extend_from_slice(&len.to_be_bytes());
+    b.extend_from_slice(&[kind]);
+    b.extend_from_slice(body);
+    b.freeze()
+}

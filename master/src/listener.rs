@@ -1,0 +1,310 @@
+//! The master port: accepts connections, authenticates them (mutual HMAC, bounded by
+//! [`AUTH_TIMEOUT`]) and serves the two kinds of link it admits:
+//!
+//! - `Role::Server` (server secret): the master link of [`crate::registry`]. The first message
+//!   must be `Register` (within [`REGISTER_TIMEOUT`]); the event loop admits or refuses it;
+//!   then `Ping`s are answered with `Pong`s until the link drops.
+//! - `Role::Cli` (CLI secret): `CliRequest`s (`list`, `stop`), each answered by one
+//!   `CliResponse`. After `stop` the link stays open until the cluster has stopped, so the
+//!   CLI can wait for the master to close it.
+//!
+//! Any other role is refused during authentication.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use kennel_proto::auth;
+use kennel_proto::frame::{AUTH_MAX_FRAME, DEFAULT_MAX_FRAME, ProtoCodec, length_codec};
+use kennel_proto::msg::{
+    CliRequest, CliResponse, FromMaster, Hello, Pong, RegisterError, Role, ToMaster, cli_request,
+    cli_response, from_master, to_master,
+};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::time::timeout;
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug, error, info, info_span, warn};
+
+use crate::master::Event;
+
+/// Bound on the authentication handshake.
+pub(crate) const AUTH_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bound on the wait for a server's `Register` after authentication.
+pub(crate) const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Capacity of a server link's outgoing queue.
+const LINK_QUEUE: usize = 1024;
+/// Largest CLI request accepted.
+const CLI_MAX_FRAME: usize = 64 * 1024;
+
+type ServerLink = Framed<TcpStream, ProtoCodec<ToMaster, FromMaster>>;
+type CliLink = Framed<TcpStream, ProtoCodec<CliRequest, CliResponse>>;
+
+/// What every connection task shares.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) master_id: String,
+    pub(crate) server_secret: Vec<u8>,
+    pub(crate) cli_secret: Vec<u8>,
+    /// Into the master's event loop.
+    pub(crate) events: mpsc::Sender<Event>,
+    /// Cancelled by a CLI `stop` (and by the master's shutdown): starts the stop sequence.
+    pub(crate) stop: CancellationToken,
+    /// Cancelled by `run` once the cluster has stopped: ends the accept loop and every link.
+    pub(crate) conns: CancellationToken,
+    /// Permits for connections still authenticating.
+    pub(crate) pending: Arc<Semaphore>,
+    /// Tracks the accept loop and every connection task.
+    pub(crate) tracker: TaskTracker,
+}
+
+/// Accepts connections until `shared.conns` is cancelled; one task per connection.
+pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    loop {
+        let accepted = tokio::select! {
+            _ = shared.conns.cancelled() => return,
+            r = listener.accept() => r,
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // E.g. out of file descriptors: keep serving, but do not spin.
+                error!(cause = %e, "failed to accept");
+                tokio::select! {
+                    _ = shared.conns.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
+                }
+            }
+        };
+        let Ok(permit) = shared.pending.clone().try_acquire_owned() else {
+            warn!(%peer, "too many connections authenticating; dropping this one");
+            continue;
+        };
+        let task_shared = shared.clone();
+        shared.tracker.spawn(
+            connection(stream, peer, task_shared, permit).instrument(info_span!("link", %peer)),
+        );
+    }
+}
+
+/// The secret for the dialer's role, or why it is refused.
+fn admit(shared: &Shared, hello: &Hello) -> Result<Vec<u8>, String> {
+    match Role::try_from(hello.role) {
+        Ok(Role::Server) => Ok(shared.server_secret.clone()),
+        Ok(Role::Cli) => Ok(shared.cli_secret.clone()),
+        _ => Err(format!(
+            "the master accepts only servers and the CLI (role {} refused)",
+            hello.role
+        )),
+    }
+}
+
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    permit: OwnedSemaphorePermit,
+) {
+    let _ = stream.set_nodelay(true);
+    let mut framed = Framed::new(stream, length_codec(AUTH_MAX_FRAME));
+    let accepted = tokio::select! {
+        _ = shared.conns.cancelled() => return,
+        r = timeout(AUTH_TIMEOUT, auth::accept(&mut framed, &shared.master_id, |h| admit(&shared, h))) => r,
+    };
+    let hello = match accepted {
+        Err(_) => {
+            warn!("authentication timed out");
+            return;
+        }
+        Ok(Err(e)) => {
+            warn!(cause = %e, "authentication failed");
+            return;
+        }
+        Ok(Ok(hello)) => hello,
+    };
+    drop(permit);
+    match Role::try_from(hello.role) {
+        Ok(Role::Server) => {
+            let link = framed.map_codec(|_| ProtoCodec::new(DEFAULT_MAX_FRAME));
+            server_link(link, hello.id, &shared).await;
+        }
+        Ok(Role::Cli) => {
+            let link = framed.map_codec(|_| ProtoCodec::new(CLI_MAX_FRAME));
+            cli_link(link, &shared).await;
+        }
+        _ => {} // refused by `admit`
+    }
+}
+
+/// Writes queued messages to the socket until the queue closes or `close` is cancelled.
+async fn writer(
+    mut sink: futures_util::stream::SplitSink<ServerLink, FromMaster>,
+    mut rx: mpsc::Receiver<FromMaster>,
+    close: CancellationToken,
+) {
+    loop {
+        let msg = tokio::select! {
+            m = rx.recv() => m,
+            _ = close.cancelled() => None,
+        };
+        let Some(msg) = msg else { break };
+        tokio::select! {
+            r = sink.send(msg) => if let Err(e) = r {
+                debug!(cause = %e, "master link write failed");
+                break;
+            },
+            _ = close.cancelled() => break,
+        }
+    }
+    let _ = timeout(Duration::from_secs(1), sink.close()).await;
+}
+
+async fn server_link(mut link: ServerLink, authenticated: String, shared: &Shared) {
+    let first = tokio::select! {
+        _ = shared.conns.cancelled() => return,
+        r = timeout(REGISTER_TIMEOUT, link.next()) => r,
+    };
+    let info = match first {
+        Ok(Some(Ok(ToMaster {
+            msg: Some(to_master::Msg::Register(r)),
+        }))) => r.info.unwrap_or_default(),
+        Ok(Some(Ok(other))) => {
+            warn!(server = %authenticated, ?other, "first message is not Register; closing");
+            return;
+        }
+        Ok(Some(Err(e))) => {
+            warn!(server = %authenticated, cause = %e, "bad first message; closing");
+            return;
+        }
+        Ok(None) => return,
+        Err(_) => {
+            warn!(server = %authenticated, "no Register within {REGISTER_TIMEOUT:?}; closing");
+            return;
+        }
+    };
+    let id = info.id.clone();
+    let (sink, mut stream) = link.split();
+    let (tx, rx) = mpsc::channel(LINK_QUEUE);
+    // Cancelled when this link ends: by this task, by the registry (link falls behind) or
+    // when every link is closed at the end.
+    let close = shared.conns.child_token();
+    let writer = shared.tracker.spawn(writer(sink, rx, close.clone()));
+
+    let (reply_tx, reply_rx) = oneshot::channel();
+    let register = Event::Register {
+        authenticated,
+        info,
+        tx: tx.clone(),
+        close: close.clone(),
+        reply: reply_tx,
+    };
+    if shared.events.send(register).await.is_err() {
+        close.cancel();
+        return;
+    }
+    let link_id = match reply_rx.await {
+        Ok(Ok(link_id)) => link_id,
+        Ok(Err(reason)) => {
+            // The writer sends the refusal, sees the queue close, and closes the socket.
+            let refusal = FromMaster {
+                msg: Some(from_master::Msg::Error(RegisterError { error: reason })),
+            };
+            let _ = tx.send(refusal).await;
+            drop(tx);
+            let _ = timeout(Duration::from_secs(2), writer).await;
+            close.cancel();
+            return;
+        }
+        Err(_) => {
+            close.cancel();
+            return;
+        }
+    };
+
+    loop {
+        let msg = tokio::select! {
+            _ = close.cancelled() => break,
+            m = stream.next() => m,
+        };
+        match msg {
+            Some(Ok(ToMaster {
+                msg: Some(to_master::Msg::Ping(p)),
+            })) => {
+                let pong = FromMaster {
+                    msg: Some(from_master::Msg::Pong(Pong { seq: p.seq })),
+                };
+                let sent = tokio::select! {
+                    _ = close.cancelled() => break,
+                    r = tx.send(pong) => r,
+                };
+                if sent.is_err() {
+                    break;
+                }
+            }
+            Some(Ok(ToMaster {
+                msg: Some(to_master::Msg::Register(_)),
+            })) => warn!(server = %id, "ignoring a second Register on a live link"),
+            Some(Ok(other)) => debug!(server = %id, ?other, "ignoring unknown message"),
+            Some(Err(e)) => {
+                warn!(server = %id, cause = %e, "master link broken");
+                break;
+            }
+            None => break,
+        }
+    }
+    close.cancel();
+    let _ = shared.events.send(Event::LinkClosed { id, link_id }).await;
+}
+
+async fn cli_link(mut link: CliLink, shared: &Shared) {
+    loop {
+        let req = tokio::select! {
+            _ = shared.conns.cancelled() => return,
+            r = link.next() => r,
+        };
+        let reply = match req {
+            None => return,
+            Some(Err(e)) => {
+                debug!(cause = %e, "CLI link broken");
+                return;
+            }
+            Some(Ok(CliRequest {
+                cmd: Some(cli_request::Cmd::List(_)),
+            })) => {
+                let (reply_tx, reply_rx) = oneshot::channel();
+                if shared
+                    .events
+                    .send(Event::List { reply: reply_tx })
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                match reply_rx.await {
+                    Ok(list) => cli_response::Msg::List(list),
+                    Err(_) => return,
+                }
+            }
+            Some(Ok(CliRequest {
+                cmd: Some(cli_request::Cmd::Stop(_)),
+            })) => {
+                info!("stop requested by the CLI");
+                shared.stop.cancel();
+                cli_response::Msg::Ok("stopping the cluster".to_owned())
+            }
+            Some(Ok(CliRequest { cmd: None })) => {
+                cli_response::Msg::Error("unknown command (is the CLI newer than the master?)".into())
+            }
+        };
+        if link
+            .send(CliResponse { msg: Some(reply) })
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}

@@ -1,0 +1,489 @@
+//! The master itself: [`run`] binds everything together. It owns the event loop that is the
+//! only writer of the cluster state (the process table of [`crate::supervisor`] and the links
+//! of [`crate::registry`]); child-wait tasks, restart timers and link tasks talk to it through
+//! one bounded mpsc of [`Event`]s. It also owns the stop sequence.
+//!
+//! Shutdown: `shutdown` (from the caller, e.g. SIGINT/SIGTERM) or a CLI `stop` ends the event
+//! loop; the stop sequence then SIGTERMs frontends, waits for them, SIGTERMs backends, SIGKILLs
+//! whatever is left at the deadline, reaps every child, closes every link and returns.
+
+use std::collections::HashMap;
+use std::io;
+use std::path::PathBuf;
+use std::process::ExitStatus;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kennel_config::{Project, Secrets, ServerConfig};
+use kennel_proto::msg::{FromMaster, ListReply, ServerInfo, ServerStatus};
+use nix::sys::signal::Signal;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::time::{sleep_until, timeout};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+
+use crate::MasterError;
+use crate::console::say;
+use crate::listener::{self, Shared};
+use crate::logs;
+use crate::registry::Registry;
+use crate::supervisor::{Proc, SpawnEnv, Supervisor, resolve_bins};
+
+/// Where server logs go, relative to the project directory.
+pub const LOGS_DIR: &str = "logs";
+/// Default bound on the whole stop sequence before the remaining servers are SIGKILLed.
+pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default time frontends get to exit before backends are told to stop.
+pub const DEFAULT_FRONTEND_STOP_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long SIGKILLed servers get to be reaped.
+const KILL_WAIT: Duration = Duration::from_secs(5);
+/// How long link and tail tasks get to finish once the cluster has stopped.
+const DRAIN_WAIT: Duration = Duration::from_secs(2);
+/// Capacity of the event channel.
+const EVENT_QUEUE: usize = 1024;
+/// Connections allowed to be authenticating at once.
+const MAX_PENDING_AUTH: usize = 64;
+
+/// What the master runs: the project, its secrets and how to treat the servers.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct StartOptions {
+    /// The loaded project (its `dir` should be absolute: servers run there).
+    pub project: Project,
+    /// The cluster's secrets; servers get `secrets.server` in `KENNEL_SERVER_SECRET`.
+    pub secrets: Secrets,
+    /// Binary for every server, overriding the configured ones.
+    pub bin: Option<PathBuf>,
+    /// Start the configured servers (`false`: only accept registrations, e.g. when servers
+    /// are started by another supervisor).
+    pub spawn: bool,
+    /// Echo each server's log file on stdout as `[<id>] <line>`.
+    pub echo_logs: bool,
+    /// Bound on the stop sequence before remaining servers are SIGKILLed.
+    pub stop_timeout: Duration,
+    /// Time frontends get to exit before backends are told to stop.
+    pub frontend_stop_timeout: Duration,
+}
+
+impl StartOptions {
+    /// Options that spawn every server with its configured binary and echo their logs.
+    pub fn new(project: Project, secrets: Secrets) -> StartOptions {
+        StartOptions {
+            project,
+            secrets,
+            bin: None,
+            spawn: true,
+            echo_logs: true,
+            stop_timeout: DEFAULT_STOP_TIMEOUT,
+            frontend_stop_timeout: DEFAULT_FRONTEND_STOP_TIMEOUT,
+        }
+    }
+}
+
+/// What the event loop hears about.
+#[derive(Debug)]
+pub(crate) enum Event {
+    /// A child was reaped.
+    Exited {
+        index: usize,
+        generation: u64,
+        status: io::Result<ExitStatus>,
+    },
+    /// A restart delay passed.
+    RestartDue { index: usize, generation: u64 },
+    /// An authenticated server sent `Register`; the reply is its link id or the refusal.
+    Register {
+        /// The id the link authenticated as.
+        authenticated: String,
+        info: ServerInfo,
+        tx: mpsc::Sender<FromMaster>,
+        close: CancellationToken,
+        reply: oneshot::Sender<Result<u64, String>>,
+    },
+    /// A registered link ended.
+    LinkClosed { id: String, link_id: u64 },
+    /// The CLI asks for the server table.
+    List { reply: oneshot::Sender<ListReply> },
+}
+
+/// Runs a master on `listener` until `shutdown` is cancelled or a CLI asks it to stop: spawns
+/// the servers (unless `opts.spawn` is false), accepts registrations and CLI links, restarts
+/// crashed servers, then stops every server and returns once all of them are reaped.
+///
+/// Prints its status lines on stdout (`kennel: master ... listening on ...`,
+/// `kennel: cluster ready: ...`, `kennel: clients connect to ...`, `kennel: cluster stopped`).
+pub async fn run(
+    opts: StartOptions,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), MasterError> {
+    let started = Instant::now();
+    let addr = listener.local_addr().map_err(MasterError::Listener)?;
+    let StartOptions {
+        project,
+        secrets,
+        bin,
+        spawn,
+        echo_logs,
+        stop_timeout,
+        frontend_stop_timeout,
+    } = opts;
+
+    let bins: Vec<Option<PathBuf>> = if spawn {
+        resolve_bins(&project, bin.as_deref())?
+            .into_iter()
+            .map(Some)
+            .collect()
+    } else {
+        vec![None; project.servers.len()]
+    };
+    let logs_dir = project.dir.join(LOGS_DIR);
+    if spawn && !project.servers.is_empty() {
+        std::fs::create_dir_all(&logs_dir).map_err(|source| MasterError::Logs {
+            path: logs_dir.clone(),
+            source,
+        })?;
+    }
+
+    say(format_args!(
+        "kennel: master {} listening on {addr} (env {}, project {})",
+        project.master.id,
+        project.env,
+        project.dir.display()
+    ));
+
+    let (events_tx, mut events) = mpsc::channel(EVENT_QUEUE);
+    // Cancelled by the caller's `shutdown` or by a CLI `stop`; ends the event loop.
+    let stop = shutdown.child_token();
+    // Cancelled at the very end: closes the listener and every link.
+    let conns = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let shared = Arc::new(Shared {
+        master_id: project.master.id.clone(),
+        server_secret: secrets.server.clone().into_bytes(),
+        cli_secret: secrets.cli.clone().into_bytes(),
+        events: events_tx.clone(),
+        stop: stop.clone(),
+        conns: conns.clone(),
+        pending: Arc::new(Semaphore::new(MAX_PENDING_AUTH)),
+        tracker: tracker.clone(),
+    });
+    tracker.spawn(listener::accept_loop(listener, shared));
+
+    // Cancelled after the last child is reaped: tails read once more and end.
+    let tails_stop = CancellationToken::new();
+    let tails = TaskTracker::new();
+    if spawn && echo_logs {
+        for s in &project.servers {
+            let path = logs::log_path(&logs_dir, &s.id);
+            let from = logs::current_len(&path);
+            tails.spawn(logs::tail(s.id.clone(), path, from, tails_stop.clone()));
+        }
+    }
+
+    let spawn_env = SpawnEnv {
+        env: project.env.clone(),
+        dir: project.dir.clone(),
+        server_secret: secrets.server.clone(),
+        master_host: project.master.host.clone(),
+        master_port: addr.port(),
+    };
+    let supervisor = Supervisor::new(&project.servers, bins, &logs_dir, spawn_env, events_tx);
+    let mut core = Core {
+        index: project
+            .servers
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.id.clone(), i))
+            .collect(),
+        registry: Registry::new(project.servers.iter().map(|s| s.id.clone()).collect()),
+        project,
+        supervisor,
+        started,
+        ready: false,
+        stopping: false,
+    };
+    core.supervisor.start_all();
+    core.check_ready();
+
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => break,
+            Some(ev) = events.recv() => core.handle(ev),
+        }
+    }
+    core.stop_all(&mut events, frontend_stop_timeout, stop_timeout)
+        .await;
+
+    conns.cancel();
+    tracker.close();
+    if timeout(DRAIN_WAIT, tracker.wait()).await.is_err() {
+        warn!("some master links did not close in time");
+    }
+    tails_stop.cancel();
+    tails.close();
+    let _ = timeout(DRAIN_WAIT, tails.wait()).await;
+    say("kennel: cluster stopped");
+    Ok(())
+}
+
+/// The cluster state, owned by the event loop.
+struct Core {
+    project: Project,
+    supervisor: Supervisor,
+    registry: Registry,
+    /// Server id -> index in `project.servers` (= supervisor slot).
+    index: HashMap<String, usize>,
+    started: Instant,
+    /// The readiness lines were printed.
+    ready: bool,
+    /// The stop sequence began: no restarts, no registrations.
+    stopping: bool,
+}
+
+impl Core {
+    fn handle(&mut self, ev: Event) {
+        match ev {
+            Event::Exited {
+                index,
+                generation,
+                status,
+            } => self.supervisor.on_exit(index, generation, status),
+            Event::RestartDue { index, generation } => {
+                if !self.stopping {
+                    self.supervisor.on_restart_due(index, generation);
+                }
+            }
+            Event::Register {
+                authenticated,
+                info,
+                tx,
+                close,
+                reply,
+            } => self.on_register(authenticated, info, tx, close, reply),
+            Event::LinkClosed { id, link_id } => {
+                if self.registry.remove(&id, link_id) {
+                    info!(server = %id, "server link closed; told the other servers");
+                }
+            }
+            Event::List { reply } => {
+                let _ = reply.send(self.list());
+            }
+        }
+    }
+
+    /// Why server `info` may not register now, or its slot.
+    fn check_register(&self, authenticated: &str, info: &ServerInfo) -> Result<usize, String> {
+        if self.stopping {
+            return Err("the master is stopping".to_owned());
+        }
+        if info.id != authenticated {
+            return Err(format!(
+                "registration for {:?} on a link authenticated as {authenticated:?}",
+                info.id
+            ));
+        }
+        let Some(&i) = self.index.get(&info.id) else {
+            return Err(format!(
+                "unknown server id {:?}: not in the {:?} config of {}",
+                info.id,
+                self.project.env,
+                self.project.dir.display()
+            ));
+        };
+        let configured = &self.project.servers[i].server_type;
+        if info.server_type != *configured {
+            return Err(format!(
+                "server {} registered as type {:?} but is configured as {configured:?}",
+                info.id, info.server_type
+            ));
+        }
+        if self.registry.get(&info.id).is_some() {
+            return Err(format!(
+                "server {} is already registered (its link is live)",
+                info.id
+            ));
+        }
+        Ok(i)
+    }
+
+    fn on_register(
+        &mut self,
+        authenticated: String,
+        info: ServerInfo,
+        tx: mpsc::Sender<FromMaster>,
+        close: CancellationToken,
+        reply: oneshot::Sender<Result<u64, String>>,
+    ) {
+        match self.check_register(&authenticated, &info) {
+            Err(reason) => {
+                warn!(server = %info.id, "registration refused: {reason}");
+                let _ = reply.send(Err(reason));
+            }
+            Ok(i) => {
+                let id = info.id.clone();
+                let pid = info.pid;
+                let link_id = self.registry.admit(info, tx, close);
+                if reply.send(Ok(link_id)).is_err() {
+                    // The link task is gone already.
+                    self.registry.remove(&id, link_id);
+                    return;
+                }
+                self.supervisor.mark_registered(i);
+                info!(server = %id, pid, "server registered");
+                self.check_ready();
+            }
+        }
+    }
+
+    /// Prints the readiness lines once every configured server has registered.
+    fn check_ready(&mut self) {
+        if self.ready || self.registry.registered_once() < self.project.servers.len() {
+            return;
+        }
+        self.ready = true;
+        say(format_args!(
+            "kennel: cluster ready: {} servers registered in {} ms",
+            self.project.servers.len(),
+            self.started.elapsed().as_millis()
+        ));
+        for s in self.project.servers.iter().filter(|s| s.frontend) {
+            if let Some(port) = s.client_port {
+                say(format_args!(
+                    "kennel: clients connect to {} at {}:{port}",
+                    s.id, s.host
+                ));
+            }
+        }
+    }
+
+    /// The server table for `kennel list`.
+    fn list(&self) -> ListReply {
+        let servers = self
+            .supervisor
+            .slots
+            .iter()
+            .map(|slot| {
+                let link = self.registry.get(&slot.config.id);
+                let (state, pid, uptime) = match (slot.proc, link) {
+                    (
+                        Proc::Running {
+                            pid,
+                            since,
+                            registered,
+                            signalled,
+                        },
+                        _,
+                    ) => {
+                        let state = if signalled {
+                            "stopping"
+                        } else if link.is_some() {
+                            "running"
+                        } else if registered {
+                            "unlinked"
+                        } else {
+                            "starting"
+                        };
+                        (state, pid, since.elapsed())
+                    }
+                    (Proc::Restarting, _) => ("restarting", 0, Duration::ZERO),
+                    (Proc::Exited, _) => ("exited", 0, Duration::ZERO),
+                    (Proc::Unmanaged, Some(l)) => ("external", l.info.pid, l.since.elapsed()),
+                    (Proc::Unmanaged, None) => ("down", 0, Duration::ZERO),
+                };
+                let info = link
+                    .map(|l| l.info.clone())
+                    .unwrap_or_else(|| config_info(&slot.config, pid));
+                ServerStatus {
+                    info: Some(info),
+                    state: state.to_owned(),
+                    pid,
+                    uptime_ms: u64::try_from(uptime.as_millis()).unwrap_or(u64::MAX),
+                    restarts: slot.restarts,
+                }
+            })
+            .collect();
+        ListReply { servers }
+    }
+
+    /// Processes events until no server (of one kind, when `frontend` is given) is running,
+    /// or until `deadline`. Returns whether they all exited.
+    async fn wait_for(
+        &mut self,
+        events: &mut mpsc::Receiver<Event>,
+        frontend: Option<bool>,
+        deadline: Instant,
+    ) -> bool {
+        let deadline = tokio::time::Instant::from_std(deadline);
+        loop {
+            if self.supervisor.running_count(frontend) == 0 {
+                return true;
+            }
+            tokio::select! {
+                Some(ev) = events.recv() => self.handle(ev),
+                _ = sleep_until(deadline) => return false,
+            }
+        }
+    }
+
+    /// The stop sequence (see the module docs).
+    async fn stop_all(
+        &mut self,
+        events: &mut mpsc::Receiver<Event>,
+        frontend_timeout: Duration,
+        total_timeout: Duration,
+    ) {
+        self.stopping = true;
+        self.supervisor.stop_restarting();
+        let t0 = Instant::now();
+        let deadline = t0 + total_timeout;
+        let groups = self.supervisor.running_pids();
+        info!(running = groups.len(), "stopping the cluster");
+
+        if self.supervisor.signal(Some(true), Signal::SIGTERM) > 0
+            && !self
+                .wait_for(events, Some(true), (t0 + frontend_timeout).min(deadline))
+                .await
+        {
+            warn!(
+                "frontends still running after {:.1} s; stopping backends anyway",
+                frontend_timeout.as_secs_f64()
+            );
+        }
+        self.supervisor.signal(Some(false), Signal::SIGTERM);
+        if !self.wait_for(events, None, deadline).await {
+            let n = self.supervisor.signal(None, Signal::SIGKILL);
+            warn!(
+                "{n} servers still running after {:.1} s: sent SIGKILL",
+                total_timeout.as_secs_f64()
+            );
+            if !self
+                .wait_for(events, None, Instant::now() + KILL_WAIT)
+                .await
+            {
+                error!(
+                    "{} servers could not be reaped after SIGKILL",
+                    self.supervisor.running_count(None)
+                );
+            }
+        }
+        self.supervisor.sweep_groups(&groups);
+    }
+}
+
+/// A server's info as configured (for servers that have not registered).
+fn config_info(s: &ServerConfig, pid: u32) -> ServerInfo {
+    ServerInfo {
+        id: s.id.clone(),
+        server_type: s.server_type.clone(),
+        host: s.host.clone(),
+        port: u32::from(s.port),
+        frontend: s.frontend,
+        client_port: s.client_port.map(u32::from).unwrap_or(0),
+        pid,
+        extra_json: serde_json::Value::Object(s.extra.clone()).to_string(),
+    }
+}

@@ -1,0 +1,145 @@
+//! The live master links: which servers are registered, and the cluster messages that keep
+//! every server's view of the cluster current.
+//!
+//! ```text
+//! server -> master : Register {info}                  (first message after authentication)
+//! master -> server : List {every live server, itself included}   or Error {reason}, then close
+//! master -> others : Add {info}
+//! ...
+//! server -> master : Ping {seq}        master -> server : Pong {seq}
+//! (link drops)     master -> others : Remove {id}
+//! ```
+//!
+//! Each link has a writer task fed by a bounded channel; a link whose channel is full (the
+//! server stopped reading) is closed rather than allowed to grow the master's memory.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Instant;
+
+use kennel_proto::msg::{
+    AddServer, FromMaster, RemoveServer, ServerInfo, ServerList, from_master,
+};
+use tokio::sync::mpsc::{self, error::TrySendError};
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+/// One live master link.
+#[derive(Debug)]
+pub(crate) struct Link {
+    /// Distinguishes this link from an earlier or later link of the same server.
+    pub(crate) link_id: u64,
+    /// What the server registered with.
+    pub(crate) info: ServerInfo,
+    /// When it registered.
+    pub(crate) since: Instant,
+    /// Feeds the link's writer task; dropped (closing the writer) when the link is removed.
+    tx: mpsc::Sender<FromMaster>,
+    /// Cancelled to close the link (by the registry when the link falls behind, or by the
+    /// link's own task when the socket ends).
+    close: CancellationToken,
+}
+
+/// The live links, by server id.
+#[derive(Debug)]
+pub(crate) struct Registry {
+    /// Configured ids in config order: the order of every `List`.
+    order: Vec<String>,
+    links: HashMap<String, Link>,
+    /// Ids that registered at least once (for the readiness line).
+    ever: HashSet<String>,
+    next_link_id: u64,
+}
+
+impl Registry {
+    /// An empty registry for servers `order` (config order).
+    pub(crate) fn new(order: Vec<String>) -> Registry {
+        Registry {
+            order,
+            links: HashMap::new(),
+            ever: HashSet::new(),
+            next_link_id: 1,
+        }
+    }
+
+    /// The live link of server `id`.
+    pub(crate) fn get(&self, id: &str) -> Option<&Link> {
+        self.links.get(id)
+    }
+
+    /// How many distinct servers have registered at least once.
+    pub(crate) fn registered_once(&self) -> usize {
+        self.ever.len()
+    }
+
+    /// Records a new link (the caller checked the id is configured and not live), sends it the
+    /// list of live servers and tells every other live server about it. Returns its link id.
+    pub(crate) fn admit(
+        &mut self,
+        info: ServerInfo,
+        tx: mpsc::Sender<FromMaster>,
+        close: CancellationToken,
+    ) -> u64 {
+        let link_id = self.next_link_id;
+        self.next_link_id += 1;
+        let id = info.id.clone();
+        self.ever.insert(id.clone());
+        self.links.insert(
+            id.clone(),
+            Link {
+                link_id,
+                info: info.clone(),
+                since: Instant::now(),
+                tx,
+                close,
+            },
+        );
+        let list = ServerList {
+            servers: self
+                .order
+                .iter()
+                .filter_map(|i| self.links.get(i))
+                .map(|l| l.info.clone())
+                .collect(),
+        };
+        for (other, link) in &self.links {
+            let msg = if *other == id {
+                from_master::Msg::List(list.clone())
+            } else {
+                from_master::Msg::Add(AddServer {
+                    info: Some(info.clone()),
+                })
+            };
+            send(link, msg);
+        }
+        link_id
+    }
+
+    /// Removes the link `link_id` of server `id` (if it is still the live one) and tells the
+    /// other servers. Returns whether it was removed.
+    pub(crate) fn remove(&mut self, id: &str, link_id: u64) -> bool {
+        if self.links.get(id).is_none_or(|l| l.link_id != link_id) {
+            return false;
+        }
+        if let Some(link) = self.links.remove(id) {
+            link.close.cancel();
+        }
+        for link in self.links.values() {
+            send(
+                link,
+                from_master::Msg::Remove(RemoveServer { id: id.to_owned() }),
+            );
+        }
+        true
+    }
+}
+
+/// Queues `msg` on `link`; a link that is not keeping up is closed.
+fn send(link: &Link, msg: from_master::Msg) {
+    match link.tx.try_send(FromMaster { msg: Some(msg) }) {
+        Ok(()) | Err(TrySendError::Closed(_)) => {}
+        Err(TrySendError::Full(_)) => {
+            warn!(server = %link.info.id, "master link is not keeping up; closing it");
+            link.close.cancel();
+        }
+    }
+}

@@ -1,0 +1,713 @@
+//! [`App`]: the server's handle. Built from the command line and the project config, it
+//! collects registrations (handlers, remotes, route functions, callbacks), then [`App::run`]
+//! freezes them and starts the master link, the peer listener and (frontends) the connector.
+//!
+//! It also owns routing: a client message's `cmd` picks a route; a route of this server's type
+//! runs the local handler, any other goes to the backend the route function picks, with a copy
+//! of the session; the handler's reply travels back to the client with the request's `cmd`.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use kennel_config::{Project, SecretKind, Secrets, ServerConfig};
+use kennel_proto::client::message_frame;
+use kennel_proto::msg::{self, ClientPush, ClientRequest, RpcResponse, peer_msg};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::connector::{self, ConnectorConfig};
+use crate::dispatch::in_order;
+use crate::frontend::FrontendState;
+use crate::handler::{self, HandlerFn, RemoteFn, Reply, RouteFn, ServerCb, SessionCb};
+use crate::peers::{self, Link, Peers};
+use crate::{Args, Error, PushError, Rpc, RpcError, Session, master_link};
+
+/// A server as the cluster knows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerInfo {
+    /// Server id.
+    pub id: String,
+    /// Server type.
+    pub server_type: String,
+    /// RPC host.
+    pub host: String,
+    /// RPC port.
+    pub port: u16,
+    /// Whether clients connect to it.
+    pub frontend: bool,
+    /// Client port (frontends).
+    pub client_port: Option<u16>,
+    /// The config entry's extra keys.
+    pub extra: Map<String, Value>,
+}
+
+impl From<msg::ServerInfo> for ServerInfo {
+    fn from(s: msg::ServerInfo) -> Self {
+        ServerInfo {
+            id: s.id,
+            server_type: s.server_type,
+            host: s.host,
+            port: s.port as u16,
+            frontend: s.frontend,
+            client_port: (s.client_port != 0).then_some(s.client_port as u16),
+            extra: serde_json::from_str(&s.extra_json).unwrap_or_default(),
+        }
+    }
+}
+
+impl From<&ServerConfig> for ServerInfo {
+    fn from(s: &ServerConfig) -> Self {
+        ServerInfo {
+            id: s.id.clone(),
+            server_type: s.server_type.clone(),
+            host: s.host.clone(),
+            port: s.port,
+            frontend: s.frontend,
+            client_port: s.client_port,
+            extra: s.extra.clone(),
+        }
+    }
+}
+
+impl ServerInfo {
+    pub(crate) fn to_proto(&self, pid: u32) -> msg::ServerInfo {
+        msg::ServerInfo {
+            id: self.id.clone(),
+            server_type: self.server_type.clone(),
+            host: self.host.clone(),
+            port: self.port as u32,
+            frontend: self.frontend,
+            client_port: self.client_port.unwrap_or(0) as u32,
+            pid,
+            extra_json: serde_json::to_string(&self.extra).unwrap_or_default(),
+        }
+    }
+}
+
+/// One entry of the route list.
+pub(crate) struct Route {
+    name: String,
+    /// `None` for push-only routes (no dots).
+    server_type: Option<String>,
+}
+
+#[derive(Default)]
+struct Setup {
+    handlers: HashMap<String, HandlerFn>,
+    remotes: HashMap<String, RemoteFn>,
+    route_fns: HashMap<String, RouteFn>,
+    client_on: Vec<SessionCb>,
+    client_off: Vec<SessionCb>,
+    on_add: Vec<ServerCb>,
+    on_remove: Vec<ServerCb>,
+    connector: ConnectorConfig,
+}
+
+/// Registrations, frozen by `run`.
+struct Frozen {
+    /// Handler per `cmd` (routes of this server's type only).
+    handlers: Vec<Option<HandlerFn>>,
+    remotes: HashMap<String, RemoteFn>,
+    route_fns: HashMap<String, RouteFn>,
+    client_on: Vec<SessionCb>,
+    client_off: Vec<SessionCb>,
+    on_add: Vec<ServerCb>,
+    on_remove: Vec<ServerCb>,
+    connector: ConnectorConfig,
+}
+
+pub(crate) struct Inner {
+    args: Args,
+    pub(crate) project: Project,
+    me: ServerInfo,
+    pub(crate) secret: Vec<u8>,
+    routes: Vec<Route>,
+    route_index: HashMap<String, u16>,
+    pub(crate) route_names: Vec<String>,
+    pub(crate) route_md5: String,
+    setup: Mutex<Option<Setup>>,
+    frozen: OnceLock<Frozen>,
+    pub(crate) peers: Peers,
+    pub(crate) frontend: Arc<FrontendState>,
+    pub(crate) rpc_seq: AtomicU64,
+    added_at: Mutex<HashMap<String, Instant>>,
+    /// Cancelled to stop the server (signal or [`App::shutdown`]).
+    pub(crate) shutdown: CancellationToken,
+}
+
+/// The server's handle: cheap to clone, shared by every handler.
+#[derive(Clone)]
+pub struct App {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl App {
+    /// Builds the app from the process's command line (`--id`, `--env`, `--dir`) and the
+    /// project config; installs logging to stderr.
+    pub fn from_args() -> Result<App, Error> {
+        crate::init_logging();
+        let args = Args::parse(std::env::args().skip(1))?;
+        App::new(args)
+    }
+
+    /// Builds the app from parsed arguments.
+    pub fn new(args: Args) -> Result<App, Error> {
+        let project = Project::load(&args.dir, &args.env)?;
+        let me = project.server(&args.id).ok_or_else(|| Error::UnknownServer {
+            id: args.id.clone(),
+            env: args.env.clone(),
+            dir: args.dir.display().to_string(),
+        })?;
+        let me = ServerInfo::from(me);
+        let secret = server_secret(&project)?;
+        let routes: Vec<Route> = project
+            .routes
+            .iter()
+            .map(|r| Route {
+                name: r.clone(),
+                server_type: r.split_once('.').map(|(t, _)| t.to_string()),
+            })
+            .collect();
+        let route_index = project.routes.iter().enumerate().map(|(i, r)| (r.clone(), i as u16)).collect();
+        Ok(App {
+            inner: Arc::new(Inner {
+                route_names: project.routes.clone(),
+                route_md5: kennel_proto::client::route_md5(&project.routes),
+                args,
+                project,
+                me,
+                secret: secret.into_bytes(),
+                routes,
+                route_index,
+                setup: Mutex::new(Some(Setup::default())),
+                frozen: OnceLock::new(),
+                peers: Peers::default(),
+                frontend: Arc::new(FrontendState::default()),
+                rpc_seq: AtomicU64::new(0),
+                added_at: Mutex::new(HashMap::new()),
+                shutdown: CancellationToken::new(),
+            }),
+        })
+    }
+
+    // ------------------------------------------------------------------ identity
+
+    /// This server's id.
+    pub fn id(&self) -> &str {
+        &self.inner.me.id
+    }
+
+    /// This server's type.
+    pub fn server_type(&self) -> &str {
+        &self.inner.me.server_type
+    }
+
+    /// The environment name.
+    pub fn env(&self) -> &str {
+        &self.inner.args.env
+    }
+
+    /// The project directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.args.dir
+    }
+
+    /// The startup arguments.
+    pub fn args(&self) -> &Args {
+        &self.inner.args
+    }
+
+    /// This server's config entry.
+    pub fn my_info(&self) -> &ServerInfo {
+        &self.inner.me
+    }
+
+    /// Whether this server accepts game clients.
+    pub fn is_frontend(&self) -> bool {
+        self.inner.me.frontend
+    }
+
+    /// The route list.
+    pub fn routes(&self) -> &[String] {
+        &self.inner.route_names
+    }
+
+    /// Every live server the master has told this server about (itself included).
+    pub fn servers(&self) -> Vec<ServerInfo> {
+        self.inner.peers.servers()
+    }
+
+    /// Live servers of one type, sorted by id.
+    pub fn servers_of_type(&self, server_type: &str) -> Vec<ServerInfo> {
+        let mut v: Vec<ServerInfo> =
+            self.servers().into_iter().filter(|s| s.server_type == server_type).collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v
+    }
+
+    // ------------------------------------------------------------------ registration
+
+    fn with_setup(&self, f: impl FnOnce(&mut Setup)) -> &Self {
+        match self.inner.setup.lock().unwrap().as_mut() {
+            Some(s) => f(s),
+            None => warn!("registration after App::run is ignored"),
+        }
+        self
+    }
+
+    /// Registers the handler of a client route (`"type.file.method"`). It runs on servers of
+    /// that type; its return value is the reply (see [`Reply`]).
+    pub fn handler<Req, Res, F, Fut>(&self, route: &str, f: F) -> &Self
+    where
+        Req: DeserializeOwned + Send + 'static,
+        Res: Reply,
+        F: Fn(App, Session, Req) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Res> + Send + 'static,
+    {
+        let h = handler::erase_handler(f);
+        self.with_setup(|s| {
+            s.handlers.insert(route.to_string(), h);
+        })
+    }
+
+    /// Registers an RPC remote (`"type.file.method"`), called by [`App::rpc`].
+    pub fn remote<A, R, F, Fut>(&self, route: &str, f: F) -> &Self
+    where
+        A: DeserializeOwned + Send + 'static,
+        R: Serialize + Send + 'static,
+        F: Fn(App, A) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = R> + Send + 'static,
+    {
+        let r = handler::erase_remote(f);
+        self.with_setup(|s| {
+            s.remotes.insert(route.to_string(), r);
+        })
+    }
+
+    /// Registers the route function for a backend type: it picks the server id that handles
+    /// a client's messages of that type (e.g. from a session setting). Without one, a server of
+    /// the type is picked by uid (or connection id) modulo their count.
+    pub fn route<F>(&self, server_type: &str, f: F) -> &Self
+    where
+        F: Fn(&App, &Session) -> Option<String> + Send + Sync + 'static,
+    {
+        self.with_setup(|s| {
+            s.route_fns.insert(server_type.to_string(), Arc::new(f));
+        })
+    }
+
+    /// Runs when a client completes its handshake (frontends).
+    pub fn on_client_on<F, Fut>(&self, f: F) -> &Self
+    where
+        F: Fn(App, Session) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let cb: SessionCb = Arc::new(move |a, s| Box::pin(f(a, s)));
+        self.with_setup(|s| s.client_on.push(cb))
+    }
+
+    /// Runs when a client's connection closes (frontends), before its uid is forgotten.
+    pub fn on_client_off<F, Fut>(&self, f: F) -> &Self
+    where
+        F: Fn(App, Session) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let cb: SessionCb = Arc::new(move |a, s| Box::pin(f(a, s)));
+        self.with_setup(|s| s.client_off.push(cb))
+    }
+
+    /// Runs when the master announces a server (at registration, for every live one).
+    pub fn on_add_server<F: Fn(App, ServerInfo) + Send + Sync + 'static>(&self, f: F) -> &Self {
+        self.with_setup(|s| s.on_add.push(Arc::new(f)))
+    }
+
+    /// Runs when a server leaves the cluster.
+    pub fn on_remove_server<F: Fn(App, ServerInfo) + Send + Sync + 'static>(&self, f: F) -> &Self {
+        self.with_setup(|s| s.on_remove.push(Arc::new(f)))
+    }
+
+    /// Sets the frontend connector's settings.
+    pub fn set_connector(&self, cfg: ConnectorConfig) -> &Self {
+        self.with_setup(|s| s.connector = cfg)
+    }
+
+    fn frozen(&self) -> &Frozen {
+        self.inner.frozen.get().expect("App::run has started")
+    }
+
+    pub(crate) fn connector_config(&self) -> ConnectorConfig {
+        self.frozen().connector.clone()
+    }
+
+    pub(crate) fn rpc_timeout(&self) -> Duration {
+        Duration::from_secs(10)
+    }
+
+    pub(crate) fn reconnect_delay(&self) -> Duration {
+        Duration::from_millis(500)
+    }
+
+    fn freeze(&self) -> Result<(), Error> {
+        let setup = self.inner.setup.lock().unwrap().take().ok_or_else(|| Error::Setup("App::run called twice".into()))?;
+        let mut handlers = vec![None; self.inner.routes.len()];
+        for (route, h) in setup.handlers {
+            let Some(&cmd) = self.inner.route_index.get(&route) else {
+                return Err(Error::Setup(format!("handler for {route:?}, which is not in the route list")));
+            };
+            let r = &self.inner.routes[cmd as usize];
+            if r.server_type.as_deref() == Some(self.server_type()) {
+                handlers[cmd as usize] = Some(h);
+            }
+        }
+        let _ = self.inner.frozen.set(Frozen {
+            handlers,
+            remotes: setup.remotes,
+            route_fns: setup.route_fns,
+            client_on: setup.client_on,
+            client_off: setup.client_off,
+            on_add: setup.on_add,
+            on_remove: setup.on_remove,
+            connector: setup.connector,
+        });
+        Ok(())
+    }
+
+    // ------------------------------------------------------------------ running
+
+    /// Runs the server until SIGTERM/SIGINT or [`App::shutdown`]: binds the RPC port (and the
+    /// client port on frontends), registers with the master, joins the mesh.
+    pub async fn run(&self) -> Result<(), Error> {
+        self.freeze()?;
+        let me = &self.inner.me;
+        let shutdown = self.inner.shutdown.clone();
+        let rpc_addr = format!("{}:{}", me.host, me.port);
+        let peer_listener = TcpListener::bind(&rpc_addr)
+            .await
+            .map_err(|source| Error::Bind { what: "rpc", addr: rpc_addr.clone(), source })?;
+        tokio::spawn(peers::accept_loop(self.clone(), peer_listener, shutdown.clone()));
+        if let (true, Some(port)) = (me.frontend, me.client_port) {
+            let addr = format!("{}:{}", me.host, port);
+            let l = TcpListener::bind(&addr)
+                .await
+                .map_err(|source| Error::Bind { what: "clients", addr: addr.clone(), source })?;
+            connector::log_listening(self, &l.local_addr().map_err(|source| Error::Bind { what: "clients", addr, source })?);
+            tokio::spawn(connector::accept_loop(self.clone(), l, shutdown.clone()));
+        }
+        info!(id = self.id(), server_type = self.server_type(), rpc = %rpc_addr, "server started");
+        let master = tokio::spawn(master_link::run(self.clone(), shutdown.clone()));
+        let signals = wait_for_signal();
+        tokio::pin!(master);
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            s = signals => info!(signal = s, "stopping"),
+            r = &mut master => {
+                shutdown.cancel();
+                if let Ok(Err(e)) = r {
+                    return Err(e);
+                }
+            }
+        }
+        shutdown.cancel();
+        // Close clients (each flushes its queue first).
+        for s in self.inner.frontend.all() {
+            s.close();
+        }
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while self.inner.frontend.count() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        info!("stopped");
+        Ok(())
+    }
+
+    /// Asks [`App::run`] to stop.
+    pub fn shutdown(&self) {
+        self.inner.shutdown.cancel();
+    }
+
+    // ------------------------------------------------------------------ servers
+
+    pub(crate) fn server_added(&self, info: ServerInfo) {
+        let id = info.id.clone();
+        self.inner.added_at.lock().unwrap().insert(id.clone(), Instant::now());
+        if self.inner.peers.add(self, info.clone()) {
+            if id != self.id() {
+                info!(server = %id, "server added");
+            }
+            for cb in &self.frozen().on_add {
+                cb(self.clone(), info.clone());
+            }
+        }
+    }
+
+    pub(crate) fn server_removed(&self, id: &str) {
+        if id == self.id() {
+            return;
+        }
+        if let Some(info) = self.inner.peers.remove(id) {
+            info!(server = %id, "server removed");
+            for cb in &self.frozen().on_remove {
+                cb(self.clone(), info.clone());
+            }
+        }
+    }
+
+    pub(crate) fn added_since(&self, id: &str, t: Instant) -> bool {
+        self.inner.added_at.lock().unwrap().get(id).is_some_and(|a| *a > t)
+    }
+
+    // ------------------------------------------------------------------ clients
+
+    pub(crate) async fn client_on(&self, s: &Session) {
+        for cb in &self.frozen().client_on {
+            cb(self.clone(), s.clone()).await;
+        }
+    }
+
+    pub(crate) async fn client_off(&self, s: &Session) {
+        for cb in &self.frozen().client_off {
+            cb(self.clone(), s.clone()).await;
+        }
+    }
+
+    /// Routes one client message (frontend). An error closes the connection.
+    pub(crate) async fn route_client_message(&self, session: &Session, cmd: u16, payload: Bytes) -> Result<(), String> {
+        let Some(route) = self.inner.routes.get(cmd as usize) else {
+            return Err(format!("cmd {cmd} is outside the route list ({} routes)", self.inner.routes.len()));
+        };
+        let Some(server_type) = &route.server_type else {
+            warn!(route = %route.name, "client sent a push-only route; ignored");
+            return Ok(());
+        };
+        if server_type == self.server_type() {
+            self.run_handler(session.clone(), cmd, payload).await;
+            return Ok(());
+        }
+        let Some(target) = self.pick_server(server_type, session) else {
+            warn!(route = %route.name, uid = ?session.uid(), "no {server_type} server to route to; message dropped");
+            return Ok(());
+        };
+        let Some(link) = self.inner.peers.link(&target) else {
+            warn!(route = %route.name, server = %target, "server not connected; message dropped");
+            return Ok(());
+        };
+        let m = peers::msg(peer_msg::Msg::Client(ClientRequest {
+            session: Some(session.to_proto()),
+            cmd: cmd as u32,
+            payload,
+        }));
+        if !link.send(m).await {
+            warn!(route = %route.name, server = %target, "link dropped; message lost");
+        }
+        Ok(())
+    }
+
+    fn pick_server(&self, server_type: &str, session: &Session) -> Option<String> {
+        if let Some(f) = self.frozen().route_fns.get(server_type) {
+            return f(self, session);
+        }
+        let list = self.servers_of_type(server_type);
+        if list.is_empty() {
+            return None;
+        }
+        let key = session.uid().unwrap_or(session.conn_id());
+        Some(list[(key % list.len() as u64) as usize].id.clone())
+    }
+
+    /// Runs the local handler of `cmd` in arrival order and sends its reply to the client.
+    async fn run_handler(&self, session: Session, cmd: u16, payload: Bytes) {
+        let Some(h) = self.frozen().handlers.get(cmd as usize).and_then(|h| h.clone()) else {
+            warn!(route = %self.inner.routes[cmd as usize].name, "no handler registered; message ignored");
+            return;
+        };
+        let app = self.clone();
+        let fut = h(app.clone(), session.clone(), payload);
+        in_order(async move {
+            match fut.await {
+                Ok(Some(reply)) => app.reply(&session, cmd, reply).await,
+                Ok(None) => {}
+                Err(e) => warn!(route = %app.inner.routes[cmd as usize].name, uid = ?session.uid(), "handler failed: {e}"),
+            }
+        })
+        .await;
+    }
+
+    /// Sends an encoded reply to the session's client, directly or through its frontend.
+    async fn reply(&self, session: &Session, cmd: u16, payload: Bytes) {
+        if let Some(conn) = session.conn() {
+            conn.send(message_frame(cmd, &payload));
+            return;
+        }
+        self.push_remote(session.sid(), cmd, payload, vec![session.conn_id()], vec![]).await;
+    }
+
+    async fn push_remote(&self, sid: &str, cmd: u16, payload: Bytes, conn_ids: Vec<u64>, uids: Vec<u64>) {
+        if sid == self.id() {
+            self.inner.frontend.deliver(&message_frame(cmd, &payload), &conn_ids, &uids);
+            return;
+        }
+        let Some(link) = self.inner.peers.link(sid) else {
+            warn!(frontend = sid, "push to a frontend that is not connected; dropped");
+            return;
+        };
+        let m = peers::msg(peer_msg::Msg::Push(ClientPush { cmd: cmd as u32, payload, conn_ids, uids }));
+        link.send(m).await;
+    }
+
+    /// Handles one message from a peer link.
+    pub(crate) async fn on_peer_msg(&self, link: &Arc<Link>, m: peer_msg::Msg) {
+        match m {
+            peer_msg::Msg::Client(req) => {
+                let session = Session::from_proto(req.session.unwrap_or_default());
+                let cmd = req.cmd as u16;
+                if (cmd as usize) >= self.inner.routes.len() {
+                    warn!(from = link.peer(), cmd, "forwarded cmd outside the route list; ignored");
+                    return;
+                }
+                self.run_handler(session, cmd, req.payload).await;
+            }
+            peer_msg::Msg::Push(p) => {
+                let frame = message_frame(p.cmd as u16, &p.payload);
+                self.inner.frontend.deliver(&frame, &p.conn_ids, &p.uids);
+            }
+            peer_msg::Msg::Rpc(req) => {
+                let app = self.clone();
+                let link = link.clone();
+                in_order(async move {
+                    let r = app.run_remote(&req.route, req.args).await;
+                    if req.id == 0 {
+                        if let Err(e) = r {
+                            warn!(route = %req.route, from = link.peer(), "notify failed: {e}");
+                        }
+                        return;
+                    }
+                    let reply = match r {
+                        Ok(result) => RpcResponse { id: req.id, result, error: String::new() },
+                        Err(e) => RpcResponse { id: req.id, result: Bytes::new(), error: e.to_string() },
+                    };
+                    link.send(peers::msg(peer_msg::Msg::RpcReply(reply))).await;
+                })
+                .await;
+            }
+            peer_msg::Msg::RpcReply(r) => {
+                let result = if r.error.is_empty() {
+                    Ok(r.result)
+                } else {
+                    Err(RpcError::Remote { server: link.peer().to_string(), route: String::new(), message: r.error })
+                };
+                link.complete(r.id, result);
+            }
+            peer_msg::Msg::Ping(p) => {
+                link.send(peers::msg(peer_msg::Msg::Pong(msg::Pong { seq: p.seq }))).await;
+            }
+            peer_msg::Msg::Pong(_) => {}
+        }
+    }
+
+    /// Runs a local remote.
+    pub(crate) async fn run_remote(&self, route: &str, args: Bytes) -> Result<Bytes, RpcError> {
+        let Some(r) = self.frozen().remotes.get(route).cloned() else {
+            return Err(RpcError::NoRemote { server: self.id().to_string(), route: route.to_string() });
+        };
+        r(self.clone(), args).await.map_err(|message| RpcError::Remote {
+            server: self.id().to_string(),
+            route: route.to_string(),
+            message,
+        })
+    }
+
+    // ------------------------------------------------------------------ RPC and push
+
+    /// An RPC handle for server `server_id` (this server's own id calls locally).
+    pub fn rpc(&self, server_id: &str) -> Rpc {
+        Rpc::new(self.clone(), server_id.to_string())
+    }
+
+    fn cmd_of(&self, route: &str) -> Result<u16, PushError> {
+        self.inner.route_index.get(route).copied().ok_or_else(|| PushError::UnknownRoute(route.to_string()))
+    }
+
+    /// Pushes `msg` as `route` to clients grouped by frontend: `{frontend id: [uids]}`.
+    /// The message is encoded once.
+    pub async fn send_by_group(&self, route: &str, msg: &impl Serialize, group: &HashMap<String, Vec<u64>>) -> Result<(), PushError> {
+        let cmd = self.cmd_of(route)?;
+        let payload = Bytes::from(serde_json::to_vec(msg)?);
+        for (sid, uids) in group {
+            if !uids.is_empty() {
+                self.push_remote(sid, cmd, payload.clone(), vec![], uids.clone()).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Pushes `msg` as `route` to `(uid, frontend id)` pairs.
+    pub async fn send_by_uid_sid(&self, route: &str, msg: &impl Serialize, targets: &[(u64, String)]) -> Result<(), PushError> {
+        let mut group: HashMap<String, Vec<u64>> = HashMap::new();
+        for (uid, sid) in targets {
+            group.entry(sid.clone()).or_default().push(*uid);
+        }
+        self.send_by_group(route, msg, &group).await
+    }
+
+    /// Pushes `msg` as `route` to clients of this frontend bound to `uids`.
+    pub fn send_by_uid(&self, route: &str, msg: &impl Serialize, uids: &[u64]) -> Result<(), PushError> {
+        if !self.is_frontend() {
+            return Err(PushError::NotFrontend("send_by_uid"));
+        }
+        let cmd = self.cmd_of(route)?;
+        let frame = message_frame(cmd, &serde_json::to_vec(msg)?);
+        self.inner.frontend.deliver(&frame, &[], uids);
+        Ok(())
+    }
+
+    /// The session of the client bound to `uid` on this frontend.
+    pub fn session_by_uid(&self, uid: u64) -> Option<Session> {
+        self.inner.frontend.by_uid(uid)
+    }
+
+    /// Number of clients connected to this frontend.
+    pub fn client_count(&self) -> usize {
+        self.inner.frontend.count()
+    }
+
+    /// Pushes `msg` as `route` to one client through its session.
+    pub async fn send_to(&self, session: &Session, route: &str, msg: &impl Serialize) -> Result<(), PushError> {
+        let cmd = self.cmd_of(route)?;
+        let payload = Bytes::from(serde_json::to_vec(msg)?);
+        self.reply(session, cmd, payload).await;
+        Ok(())
+    }
+}
+
+fn server_secret(project: &Project) -> Result<String, Error> {
+    // Servers never generate secrets: the master does (or the operator sets them). The server
+    // secret alone is needed here, so a server does not fail for want of the CLI secret.
+    match std::env::var(SecretKind::Server.env_var()) {
+        Ok(s) if !s.is_empty() => return Ok(s),
+        _ => {}
+    }
+    match &project.master.server_secret {
+        Some(s) if !s.is_empty() => Ok(s.clone()),
+        _ => Ok(Secrets::resolve(project, false)?.server),
+    }
+}
+
+async fn wait_for_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        std::future::pending::<()>().await;
+        unreachable!()
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}

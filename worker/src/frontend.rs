@@ -1,0 +1,131 @@
+//! The frontend's client registry: live connections by id, bound uids, and delivery of
+//! encoded frames to local clients (replies and pushes).
+//!
+//! Each connection has a bounded send queue drained by its writer task. A client that does not
+//! read fills its queue; the frontend then closes it rather than buffer without limit.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::Session;
+
+/// Frames queued per connection before a non-reading client is closed.
+pub(crate) const SEND_QUEUE: usize = 1024;
+
+/// One live client connection's sending side.
+pub(crate) struct Conn {
+    /// Connection id (unique on this frontend).
+    pub(crate) id: u64,
+    /// Frames to write; the writer task owns the receiver and ends when every sender is gone
+    /// or `closing` is cancelled (it flushes what is queued first).
+    tx: mpsc::Sender<Bytes>,
+    /// Cancelled to close the connection (by the server, or when the client leaves).
+    pub(crate) closing: CancellationToken,
+}
+
+impl Conn {
+    pub(crate) fn new(id: u64, tx: mpsc::Sender<Bytes>) -> Conn {
+        Conn { id, tx, closing: CancellationToken::new() }
+    }
+
+    /// Queues one encoded frame; a full queue closes the connection.
+    pub(crate) fn send(&self, frame: Bytes) {
+        match self.tx.try_send(frame) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::warn!(conn = self.id, "client send queue full ({SEND_QUEUE} frames): closing");
+                self.close();
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+
+    /// Asks the connection to close after flushing its queue.
+    pub(crate) fn close(&self) {
+        self.closing.cancel();
+    }
+}
+
+/// Live clients of this frontend.
+#[derive(Default)]
+pub(crate) struct FrontendState {
+    conns: Mutex<HashMap<u64, Session>>,
+    uids: Mutex<HashMap<u64, u64>>,
+    next_id: AtomicU64,
+}
+
+impl FrontendState {
+    /// A fresh connection id.
+    pub(crate) fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Number of live connections.
+    pub(crate) fn count(&self) -> usize {
+        self.conns.lock().unwrap().len()
+    }
+
+    pub(crate) fn add(&self, session: Session) {
+        self.conns.lock().unwrap().insert(session.conn_id(), session);
+    }
+
+    /// Forgets a closed connection and unbinds its uid.
+    pub(crate) fn remove(&self, session: &Session) {
+        self.conns.lock().unwrap().remove(&session.conn_id());
+        if let Some(uid) = session.uid() {
+            let mut uids = self.uids.lock().unwrap();
+            if uids.get(&uid) == Some(&session.conn_id()) {
+                uids.remove(&uid);
+            }
+        }
+    }
+
+    /// Binds `uid` to `conn_id` unless another connection holds it.
+    pub(crate) fn bind_uid(&self, uid: u64, conn_id: u64) -> bool {
+        let mut uids = self.uids.lock().unwrap();
+        match uids.get(&uid) {
+            Some(c) if *c != conn_id => false,
+            _ => {
+                uids.insert(uid, conn_id);
+                true
+            }
+        }
+    }
+
+    /// The session bound to `uid`.
+    pub(crate) fn by_uid(&self, uid: u64) -> Option<Session> {
+        let conn = *self.uids.lock().unwrap().get(&uid)?;
+        self.conns.lock().unwrap().get(&conn).cloned()
+    }
+
+    /// Every live session.
+    pub(crate) fn all(&self) -> Vec<Session> {
+        self.conns.lock().unwrap().values().cloned().collect()
+    }
+
+    /// Delivers one encoded frame to connections and to bound uids.
+    pub(crate) fn deliver(&self, frame: &Bytes, conn_ids: &[u64], uids: &[u64]) {
+        if !conn_ids.is_empty() {
+            let conns = self.conns.lock().unwrap();
+            for id in conn_ids {
+                if let Some(c) = conns.get(id).and_then(|s| s.conn()) {
+                    c.send(frame.clone());
+                }
+            }
+        }
+        if !uids.is_empty() {
+            let map = self.uids.lock().unwrap();
+            let conns = self.conns.lock().unwrap();
+            for uid in uids {
+                if let Some(c) = map.get(uid).and_then(|id| conns.get(id)).and_then(|s| s.conn()) {
+                    c.send(frame.clone());
+                }
+            }
+        }
+    }
+}

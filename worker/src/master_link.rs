@@ -1,0 +1,132 @@
+//! The link to the master: authenticate, register, and keep the server list current.
+//!
+//! ```text
+//! server -> master : (auth, role SERVER) Register{info}
+//! master -> server : List{all live servers} | Error{reason}
+//! master -> server : Add{info} / Remove{id} as servers come and go
+//! ```
+//! The server dials until the master answers and redials when the link drops, keeping its peers
+//! meanwhile. After re-registering it waits a grace period (mydog's 5 s), then forgets peers the
+//! master no longer lists. A refused registration (duplicate or unknown id) ends the process.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use kennel_proto::auth;
+use kennel_proto::frame::{AUTH_MAX_FRAME, DEFAULT_MAX_FRAME, ProtoCodec, length_codec};
+use kennel_proto::msg::{FromMaster, Register, Role, ToMaster, from_master, to_master};
+use tokio::net::TcpStream;
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::{App, Error};
+
+/// How long after re-registering peers missing from the master's list are kept.
+const RECONCILE_GRACE: Duration = Duration::from_secs(5);
+
+/// Keeps this server registered until `shutdown`. Returns an error only if the master refused
+/// the registration.
+pub(crate) async fn run(app: App, shutdown: CancellationToken) -> Result<(), Error> {
+    let m = &app.inner.project.master;
+    let addr = format!("{}:{}", m.host, m.port);
+    let mut delay = Duration::from_millis(100);
+    let mut registered_before = false;
+    let mut warned = false;
+    loop {
+        let r = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            r = session(&app, &addr, registered_before) => r,
+        };
+        match r {
+            Ok(()) => {
+                warn!(master = %addr, "master link dropped; serving on, redialing");
+                registered_before = true;
+                delay = Duration::from_millis(100);
+            }
+            Err(LinkErr::Refused(e)) => return Err(Error::Refused(e)),
+            Err(LinkErr::Other(e, registered)) => {
+                registered_before |= registered;
+                if !warned {
+                    warn!(master = %addr, cause = %e, "cannot register with the master yet; retrying");
+                    warned = true;
+                }
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(2));
+    }
+}
+
+enum LinkErr {
+    Refused(String),
+    /// Failure, and whether registration had succeeded before it.
+    Other(String, bool),
+}
+
+async fn session(app: &App, addr: &str, reconnect: bool) -> Result<(), LinkErr> {
+    let other = |e: String| LinkErr::Other(e, false);
+    let stream = TcpStream::connect(addr).await.map_err(|e| other(e.to_string()))?;
+    let _ = stream.set_nodelay(true);
+    let mut framed = Framed::new(stream, length_codec(AUTH_MAX_FRAME));
+    let master_id = app.inner.project.master.id.clone();
+    match tokio::time::timeout(
+        Duration::from_secs(5),
+        auth::dial(&mut framed, &app.inner.secret, Role::Server, app.id(), &master_id),
+    )
+    .await
+    {
+        Err(_) => return Err(other("authentication timed out".into())),
+        Ok(Err(auth::AuthError::Refused(r))) => return Err(LinkErr::Refused(r)),
+        Ok(Err(e)) => return Err(other(e.to_string())),
+        Ok(Ok(_)) => {}
+    }
+    let mut framed = framed.map_codec(|_| ProtoCodec::<FromMaster, ToMaster>::new(DEFAULT_MAX_FRAME));
+    let info = app.my_info().to_proto(std::process::id());
+    framed
+        .send(ToMaster { msg: Some(to_master::Msg::Register(Register { info: Some(info) })) })
+        .await
+        .map_err(|e| other(e.to_string()))?;
+    let mut registered = false;
+    while let Some(m) = framed.next().await {
+        let m = m.map_err(|e| LinkErr::Other(e.to_string(), registered))?;
+        match m.msg {
+            Some(from_master::Msg::List(list)) => {
+                registered = true;
+                info!(servers = list.servers.len(), "registered with the master");
+                let ids: HashSet<String> = list.servers.iter().map(|s| s.id.clone()).collect();
+                for s in list.servers {
+                    app.server_added(s.into());
+                }
+                if reconnect {
+                    let app = app.clone();
+                    let listed_at = std::time::Instant::now();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(RECONCILE_GRACE).await;
+                        for id in app.inner.peers.ids() {
+                            if !ids.contains(&id) && id != app.id() && !app.added_since(&id, listed_at) {
+                                app.server_removed(&id);
+                            }
+                        }
+                    });
+                }
+            }
+            Some(from_master::Msg::Add(a)) => {
+                if let Some(info) = a.info {
+                    app.server_added(info.into());
+                }
+            }
+            Some(from_master::Msg::Remove(r)) => app.server_removed(&r.id),
+            Some(from_master::Msg::Error(e)) => {
+                error!(reason = %e.error, "the master refused this server's registration");
+                return Err(LinkErr::Refused(e.error));
+            }
+            Some(from_master::Msg::Pong(_)) | None => {}
+        }
+    }
+    if registered { Ok(()) } else { Err(LinkErr::Other("master closed the link".into(), false)) }
+}

@@ -1,0 +1,91 @@
+//! Server-to-server RPC: `app.rpc(server_id).call(route, &args)` and `.notify(..)`.
+//!
+//! Arguments and results are JSON. A call to this server itself runs the remote directly,
+//! without the network. A call to a known server whose link is not up yet waits for the link
+//! within the call's timeout; a call in flight when the link drops fails at once with
+//! [`RpcError::LinkDropped`]; a remote that fails returns [`RpcError::Remote`].
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use kennel_proto::msg::{RpcRequest, peer_msg};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::handler::{decode, encode};
+use crate::peers::msg;
+use crate::{App, RpcError};
+
+/// A handle for calling one server's remotes; see [`App::rpc`].
+pub struct Rpc {
+    app: App,
+    target: String,
+    timeout: Duration,
+}
+
+impl Rpc {
+    pub(crate) fn new(app: App, target: String) -> Rpc {
+        let timeout = app.rpc_timeout();
+        Rpc { app, target, timeout }
+    }
+
+    /// Overrides the timeout for calls made through this handle.
+    pub fn timeout(mut self, t: Duration) -> Rpc {
+        self.timeout = t;
+        self
+    }
+
+    /// Calls `route` (e.g. `"chat.main.echo"`) with `args` and waits for the result.
+    pub async fn call<A: Serialize + ?Sized, R: DeserializeOwned>(
+        &self,
+        route: &str,
+        args: &A,
+    ) -> Result<R, RpcError> {
+        let args = encode(args).map_err(RpcError::Codec)?;
+        let raw = self.call_raw(route, args).await?;
+        decode(&raw).map_err(RpcError::Codec)
+    }
+
+    /// Sends `route(args)` without waiting for a result.
+    pub async fn notify<A: Serialize + ?Sized>(&self, route: &str, args: &A) -> Result<(), RpcError> {
+        let args = encode(args).map_err(RpcError::Codec)?;
+        if self.target == self.app.id() {
+            let app = self.app.clone();
+            let route = route.to_string();
+            tokio::spawn(async move {
+                let _ = app.run_remote(&route, args).await;
+            });
+            return Ok(());
+        }
+        let link = self.app.inner.peers.wait_link(&self.target, self.timeout).await.map_err(|e| self.fix_route(e, route))?;
+        let m = msg(peer_msg::Msg::Rpc(RpcRequest { id: 0, route: route.to_string(), args }));
+        if link.send(m).await { Ok(()) } else { Err(RpcError::LinkDropped(self.target.clone())) }
+    }
+
+    async fn call_raw(&self, route: &str, args: Bytes) -> Result<Bytes, RpcError> {
+        if self.target == self.app.id() {
+            return self.app.run_remote(route, args).await;
+        }
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let link = self.app.inner.peers.wait_link(&self.target, self.timeout).await.map_err(|e| self.fix_route(e, route))?;
+        let id = self.app.inner.rpc_seq.fetch_add(1, Ordering::Relaxed) + 1;
+        let m = msg(peer_msg::Msg::Rpc(RpcRequest { id, route: route.to_string(), args }));
+        let rx = link.call(id, m).await?;
+        match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(RpcError::LinkDropped(self.target.clone())),
+            Err(_) => {
+                link.forget(id);
+                Err(RpcError::Timeout { server: self.target.clone(), route: route.to_string() })
+            }
+        }
+    }
+
+    fn fix_route(&self, e: RpcError, route: &str) -> RpcError {
+        match e {
+            RpcError::Timeout { server, .. } => RpcError::Timeout { server, route: route.to_string() },
+            e => e,
+        }
+    }
+}
