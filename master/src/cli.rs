@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use clap::{Args, CommandFactory, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use kennel_config::{DEFAULT_ENV, Project, Secrets};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
@@ -113,10 +113,29 @@ pub fn cli_main_with(defaults: Defaults) -> ExitCode {
     main_with(Some(defaults))
 }
 
+/// The clap command; the plain `kennel` binary hides the top-level `start` flags (it needs a
+/// subcommand), an application binary shows them (no subcommand means `start`).
+fn command(app: bool) -> clap::Command {
+    let cmd = Cli::command();
+    if app {
+        return cmd;
+    }
+    cmd.override_usage("kennel <COMMAND>")
+        .mut_args(|a| match a.get_id().as_str() {
+            "env" | "dir" | "bin" => a.hide(true),
+            _ => a,
+        })
+}
+
 fn main_with(defaults: Option<Defaults>) -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let mut cmd = command(defaults.is_some());
+    let parsed = cmd
+        .try_get_matches_from_mut(std::env::args_os())
+        .and_then(|m| Cli::from_arg_matches(&m));
+    let cli = match parsed {
         Ok(cli) => cli,
         Err(e) => {
+            let e = e.format(&mut cmd);
             let _ = e.print();
             return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
         }
@@ -125,7 +144,7 @@ fn main_with(defaults: Option<Defaults>) -> ExitCode {
         (Some(c), _) => c,
         (None, true) => Command::Start(cli.start),
         (None, false) => {
-            let _ = Cli::command().print_help();
+            let _ = cmd.print_help();
             return ExitCode::from(2);
         }
     };
@@ -163,6 +182,7 @@ fn init_logging(default: &str) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .try_init();
 }
 
@@ -311,4 +331,15 @@ async fn stop(target: TargetArgs, yes: bool, defaults: &Defaults) -> Result<Exit
         .context("the master did not finish stopping")?;
     out("kennel: cluster stopped\n");
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_definitions_are_valid() {
+        command(false).debug_assert();
+        command(true).debug_assert();
+    }
 }

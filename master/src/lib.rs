@@ -8,6 +8,17 @@
 //! - [`MasterClient`] is the CLI's side of the master port.
 //! - [`cli_main`] / [`cli_main_with`] are the `kennel` command line (`start`, `list`, `stop`).
 //!
+//! Decisions (where the design is silent):
+//! - Servers get `KENNEL_SERVER_SECRET` (never `KENNEL_CLI_SECRET`) and
+//!   `KENNEL_MASTER_HOST`/`KENNEL_MASTER_PORT` set to the address the master really listens on.
+//! - When a server's process exits, whatever is left in its process group is SIGKILLed, and its
+//!   master link (same pid) is dropped at once, so its restart is not refused as a duplicate.
+//! - Registration is refused (`FromMaster::Error`, then close) for an id not in the config, a
+//!   type that differs from the config, an id that differs from the authenticated one, an id
+//!   whose link is live, and while the master is stopping.
+//! - `kennel stop` waits until the master has stopped the cluster (the master closes the CLI
+//!   link last); it asks for confirmation only when stdin is a terminal and `-y` is not given.
+//!
 //! Modules: `master` (event loop, stop sequence), `supervisor` (processes), `registry`
 //! (master links), `listener` (accept + auth), `logs` (log files and their echo), `client`,
 //! `table` (`list` output), `cli` (clap), `backoff`, `console` (stdout lines), `error`.

@@ -10,7 +10,6 @@
 //!
 //! Any other role is refused during authentication.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -84,9 +83,9 @@ pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             continue;
         };
         let task_shared = shared.clone();
-        shared.tracker.spawn(
-            connection(stream, peer, task_shared, permit).instrument(info_span!("link", %peer)),
-        );
+        shared
+            .tracker
+            .spawn(connection(stream, task_shared, permit).instrument(info_span!("link", %peer)));
     }
 }
 
@@ -102,12 +101,7 @@ fn admit(shared: &Shared, hello: &Hello) -> Result<Vec<u8>, String> {
     }
 }
 
-async fn connection(
-    stream: TcpStream,
-    peer: SocketAddr,
-    shared: Arc<Shared>,
-    permit: OwnedSemaphorePermit,
-) {
+async fn connection(stream: TcpStream, shared: Arc<Shared>, permit: OwnedSemaphorePermit) {
     let _ = stream.set_nodelay(true);
     let mut framed = Framed::new(stream, length_codec(AUTH_MAX_FRAME));
     let accepted = tokio::select! {
@@ -249,7 +243,11 @@ async fn server_link(mut link: ServerLink, authenticated: String, shared: &Share
             })) => warn!(server = %id, "ignoring a second Register on a live link"),
             Some(Ok(other)) => debug!(server = %id, ?other, "ignoring unknown message"),
             Some(Err(e)) => {
-                warn!(server = %id, cause = %e, "master link broken");
+                if shared.stop.is_cancelled() {
+                    debug!(server = %id, cause = %e, "master link broken while stopping");
+                } else {
+                    warn!(server = %id, cause = %e, "master link broken");
+                }
                 break;
             }
             None => break,
@@ -295,15 +293,11 @@ async fn cli_link(mut link: CliLink, shared: &Shared) {
                 shared.stop.cancel();
                 cli_response::Msg::Ok("stopping the cluster".to_owned())
             }
-            Some(Ok(CliRequest { cmd: None })) => {
-                cli_response::Msg::Error("unknown command (is the CLI newer than the master?)".into())
-            }
+            Some(Ok(CliRequest { cmd: None })) => cli_response::Msg::Error(
+                "unknown command (is the CLI newer than the master?)".into(),
+            ),
         };
-        if link
-            .send(CliResponse { msg: Some(reply) })
-            .await
-            .is_err()
-        {
+        if link.send(CliResponse { msg: Some(reply) }).await.is_err() {
             return;
         }
     }

@@ -50,7 +50,7 @@ const MAX_PENDING_AUTH: usize = 64;
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct StartOptions {
-    /// The loaded project (its `dir` should be absolute: servers run there).
+    /// The loaded project (a relative `dir` is made absolute against the current directory).
     pub project: Project,
     /// The cluster's secrets; servers get `secrets.server` in `KENNEL_SERVER_SECRET`.
     pub secrets: Secrets,
@@ -122,7 +122,7 @@ pub async fn run(
     let started = Instant::now();
     let addr = listener.local_addr().map_err(MasterError::Listener)?;
     let StartOptions {
-        project,
+        mut project,
         secrets,
         bin,
         spawn,
@@ -130,6 +130,11 @@ pub async fn run(
         stop_timeout,
         frontend_stop_timeout,
     } = opts;
+    // Servers run in the project directory and relative binaries resolve against it: make it
+    // absolute so neither depends on the master's own working directory.
+    if let Ok(dir) = std::path::absolute(&project.dir) {
+        project.dir = dir;
+    }
 
     let bins: Vec<Option<PathBuf>> = if spawn {
         resolve_bins(&project, bin.as_deref())?
@@ -251,7 +256,20 @@ impl Core {
                 index,
                 generation,
                 status,
-            } => self.supervisor.on_exit(index, generation, status),
+            } => {
+                let pid = self.supervisor.running_pid(index);
+                self.supervisor.on_exit(index, generation, status);
+                // Its link dies with it; do not wait for the socket to tell us, so the
+                // restarted server is not refused as a duplicate.
+                let id = &self.project.servers[index].id;
+                if let Some(link) = self.registry.get(id)
+                    && pid.is_some_and(|p| p == link.info.pid)
+                {
+                    let link_id = link.link_id;
+                    self.registry.remove(id, link_id);
+                    info!(server = %id, "server exited; dropped its link and told the other servers");
+                }
+            }
             Event::RestartDue { index, generation } => {
                 if !self.stopping {
                     self.supervisor.on_restart_due(index, generation);
@@ -440,8 +458,10 @@ impl Core {
         self.supervisor.stop_restarting();
         let t0 = Instant::now();
         let deadline = t0 + total_timeout;
-        let groups = self.supervisor.running_pids();
-        info!(running = groups.len(), "stopping the cluster");
+        info!(
+            running = self.supervisor.running_count(None),
+            "stopping the cluster"
+        );
 
         if self.supervisor.signal(Some(true), Signal::SIGTERM) > 0
             && !self
@@ -470,7 +490,6 @@ impl Core {
                 );
             }
         }
-        self.supervisor.sweep_groups(&groups);
     }
 }
 

@@ -16,9 +16,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
-use kennel_proto::msg::{
-    AddServer, FromMaster, RemoveServer, ServerInfo, ServerList, from_master,
-};
+use kennel_proto::msg::{AddServer, FromMaster, RemoveServer, ServerInfo, ServerList, from_master};
 use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;

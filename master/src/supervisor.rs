@@ -5,8 +5,9 @@
 //! Each server runs as `<bin> --id <id> --env <env> <args...>` in the project directory, in a
 //! process group of its own (a terminal's Ctrl-C reaches only the master, and the master can
 //! signal a server together with anything it started), with stdin `/dev/null` and stdout and
-//! stderr appended to `logs/<id>.log`. Nothing ties a server's life to the master's: servers
-//! outlive a crashed master.
+//! stderr appended to `logs/<id>.log`. When a server exits, whatever is left in its process
+//! group is SIGKILLed. Nothing ties a server's life to the master's: servers outlive a crashed
+//! master.
 
 use std::io;
 use std::os::unix::fs::PermissionsExt;
@@ -282,6 +283,9 @@ impl Supervisor {
             Err(e) => format!("unknown status ({e})"),
         };
         let id = slot.config.id.clone();
+        // A server's process group lives and dies with it: anything it started and left
+        // behind would otherwise be an orphan nobody accounts for.
+        signal_group(pid, Signal::SIGKILL);
         if stopping {
             slot.proc = Proc::Exited;
             info!(server = %id, pid, %status, "server exited");
@@ -333,9 +337,12 @@ impl Supervisor {
             })
     }
 
-    /// The pids (= process group ids) of the running servers.
-    pub(crate) fn running_pids(&self) -> Vec<u32> {
-        self.running().map(|(_, pid)| pid).collect()
+    /// The pid of server `i`, if it is running.
+    pub(crate) fn running_pid(&self, i: usize) -> Option<u32> {
+        match self.slots[i].proc {
+            Proc::Running { pid, .. } => Some(pid),
+            _ => None,
+        }
     }
 
     /// How many servers are running; `frontend` filters by kind.
@@ -360,13 +367,5 @@ impl Supervisor {
             }
         }
         targets.len()
-    }
-
-    /// SIGKILLs whatever is left in the given process groups (helpers a server started and
-    /// left behind when it exited).
-    pub(crate) fn sweep_groups(&self, groups: &[u32]) {
-        for &pgid in groups {
-            signal_group(pgid, Signal::SIGKILL);
-        }
     }
 }
