@@ -17,8 +17,12 @@ struct Rooms {
 
 impl Rooms {
     fn leave(&mut self, uid: u64) {
-        let Some((room, sid)) = self.members.remove(&uid) else { return };
-        let Some(group) = self.rooms.get_mut(&room) else { return };
+        let Some((room, sid)) = self.members.remove(&uid) else {
+            return;
+        };
+        let Some(group) = self.rooms.get_mut(&room) else {
+            return;
+        };
         if let Some(uids) = group.get_mut(&sid) {
             uids.retain(|u| *u != uid);
             if uids.is_empty() {
@@ -47,7 +51,10 @@ impl Rooms {
 
 /// The number at the end of a server id (`chat-server-12` -> 12).
 fn id_number(id: &str) -> u64 {
-    id.rsplit('-').next().and_then(|n| n.parse().ok()).unwrap_or(0)
+    id.rsplit('-')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Registers every handler, remote and callback of the chat game.
@@ -55,7 +62,9 @@ pub fn setup(app: &App) {
     let rooms = Arc::new(Mutex::new(Rooms::default()));
 
     // Client messages for type "chat" go to the chat server chosen at login.
-    app.route("chat", |_app: &App, s: &Session| s.get::<String>("chatServerId"));
+    app.route("chat", |_app: &App, s: &Session| {
+        s.get::<String>("chatServerId")
+    });
 
     app.handler("connector.main.login", |app: App, s: Session, msg: Value| async move {
         let uid = msg.get("uid").and_then(Value::as_f64).map(|f| f as i64 as u32).unwrap_or(0) as u64;
@@ -78,13 +87,18 @@ pub fn setup(app: &App) {
         Some(json!({"code": 0, "uid": uid, "chatServerId": chat_server_id, "frontend": app.id()}))
     });
 
-    app.handler("connector.main.echo", |_: App, _: Session, msg: Value| async move { Some(msg) });
+    app.handler(
+        "connector.main.echo",
+        |_: App, _: Session, msg: Value| async move { Some(msg) },
+    );
 
     let r = rooms.clone();
     app.handler("chat.main.join", move |app: App, s: Session, msg: Value| {
         let rooms = r.clone();
         async move {
-            let Some(uid) = s.uid() else { return Some(json!({"code": 1})) };
+            let Some(uid) = s.uid() else {
+                return Some(json!({"code": 1}));
+            };
             let room = match msg.get("room") {
                 Some(r) if !r.is_null() => r.clone(),
                 _ => s.get::<Value>("room").unwrap_or(Value::Null),
@@ -95,36 +109,57 @@ pub fn setup(app: &App) {
     });
 
     let r = rooms.clone();
-    app.handler("chat.main.send", move |app: App, s: Session, mut msg: Value| {
-        let rooms = r.clone();
-        async move {
-            let Some(uid) = s.uid() else { return };
-            let Some(group) = rooms.lock().unwrap().group_of(uid) else { return };
-            let Some(obj) = msg.as_object_mut() else {
-                tracing::warn!(uid, "chat.main.send with a non-object message; ignored");
-                return;
-            };
-            obj.insert("u".into(), json!(uid));
-            if let Err(e) = app.send_by_group("chat.main.onChat", &msg, &group).await {
-                tracing::warn!(uid, "broadcast failed: {e}");
+    app.handler(
+        "chat.main.send",
+        move |app: App, s: Session, mut msg: Value| {
+            let rooms = r.clone();
+            async move {
+                let Some(uid) = s.uid() else { return };
+                let Some(group) = rooms.lock().unwrap().group_of(uid) else {
+                    return;
+                };
+                let Some(obj) = msg.as_object_mut() else {
+                    tracing::warn!(uid, "chat.main.send with a non-object message; ignored");
+                    return;
+                };
+                obj.insert("u".into(), json!(uid));
+                if let Err(e) = app.send_by_group("chat.main.onChat", &msg, &group).await {
+                    tracing::warn!(uid, "broadcast failed: {e}");
+                }
             }
-        }
-    });
+        },
+    );
 
-    app.handler("chat.main.echo", |_: App, _: Session, msg: Value| async move { Some(msg) });
+    app.handler(
+        "chat.main.echo",
+        |_: App, _: Session, msg: Value| async move { Some(msg) },
+    );
 
-    app.handler("chat.main.rpcEcho", |app: App, _: Session, msg: Value| async move {
-        let mut ids: Vec<String> = app.servers_of_type("chat").into_iter().map(|s| s.id).collect();
-        ids.sort();
-        let target = match ids.iter().position(|i| i == app.id()) {
-            Some(i) if ids.len() > 1 => ids[(i + 1) % ids.len()].clone(),
-            _ => app.id().to_string(),
-        };
-        Some(match app.rpc(&target).call::<_, Value>("chat.main.echo", &msg).await {
-            Ok(v) => v,
-            Err(e) => json!({"code": 1, "err": e.to_string()}),
-        })
-    });
+    app.handler(
+        "chat.main.rpcEcho",
+        |app: App, _: Session, msg: Value| async move {
+            let mut ids: Vec<String> = app
+                .servers_of_type("chat")
+                .into_iter()
+                .map(|s| s.id)
+                .collect();
+            ids.sort();
+            let target = match ids.iter().position(|i| i == app.id()) {
+                Some(i) if ids.len() > 1 => ids[(i + 1) % ids.len()].clone(),
+                _ => app.id().to_string(),
+            };
+            Some(
+                match app
+                    .rpc(&target)
+                    .call::<_, Value>("chat.main.echo", &msg)
+                    .await
+                {
+                    Ok(v) => v,
+                    Err(e) => json!({"code": 1, "err": e.to_string()}),
+                },
+            )
+        },
+    );
 
     let r = rooms.clone();
     app.remote("chat.main.leave", move |_: App, uid: u64| {
@@ -135,7 +170,9 @@ pub fn setup(app: &App) {
 
     // When a player disconnects, its chat server drops it from its room.
     app.on_client_off(|app: App, s: Session| async move {
-        let (Some(uid), Some(sid)) = (s.uid(), s.get::<String>("chatServerId")) else { return };
+        let (Some(uid), Some(sid)) = (s.uid(), s.get::<String>("chatServerId")) else {
+            return;
+        };
         if sid.is_empty() {
             return;
         }

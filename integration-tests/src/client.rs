@@ -6,7 +6,9 @@ use std::collections::VecDeque;
 use anyhow::{Context, Result, anyhow, bail};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
-use kennel_proto::client::{ClientCodec, Frame, HandshakeReply, TYPE_HANDSHAKE, put_frame, put_message};
+use kennel_proto::client::{
+    ClientCodec, Frame, HandshakeReply, TYPE_HANDSHAKE, put_frame, put_message,
+};
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -31,25 +33,42 @@ pub struct Client {
 impl Client {
     /// Connects to `addr` and completes the handshake (empty md5: the server sends the routes).
     pub async fn connect(addr: &str) -> Result<Client> {
-        let stream = timeout(TIMEOUT, TcpStream::connect(addr)).await.context("connect timed out")??;
+        let stream = timeout(TIMEOUT, TcpStream::connect(addr))
+            .await
+            .context("connect timed out")??;
         stream.set_nodelay(true)?;
         let (rd, mut writer) = stream.into_split();
         let mut hs = BytesMut::new();
         put_frame(&mut hs, TYPE_HANDSHAKE, br#"{"md5":""}"#);
         writer.write_all(&hs).await?;
         let mut reader = FramedRead::new(rd, ClientCodec::default());
-        let first = timeout(TIMEOUT, reader.next()).await.context("handshake reply timed out")?;
+        let first = timeout(TIMEOUT, reader.next())
+            .await
+            .context("handshake reply timed out")?;
         let handshake: HandshakeReply = match first {
             Some(Ok(Frame::Handshake(body))) => serde_json::from_slice(&body)?,
             other => bail!("expected a handshake reply, got {other:?}"),
         };
-        let routes = handshake.route.clone().ok_or_else(|| anyhow!("handshake reply without routes"))?;
-        Ok(Client { reader, writer, routes, handshake, inbox: VecDeque::new() })
+        let routes = handshake
+            .route
+            .clone()
+            .ok_or_else(|| anyhow!("handshake reply without routes"))?;
+        Ok(Client {
+            reader,
+            writer,
+            routes,
+            handshake,
+            inbox: VecDeque::new(),
+        })
     }
 
     /// The cmd of `route`.
     pub fn cmd(&self, route: &str) -> Result<u16> {
-        self.routes.iter().position(|r| r == route).map(|i| i as u16).ok_or_else(|| anyhow!("no route {route}"))
+        self.routes
+            .iter()
+            .position(|r| r == route)
+            .map(|i| i as u16)
+            .ok_or_else(|| anyhow!("no route {route}"))
     }
 
     /// Sends a message without waiting for anything.
@@ -95,7 +114,9 @@ impl Client {
                 .context("timed out waiting for a message")?
                 .ok_or_else(|| anyhow!("connection closed"))??;
             match f {
-                Frame::Message { cmd, payload } => return Ok((cmd, serde_json::from_slice(&payload)?)),
+                Frame::Message { cmd, payload } => {
+                    return Ok((cmd, serde_json::from_slice(&payload)?));
+                }
                 Frame::Heartbeat => continue,
                 Frame::Handshake(_) => bail!("unexpected handshake frame"),
             }

@@ -35,7 +35,11 @@ pub fn bin_dir() -> &'static Path {
     DIR.get_or_init(|| {
         // tests live in target/<profile>/deps/
         let exe = std::env::current_exe().expect("test exe path");
-        let dir = exe.parent().and_then(Path::parent).expect("target/<profile>").to_path_buf();
+        let dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target/<profile>")
+            .to_path_buf();
         let release = dir.file_name().is_some_and(|n| n == "release");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
@@ -56,7 +60,11 @@ pub fn bin(name: &str) -> PathBuf {
 
 /// A free TCP port on 127.0.0.1 (bound, then released).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A running chat cluster.
@@ -94,9 +102,13 @@ impl Cluster {
         let env = "test";
         std::fs::write(
             sys.join("master.json"),
-            json!({env: {"id": "master-server-1", "host": "127.0.0.1", "port": master_port}}).to_string(),
+            json!({env: {"id": "master-server-1", "host": "127.0.0.1", "port": master_port}})
+                .to_string(),
         )?;
-        std::fs::write(sys.join("servers.json"), json!({env: {"connector": connector, "chat": chat}}).to_string())?;
+        std::fs::write(
+            sys.join("servers.json"),
+            json!({env: {"connector": connector, "chat": chat}}).to_string(),
+        )?;
         std::fs::write(sys.join("route.json"), json!(ROUTES).to_string())?;
 
         let mut child = Command::new(bin("chat-demo"))
@@ -117,14 +129,27 @@ impl Cluster {
                 let _ = tx.send(line);
             }
         });
-        let mut c = Cluster { dir, master: Some(child), lines, line_rx, frontends, master_port };
+        let mut c = Cluster {
+            dir,
+            master: Some(child),
+            lines,
+            line_rx,
+            frontends,
+            master_port,
+        };
         c.wait_line("kennel: cluster ready")?;
         Ok(c)
     }
 
     /// Waits for a master stdout line containing `needle`.
     pub fn wait_line(&mut self, needle: &str) -> Result<String> {
-        if let Some(l) = self.lines.lock().unwrap().iter().find(|l| l.contains(needle)) {
+        if let Some(l) = self
+            .lines
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|l| l.contains(needle))
+        {
             return Ok(l.clone());
         }
         let deadline = Instant::now() + TIMEOUT * 2;
@@ -133,7 +158,10 @@ impl Cluster {
             match self.line_rx.recv_timeout(left) {
                 Ok(l) if l.contains(needle) => return Ok(l),
                 Ok(_) => {}
-                Err(_) => bail!("master never printed {needle:?}; it printed:\n{}", self.lines.lock().unwrap().join("\n")),
+                Err(_) => bail!(
+                    "master never printed {needle:?}; it printed:\n{}",
+                    self.lines.lock().unwrap().join("\n")
+                ),
             }
         }
     }
@@ -146,21 +174,35 @@ impl Cluster {
     /// Server processes of this cluster (id -> pid), found by their working directory.
     pub fn server_pids(&self) -> HashMap<String, i32> {
         let mut out = HashMap::new();
-        let me = self.dir.path().canonicalize().unwrap_or_else(|_| self.dir.path().to_path_buf());
+        let me = self
+            .dir
+            .path()
+            .canonicalize()
+            .unwrap_or_else(|_| self.dir.path().to_path_buf());
         let master = self.master.as_ref().map(|c| c.id() as i32);
-        let Ok(entries) = std::fs::read_dir("/proc") else { return out };
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return out;
+        };
         for e in entries.flatten() {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
             if Some(pid) == master {
                 continue;
             }
-            let Ok(cwd) = std::fs::read_link(e.path().join("cwd")) else { continue };
+            let Ok(cwd) = std::fs::read_link(e.path().join("cwd")) else {
+                continue;
+            };
             if cwd != me {
                 continue;
             }
-            let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else { continue };
-            let args: Vec<String> =
-                cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+            let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
+                continue;
+            };
+            let args: Vec<String> = cmdline
+                .split(|b| *b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
             if let Some(i) = args.iter().position(|a| a == "--id") {
                 if let Some(id) = args.get(i + 1) {
                     out.insert(id.clone(), pid);
@@ -172,7 +214,8 @@ impl Cluster {
 
     /// The text of `logs/<id>.log`.
     pub fn log(&self, id: &str) -> String {
-        std::fs::read_to_string(self.dir.path().join("logs").join(format!("{id}.log"))).unwrap_or_default()
+        std::fs::read_to_string(self.dir.path().join("logs").join(format!("{id}.log")))
+            .unwrap_or_default()
     }
 
     /// Polls `logs/<id>.log` until it contains `needle`.
@@ -184,7 +227,10 @@ impl Cluster {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        bail!("logs/{id}.log never contained {needle:?}:\n{}", self.log(id))
+        bail!(
+            "logs/{id}.log never contained {needle:?}:\n{}",
+            self.log(id)
+        )
     }
 
     /// Sends SIGTERM to the master alone and waits for it to exit; returns its exit code.

@@ -13,7 +13,10 @@ use serde_json::{Value, json};
 
 /// Logs in `uid` (room `room`) and joins the room; returns the login reply.
 async fn login_join(c: &mut Client, uid: u64, room: i64) -> Value {
-    let r = c.request("connector.main.login", &json!({"uid": uid, "room": room})).await.unwrap();
+    let r = c
+        .request("connector.main.login", &json!({"uid": uid, "room": room}))
+        .await
+        .unwrap();
     assert_eq!(r["code"], 0, "login {uid}: {r}");
     let j = c.request("chat.main.join", &json!({})).await.unwrap();
     assert_eq!(j["code"], 0, "join {uid}: {j}");
@@ -30,7 +33,9 @@ async fn three_clients_chat_kill_a_backend_and_stop() {
     let mut cluster = Cluster::start(2, 2).expect("cluster boots");
     let ready = cluster.wait_line("kennel: cluster ready").unwrap();
     assert!(ready.contains("4 servers"), "{ready}");
-    cluster.wait_line("kennel: clients connect to connector-server-2").unwrap();
+    cluster
+        .wait_line("kennel: clients connect to connector-server-2")
+        .unwrap();
 
     // Three clients on two frontends, one room.
     let mut clients = Vec::new();
@@ -54,10 +59,16 @@ async fn three_clients_chat_kill_a_backend_and_stop() {
     assert_eq!(chat_server, "chat-server-2");
 
     // A second login on the same session is refused with code 2, a duplicate uid with code 1.
-    let again = clients[0].request("connector.main.login", &json!({"uid": 100, "room": room})).await.unwrap();
+    let again = clients[0]
+        .request("connector.main.login", &json!({"uid": 100, "room": room}))
+        .await
+        .unwrap();
     assert_eq!(again, json!({"code": 2, "uid": 100}));
     let mut dup = Client::connect(cluster.client_addr(0)).await.unwrap();
-    let r = dup.request("connector.main.login", &json!({"uid": 100, "room": room})).await.unwrap();
+    let r = dup
+        .request("connector.main.login", &json!({"uid": 100, "room": room}))
+        .await
+        .unwrap();
     assert_eq!(r, json!({"code": 1}));
 
     // One sends; every member (sender included) receives exactly the message plus "u".
@@ -65,13 +76,20 @@ async fn three_clients_chat_kill_a_backend_and_stop() {
     clients[1].send("chat.main.send", &msg).await.unwrap();
     for c in clients.iter_mut() {
         let got = c.expect_push("chat.main.onChat").await.unwrap();
-        assert_eq!(got, json!({"s": 1, "t": "hello room", "x": [1, 2, 3], "u": 101}));
+        assert_eq!(
+            got,
+            json!({"s": 1, "t": "hello room", "x": [1, 2, 3], "u": 101})
+        );
     }
 
     // Echo on the frontend, on the backend, and through one server-to-server RPC.
     let body = json!({"k": "v", "n": 42});
     for route in ["connector.main.echo", "chat.main.echo", "chat.main.rpcEcho"] {
-        assert_eq!(clients[2].request(route, &body).await.unwrap(), body, "{route}");
+        assert_eq!(
+            clients[2].request(route, &body).await.unwrap(),
+            body,
+            "{route}"
+        );
     }
 
     // SIGKILL one chat server: the others are told it is gone.
@@ -80,12 +98,20 @@ async fn three_clients_chat_kill_a_backend_and_stop() {
     let victim = pids["chat-server-1"];
     kill(Pid::from_raw(victim), Signal::SIGKILL).unwrap();
     for id in ["connector-server-1", "connector-server-2", "chat-server-2"] {
-        cluster.wait_log(id, "server removed server=chat-server-1").unwrap();
+        cluster
+            .wait_log(id, "server removed server=chat-server-1")
+            .unwrap();
     }
     // Clients of the surviving chat server keep chatting.
-    clients[0].send("chat.main.send", &json!({"t": "still here"})).await.unwrap();
+    clients[0]
+        .send("chat.main.send", &json!({"t": "still here"}))
+        .await
+        .unwrap();
     for c in clients.iter_mut() {
-        assert_eq!(c.expect_push("chat.main.onChat").await.unwrap(), json!({"t": "still here", "u": 100}));
+        assert_eq!(
+            c.expect_push("chat.main.onChat").await.unwrap(),
+            json!({"t": "still here", "u": 100})
+        );
     }
 
     // Stop: SIGTERM to the master alone stops everything; no server process survives.
@@ -97,7 +123,10 @@ async fn three_clients_chat_kill_a_backend_and_stop() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let survivors: Vec<_> = pids.iter().filter(|p| alive(**p)).collect();
-    assert!(survivors.is_empty(), "servers survived the master's stop: {survivors:?}");
+    assert!(
+        survivors.is_empty(),
+        "servers survived the master's stop: {survivors:?}"
+    );
     assert!(cluster.server_pids().is_empty());
     for c in clients.iter_mut() {
         c.expect_closed().await.unwrap();
@@ -115,15 +144,26 @@ async fn bad_frames_close_only_the_offender() {
 
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("length 0", vec![0, 0, 0, 0]),
-        ("length over maxLen", raw_frame(64 * 1024 * 1024, 1, &[0, 4]).to_vec()),
+        (
+            "length over maxLen",
+            raw_frame(64 * 1024 * 1024, 1, &[0, 4]).to_vec(),
+        ),
         ("bad type byte", raw_frame(3, 9, &[0, 0]).to_vec()),
-        ("cmd outside the route list", raw_frame(5, 1, &[0, 7, b'{', b'}']).to_vec()),
-        ("message too short for a cmd", raw_frame(2, 1, &[0]).to_vec()),
+        (
+            "cmd outside the route list",
+            raw_frame(5, 1, &[0, 7, b'{', b'}']).to_vec(),
+        ),
+        (
+            "message too short for a cmd",
+            raw_frame(2, 1, &[0]).to_vec(),
+        ),
     ];
     for (n, (what, bytes)) in cases.into_iter().enumerate() {
         let mut bad = Client::connect(&addr).await.unwrap();
         bad.send_raw(&bytes).await.unwrap();
-        bad.expect_closed().await.unwrap_or_else(|e| panic!("{what}: {e}"));
+        bad.expect_closed()
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
         // Everyone else keeps chatting.
         let msg = json!({"n": n, "after": what});
         a.send("chat.main.send", &msg).await.unwrap();
@@ -144,12 +184,18 @@ async fn pre_handshake_limits() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     s.write_all(&raw_frame(61, 2, &[b' '; 60])).await.unwrap();
     let mut buf = [0u8; 64];
-    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await.unwrap().unwrap_or(0);
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap_or(0);
     assert_eq!(n, 0, "expected close, got {n} bytes");
     // A message before the handshake closes it too.
     let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
     s.write_all(&raw_frame(3, 1, &[0, 4])).await.unwrap();
-    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await.unwrap().unwrap_or(0);
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap_or(0);
     assert_eq!(n, 0);
     // A handshake with a cached md5 that matches gets no route list back.
     let mut c = Client::connect(&addr).await.unwrap();
@@ -157,7 +203,9 @@ async fn pre_handshake_limits() {
     c.send("connector.main.echo", &json!(1)).await.unwrap();
     let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
     let body = format!(r#"{{"md5":"{md5}"}}"#);
-    s.write_all(&raw_frame(1 + body.len() as u32, 2, body.as_bytes())).await.unwrap();
+    s.write_all(&raw_frame(1 + body.len() as u32, 2, body.as_bytes()))
+        .await
+        .unwrap();
     let mut reply = vec![0u8; 4];
     s.read_exact(&mut reply).await.unwrap();
     let len = u32::from_be_bytes([reply[0], reply[1], reply[2], reply[3]]) as usize;

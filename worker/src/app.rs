@@ -161,11 +161,13 @@ impl App {
     /// Builds the app from parsed arguments.
     pub fn new(args: Args) -> Result<App, Error> {
         let project = Project::load(&args.dir, &args.env)?;
-        let me = project.server(&args.id).ok_or_else(|| Error::UnknownServer {
-            id: args.id.clone(),
-            env: args.env.clone(),
-            dir: args.dir.display().to_string(),
-        })?;
+        let me = project
+            .server(&args.id)
+            .ok_or_else(|| Error::UnknownServer {
+                id: args.id.clone(),
+                env: args.env.clone(),
+                dir: args.dir.display().to_string(),
+            })?;
         let me = ServerInfo::from(me);
         let secret = server_secret(&project)?;
         let routes: Vec<Route> = project
@@ -176,7 +178,12 @@ impl App {
                 server_type: r.split_once('.').map(|(t, _)| t.to_string()),
             })
             .collect();
-        let route_index = project.routes.iter().enumerate().map(|(i, r)| (r.clone(), i as u16)).collect();
+        let route_index = project
+            .routes
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.clone(), i as u16))
+            .collect();
         Ok(App {
             inner: Arc::new(Inner {
                 route_names: project.routes.clone(),
@@ -247,8 +254,11 @@ impl App {
 
     /// Live servers of one type, sorted by id.
     pub fn servers_of_type(&self, server_type: &str) -> Vec<ServerInfo> {
-        let mut v: Vec<ServerInfo> =
-            self.servers().into_iter().filter(|s| s.server_type == server_type).collect();
+        let mut v: Vec<ServerInfo> = self
+            .servers()
+            .into_iter()
+            .filter(|s| s.server_type == server_type)
+            .collect();
         v.sort_by(|a, b| a.id.cmp(&b.id));
         v
     }
@@ -356,11 +366,19 @@ impl App {
     }
 
     fn freeze(&self) -> Result<(), Error> {
-        let setup = self.inner.setup.lock().unwrap().take().ok_or_else(|| Error::Setup("App::run called twice".into()))?;
+        let setup = self
+            .inner
+            .setup
+            .lock()
+            .unwrap()
+            .take()
+            .ok_or_else(|| Error::Setup("App::run called twice".into()))?;
         let mut handlers = vec![None; self.inner.routes.len()];
         for (route, h) in setup.handlers {
             let Some(&cmd) = self.inner.route_index.get(&route) else {
-                return Err(Error::Setup(format!("handler for {route:?}, which is not in the route list")));
+                return Err(Error::Setup(format!(
+                    "handler for {route:?}, which is not in the route list"
+                )));
             };
             let r = &self.inner.routes[cmd as usize];
             if r.server_type.as_deref() == Some(self.server_type()) {
@@ -391,14 +409,33 @@ impl App {
         let rpc_addr = format!("{}:{}", me.host, me.port);
         let peer_listener = TcpListener::bind(&rpc_addr)
             .await
-            .map_err(|source| Error::Bind { what: "rpc", addr: rpc_addr.clone(), source })?;
-        tokio::spawn(peers::accept_loop(self.clone(), peer_listener, shutdown.clone()));
+            .map_err(|source| Error::Bind {
+                what: "rpc",
+                addr: rpc_addr.clone(),
+                source,
+            })?;
+        tokio::spawn(peers::accept_loop(
+            self.clone(),
+            peer_listener,
+            shutdown.clone(),
+        ));
         if let (true, Some(port)) = (me.frontend, me.client_port) {
             let addr = format!("{}:{}", me.host, port);
             let l = TcpListener::bind(&addr)
                 .await
-                .map_err(|source| Error::Bind { what: "clients", addr: addr.clone(), source })?;
-            connector::log_listening(self, &l.local_addr().map_err(|source| Error::Bind { what: "clients", addr, source })?);
+                .map_err(|source| Error::Bind {
+                    what: "clients",
+                    addr: addr.clone(),
+                    source,
+                })?;
+            connector::log_listening(
+                self,
+                &l.local_addr().map_err(|source| Error::Bind {
+                    what: "clients",
+                    addr,
+                    source,
+                })?,
+            );
             tokio::spawn(connector::accept_loop(self.clone(), l, shutdown.clone()));
         }
         info!(id = self.id(), server_type = self.server_type(), rpc = %rpc_addr, "server started");
@@ -437,7 +474,11 @@ impl App {
 
     pub(crate) fn server_added(&self, info: ServerInfo) {
         let id = info.id.clone();
-        self.inner.added_at.lock().unwrap().insert(id.clone(), Instant::now());
+        self.inner
+            .added_at
+            .lock()
+            .unwrap()
+            .insert(id.clone(), Instant::now());
         if self.inner.peers.add(self, info.clone()) {
             if id != self.id() {
                 info!(server = %id, "server added");
@@ -461,7 +502,12 @@ impl App {
     }
 
     pub(crate) fn added_since(&self, id: &str, t: Instant) -> bool {
-        self.inner.added_at.lock().unwrap().get(id).is_some_and(|a| *a > t)
+        self.inner
+            .added_at
+            .lock()
+            .unwrap()
+            .get(id)
+            .is_some_and(|a| *a > t)
     }
 
     // ------------------------------------------------------------------ clients
@@ -479,9 +525,17 @@ impl App {
     }
 
     /// Routes one client message (frontend). An error closes the connection.
-    pub(crate) async fn route_client_message(&self, session: &Session, cmd: u16, payload: Bytes) -> Result<(), String> {
+    pub(crate) async fn route_client_message(
+        &self,
+        session: &Session,
+        cmd: u16,
+        payload: Bytes,
+    ) -> Result<(), String> {
         let Some(route) = self.inner.routes.get(cmd as usize) else {
-            return Err(format!("cmd {cmd} is outside the route list ({} routes)", self.inner.routes.len()));
+            return Err(format!(
+                "cmd {cmd} is outside the route list ({} routes)",
+                self.inner.routes.len()
+            ));
         };
         let Some(server_type) = &route.server_type else {
             warn!(route = %route.name, "client sent a push-only route; ignored");
@@ -495,9 +549,22 @@ impl App {
             warn!(route = %route.name, uid = ?session.uid(), "no {server_type} server to route to; message dropped");
             return Ok(());
         };
-        let Some(link) = self.inner.peers.link(&target) else {
-            warn!(route = %route.name, server = %target, "server not connected; message dropped");
-            return Ok(());
+        let link = match self.inner.peers.link(&target) {
+            Some(l) => l,
+            // Known but not linked yet (booting, reconnecting): wait for the link, which also
+            // holds this connection's later messages back, keeping their order.
+            None => match self
+                .inner
+                .peers
+                .wait_link(&target, self.rpc_timeout())
+                .await
+            {
+                Ok(l) => l,
+                Err(e) => {
+                    warn!(route = %route.name, server = %target, "cannot forward: {e}; message dropped");
+                    return Ok(());
+                }
+            },
         };
         let m = peers::msg(peer_msg::Msg::Client(ClientRequest {
             session: Some(session.to_proto()),
@@ -524,7 +591,12 @@ impl App {
 
     /// Runs the local handler of `cmd` in arrival order and sends its reply to the client.
     async fn run_handler(&self, session: Session, cmd: u16, payload: Bytes) {
-        let Some(h) = self.frozen().handlers.get(cmd as usize).and_then(|h| h.clone()) else {
+        let Some(h) = self
+            .frozen()
+            .handlers
+            .get(cmd as usize)
+            .and_then(|h| h.clone())
+        else {
             warn!(route = %self.inner.routes[cmd as usize].name, "no handler registered; message ignored");
             return;
         };
@@ -546,19 +618,40 @@ impl App {
             conn.send(message_frame(cmd, &payload));
             return;
         }
-        self.push_remote(session.sid(), cmd, payload, vec![session.conn_id()], vec![]).await;
+        self.push_remote(session.sid(), cmd, payload, vec![session.conn_id()], vec![])
+            .await;
     }
 
-    async fn push_remote(&self, sid: &str, cmd: u16, payload: Bytes, conn_ids: Vec<u64>, uids: Vec<u64>) {
+    async fn push_remote(
+        &self,
+        sid: &str,
+        cmd: u16,
+        payload: Bytes,
+        conn_ids: Vec<u64>,
+        uids: Vec<u64>,
+    ) {
         if sid == self.id() {
-            self.inner.frontend.deliver(&message_frame(cmd, &payload), &conn_ids, &uids);
+            self.inner
+                .frontend
+                .deliver(&message_frame(cmd, &payload), &conn_ids, &uids);
             return;
         }
-        let Some(link) = self.inner.peers.link(sid) else {
-            warn!(frontend = sid, "push to a frontend that is not connected; dropped");
-            return;
+        let link = match self.inner.peers.link(sid) {
+            Some(l) => l,
+            None => match self.inner.peers.wait_link(sid, self.rpc_timeout()).await {
+                Ok(l) => l,
+                Err(e) => {
+                    warn!(frontend = sid, "cannot push: {e}; dropped");
+                    return;
+                }
+            },
         };
-        let m = peers::msg(peer_msg::Msg::Push(ClientPush { cmd: cmd as u32, payload, conn_ids, uids }));
+        let m = peers::msg(peer_msg::Msg::Push(ClientPush {
+            cmd: cmd as u32,
+            payload,
+            conn_ids,
+            uids,
+        }));
         link.send(m).await;
     }
 
@@ -569,7 +662,10 @@ impl App {
                 let session = Session::from_proto(req.session.unwrap_or_default());
                 let cmd = req.cmd as u16;
                 if (cmd as usize) >= self.inner.routes.len() {
-                    warn!(from = link.peer(), cmd, "forwarded cmd outside the route list; ignored");
+                    warn!(
+                        from = link.peer(),
+                        cmd, "forwarded cmd outside the route list; ignored"
+                    );
                     return;
                 }
                 self.run_handler(session, cmd, req.payload).await;
@@ -590,8 +686,16 @@ impl App {
                         return;
                     }
                     let reply = match r {
-                        Ok(result) => RpcResponse { id: req.id, result, error: String::new() },
-                        Err(e) => RpcResponse { id: req.id, result: Bytes::new(), error: e.to_string() },
+                        Ok(result) => RpcResponse {
+                            id: req.id,
+                            result,
+                            error: String::new(),
+                        },
+                        Err(e) => RpcResponse {
+                            id: req.id,
+                            result: Bytes::new(),
+                            error: e.to_string(),
+                        },
                     };
                     link.send(peers::msg(peer_msg::Msg::RpcReply(reply))).await;
                 })
@@ -601,12 +705,17 @@ impl App {
                 let result = if r.error.is_empty() {
                     Ok(r.result)
                 } else {
-                    Err(RpcError::Remote { server: link.peer().to_string(), route: String::new(), message: r.error })
+                    Err(RpcError::Remote {
+                        server: link.peer().to_string(),
+                        route: String::new(),
+                        message: r.error,
+                    })
                 };
                 link.complete(r.id, result);
             }
             peer_msg::Msg::Ping(p) => {
-                link.send(peers::msg(peer_msg::Msg::Pong(msg::Pong { seq: p.seq }))).await;
+                link.send(peers::msg(peer_msg::Msg::Pong(msg::Pong { seq: p.seq })))
+                    .await;
             }
             peer_msg::Msg::Pong(_) => {}
         }
@@ -615,13 +724,18 @@ impl App {
     /// Runs a local remote.
     pub(crate) async fn run_remote(&self, route: &str, args: Bytes) -> Result<Bytes, RpcError> {
         let Some(r) = self.frozen().remotes.get(route).cloned() else {
-            return Err(RpcError::NoRemote { server: self.id().to_string(), route: route.to_string() });
+            return Err(RpcError::NoRemote {
+                server: self.id().to_string(),
+                route: route.to_string(),
+            });
         };
-        r(self.clone(), args).await.map_err(|message| RpcError::Remote {
-            server: self.id().to_string(),
-            route: route.to_string(),
-            message,
-        })
+        r(self.clone(), args)
+            .await
+            .map_err(|message| RpcError::Remote {
+                server: self.id().to_string(),
+                route: route.to_string(),
+                message,
+            })
     }
 
     // ------------------------------------------------------------------ RPC and push
@@ -632,24 +746,39 @@ impl App {
     }
 
     fn cmd_of(&self, route: &str) -> Result<u16, PushError> {
-        self.inner.route_index.get(route).copied().ok_or_else(|| PushError::UnknownRoute(route.to_string()))
+        self.inner
+            .route_index
+            .get(route)
+            .copied()
+            .ok_or_else(|| PushError::UnknownRoute(route.to_string()))
     }
 
     /// Pushes `msg` as `route` to clients grouped by frontend: `{frontend id: [uids]}`.
     /// The message is encoded once.
-    pub async fn send_by_group(&self, route: &str, msg: &impl Serialize, group: &HashMap<String, Vec<u64>>) -> Result<(), PushError> {
+    pub async fn send_by_group(
+        &self,
+        route: &str,
+        msg: &impl Serialize,
+        group: &HashMap<String, Vec<u64>>,
+    ) -> Result<(), PushError> {
         let cmd = self.cmd_of(route)?;
         let payload = Bytes::from(serde_json::to_vec(msg)?);
         for (sid, uids) in group {
             if !uids.is_empty() {
-                self.push_remote(sid, cmd, payload.clone(), vec![], uids.clone()).await;
+                self.push_remote(sid, cmd, payload.clone(), vec![], uids.clone())
+                    .await;
             }
         }
         Ok(())
     }
 
     /// Pushes `msg` as `route` to `(uid, frontend id)` pairs.
-    pub async fn send_by_uid_sid(&self, route: &str, msg: &impl Serialize, targets: &[(u64, String)]) -> Result<(), PushError> {
+    pub async fn send_by_uid_sid(
+        &self,
+        route: &str,
+        msg: &impl Serialize,
+        targets: &[(u64, String)],
+    ) -> Result<(), PushError> {
         let mut group: HashMap<String, Vec<u64>> = HashMap::new();
         for (uid, sid) in targets {
             group.entry(sid.clone()).or_default().push(*uid);
@@ -658,7 +787,12 @@ impl App {
     }
 
     /// Pushes `msg` as `route` to clients of this frontend bound to `uids`.
-    pub fn send_by_uid(&self, route: &str, msg: &impl Serialize, uids: &[u64]) -> Result<(), PushError> {
+    pub fn send_by_uid(
+        &self,
+        route: &str,
+        msg: &impl Serialize,
+        uids: &[u64],
+    ) -> Result<(), PushError> {
         if !self.is_frontend() {
             return Err(PushError::NotFrontend("send_by_uid"));
         }
@@ -679,7 +813,12 @@ impl App {
     }
 
     /// Pushes `msg` as `route` to one client through its session.
-    pub async fn send_to(&self, session: &Session, route: &str, msg: &impl Serialize) -> Result<(), PushError> {
+    pub async fn send_to(
+        &self,
+        session: &Session,
+        route: &str,
+        msg: &impl Serialize,
+    ) -> Result<(), PushError> {
         let cmd = self.cmd_of(route)?;
         let payload = Bytes::from(serde_json::to_vec(msg)?);
         self.reply(session, cmd, payload).await;
@@ -702,7 +841,10 @@ fn server_secret(project: &Project) -> Result<String, Error> {
 
 async fn wait_for_signal() -> &'static str {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         std::future::pending::<()>().await;
         unreachable!()
     };

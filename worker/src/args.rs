@@ -81,6 +81,11 @@ mod tests {
         let a = p(&["--id", "c"]).unwrap();
         assert_eq!(a.env, "development");
         assert!(p(&[]).unwrap_err().to_string().contains("--id"));
-        assert!(p(&["--id"]).unwrap_err().to_string().contains("needs a value"));
+        assert!(
+            p(&["--id"])
+                .unwrap_err()
+                .to_string()
+                .contains("needs a value")
+        );
     }
 }

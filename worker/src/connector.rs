@@ -126,7 +126,11 @@ async fn serve(app: App, stream: TcpStream, ip: String) -> Result<(), String> {
 fn handshake_reply(app: &App, req: &HandshakeRequest, heartbeat: u64) -> Bytes {
     let md5 = app.inner.route_md5.clone();
     let route = (req.md5 != md5).then(|| app.inner.route_names.clone());
-    let reply = HandshakeReply { md5, heartbeat, route };
+    let reply = HandshakeReply {
+        md5,
+        heartbeat,
+        route,
+    };
     let body = serde_json::to_vec(&reply).expect("handshake reply serializes");
     let mut b = BytesMut::with_capacity(5 + body.len());
     client::put_frame(&mut b, client::TYPE_HANDSHAKE, &body);
@@ -140,7 +144,11 @@ async fn read_loop(
     heartbeat: u64,
 ) -> Result<(), String> {
     let conn = session.conn().expect("frontend session").clone();
-    let limit = if heartbeat > 0 { Duration::from_secs(2 * heartbeat) } else { Duration::MAX };
+    let limit = if heartbeat > 0 {
+        Duration::from_secs(2 * heartbeat)
+    } else {
+        Duration::MAX
+    };
     let silent = tokio::time::sleep(limit.min(Duration::from_secs(100 * 365 * 86400)));
     tokio::pin!(silent);
     loop {
@@ -177,7 +185,11 @@ async fn read_loop(
 
 /// Writes queued frames, coalescing whatever is queued into one write. On `closing` it writes
 /// what is still queued, then shuts the socket down.
-async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Bytes>, closing: CancellationToken) {
+async fn write_loop(
+    mut wr: OwnedWriteHalf,
+    mut rx: mpsc::Receiver<Bytes>,
+    closing: CancellationToken,
+) {
     let mut buf = BytesMut::new();
     loop {
         let first = tokio::select! {

@@ -51,6 +51,9 @@ mod tests {
         })
         .await
         .unwrap();
-        assert_eq!(*log.lock().unwrap(), vec!["first starts", "second", "first ends"]);
+        assert_eq!(
+            *log.lock().unwrap(),
+            vec!["first starts", "second", "first ends"]
+        );
     }
 }

@@ -30,7 +30,11 @@ pub(crate) struct Conn {
 
 impl Conn {
     pub(crate) fn new(id: u64, tx: mpsc::Sender<Bytes>) -> Conn {
-        Conn { id, tx, closing: CancellationToken::new() }
+        Conn {
+            id,
+            tx,
+            closing: CancellationToken::new(),
+        }
     }
 
     /// Queues one encoded frame; a full queue closes the connection.
@@ -38,7 +42,10 @@ impl Conn {
         match self.tx.try_send(frame) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
-                tracing::warn!(conn = self.id, "client send queue full ({SEND_QUEUE} frames): closing");
+                tracing::warn!(
+                    conn = self.id,
+                    "client send queue full ({SEND_QUEUE} frames): closing"
+                );
                 self.close();
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {}
@@ -71,7 +78,10 @@ impl FrontendState {
     }
 
     pub(crate) fn add(&self, session: Session) {
-        self.conns.lock().unwrap().insert(session.conn_id(), session);
+        self.conns
+            .lock()
+            .unwrap()
+            .insert(session.conn_id(), session);
     }
 
     /// Forgets a closed connection and unbinds its uid.
@@ -122,7 +132,11 @@ impl FrontendState {
             let map = self.uids.lock().unwrap();
             let conns = self.conns.lock().unwrap();
             for uid in uids {
-                if let Some(c) = map.get(uid).and_then(|id| conns.get(id)).and_then(|s| s.conn()) {
+                if let Some(c) = map
+                    .get(uid)
+                    .and_then(|id| conns.get(id))
+                    .and_then(|s| s.conn())
+                {
                     c.send(frame.clone());
                 }
             }

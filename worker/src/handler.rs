@@ -21,7 +21,8 @@ pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>
 pub(crate) type HandlerFn =
     Arc<dyn Fn(App, Session, Bytes) -> BoxFuture<Result<Option<Bytes>, String>> + Send + Sync>;
 /// RPC remote: `(app, args) -> encoded result or error text`.
-pub(crate) type RemoteFn = Arc<dyn Fn(App, Bytes) -> BoxFuture<Result<Bytes, String>> + Send + Sync>;
+pub(crate) type RemoteFn =
+    Arc<dyn Fn(App, Bytes) -> BoxFuture<Result<Bytes, String>> + Send + Sync>;
 /// Route function: picks the backend server id for a session.
 pub(crate) type RouteFn = Arc<dyn Fn(&App, &Session) -> Option<String> + Send + Sync>;
 /// Client on/off callback.
@@ -55,7 +56,9 @@ impl Reply for () {
 
 /// Encodes a message as JSON.
 pub(crate) fn encode<T: Serialize + ?Sized>(v: &T) -> Result<Bytes, String> {
-    serde_json::to_vec(v).map(Bytes::from).map_err(|e| format!("cannot encode: {e}"))
+    serde_json::to_vec(v)
+        .map(Bytes::from)
+        .map_err(|e| format!("cannot encode: {e}"))
 }
 
 /// Decodes a JSON message.

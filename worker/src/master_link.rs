@@ -70,13 +70,21 @@ enum LinkErr {
 
 async fn session(app: &App, addr: &str, reconnect: bool) -> Result<(), LinkErr> {
     let other = |e: String| LinkErr::Other(e, false);
-    let stream = TcpStream::connect(addr).await.map_err(|e| other(e.to_string()))?;
+    let stream = TcpStream::connect(addr)
+        .await
+        .map_err(|e| other(e.to_string()))?;
     let _ = stream.set_nodelay(true);
     let mut framed = Framed::new(stream, length_codec(AUTH_MAX_FRAME));
     let master_id = app.inner.project.master.id.clone();
     match tokio::time::timeout(
         Duration::from_secs(5),
-        auth::dial(&mut framed, &app.inner.secret, Role::Server, app.id(), &master_id),
+        auth::dial(
+            &mut framed,
+            &app.inner.secret,
+            Role::Server,
+            app.id(),
+            &master_id,
+        ),
     )
     .await
     {
@@ -85,10 +93,13 @@ async fn session(app: &App, addr: &str, reconnect: bool) -> Result<(), LinkErr> 
         Ok(Err(e)) => return Err(other(e.to_string())),
         Ok(Ok(_)) => {}
     }
-    let mut framed = framed.map_codec(|_| ProtoCodec::<FromMaster, ToMaster>::new(DEFAULT_MAX_FRAME));
+    let mut framed =
+        framed.map_codec(|_| ProtoCodec::<FromMaster, ToMaster>::new(DEFAULT_MAX_FRAME));
     let info = app.my_info().to_proto(std::process::id());
     framed
-        .send(ToMaster { msg: Some(to_master::Msg::Register(Register { info: Some(info) })) })
+        .send(ToMaster {
+            msg: Some(to_master::Msg::Register(Register { info: Some(info) })),
+        })
         .await
         .map_err(|e| other(e.to_string()))?;
     let mut registered = false;
@@ -108,7 +119,10 @@ async fn session(app: &App, addr: &str, reconnect: bool) -> Result<(), LinkErr> 
                     tokio::spawn(async move {
                         tokio::time::sleep(RECONCILE_GRACE).await;
                         for id in app.inner.peers.ids() {
-                            if !ids.contains(&id) && id != app.id() && !app.added_since(&id, listed_at) {
+                            if !ids.contains(&id)
+                                && id != app.id()
+                                && !app.added_since(&id, listed_at)
+                            {
                                 app.server_removed(&id);
                             }
                         }
@@ -128,5 +142,9 @@ async fn session(app: &App, addr: &str, reconnect: bool) -> Result<(), LinkErr> 
             Some(from_master::Msg::Pong(_)) | None => {}
         }
     }
-    if registered { Ok(()) } else { Err(LinkErr::Other("master closed the link".into(), false)) }
+    if registered {
+        Ok(())
+    } else {
+        Err(LinkErr::Other("master closed the link".into(), false))
+    }
 }

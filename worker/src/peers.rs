@@ -91,11 +91,19 @@ pub(crate) struct Peers {
 impl Peers {
     /// The current link to `id`, if connected.
     pub(crate) fn link(&self, id: &str) -> Option<Arc<Link>> {
-        self.map.read().unwrap().get(id).and_then(|p| p.link.borrow().clone())
+        self.map
+            .read()
+            .unwrap()
+            .get(id)
+            .and_then(|p| p.link.borrow().clone())
     }
 
     /// Waits up to `timeout` for a link to a known server.
-    pub(crate) async fn wait_link(&self, id: &str, timeout: Duration) -> Result<Arc<Link>, RpcError> {
+    pub(crate) async fn wait_link(
+        &self,
+        id: &str,
+        timeout: Duration,
+    ) -> Result<Arc<Link>, RpcError> {
         let mut rx = match self.map.read().unwrap().get(id) {
             None => return Err(RpcError::UnknownServer(id.to_string())),
             Some(p) => p.link.subscribe(),
@@ -104,18 +112,32 @@ impl Peers {
         match got {
             Ok(Ok(l)) => Ok(l.clone().expect("waited for Some")),
             Ok(Err(_)) => Err(RpcError::UnknownServer(id.to_string())),
-            Err(_) => Err(RpcError::Timeout { server: id.to_string(), route: String::new() }),
+            Err(_) => Err(RpcError::Timeout {
+                server: id.to_string(),
+                route: String::new(),
+            }),
         }
     }
 
     /// Every known server (this one included once registered).
     pub(crate) fn servers(&self) -> Vec<ServerInfo> {
-        self.map.read().unwrap().values().filter_map(|p| p.info.clone()).collect()
+        self.map
+            .read()
+            .unwrap()
+            .values()
+            .filter_map(|p| p.info.clone())
+            .collect()
     }
 
     /// Ids of every known server.
     pub(crate) fn ids(&self) -> Vec<String> {
-        self.map.read().unwrap().iter().filter(|(_, p)| p.info.is_some()).map(|(k, _)| k.clone()).collect()
+        self.map
+            .read()
+            .unwrap()
+            .iter()
+            .filter(|(_, p)| p.info.is_some())
+            .map(|(k, _)| k.clone())
+            .collect()
     }
 
     /// Adds or updates a server; returns true if it is new. Starts the dialer when this server
@@ -172,7 +194,10 @@ impl Peers {
         let map = self.map.read().unwrap();
         if let Some(p) = map.get(&link.peer) {
             p.link.send_if_modified(|cur| {
-                if cur.as_ref().is_some_and(|c| c.generation == link.generation) {
+                if cur
+                    .as_ref()
+                    .is_some_and(|c| c.generation == link.generation)
+                {
                     *cur = None;
                     true
                 } else {
@@ -194,7 +219,13 @@ async fn dial_loop(app: App, info: ServerInfo, cancel: CancellationToken) {
             let mut framed = Framed::new(stream, length_codec(AUTH_MAX_FRAME));
             tokio::time::timeout(
                 AUTH_TIMEOUT,
-                auth::dial(&mut framed, &app.inner.secret, Role::Peer, app.id(), &info.id),
+                auth::dial(
+                    &mut framed,
+                    &app.inner.secret,
+                    Role::Peer,
+                    app.id(),
+                    &info.id,
+                ),
             )
             .await
             .map_err(|_| "authentication timed out".to_string())?
@@ -252,11 +283,16 @@ pub(crate) async fn accept_loop(app: App, listener: TcpListener, shutdown: Cance
                     return Err(format!("this is {me}, not {}", h.target));
                 }
                 if h.id.as_str() >= me.as_str() {
-                    return Err(format!("{} must wait for {me} to dial (the smaller id dials)", h.id));
+                    return Err(format!(
+                        "{} must wait for {me} to dial (the smaller id dials)",
+                        h.id
+                    ));
                 }
                 Ok(secret.clone())
             };
-            match tokio::time::timeout(AUTH_TIMEOUT, auth::accept(&mut framed, app.id(), admit)).await {
+            match tokio::time::timeout(AUTH_TIMEOUT, auth::accept(&mut framed, app.id(), admit))
+                .await
+            {
                 Ok(Ok(hello)) => run_link(app, hello.id, framed, shutdown).await,
                 Ok(Err(e)) => warn!(%addr, cause = %e, "peer link refused"),
                 Err(_) => warn!(%addr, "peer link authentication timed out"),

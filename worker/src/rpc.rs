@@ -27,7 +27,11 @@ pub struct Rpc {
 impl Rpc {
     pub(crate) fn new(app: App, target: String) -> Rpc {
         let timeout = app.rpc_timeout();
-        Rpc { app, target, timeout }
+        Rpc {
+            app,
+            target,
+            timeout,
+        }
     }
 
     /// Overrides the timeout for calls made through this handle.
@@ -48,7 +52,11 @@ impl Rpc {
     }
 
     /// Sends `route(args)` without waiting for a result.
-    pub async fn notify<A: Serialize + ?Sized>(&self, route: &str, args: &A) -> Result<(), RpcError> {
+    pub async fn notify<A: Serialize + ?Sized>(
+        &self,
+        route: &str,
+        args: &A,
+    ) -> Result<(), RpcError> {
         let args = encode(args).map_err(RpcError::Codec)?;
         if self.target == self.app.id() {
             let app = self.app.clone();
@@ -58,9 +66,23 @@ impl Rpc {
             });
             return Ok(());
         }
-        let link = self.app.inner.peers.wait_link(&self.target, self.timeout).await.map_err(|e| self.fix_route(e, route))?;
-        let m = msg(peer_msg::Msg::Rpc(RpcRequest { id: 0, route: route.to_string(), args }));
-        if link.send(m).await { Ok(()) } else { Err(RpcError::LinkDropped(self.target.clone())) }
+        let link = self
+            .app
+            .inner
+            .peers
+            .wait_link(&self.target, self.timeout)
+            .await
+            .map_err(|e| self.fix_route(e, route))?;
+        let m = msg(peer_msg::Msg::Rpc(RpcRequest {
+            id: 0,
+            route: route.to_string(),
+            args,
+        }));
+        if link.send(m).await {
+            Ok(())
+        } else {
+            Err(RpcError::LinkDropped(self.target.clone()))
+        }
     }
 
     async fn call_raw(&self, route: &str, args: Bytes) -> Result<Bytes, RpcError> {
@@ -68,23 +90,39 @@ impl Rpc {
             return self.app.run_remote(route, args).await;
         }
         let deadline = tokio::time::Instant::now() + self.timeout;
-        let link = self.app.inner.peers.wait_link(&self.target, self.timeout).await.map_err(|e| self.fix_route(e, route))?;
+        let link = self
+            .app
+            .inner
+            .peers
+            .wait_link(&self.target, self.timeout)
+            .await
+            .map_err(|e| self.fix_route(e, route))?;
         let id = self.app.inner.rpc_seq.fetch_add(1, Ordering::Relaxed) + 1;
-        let m = msg(peer_msg::Msg::Rpc(RpcRequest { id, route: route.to_string(), args }));
+        let m = msg(peer_msg::Msg::Rpc(RpcRequest {
+            id,
+            route: route.to_string(),
+            args,
+        }));
         let rx = link.call(id, m).await?;
         match tokio::time::timeout_at(deadline, rx).await {
             Ok(Ok(r)) => r,
             Ok(Err(_)) => Err(RpcError::LinkDropped(self.target.clone())),
             Err(_) => {
                 link.forget(id);
-                Err(RpcError::Timeout { server: self.target.clone(), route: route.to_string() })
+                Err(RpcError::Timeout {
+                    server: self.target.clone(),
+                    route: route.to_string(),
+                })
             }
         }
     }
 
     fn fix_route(&self, e: RpcError, route: &str) -> RpcError {
         match e {
-            RpcError::Timeout { server, .. } => RpcError::Timeout { server, route: route.to_string() },
+            RpcError::Timeout { server, .. } => RpcError::Timeout {
+                server,
+                route: route.to_string(),
+            },
             e => e,
         }
     }

@@ -87,7 +87,11 @@ impl Session {
                 state: Mutex::new(State {
                     uid: s.uid,
                     settings,
-                    encoded: if s.settings.is_empty() { None } else { Some(s.settings) },
+                    encoded: if s.settings.is_empty() {
+                        None
+                    } else {
+                        Some(s.settings)
+                    },
                 }),
                 conn: None,
                 frontend: Weak::new(),
