@@ -203,10 +203,12 @@ impl Cluster {
                 .split(|b| *b == 0)
                 .map(|a| String::from_utf8_lossy(a).into_owned())
                 .collect();
-            if let Some(i) = args.iter().position(|a| a == "--id") {
-                if let Some(id) = args.get(i + 1) {
-                    out.insert(id.clone(), pid);
-                }
+            if let Some(id) = args
+                .iter()
+                .position(|a| a == "--id")
+                .and_then(|i| args.get(i + 1))
+            {
+                out.insert(id.clone(), pid);
             }
         }
         out

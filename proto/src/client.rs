@@ -186,16 +186,16 @@ pub struct HandshakeRequest {
     pub md5: String,
 }
 
-/// The server's handshake reply body.
+/// The server's handshake reply body (keys in mydog's order: md5, route, heartbeat).
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct HandshakeReply {
     /// md5 of the server's route list.
     pub md5: String,
-    /// Heartbeat interval in seconds, 0 = off.
-    pub heartbeat: u64,
     /// The route list, present when the client's md5 differs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub route: Option<Vec<String>>,
+    /// Heartbeat interval in seconds, 0 = off.
+    pub heartbeat: u64,
 }
 
 #[cfg(test)]

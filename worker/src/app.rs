@@ -549,6 +549,10 @@ impl App {
             warn!(route = %route.name, uid = ?session.uid(), "no {server_type} server to route to; message dropped");
             return Ok(());
         };
+        if !self.inner.peers.is_of_type(&target, server_type) {
+            warn!(route = %route.name, server = %target, "route function picked a server that is not a live {server_type} server; message dropped");
+            return Ok(());
+        }
         let link = match self.inner.peers.link(&target) {
             Some(l) => l,
             // Known but not linked yet (booting, reconnecting): wait for the link, which also

@@ -129,6 +129,16 @@ impl Peers {
             .collect()
     }
 
+    /// Whether `id` is a known server of type `server_type`.
+    pub(crate) fn is_of_type(&self, id: &str, server_type: &str) -> bool {
+        self.map
+            .read()
+            .unwrap()
+            .get(id)
+            .and_then(|p| p.info.as_ref())
+            .is_some_and(|i| i.server_type == server_type && !i.frontend)
+    }
+
     /// Ids of every known server.
     pub(crate) fn ids(&self) -> Vec<String> {
         self.map
