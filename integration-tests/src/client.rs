@@ -1,11 +1,12 @@
-//! A minimal game client over TCP speaking PROTOCOL.md: handshake, requests (matched by cmd),
-//! pushes, heartbeats, and raw bytes for abuse tests. Every wait is bounded by [`crate::TIMEOUT`].
+//! A minimal game client speaking PROTOCOL.md over TCP or WebSocket: handshake, requests
+//! (matched by cmd), pushes, heartbeats, and raw bytes for abuse tests. Every wait is bounded by
+//! [`crate::TIMEOUT`].
 
 use std::collections::VecDeque;
 
 use anyhow::{Context, Result, anyhow, bail};
 use bytes::{Bytes, BytesMut};
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use kennel_proto::client::{
     ClientCodec, Frame, HandshakeReply, TYPE_HANDSHAKE, put_frame, put_message,
 };
@@ -14,14 +15,61 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::time::timeout;
-use tokio_util::codec::FramedRead;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::codec::{Decoder, FramedRead};
 
 use crate::TIMEOUT;
 
+/// The client's transport.
+enum Io {
+    Tcp {
+        reader: FramedRead<OwnedReadHalf, ClientCodec>,
+        writer: OwnedWriteHalf,
+    },
+    Ws {
+        ws: Box<WebSocketStream<MaybeTlsStream<TcpStream>>>,
+        buf: BytesMut,
+        codec: ClientCodec,
+    },
+}
+
+impl Io {
+    async fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        match self {
+            Io::Tcp { writer, .. } => writer.write_all(bytes).await?,
+            Io::Ws { ws, .. } => {
+                ws.send(Message::Binary(Bytes::copy_from_slice(bytes)))
+                    .await?
+            }
+        }
+        Ok(())
+    }
+
+    /// The next frame; `None` when the server closed the connection.
+    async fn next(&mut self) -> Option<Result<Frame>> {
+        match self {
+            Io::Tcp { reader, .. } => reader.next().await.map(|r| r.map_err(Into::into)),
+            Io::Ws { ws, buf, codec } => loop {
+                match codec.decode(buf) {
+                    Ok(Some(f)) => return Some(Ok(f)),
+                    Ok(None) => {}
+                    Err(e) => return Some(Err(e.into())),
+                }
+                match ws.next().await? {
+                    Ok(Message::Binary(b)) => buf.extend_from_slice(&b),
+                    Ok(Message::Close(_)) => return None,
+                    Ok(_) => {}
+                    Err(e) => return Some(Err(e.into())),
+                }
+            },
+        }
+    }
+}
+
 /// A connected, handshaken client.
 pub struct Client {
-    reader: FramedRead<OwnedReadHalf, ClientCodec>,
-    writer: OwnedWriteHalf,
+    io: Io,
     /// The route list the server announced.
     pub routes: Vec<String>,
     /// The server's handshake reply.
@@ -31,18 +79,39 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects to `addr` and completes the handshake (empty md5: the server sends the routes).
+    /// Connects over TCP to `addr` and completes the handshake (empty md5: the server sends
+    /// the routes).
     pub async fn connect(addr: &str) -> Result<Client> {
         let stream = timeout(TIMEOUT, TcpStream::connect(addr))
             .await
             .context("connect timed out")??;
         stream.set_nodelay(true)?;
-        let (rd, mut writer) = stream.into_split();
+        let (rd, writer) = stream.into_split();
+        let reader = FramedRead::new(rd, ClientCodec::default());
+        Client::handshake(Io::Tcp { reader, writer }).await
+    }
+
+    /// Connects over WebSocket to `ws://addr/` and completes the handshake.
+    pub async fn connect_ws(addr: &str) -> Result<Client> {
+        let (ws, _) = timeout(
+            TIMEOUT,
+            tokio_tungstenite::connect_async(format!("ws://{addr}/")),
+        )
+        .await
+        .context("websocket connect timed out")??;
+        Client::handshake(Io::Ws {
+            ws: Box::new(ws),
+            buf: BytesMut::new(),
+            codec: ClientCodec::default(),
+        })
+        .await
+    }
+
+    async fn handshake(mut io: Io) -> Result<Client> {
         let mut hs = BytesMut::new();
         put_frame(&mut hs, TYPE_HANDSHAKE, br#"{"md5":""}"#);
-        writer.write_all(&hs).await?;
-        let mut reader = FramedRead::new(rd, ClientCodec::default());
-        let first = timeout(TIMEOUT, reader.next())
+        io.write(&hs).await?;
+        let first = timeout(TIMEOUT, io.next())
             .await
             .context("handshake reply timed out")?;
         let handshake: HandshakeReply = match first {
@@ -54,8 +123,7 @@ impl Client {
             .clone()
             .ok_or_else(|| anyhow!("handshake reply without routes"))?;
         Ok(Client {
-            reader,
-            writer,
+            io,
             routes,
             handshake,
             inbox: VecDeque::new(),
@@ -76,7 +144,7 @@ impl Client {
         let cmd = self.cmd(route)?;
         let mut b = BytesMut::new();
         put_message(&mut b, cmd, serde_json::to_string(msg)?.as_bytes());
-        self.writer.write_all(&b).await?;
+        self.io.write(&b).await?;
         Ok(())
     }
 
@@ -109,7 +177,7 @@ impl Client {
     /// The next message frame (heartbeat replies skipped).
     pub async fn next_message(&mut self) -> Result<(u16, Value)> {
         loop {
-            let f = timeout(TIMEOUT, self.reader.next())
+            let f = timeout(TIMEOUT, self.io.next())
                 .await
                 .context("timed out waiting for a message")?
                 .ok_or_else(|| anyhow!("connection closed"))??;
@@ -125,14 +193,14 @@ impl Client {
 
     /// Writes raw bytes.
     pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<()> {
-        self.writer.write_all(bytes).await?;
+        self.io.write(bytes).await?;
         Ok(())
     }
 
     /// Waits until the server closes the connection (EOF or reset). Errors if a message
     /// arrives instead or nothing happens before the timeout.
     pub async fn expect_closed(&mut self) -> Result<()> {
-        match timeout(TIMEOUT, self.reader.next()).await {
+        match timeout(TIMEOUT, self.io.next()).await {
             Err(_) => bail!("connection still open after {TIMEOUT:?}"),
             Ok(None) | Ok(Some(Err(_))) => Ok(()),
             Ok(Some(Ok(f))) => bail!("expected close, got {f:?}"),

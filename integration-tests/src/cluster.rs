@@ -82,8 +82,15 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Boots `connectors` frontends and `chats` chat servers and waits until all registered.
+    /// Boots `connectors` TCP frontends and `chats` chat servers and waits until all registered.
     pub fn start(connectors: u16, chats: u16) -> Result<Cluster> {
+        Cluster::start_with(connectors, 0, chats)
+    }
+
+    /// Boots `tcp` TCP frontends, then `ws` WebSocket frontends (ids continue the numbering),
+    /// and `chats` chat servers.
+    pub fn start_with(tcp: u16, ws: u16, chats: u16) -> Result<Cluster> {
+        let connectors = tcp + ws;
         let dir = tempfile::tempdir()?;
         let sys = dir.path().join("config/sys");
         std::fs::create_dir_all(&sys)?;
@@ -93,7 +100,8 @@ impl Cluster {
         for i in 1..=connectors {
             let (port, client) = (free_port(), free_port());
             let id = format!("connector-server-{i}");
-            connector.push(json!({"id": id, "host": "127.0.0.1", "port": port, "frontend": true, "clientPort": client}));
+            let transport = if i > tcp { "ws" } else { "tcp" };
+            connector.push(json!({"id": id, "host": "127.0.0.1", "port": port, "frontend": true, "clientPort": client, "connector": transport}));
             frontends.push((id, format!("127.0.0.1:{client}")));
         }
         let chat: Vec<_> = (1..=chats)

@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod cluster;
+pub mod mydog;
 
 use std::time::Duration;
 

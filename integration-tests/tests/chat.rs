@@ -216,3 +216,51 @@ async fn pre_handshake_limits() {
     assert_eq!(v["md5"], json!(md5));
     assert!(v.get("route").is_none(), "{v}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_and_tcp_clients_share_a_room() {
+    // connector-server-1 is TCP, connector-server-2 WebSocket.
+    let cluster = Cluster::start_with(1, 1, 1).expect("cluster boots");
+    let mut tcp = Client::connect(cluster.client_addr(0)).await.unwrap();
+    let mut ws = Client::connect_ws(cluster.client_addr(1)).await.unwrap();
+    assert_eq!(ws.routes, tcp.routes);
+    assert_eq!(ws.handshake.md5, tcp.handshake.md5);
+    let r = login_join(&mut ws, 21, 5).await;
+    assert_eq!(r["frontend"], json!("connector-server-2"));
+    login_join(&mut tcp, 22, 5).await;
+    ws.send("chat.main.send", &json!({"t": "from the browser side"}))
+        .await
+        .unwrap();
+    for c in [&mut ws, &mut tcp] {
+        assert_eq!(
+            c.expect_push("chat.main.onChat").await.unwrap(),
+            json!({"t": "from the browser side", "u": 21})
+        );
+    }
+    for route in ["connector.main.echo", "chat.main.echo", "chat.main.rpcEcho"] {
+        assert_eq!(
+            ws.request(route, &json!({"ws": true})).await.unwrap(),
+            json!({"ws": true}),
+            "{route}"
+        );
+    }
+    // Several frames in one WebSocket message are all handled, in order.
+    let mut batch = bytes::BytesMut::new();
+    for n in 0..3 {
+        kennel_proto::client::put_message(&mut batch, 4, json!({"n": n}).to_string().as_bytes());
+    }
+    ws.send_raw(&batch).await.unwrap();
+    for n in 0..3 {
+        assert_eq!(
+            ws.expect_push("connector.main.echo").await.unwrap(),
+            json!({"n": n})
+        );
+    }
+    // A bad frame over WebSocket closes that client only.
+    ws.send_raw(&raw_frame(3, 9, &[0, 0])).await.unwrap();
+    ws.expect_closed().await.unwrap();
+    assert_eq!(
+        tcp.request("chat.main.echo", &json!(1)).await.unwrap(),
+        json!(1)
+    );
+}

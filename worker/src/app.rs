@@ -385,6 +385,16 @@ impl App {
                 handlers[cmd as usize] = Some(h);
             }
         }
+        let mut connector = setup.connector;
+        if self.is_frontend() {
+            connector.apply_entry(&self.inner.me.extra).map_err(|e| {
+                Error::Setup(format!(
+                    "servers config of {}, entry {}: {e}",
+                    self.env(),
+                    self.id()
+                ))
+            })?;
+        }
         let _ = self.inner.frozen.set(Frozen {
             handlers,
             remotes: setup.remotes,
@@ -393,7 +403,7 @@ impl App {
             client_off: setup.client_off,
             on_add: setup.on_add,
             on_remove: setup.on_remove,
-            connector: setup.connector,
+            connector,
         });
         Ok(())
     }
@@ -428,14 +438,12 @@ impl App {
                     addr: addr.clone(),
                     source,
                 })?;
-            connector::log_listening(
-                self,
-                &l.local_addr().map_err(|source| Error::Bind {
-                    what: "clients",
-                    addr,
-                    source,
-                })?,
-            );
+            let bound = l.local_addr().map_err(|source| Error::Bind {
+                what: "clients",
+                addr,
+                source,
+            })?;
+            connector::log_listening(self, &bound, self.connector_config().transport);
             tokio::spawn(connector::accept_loop(self.clone(), l, shutdown.clone()));
         }
         info!(id = self.id(), server_type = self.server_type(), rpc = %rpc_addr, "server started");

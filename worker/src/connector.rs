@@ -1,18 +1,30 @@
-//! The TCP connector of a frontend: accepts game clients and runs each connection's lifecycle
-//! (PROTOCOL.md): pre-handshake limits, handshake (md5 of the route list), heartbeat, frames to
-//! routing, and the close path (flush queued frames, `client off` callbacks, unbind).
+//! The connector of a frontend: accepts game clients over TCP or WebSocket and runs each
+//! connection's lifecycle (PROTOCOL.md): pre-handshake limits, handshake (md5 of the route
+//! list), heartbeat, frames to routing, and the close path (flush queued frames, `client off`
+//! callbacks, unbind). The lifecycle is written once over [`FrameRead`]/[`FrameWrite`]; the
+//! transport adapters at the bottom only move frames.
+//!
+//! Over WebSocket each binary message carries one or more whole frames (batched sends put
+//! several frames in one message). The WebSocket upgrade has the same handshake timeout, and
+//! its message and frame limits follow `maxLen`.
 
+use std::future::Future;
+use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use futures_util::StreamExt;
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
 use kennel_proto::client::{self, ClientCodec, Frame, HandshakeReply, HandshakeRequest};
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
-use tokio_util::codec::FramedRead;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_util::codec::{Decoder, FramedRead};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -20,9 +32,23 @@ use crate::App;
 use crate::frontend::{Conn, SEND_QUEUE};
 use crate::session::Session;
 
-/// Frontend connector settings (mydog's `connector` config).
+/// How game clients reach a frontend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Transport {
+    /// Frames on a TCP stream (mydog `connector.Tcp`).
+    #[default]
+    Tcp,
+    /// Frames in binary WebSocket messages (mydog `connector.Ws`).
+    WebSocket,
+}
+
+/// Frontend connector settings (mydog's `connector` config). A frontend's entry in
+/// `servers.json` may override them with `connector` (`"tcp"`/`"ws"`), `heartbeat`,
+/// `maxConnectionNum`, `maxLen` and `noDelay`.
 #[derive(Debug, Clone)]
 pub struct ConnectorConfig {
+    /// TCP or WebSocket.
+    pub transport: Transport,
     /// Heartbeat interval in seconds announced to clients; a client silent for twice this long
     /// is closed. 0 turns heartbeats off.
     pub heartbeat: u64,
@@ -39,6 +65,7 @@ pub struct ConnectorConfig {
 impl Default for ConnectorConfig {
     fn default() -> Self {
         ConnectorConfig {
+            transport: Transport::Tcp,
             heartbeat: 60,
             max_len: client::DEFAULT_MAX_LEN,
             max_connections: 20_000,
@@ -48,8 +75,52 @@ impl Default for ConnectorConfig {
     }
 }
 
+impl ConnectorConfig {
+    /// Applies the overrides of a server entry's extra keys; an invalid value is an error
+    /// naming the key.
+    pub(crate) fn apply_entry(
+        &mut self,
+        extra: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<(), String> {
+        use serde_json::Value;
+        if let Some(v) = extra.get("connector") {
+            self.transport = match v.as_str() {
+                Some("tcp") => Transport::Tcp,
+                Some("ws") | Some("websocket") => Transport::WebSocket,
+                _ => return Err(format!("connector must be \"tcp\" or \"ws\", not {v}")),
+            };
+        }
+        let num = |k: &str| -> Result<Option<u64>, String> {
+            match extra.get(k) {
+                None => Ok(None),
+                Some(Value::Number(n)) if n.as_u64().is_some() => Ok(n.as_u64()),
+                Some(v) => Err(format!("{k} must be a non-negative integer, not {v}")),
+            }
+        };
+        if let Some(h) = num("heartbeat")? {
+            self.heartbeat = h;
+        }
+        if let Some(n) = num("maxConnectionNum")? {
+            self.max_connections = n as usize;
+        }
+        if let Some(n) = num("maxLen")? {
+            if n < 3 {
+                return Err(format!("maxLen must be at least 3, not {n}"));
+            }
+            self.max_len = n as usize;
+        }
+        match extra.get("noDelay") {
+            None => {}
+            Some(Value::Bool(b)) => self.no_delay = *b,
+            Some(v) => return Err(format!("noDelay must be true or false, not {v}")),
+        }
+        Ok(())
+    }
+}
+
 /// Accepts clients until `shutdown`.
 pub(crate) async fn accept_loop(app: App, listener: TcpListener, shutdown: CancellationToken) {
+    let cfg = app.connector_config();
     loop {
         let (stream, addr) = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -62,31 +133,78 @@ pub(crate) async fn accept_loop(app: App, listener: TcpListener, shutdown: Cance
                 }
             },
         };
-        let cfg = app.connector_config();
         if app.inner.frontend.count() >= cfg.max_connections {
             warn!(%addr, max = cfg.max_connections, "maxConnectionNum reached: closing new client");
             drop(stream);
             continue;
         }
+        let _ = stream.set_nodelay(cfg.no_delay);
         let app = app.clone();
+        let cfg = cfg.clone();
         tokio::spawn(async move {
-            if let Err(reason) = serve(app, stream, addr.ip().to_string()).await {
+            let ip = addr.ip().to_string();
+            let result = match cfg.transport {
+                Transport::Tcp => {
+                    let (rd, wr) = stream.into_split();
+                    let codec = ClientCodec::new(1 + client::PRE_HANDSHAKE_MAX_BODY);
+                    let reader = TcpRead(FramedRead::with_capacity(rd, codec, 256));
+                    serve(app, reader, TcpWrite(wr), ip, cfg).await
+                }
+                Transport::WebSocket => {
+                    let ws_cfg = WebSocketConfig::default()
+                        .read_buffer_size(4096)
+                        .write_buffer_size(0)
+                        .max_message_size(Some(cfg.max_len + 4))
+                        .max_frame_size(Some(cfg.max_len + 4));
+                    let upgrade = tokio_tungstenite::accept_async_with_config(stream, Some(ws_cfg));
+                    match tokio::time::timeout(cfg.handshake_timeout, upgrade).await {
+                        Ok(Ok(ws)) => {
+                            let (sink, stream) = ws.split();
+                            let reader = WsRead {
+                                stream,
+                                buf: BytesMut::new(),
+                                codec: ClientCodec::new(1 + client::PRE_HANDSHAKE_MAX_BODY),
+                            };
+                            serve(app, reader, WsWrite(sink), ip, cfg).await
+                        }
+                        Ok(Err(e)) => Err(format!("websocket upgrade failed: {e}")),
+                        Err(_) => Err("no websocket upgrade within the handshake timeout".into()),
+                    }
+                }
+            };
+            if let Err(reason) = result {
                 debug!(%addr, %reason, "client closed");
             }
         });
     }
 }
 
-/// Runs one client connection to its end. Returns why it closed.
-async fn serve(app: App, stream: TcpStream, ip: String) -> Result<(), String> {
-    let cfg = app.connector_config();
-    let _ = stream.set_nodelay(cfg.no_delay);
-    let (rd, wr) = stream.into_split();
-    // Before the handshake: one frame of at most 50 bytes of body.
-    let codec = ClientCodec::new(1 + client::PRE_HANDSHAKE_MAX_BODY);
-    let mut reader = FramedRead::with_capacity(rd, codec, 256);
+/// Reads client frames from a transport.
+pub(crate) trait FrameRead: Send {
+    /// The next frame; `None` at a clean end.
+    fn next_frame(&mut self) -> impl Future<Output = Option<Result<Frame, String>>> + Send;
+    /// Changes the largest accepted frame.
+    fn set_max_len(&mut self, max: usize);
+}
 
-    let first = tokio::time::timeout(cfg.handshake_timeout, reader.next())
+/// Writes encoded frames to a transport.
+pub(crate) trait FrameWrite: Send + 'static {
+    /// Writes one buffer of whole frames.
+    fn write(&mut self, frames: Bytes) -> impl Future<Output = io::Result<()>> + Send;
+    /// Closes the transport's sending side.
+    fn shutdown(&mut self) -> impl Future<Output = ()> + Send;
+}
+
+/// Runs one client connection to its end. Returns why it closed.
+async fn serve<R: FrameRead, W: FrameWrite>(
+    app: App,
+    mut reader: R,
+    writer: W,
+    ip: String,
+    cfg: ConnectorConfig,
+) -> Result<(), String> {
+    // Before the handshake: one frame of at most 50 bytes of body.
+    let first = tokio::time::timeout(cfg.handshake_timeout, reader.next_frame())
         .await
         .map_err(|_| "no handshake within the timeout".to_string())?;
     let body = match first {
@@ -97,7 +215,7 @@ async fn serve(app: App, stream: TcpStream, ip: String) -> Result<(), String> {
     };
     let req: HandshakeRequest =
         serde_json::from_slice(&body).map_err(|e| format!("bad handshake JSON: {e}"))?;
-    reader.decoder_mut().set_max_len(cfg.max_len);
+    reader.set_max_len(cfg.max_len);
 
     let (tx, rx) = mpsc::channel::<Bytes>(SEND_QUEUE);
     let conn = Arc::new(Conn::new(app.inner.frontend.next_id(), tx));
@@ -108,7 +226,7 @@ async fn serve(app: App, stream: TcpStream, ip: String) -> Result<(), String> {
         Arc::downgrade(&app.inner.frontend),
     );
     conn.send(handshake_reply(&app, &req, cfg.heartbeat));
-    let writer = tokio::spawn(write_loop(wr, rx, conn.closing.clone()));
+    let writer = tokio::spawn(write_loop(writer, rx, conn.closing.clone()));
     app.inner.frontend.add(session.clone());
     app.client_on(&session).await;
 
@@ -137,31 +255,30 @@ fn handshake_reply(app: &App, req: &HandshakeRequest, heartbeat: u64) -> Bytes {
     b.freeze()
 }
 
-async fn read_loop(
+async fn read_loop<R: FrameRead>(
     app: &App,
     session: &Session,
-    reader: &mut FramedRead<tokio::net::tcp::OwnedReadHalf, ClientCodec>,
+    reader: &mut R,
     heartbeat: u64,
 ) -> Result<(), String> {
     let conn = session.conn().expect("frontend session").clone();
-    let limit = if heartbeat > 0 {
-        Duration::from_secs(2 * heartbeat)
-    } else {
-        Duration::MAX
-    };
-    let silent = tokio::time::sleep(limit.min(Duration::from_secs(100 * 365 * 86400)));
+    let limit = Duration::from_secs(2 * heartbeat);
+    let silent = tokio::time::sleep(limit);
     tokio::pin!(silent);
     loop {
         let frame = tokio::select! {
             _ = conn.closing.cancelled() => return Ok(()),
-            _ = &mut silent => return Err(format!("no heartbeat for {} s", limit.as_secs())),
-            f = reader.next() => f,
+            _ = &mut silent, if heartbeat > 0 => {
+                warn!(conn = conn.id, ip = session.ip(), "no heartbeat for {} s: closing", limit.as_secs());
+                return Err("heartbeat timeout".into());
+            }
+            f = reader.next_frame() => f,
         };
         match frame {
             None => return Ok(()),
             Some(Err(e)) => {
                 warn!(conn = conn.id, ip = session.ip(), cause = %e, "bad client frame: closing");
-                return Err(e.to_string());
+                return Err(e);
             }
             Some(Ok(Frame::Heartbeat)) => {
                 if heartbeat > 0 {
@@ -184,9 +301,9 @@ async fn read_loop(
 }
 
 /// Writes queued frames, coalescing whatever is queued into one write. On `closing` it writes
-/// what is still queued, then shuts the socket down.
-async fn write_loop(
-    mut wr: OwnedWriteHalf,
+/// what is still queued, then shuts the transport down.
+async fn write_loop<W: FrameWrite>(
+    mut wr: W,
     mut rx: mpsc::Receiver<Bytes>,
     closing: CancellationToken,
 ) {
@@ -200,13 +317,14 @@ async fn write_loop(
                     buf.extend_from_slice(&f);
                 }
                 if !buf.is_empty() {
-                    let _ = tokio::time::timeout(Duration::from_secs(5), wr.write_all(&buf)).await;
+                    let last = buf.split().freeze();
+                    let _ = tokio::time::timeout(Duration::from_secs(5), wr.write(last)).await;
                 }
                 break;
             }
         };
-        let res = if rx.is_empty() {
-            wr.write_all(&first).await
+        let batch = if rx.is_empty() {
+            first
         } else {
             buf.extend_from_slice(&first);
             while buf.len() < 64 * 1024 {
@@ -215,19 +333,127 @@ async fn write_loop(
                     Err(_) => break,
                 }
             }
-            let r = wr.write_all(&buf).await;
-            buf.clear();
-            r
+            buf.split().freeze()
         };
-        if res.is_err() {
+        if wr.write(batch).await.is_err() {
             closing.cancel();
             return;
         }
     }
-    let _ = wr.shutdown().await;
+    wr.shutdown().await;
 }
 
 /// Logs where clients connect.
-pub(crate) fn log_listening(app: &App, addr: &std::net::SocketAddr) {
-    info!(id = app.id(), %addr, "accepting game clients (tcp)");
+pub(crate) fn log_listening(app: &App, addr: &std::net::SocketAddr, transport: Transport) {
+    let t = match transport {
+        Transport::Tcp => "tcp",
+        Transport::WebSocket => "ws",
+    };
+    info!(id = app.id(), %addr, transport = t, "accepting game clients");
+}
+
+// ---------------------------------------------------------------------- TCP
+
+struct TcpRead(FramedRead<OwnedReadHalf, ClientCodec>);
+
+impl FrameRead for TcpRead {
+    async fn next_frame(&mut self) -> Option<Result<Frame, String>> {
+        self.0.next().await.map(|r| r.map_err(|e| e.to_string()))
+    }
+
+    fn set_max_len(&mut self, max: usize) {
+        self.0.decoder_mut().set_max_len(max);
+    }
+}
+
+struct TcpWrite(OwnedWriteHalf);
+
+impl FrameWrite for TcpWrite {
+    async fn write(&mut self, frames: Bytes) -> io::Result<()> {
+        self.0.write_all(&frames).await
+    }
+
+    async fn shutdown(&mut self) {
+        let _ = self.0.shutdown().await;
+    }
+}
+
+// ---------------------------------------------------------------------- WebSocket
+
+struct WsRead {
+    stream: SplitStream<WebSocketStream<TcpStream>>,
+    buf: BytesMut,
+    codec: ClientCodec,
+}
+
+impl FrameRead for WsRead {
+    async fn next_frame(&mut self) -> Option<Result<Frame, String>> {
+        loop {
+            match self.codec.decode(&mut self.buf) {
+                Ok(Some(f)) => return Some(Ok(f)),
+                Ok(None) => {}
+                Err(e) => return Some(Err(e.to_string())),
+            }
+            match self.stream.next().await {
+                None | Some(Ok(Message::Close(_))) => return None,
+                Some(Err(e)) => return Some(Err(format!("websocket: {e}"))),
+                Some(Ok(Message::Binary(b))) => self.buf.extend_from_slice(&b),
+                Some(Ok(Message::Text(_))) => {
+                    return Some(Err(
+                        "text websocket message (frames travel in binary messages)".into(),
+                    ));
+                }
+                Some(Ok(_)) => {} // ping/pong: answered by tungstenite
+            }
+        }
+    }
+
+    fn set_max_len(&mut self, max: usize) {
+        self.codec.set_max_len(max);
+    }
+}
+
+struct WsWrite(SplitSink<WebSocketStream<TcpStream>, Message>);
+
+impl FrameWrite for WsWrite {
+    async fn write(&mut self, frames: Bytes) -> io::Result<()> {
+        self.0
+            .send(Message::Binary(frames))
+            .await
+            .map_err(io::Error::other)
+    }
+
+    async fn shutdown(&mut self) {
+        let _ = self.0.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn entry_overrides_and_errors() {
+        let mut c = ConnectorConfig::default();
+        let extra = json!({"connector": "ws", "heartbeat": 5, "maxConnectionNum": 7, "maxLen": 1000, "noDelay": false});
+        c.apply_entry(extra.as_object().unwrap()).unwrap();
+        assert_eq!(c.transport, Transport::WebSocket);
+        assert_eq!(
+            (c.heartbeat, c.max_connections, c.max_len, c.no_delay),
+            (5, 7, 1000, false)
+        );
+        for bad in [
+            json!({"connector": "udp"}),
+            json!({"heartbeat": -1}),
+            json!({"maxLen": 1}),
+            json!({"noDelay": "yes"}),
+        ] {
+            let err = ConnectorConfig::default()
+                .apply_entry(bad.as_object().unwrap())
+                .unwrap_err();
+            let key = bad.as_object().unwrap().keys().next().unwrap().clone();
+            assert!(err.contains(&key), "{err}");
+        }
+    }
 }

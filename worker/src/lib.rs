@@ -35,7 +35,7 @@ mod session;
 
 pub use app::{App, ServerInfo};
 pub use args::Args;
-pub use connector::ConnectorConfig;
+pub use connector::{ConnectorConfig, Transport};
 pub use error::{Error, PushError, RpcError};
 pub use handler::Reply;
 pub use rpc::Rpc;
