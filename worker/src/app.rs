@@ -15,18 +15,21 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use kennel_config::{Project, SecretKind, Secrets, ServerConfig};
 use kennel_proto::client::message_frame;
-use kennel_proto::msg::{self, ClientPush, ClientRequest, RpcResponse, peer_msg};
+use kennel_proto::msg::{self, ClientPush, ClientRequest, RpcResponse, SessionApply, peer_msg};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::connector::{self, ConnectorConfig};
 use crate::dispatch::in_order;
 use crate::frontend::FrontendState;
-use crate::handler::{self, HandlerFn, RemoteFn, Reply, RouteFn, ServerCb, SessionCb};
+use crate::handler::{
+    self, AfterFn, AppCb, BeforeFn, GlobalFn, HandlerFn, RemoteFn, Reply, RouteFn, ServerCb,
+    SessionCb,
+};
 use crate::peers::{self, Link, Peers};
 use crate::{Args, Error, PushError, Rpc, RpcError, Session, master_link};
 
@@ -108,6 +111,10 @@ struct Setup {
     client_off: Vec<SessionCb>,
     on_add: Vec<ServerCb>,
     on_remove: Vec<ServerCb>,
+    on_start_all: Vec<AppCb>,
+    before: Vec<BeforeFn>,
+    after: Vec<AfterFn>,
+    global_before: Vec<GlobalFn>,
     connector: ConnectorConfig,
 }
 
@@ -121,6 +128,10 @@ struct Frozen {
     client_off: Vec<SessionCb>,
     on_add: Vec<ServerCb>,
     on_remove: Vec<ServerCb>,
+    on_start_all: Vec<AppCb>,
+    before: Vec<BeforeFn>,
+    after: Vec<AfterFn>,
+    global_before: Vec<GlobalFn>,
     connector: ConnectorConfig,
 }
 
@@ -138,6 +149,8 @@ pub(crate) struct Inner {
     pub(crate) peers: Peers,
     pub(crate) frontend: Arc<FrontendState>,
     pub(crate) rpc_seq: AtomicU64,
+    /// Set once every configured server has registered.
+    started_all: std::sync::atomic::AtomicBool,
     added_at: Mutex<HashMap<String, Instant>>,
     /// Cancelled to stop the server (signal or [`App::shutdown`]).
     pub(crate) shutdown: CancellationToken,
@@ -199,6 +212,7 @@ impl App {
                 peers: Peers::default(),
                 frontend: Arc::new(FrontendState::default()),
                 rpc_seq: AtomicU64::new(0),
+                started_all: std::sync::atomic::AtomicBool::new(false),
                 added_at: Mutex::new(HashMap::new()),
                 shutdown: CancellationToken::new(),
             }),
@@ -344,6 +358,39 @@ impl App {
         self.with_setup(|s| s.on_remove.push(Arc::new(f)))
     }
 
+    /// Runs once, when every server of the configuration has registered (mydog's
+    /// `onStartAll`), on every server.
+    pub fn on_start_all<F: Fn(App) + Send + Sync + 'static>(&self, f: F) -> &Self {
+        self.with_setup(|s| s.on_start_all.push(Arc::new(f)))
+    }
+
+    /// Adds a `before` filter, run in registration order on the server that handles a client
+    /// message, before its handler; returning `false` stops the message (no handler, no reply).
+    pub fn before<F>(&self, f: F) -> &Self
+    where
+        F: Fn(&App, &Session, &str, &[u8]) -> bool + Send + Sync + 'static,
+    {
+        self.with_setup(|s| s.before.push(Arc::new(f)))
+    }
+
+    /// Adds an `after` filter, run in registration order after a handler with its encoded
+    /// reply (`None` when it did not reply).
+    pub fn after<F>(&self, f: F) -> &Self
+    where
+        F: Fn(&App, &Session, &str, Option<&[u8]>) + Send + Sync + 'static,
+    {
+        self.with_setup(|s| s.after.push(Arc::new(f)))
+    }
+
+    /// Adds a `global_before` filter, run on the frontend on every client message (raw `cmd`
+    /// and payload) before routing; returning `false` drops the message.
+    pub fn global_before<F>(&self, f: F) -> &Self
+    where
+        F: Fn(&App, &Session, u16, &[u8]) -> bool + Send + Sync + 'static,
+    {
+        self.with_setup(|s| s.global_before.push(Arc::new(f)))
+    }
+
     /// Sets the frontend connector's settings.
     pub fn set_connector(&self, cfg: ConnectorConfig) -> &Self {
         self.with_setup(|s| s.connector = cfg)
@@ -403,6 +450,10 @@ impl App {
             client_off: setup.client_off,
             on_add: setup.on_add,
             on_remove: setup.on_remove,
+            on_start_all: setup.on_start_all,
+            before: setup.before,
+            after: setup.after,
+            global_before: setup.global_before,
             connector,
         });
         Ok(())
@@ -495,6 +546,28 @@ impl App {
                 cb(self.clone(), info.clone());
             }
         }
+        self.check_start_all();
+    }
+
+    /// Fires `on_start_all` once every configured server is known.
+    fn check_start_all(&self) {
+        use std::sync::atomic::Ordering;
+        if self.inner.started_all.load(Ordering::Acquire) {
+            return;
+        }
+        let known = self.inner.peers.ids();
+        let all = self
+            .inner
+            .project
+            .servers
+            .iter()
+            .all(|s| known.contains(&s.id));
+        if all && !self.inner.started_all.swap(true, Ordering::AcqRel) {
+            info!("every configured server has registered");
+            for cb in &self.frozen().on_start_all {
+                cb(self.clone());
+            }
+        }
     }
 
     pub(crate) fn server_removed(&self, id: &str) {
@@ -545,6 +618,11 @@ impl App {
                 self.inner.routes.len()
             ));
         };
+        for f in &self.frozen().global_before {
+            if !f(self, session, cmd, &payload) {
+                return Ok(());
+            }
+        }
         let Some(server_type) = &route.server_type else {
             warn!(route = %route.name, "client sent a push-only route; ignored");
             return Ok(());
@@ -612,13 +690,29 @@ impl App {
             warn!(route = %self.inner.routes[cmd as usize].name, "no handler registered; message ignored");
             return;
         };
+        let frozen = self.frozen();
+        let route = self.inner.routes[cmd as usize].name.as_str();
+        for f in &frozen.before {
+            if !f(self, &session, route, &payload) {
+                return;
+            }
+        }
         let app = self.clone();
         let fut = h(app.clone(), session.clone(), payload);
         in_order(async move {
-            match fut.await {
-                Ok(Some(reply)) => app.reply(&session, cmd, reply).await,
-                Ok(None) => {}
-                Err(e) => warn!(route = %app.inner.routes[cmd as usize].name, uid = ?session.uid(), "handler failed: {e}"),
+            let route = app.inner.routes[cmd as usize].name.as_str();
+            let reply = match fut.await {
+                Ok(r) => r,
+                Err(e) => {
+                    warn!(route, uid = ?session.uid(), "handler failed: {e}");
+                    None
+                }
+            };
+            for f in &app.frozen().after {
+                f(&app, &session, route, reply.as_deref());
+            }
+            if let Some(reply) = reply {
+                app.reply(&session, cmd, reply).await;
             }
         })
         .await;
@@ -671,7 +765,7 @@ impl App {
     pub(crate) async fn on_peer_msg(&self, link: &Arc<Link>, m: peer_msg::Msg) {
         match m {
             peer_msg::Msg::Client(req) => {
-                let session = Session::from_proto(req.session.unwrap_or_default());
+                let session = Session::from_proto(self, req.session.unwrap_or_default());
                 let cmd = req.cmd as u16;
                 if (cmd as usize) >= self.inner.routes.len() {
                     warn!(
@@ -730,6 +824,43 @@ impl App {
                     .await;
             }
             peer_msg::Msg::Pong(_) => {}
+            peer_msg::Msg::Apply(a) => match self.inner.frontend.by_conn(a.conn_id) {
+                Some(s) => {
+                    if let Err(e) = s.replace_settings(&a.settings) {
+                        warn!(
+                            from = link.peer(),
+                            conn = a.conn_id,
+                            "session apply with bad settings: {e}"
+                        );
+                    }
+                }
+                None => debug!(conn = a.conn_id, "session apply for a client that has left"),
+            },
+        }
+    }
+
+    /// Sends a backend session copy's settings to its frontend.
+    pub(crate) async fn apply_session(&self, s: &Session) {
+        let apply = SessionApply {
+            conn_id: s.conn_id(),
+            settings: s.settings_json(),
+        };
+        if s.sid() == self.id() {
+            if let Some(live) = self.inner.frontend.by_conn(apply.conn_id) {
+                let _ = live.replace_settings(&apply.settings);
+            }
+            return;
+        }
+        match self
+            .inner
+            .peers
+            .wait_link(s.sid(), self.rpc_timeout())
+            .await
+        {
+            Ok(link) => {
+                link.send(peers::msg(peer_msg::Msg::Apply(apply))).await;
+            }
+            Err(e) => warn!(frontend = s.sid(), "session apply not delivered: {e}"),
         }
     }
 
@@ -811,6 +942,21 @@ impl App {
         let cmd = self.cmd_of(route)?;
         let frame = message_frame(cmd, &serde_json::to_vec(msg)?);
         self.inner.frontend.deliver(&frame, &[], uids);
+        Ok(())
+    }
+
+    /// Pushes `msg` as `route` to every client of this frontend (encoded once).
+    pub fn send_all(&self, route: &str, msg: &impl Serialize) -> Result<(), PushError> {
+        if !self.is_frontend() {
+            return Err(PushError::NotFrontend("send_all"));
+        }
+        let cmd = self.cmd_of(route)?;
+        let frame = message_frame(cmd, &serde_json::to_vec(msg)?);
+        for s in self.inner.frontend.all() {
+            if let Some(c) = s.conn() {
+                c.send(frame.clone());
+            }
+        }
         Ok(())
     }
 

@@ -219,12 +219,7 @@ async fn serve<R: FrameRead, W: FrameWrite>(
 
     let (tx, rx) = mpsc::channel::<Bytes>(SEND_QUEUE);
     let conn = Arc::new(Conn::new(app.inner.frontend.next_id(), tx));
-    let session = Session::frontend(
-        app.id().to_string(),
-        conn.clone(),
-        ip,
-        Arc::downgrade(&app.inner.frontend),
-    );
+    let session = Session::frontend(&app, conn.clone(), ip);
     conn.send(handshake_reply(&app, &req, cfg.heartbeat));
     let writer = tokio::spawn(write_loop(writer, rx, conn.closing.clone()));
     app.inner.frontend.add(session.clone());

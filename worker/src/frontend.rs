@@ -113,6 +113,11 @@ impl FrontendState {
         self.conns.lock().unwrap().get(&conn).cloned()
     }
 
+    /// The session of connection `id`.
+    pub(crate) fn by_conn(&self, id: u64) -> Option<Session> {
+        self.conns.lock().unwrap().get(&id).cloned()
+    }
+
     /// Every live session.
     pub(crate) fn all(&self) -> Vec<Session> {
         self.conns.lock().unwrap().values().cloned().collect()

@@ -29,6 +29,14 @@ pub(crate) type RouteFn = Arc<dyn Fn(&App, &Session) -> Option<String> + Send + 
 pub(crate) type SessionCb = Arc<dyn Fn(App, Session) -> BoxFuture<()> + Send + Sync>;
 /// Server added/removed callback.
 pub(crate) type ServerCb = Arc<dyn Fn(App, ServerInfo) + Send + Sync>;
+/// Callback without arguments (`on_start_all`).
+pub(crate) type AppCb = Arc<dyn Fn(App) + Send + Sync>;
+/// `before` filter: `(app, session, route, payload) -> continue?`.
+pub(crate) type BeforeFn = Arc<dyn Fn(&App, &Session, &str, &[u8]) -> bool + Send + Sync>;
+/// `after` filter: `(app, session, route, reply)`.
+pub(crate) type AfterFn = Arc<dyn Fn(&App, &Session, &str, Option<&[u8]>) + Send + Sync>;
+/// `global_before` filter: `(app, session, cmd, payload) -> continue?`.
+pub(crate) type GlobalFn = Arc<dyn Fn(&App, &Session, u16, &[u8]) -> bool + Send + Sync>;
 
 /// What a handler returns: an optional reply to the client.
 ///

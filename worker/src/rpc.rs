@@ -17,6 +17,9 @@ use crate::handler::{decode, encode};
 use crate::peers::msg;
 use crate::{App, RpcError};
 
+/// The target meaning "every server of the route's type".
+pub const ALL: &str = "*";
+
 /// A handle for calling one server's remotes; see [`App::rpc`].
 pub struct Rpc {
     app: App,
@@ -51,13 +54,28 @@ impl Rpc {
         decode(&raw).map_err(RpcError::Codec)
     }
 
-    /// Sends `route(args)` without waiting for a result.
+    /// Sends `route(args)` without waiting for a result. With the target `"*"` it goes to
+    /// every live server of the route's type (this one included).
     pub async fn notify<A: Serialize + ?Sized>(
         &self,
         route: &str,
         args: &A,
     ) -> Result<(), RpcError> {
         let args = encode(args).map_err(RpcError::Codec)?;
+        if self.target == ALL {
+            let server_type = route.split('.').next().unwrap_or_default();
+            for s in self.app.servers_of_type(server_type) {
+                Rpc::new(self.app.clone(), s.id)
+                    .timeout(self.timeout)
+                    .notify_raw(route, args.clone())
+                    .await?;
+            }
+            return Ok(());
+        }
+        self.notify_raw(route, args).await
+    }
+
+    async fn notify_raw(&self, route: &str, args: Bytes) -> Result<(), RpcError> {
         if self.target == self.app.id() {
             let app = self.app.clone();
             let route = route.to_string();
@@ -86,6 +104,11 @@ impl Rpc {
     }
 
     async fn call_raw(&self, route: &str, args: Bytes) -> Result<Bytes, RpcError> {
+        if self.target == ALL {
+            return Err(RpcError::Codec(
+                "call to \"*\" has no single reply: use notify".into(),
+            ));
+        }
         if self.target == self.app.id() {
             return self.app.run_remote(route, args).await;
         }

@@ -4,6 +4,8 @@
 //!
 //! Settings set with [`Session::set`] travel with every message the frontend forwards; the JSON
 //! encoding of the settings is cached until the next change, so forwarding does not re-encode.
+//! Local settings ([`Session::set_local`]) never leave the frontend. A backend changes its copy
+//! and calls [`Session::apply`] to update the frontend's live session.
 
 use std::sync::{Arc, Mutex, Weak};
 
@@ -13,6 +15,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
 use crate::frontend::{Conn, FrontendState};
+use crate::{App, PushError, app};
 use kennel_proto::msg;
 
 /// A game client's session.
@@ -33,6 +36,8 @@ struct Inner {
     conn: Option<Arc<Conn>>,
     /// The frontend registry, for `bind` (frontend sessions only).
     frontend: Weak<FrontendState>,
+    /// The app, for `send` and `apply`.
+    app: Weak<app::Inner>,
 }
 
 #[derive(Default)]
@@ -41,6 +46,8 @@ struct State {
     settings: Map<String, Value>,
     /// Cached JSON of `settings`; `None` after a change.
     encoded: Option<Bytes>,
+    /// Frontend-only settings.
+    local: Map<String, Value>,
 }
 
 impl std::fmt::Debug for Session {
@@ -55,12 +62,9 @@ impl std::fmt::Debug for Session {
 
 impl Session {
     /// A live frontend session for a new connection.
-    pub(crate) fn frontend(
-        sid: String,
-        conn: Arc<Conn>,
-        ip: String,
-        frontend: Weak<FrontendState>,
-    ) -> Session {
+    pub(crate) fn frontend(app: &App, conn: Arc<Conn>, ip: String) -> Session {
+        let sid = app.id().to_string();
+        let frontend = Arc::downgrade(&app.inner.frontend);
         Session {
             inner: Arc::new(Inner {
                 sid,
@@ -69,12 +73,13 @@ impl Session {
                 state: Mutex::new(State::default()),
                 conn: Some(conn),
                 frontend,
+                app: Arc::downgrade(&app.inner),
             }),
         }
     }
 
     /// A backend copy, from a forwarded message.
-    pub(crate) fn from_proto(s: msg::Session) -> Session {
+    pub(crate) fn from_proto(app: &App, s: msg::Session) -> Session {
         let settings = match serde_json::from_slice::<Map<String, Value>>(&s.settings) {
             Ok(m) => m,
             Err(_) => Map::new(),
@@ -92,9 +97,11 @@ impl Session {
                     } else {
                         Some(s.settings)
                     },
+                    local: Map::new(),
                 }),
                 conn: None,
                 frontend: Weak::new(),
+                app: Arc::downgrade(&app.inner),
             }),
         }
     }
@@ -177,6 +184,75 @@ impl Session {
         if st.settings.remove(key).is_some() {
             st.encoded = None;
         }
+    }
+
+    /// Reads a frontend-only setting.
+    pub fn get_local<T: DeserializeOwned>(&self, key: &str) -> Option<T> {
+        let st = self.inner.state.lock().unwrap();
+        st.local.get(key).and_then(|v| T::deserialize(v).ok())
+    }
+
+    /// Sets a frontend-only setting: it never travels with forwarded messages.
+    pub fn set_local<T: Serialize>(&self, key: &str, value: T) {
+        let v = serde_json::to_value(value).unwrap_or(Value::Null);
+        self.inner
+            .state
+            .lock()
+            .unwrap()
+            .local
+            .insert(key.to_string(), v);
+    }
+
+    /// Removes a frontend-only setting.
+    pub fn delete_local(&self, key: &str) {
+        self.inner.state.lock().unwrap().local.remove(key);
+    }
+
+    /// Whether this is the live session on the client's frontend (not a backend copy).
+    pub fn is_live(&self) -> bool {
+        self.inner.conn.is_some()
+    }
+
+    /// The complete settings as JSON (for `apply`).
+    pub(crate) fn settings_json(&self) -> Bytes {
+        self.to_proto().settings
+    }
+
+    /// Replaces the settings (a backend's `apply`).
+    pub(crate) fn replace_settings(&self, json: &[u8]) -> Result<(), serde_json::Error> {
+        let settings: Map<String, Value> = if json.is_empty() {
+            Map::new()
+        } else {
+            serde_json::from_slice(json)?
+        };
+        let mut st = self.inner.state.lock().unwrap();
+        st.settings = settings;
+        st.encoded = None;
+        Ok(())
+    }
+
+    /// Sends this session's settings to its frontend, which replaces the live session's
+    /// settings with them (the next message it forwards carries them). On the frontend itself
+    /// this does nothing: the live session is already current.
+    pub async fn apply(&self) {
+        if self.is_live() {
+            return;
+        }
+        if let Some(app) = self.app() {
+            app.apply_session(self).await;
+        }
+    }
+
+    /// Pushes `msg` as `route` to this client (from the frontend or any backend).
+    pub async fn send(&self, route: &str, msg: &impl Serialize) -> Result<(), PushError> {
+        match self.app() {
+            Some(app) => app.send_to(self, route, msg).await,
+            None => Ok(()),
+        }
+    }
+
+    fn app(&self) -> Option<App> {
+        self.inner.app.upgrade().map(|inner| App { inner })
     }
 
     /// The live connection, on the frontend.
