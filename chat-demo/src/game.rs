@@ -104,6 +104,9 @@ pub fn setup(app: &App) {
                 _ => s.get::<Value>("room").unwrap_or(Value::Null),
             };
             let size = rooms.lock().unwrap().join(room.to_string(), uid, s.sid());
+            // Tell the frontend's live session which room the player is in.
+            s.set("room", &room);
+            s.apply().await;
             Some(json!({"code": 0, "room": room, "size": size, "chat": app.id()}))
         }
     });
@@ -167,6 +170,21 @@ pub fn setup(app: &App) {
         async {}
     });
     app.remote("chat.main.echo", |_: App, msg: Value| async move { msg });
+
+    // Only logged-in players may talk: a send from a session without a uid never reaches the
+    // handler (runs on the chat server, before the handler).
+    app.before(|_: &App, s: &Session, route: &str, _: &[u8]| {
+        route != "chat.main.send" || s.uid().is_some()
+    });
+
+    // A chat server that leaves is no longer picked at login (servers_of_type follows the
+    // cluster); say so in the frontend's log.
+    app.on_remove_server(|app: App, gone| {
+        if gone.server_type == "chat" && app.is_frontend() {
+            let left = app.servers_of_type("chat").len();
+            tracing::info!(server = %gone.id, left, "chat server gone; logins use the remaining ones");
+        }
+    });
 
     // When a player disconnects, its chat server drops it from its room.
     app.on_client_off(|app: App, s: Session| async move {

@@ -148,7 +148,9 @@ async fn rig() -> Rig {
     let dir = tempfile::tempdir().unwrap();
     let sys = dir.path().join("config/sys");
     std::fs::create_dir_all(&sys).unwrap();
-    let master_port = free_port();
+    // The master's listener is bound first (port 0), so its port cannot be taken meanwhile.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let master_port = listener.local_addr().unwrap().port();
     let client_port = free_port();
     std::fs::write(
         sys.join("master.json"),
@@ -172,9 +174,6 @@ async fn rig() -> Rig {
     let mut opts = kennel_master::StartOptions::new(project, secrets);
     opts.spawn = false;
     opts.echo_logs = false;
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", master_port))
-        .await
-        .unwrap();
     let master = CancellationToken::new();
     tokio::spawn(kennel_master::run(opts, listener, master.clone()));
 

@@ -16,7 +16,8 @@ use futures_util::{SinkExt, StreamExt};
 use kennel_proto::auth::{self, AuthError};
 use kennel_proto::frame::{AUTH_MAX_FRAME, DEFAULT_MAX_FRAME, ProtoCodec, length_codec};
 use kennel_proto::msg::{
-    CliRequest, CliResponse, ListReply, ListRequest, Role, StopRequest, cli_request, cli_response,
+    CliRequest, CliResponse, ListReply, ListRequest, RemoveRequest, RestartRequest, Role,
+    StartRequest, StopRequest, cli_request, cli_response,
 };
 use tokio::net::TcpStream;
 use tokio::time::timeout;
@@ -149,6 +150,41 @@ impl MasterClient {
     /// the link once every server is stopped: see [`MasterClient::closed`].
     pub async fn stop(&mut self) -> Result<String, ClientError> {
         match self.request(cli_request::Cmd::Stop(StopRequest {})).await? {
+            cli_response::Msg::Ok(text) => Ok(text),
+            other => Err(self.unexpected(other)),
+        }
+    }
+
+    /// Asks the master to restart server `id` (SIGTERM, then started again at once); returns
+    /// its acknowledgement. The server has not re-registered yet when this returns.
+    pub async fn restart(&mut self, id: &str) -> Result<String, ClientError> {
+        let cmd = cli_request::Cmd::Restart(RestartRequest { id: id.to_owned() });
+        self.ok(cmd).await
+    }
+
+    /// Asks the master to stop servers `ids` and every server of `types`, and not restart
+    /// them; returns its acknowledgement.
+    pub async fn remove(
+        &mut self,
+        ids: &[String],
+        types: &[String],
+    ) -> Result<String, ClientError> {
+        let cmd = cli_request::Cmd::Remove(RemoveRequest {
+            ids: ids.to_vec(),
+            types: types.to_vec(),
+        });
+        self.ok(cmd).await
+    }
+
+    /// Asks the master to start servers `ids` (removed, exited or crash-looping ones, or ids
+    /// new in its config file); returns its acknowledgement.
+    pub async fn start(&mut self, ids: &[String]) -> Result<String, ClientError> {
+        let cmd = cli_request::Cmd::Start(StartRequest { ids: ids.to_vec() });
+        self.ok(cmd).await
+    }
+
+    async fn ok(&mut self, cmd: cli_request::Cmd) -> Result<String, ClientError> {
+        match self.request(cmd).await? {
             cli_response::Msg::Ok(text) => Ok(text),
             other => Err(self.unexpected(other)),
         }

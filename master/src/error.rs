@@ -42,6 +42,12 @@ pub enum MasterError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// A master setting (`restart`, `crashLoop`) is invalid.
+    #[error("{what}")]
+    Setting {
+        /// What is wrong, naming the setting.
+        what: String,
+    },
     /// The listener's address could not be read.
     #[error("listener: {0}")]
     Listener(#[source] std::io::Error),

@@ -6,7 +6,8 @@
 //!   port and keeps every server's view of the cluster current, restarts crashed servers with
 //!   backoff, answers the CLI, and stops everything gracefully on shutdown.
 //! - [`MasterClient`] is the CLI's side of the master port.
-//! - [`cli_main`] / [`cli_main_with`] are the `kennel` command line (`start`, `list`, `stop`).
+//! - [`cli_main`] / [`cli_main_with`] are the `kennel` command line (`start`, `list`, `stop`,
+//!   `logs`, `restart`, `remove`, `config`).
 //!
 //! Decisions (where the design is silent):
 //! - Servers get `KENNEL_SERVER_SECRET` (never `KENNEL_CLI_SECRET`) and
@@ -18,10 +19,21 @@
 //!   whose link is live, and while the master is stopping.
 //! - `kennel stop` waits until the master has stopped the cluster (the master closes the CLI
 //!   link last); it asks for confirmation only when stdin is a terminal and `-y` is not given.
+//! - Ctrl-C / SIGTERM to a foreground master stops every server; SIGKILL or a crash of the
+//!   master leaves them serving, and the next master on the project re-adopts them through
+//!   their pid files (`.kennel/run/<id>.pid`) instead of spawning duplicates (see
+//!   `docs/operations.md`).
+//! - Restart policies (`"restart"` in a server entry) and the crash-loop limit (`crashLoop` in
+//!   master.json) decide what happens when a server exits by itself; `kennel restart`,
+//!   `remove` and `start <ids>` override them for one server.
+//! - `kennel restart` waits, per server, until the master shows it running with a new pid
+//!   and a live master link (re-registered) before restarting the next one.
 //!
-//! Modules: `master` (event loop, stop sequence), `supervisor` (processes), `registry`
-//! (master links), `listener` (accept + auth), `logs` (log files and their echo), `client`,
-//! `table` (`list` output), `cli` (clap), `backoff`, `console` (stdout lines), `error`.
+//! Modules: `master` (event loop, stop sequence, CLI requests), `supervisor` (processes,
+//! policies, adoption), `policy`, `procfs` (pid files, `/proc`, pidfd), `sampler` (rss/cpu),
+//! `registry` (master links), `listener` (accept + auth), `logs` (log files and their echo),
+//! `client`, `table` (`list` output), `cli` (clap), `backoff`, `console` (stdout lines),
+//! `error`.
 
 mod backoff;
 mod cli;
@@ -31,7 +43,10 @@ mod error;
 mod listener;
 mod logs;
 mod master;
+mod policy;
+mod procfs;
 mod registry;
+mod sampler;
 mod supervisor;
 mod table;
 
@@ -41,4 +56,4 @@ pub use error::{ClientError, MasterError};
 pub use master::{
     DEFAULT_FRONTEND_STOP_TIMEOUT, DEFAULT_STOP_TIMEOUT, LOGS_DIR, StartOptions, run,
 };
-pub use table::{ServerRow, format_uptime, render_table, rows};
+pub use table::{ServerRow, format_bytes, format_uptime, render_table, rows};

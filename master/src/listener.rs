@@ -4,7 +4,8 @@
 //! - `Role::Server` (server secret): the master link of [`crate::registry`]. The first message
 //!   must be `Register` (within [`REGISTER_TIMEOUT`]); the event loop admits or refuses it;
 //!   then `Ping`s are answered with `Pong`s until the link drops.
-//! - `Role::Cli` (CLI secret): `CliRequest`s (`list`, `stop`), each answered by one
+//! - `Role::Cli` (CLI secret): `CliRequest`s (`list`, `stop`, `restart`, `remove`,
+//!   `start`), each answered by one
 //!   `CliResponse`. After `stop` the link stays open until the cluster has stopped, so the
 //!   CLI can wait for the master to close it.
 //!
@@ -293,6 +294,29 @@ async fn cli_link(mut link: CliLink, shared: &Shared) {
                 shared.stop.cancel();
                 cli_response::Msg::Ok("stopping the cluster".to_owned())
             }
+            Some(Ok(CliRequest {
+                cmd: Some(cli_request::Cmd::Restart(r)),
+            })) => {
+                let (reply, rx) = oneshot::channel();
+                ask(shared, Event::Restart { id: r.id, reply }, rx).await
+            }
+            Some(Ok(CliRequest {
+                cmd: Some(cli_request::Cmd::Remove(r)),
+            })) => {
+                let (reply, rx) = oneshot::channel();
+                let ev = Event::Remove {
+                    ids: r.ids,
+                    types: r.types,
+                    reply,
+                };
+                ask(shared, ev, rx).await
+            }
+            Some(Ok(CliRequest {
+                cmd: Some(cli_request::Cmd::Start(r)),
+            })) => {
+                let (reply, rx) = oneshot::channel();
+                ask(shared, Event::Start { ids: r.ids, reply }, rx).await
+            }
             Some(Ok(CliRequest { cmd: None })) => cli_response::Msg::Error(
                 "unknown command (is the CLI newer than the master?)".into(),
             ),
@@ -300,5 +324,21 @@ async fn cli_link(mut link: CliLink, shared: &Shared) {
         if link.send(CliResponse { msg: Some(reply) }).await.is_err() {
             return;
         }
+    }
+}
+
+/// Hands a CLI request to the event loop and turns its answer into a response.
+async fn ask(
+    shared: &Shared,
+    ev: Event,
+    rx: oneshot::Receiver<Result<String, String>>,
+) -> cli_response::Msg {
+    if shared.events.send(ev).await.is_err() {
+        return cli_response::Msg::Error("the master is stopping".to_owned());
+    }
+    match rx.await {
+        Ok(Ok(text)) => cli_response::Msg::Ok(text),
+        Ok(Err(e)) => cli_response::Msg::Error(e),
+        Err(_) => cli_response::Msg::Error("the master is stopping".to_owned()),
     }
 }

@@ -42,6 +42,41 @@ pub(crate) fn current_len(path: &Path) -> u64 {
     std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
 }
 
+/// The last `n` lines of a file (looking at most at its last 256 KiB).
+pub(crate) fn last_lines(path: &Path, n: usize) -> io::Result<Vec<String>> {
+    use std::io::{Read, Seek};
+    const LOOK: u64 = 256 * 1024;
+    let mut file = File::open(path)?;
+    let len = file.metadata()?.len();
+    let from = len.saturating_sub(LOOK);
+    file.seek(SeekFrom::Start(from))?;
+    let mut buf = Vec::new();
+    file.read_to_end(&mut buf)?;
+    let text = String::from_utf8_lossy(&buf);
+    let mut lines: Vec<&str> = text.lines().collect();
+    if from > 0 && !lines.is_empty() {
+        lines.remove(0); // most likely cut in the middle
+    }
+    let skip = lines.len().saturating_sub(n);
+    Ok(lines[skip..].iter().map(|l| (*l).to_owned()).collect())
+}
+
+/// Prints what is appended to `path` from byte `from` on, line by line, forever (`logs -f`).
+pub(crate) async fn follow(path: PathBuf, from: u64) {
+    let mut tail = Tail {
+        prefix: String::new(),
+        path,
+        pos: from,
+        partial: Vec::new(),
+    };
+    let mut tick = tokio::time::interval(TAIL_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        while tail.read_new().await > 0 {}
+    }
+}
+
 /// Echoes what is appended to `path` from byte `from` on, as `[id] line`, until `stop` is
 /// cancelled; then reads once more and prints any unterminated last line.
 pub(crate) async fn tail(id: String, path: PathBuf, from: u64, stop: CancellationToken) {

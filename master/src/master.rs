@@ -6,11 +6,16 @@
 //! Shutdown: `shutdown` (from the caller, e.g. SIGINT/SIGTERM) or a CLI `stop` ends the event
 //! loop; the stop sequence then SIGTERMs frontends, waits for them, SIGTERMs backends, SIGKILLs
 //! whatever is left at the deadline, reaps every child, closes every link and returns.
+//!
+//! A master that is killed (SIGKILL, crash) runs no stop sequence: its servers keep serving
+//! and keep redialling the master port. The next master started on the same project adopts
+//! them (see [`crate::supervisor`]) instead of starting duplicates; they re-register by
+//! themselves and the readiness line is printed once every configured server has. So:
+//! Ctrl-C / SIGTERM to the master = stop everything; SIGKILL / crash of the master = the
+//! servers keep running and are re-adopted.
 
 use std::collections::HashMap;
-use std::io;
 use std::path::PathBuf;
-use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,8 +33,11 @@ use crate::MasterError;
 use crate::console::say;
 use crate::listener::{self, Shared};
 use crate::logs;
+use crate::policy::CrashLoop;
+use crate::procfs::RUN_DIR;
 use crate::registry::Registry;
-use crate::supervisor::{Proc, SpawnEnv, Supervisor, resolve_bins};
+use crate::sampler::Sampler;
+use crate::supervisor::{Exit, Proc, SpawnEnv, Supervisor, resolve_bin, resolve_bins};
 
 /// Where server logs go, relative to the project directory.
 pub const LOGS_DIR: &str = "logs";
@@ -85,12 +93,14 @@ impl StartOptions {
 /// What the event loop hears about.
 #[derive(Debug)]
 pub(crate) enum Event {
-    /// A child was reaped.
+    /// A server's process ended (a child was reaped, or an adopted one's pidfd fired).
     Exited {
         index: usize,
         generation: u64,
-        status: io::Result<ExitStatus>,
+        exit: Exit,
     },
+    /// The SIGKILL delay after a `restart`/`remove` SIGTERM passed.
+    KillDue { index: usize, generation: u64 },
     /// A restart delay passed.
     RestartDue { index: usize, generation: u64 },
     /// An authenticated server sent `Register`; the reply is its link id or the refusal.
@@ -106,6 +116,22 @@ pub(crate) enum Event {
     LinkClosed { id: String, link_id: u64 },
     /// The CLI asks for the server table.
     List { reply: oneshot::Sender<ListReply> },
+    /// The CLI asks to restart one server.
+    Restart {
+        id: String,
+        reply: oneshot::Sender<Result<String, String>>,
+    },
+    /// The CLI asks to remove servers (by id and by type).
+    Remove {
+        ids: Vec<String>,
+        types: Vec<String>,
+        reply: oneshot::Sender<Result<String, String>>,
+    },
+    /// The CLI asks to start servers (removed ones, or ids new in the config file).
+    Start {
+        ids: Vec<String>,
+        reply: oneshot::Sender<Result<String, String>>,
+    },
 }
 
 /// Runs a master on `listener` until `shutdown` is cancelled or a CLI asks it to stop: spawns
@@ -144,7 +170,9 @@ pub async fn run(
     } else {
         vec![None; project.servers.len()]
     };
+    let crash_loop = CrashLoop::of(&project.master)?;
     let logs_dir = project.dir.join(LOGS_DIR);
+    let run_dir = project.dir.join(RUN_DIR);
     if spawn && !project.servers.is_empty() {
         std::fs::create_dir_all(&logs_dir).map_err(|source| MasterError::Logs {
             path: logs_dir.clone(),
@@ -195,7 +223,17 @@ pub async fn run(
         master_host: project.master.host.clone(),
         master_port: addr.port(),
     };
-    let supervisor = Supervisor::new(&project.servers, bins, &logs_dir, spawn_env, events_tx);
+    let supervisor = Supervisor::new(
+        &project.servers,
+        bins,
+        &logs_dir,
+        &run_dir,
+        spawn_env,
+        crash_loop,
+        stop_timeout,
+        events_tx,
+    )?;
+    let sampler = Sampler::start(conns.clone());
     let mut core = Core {
         index: project
             .servers
@@ -206,18 +244,34 @@ pub async fn run(
         registry: Registry::new(project.servers.iter().map(|s| s.id.clone()).collect()),
         project,
         supervisor,
+        sampler,
         started,
         ready: false,
         stopping: false,
+        spawn,
+        bin,
+        echo: (spawn && echo_logs).then(|| (tails.clone(), tails_stop.clone())),
+        logs_dir,
     };
-    core.supervisor.start_all();
+    let adopted = core.supervisor.start_all();
+    if !adopted.is_empty() {
+        say(format_args!(
+            "kennel: adopted {} running servers left by an earlier master: {}",
+            adopted.len(),
+            adopted.join(", ")
+        ));
+    }
     core.check_ready();
+    core.update_sampler();
 
     loop {
         tokio::select! {
             biased;
             _ = stop.cancelled() => break,
-            Some(ev) = events.recv() => core.handle(ev),
+            Some(ev) = events.recv() => {
+                core.handle(ev);
+                core.update_sampler();
+            }
         }
     }
     core.stop_all(&mut events, frontend_stop_timeout, stop_timeout)
@@ -239,6 +293,7 @@ pub async fn run(
 struct Core {
     project: Project,
     supervisor: Supervisor,
+    sampler: Sampler,
     registry: Registry,
     /// Server id -> index in `project.servers` (= supervisor slot).
     index: HashMap<String, usize>,
@@ -247,6 +302,13 @@ struct Core {
     ready: bool,
     /// The stop sequence began: no restarts, no registrations.
     stopping: bool,
+    /// Servers are started by this master.
+    spawn: bool,
+    /// Binary overriding the configured ones (for servers added by `kennel start <id>`).
+    bin: Option<PathBuf>,
+    /// Where new servers' log echo tasks go, when logs are echoed.
+    echo: Option<(TaskTracker, CancellationToken)>,
+    logs_dir: PathBuf,
 }
 
 impl Core {
@@ -255,10 +317,10 @@ impl Core {
             Event::Exited {
                 index,
                 generation,
-                status,
+                exit,
             } => {
                 let pid = self.supervisor.running_pid(index);
-                self.supervisor.on_exit(index, generation, status);
+                self.supervisor.on_exit(index, generation, exit);
                 // Its link dies with it; do not wait for the socket to tell us, so the
                 // restarted server is not refused as a duplicate.
                 let id = &self.project.servers[index].id;
@@ -290,7 +352,131 @@ impl Core {
             Event::List { reply } => {
                 let _ = reply.send(self.list());
             }
+            Event::KillDue { index, generation } => {
+                self.supervisor.on_kill_due(index, generation);
+            }
+            Event::Restart { id, reply } => {
+                let _ = reply.send(self.restart(&id));
+            }
+            Event::Remove { ids, types, reply } => {
+                let _ = reply.send(self.remove(&ids, &types));
+            }
+            Event::Start { ids, reply } => {
+                let _ = reply.send(self.start(&ids));
+            }
         }
+    }
+
+    /// Tells the sampler which processes run now.
+    fn update_sampler(&self) {
+        self.sampler
+            .set_pids(self.supervisor.running().map(|(_, pid)| pid).collect());
+    }
+
+    fn refuse_while_stopping(&self) -> Result<(), String> {
+        if self.stopping {
+            Err("the master is stopping".to_owned())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The slot of configured server `id`, or the one-line reason there is none.
+    fn slot_of(&self, id: &str) -> Result<usize, String> {
+        self.index.get(id).copied().ok_or_else(|| {
+            format!(
+                "unknown server id {id:?}: not in the {:?} config of {}",
+                self.project.env,
+                self.project.dir.display()
+            )
+        })
+    }
+
+    /// `kennel restart <id>`.
+    fn restart(&mut self, id: &str) -> Result<String, String> {
+        self.refuse_while_stopping()?;
+        let i = self.slot_of(id)?;
+        self.supervisor.restart(i)
+    }
+
+    /// `kennel remove <ids> --type <types>`: checks every name first, then removes.
+    fn remove(&mut self, ids: &[String], types: &[String]) -> Result<String, String> {
+        self.refuse_while_stopping()?;
+        let mut slots = Vec::new();
+        for id in ids {
+            slots.push(self.slot_of(id)?);
+        }
+        for t in types {
+            let of_type: Vec<usize> = (0..self.project.servers.len())
+                .filter(|&i| self.project.servers[i].server_type == *t)
+                .collect();
+            if of_type.is_empty() {
+                return Err(format!(
+                    "unknown server type {t:?} (types: {})",
+                    self.project.server_types().join(", ")
+                ));
+            }
+            slots.extend(of_type);
+        }
+        slots.sort_unstable();
+        slots.dedup();
+        let said: Vec<String> = slots
+            .into_iter()
+            .map(|i| self.supervisor.remove(i))
+            .collect();
+        Ok(said.join("; "))
+    }
+
+    /// `kennel start <ids>`: ids unknown to this master are looked up in the config file,
+    /// re-read now; every id is checked before anything is started.
+    fn start(&mut self, ids: &[String]) -> Result<String, String> {
+        self.refuse_while_stopping()?;
+        if !self.spawn {
+            return Err("this master does not start servers (spawn disabled)".to_owned());
+        }
+        let unknown: Vec<&String> = ids
+            .iter()
+            .filter(|id| !self.index.contains_key(*id))
+            .collect();
+        let mut new = Vec::new();
+        if !unknown.is_empty() {
+            let fresh = kennel_config::Project::load(&self.project.dir, &self.project.env)
+                .map_err(|e| format!("cannot re-read the config: {e}"))?;
+            for id in unknown {
+                let s = fresh.server(id).ok_or_else(|| {
+                    format!(
+                        "unknown server id {id:?}: not in the {:?} config of {}",
+                        self.project.env,
+                        self.project.dir.display()
+                    )
+                })?;
+                let bin = resolve_bin(&fresh, s, self.bin.as_deref()).map_err(|e| e.to_string())?;
+                crate::policy::RestartPolicy::of(s).map_err(|e| e.to_string())?;
+                new.push((s.clone(), bin));
+            }
+        }
+        for (s, bin) in new {
+            let id = s.id.clone();
+            let i = self
+                .supervisor
+                .add(s.clone(), Some(bin))
+                .map_err(|e| e.to_string())?;
+            self.index.insert(id.clone(), i);
+            self.registry.add(id.clone());
+            if let Some((tails, stop)) = &self.echo {
+                let path = logs::log_path(&self.logs_dir, &id);
+                let from = logs::current_len(&path);
+                tails.spawn(logs::tail(id.clone(), path, from, stop.clone()));
+            }
+            self.project.servers.push(s);
+            info!(server = %id, "server added from the config file");
+        }
+        let mut said = Vec::new();
+        for id in ids {
+            let i = self.slot_of(id)?;
+            said.push(self.supervisor.start(i)?);
+        }
+        Ok(said.join("; "))
     }
 
     /// Why server `info` may not register now, or its slot.
@@ -386,6 +572,7 @@ impl Core {
             .iter()
             .map(|slot| {
                 let link = self.registry.get(&slot.config.id);
+                let mut adopted_now = false;
                 let (state, pid, uptime) = match (slot.proc, link) {
                     (
                         Proc::Running {
@@ -393,9 +580,11 @@ impl Core {
                             since,
                             registered,
                             signalled,
+                            adopted,
                         },
                         _,
                     ) => {
+                        adopted_now = adopted;
                         let state = if signalled {
                             "stopping"
                         } else if link.is_some() {
@@ -409,18 +598,28 @@ impl Core {
                     }
                     (Proc::Restarting, _) => ("restarting", 0, Duration::ZERO),
                     (Proc::Exited, _) => ("exited", 0, Duration::ZERO),
+                    (Proc::CrashLoop, _) => ("crashloop", 0, Duration::ZERO),
+                    (Proc::Removed, _) => ("removed", 0, Duration::ZERO),
                     (Proc::Unmanaged, Some(l)) => ("external", l.info.pid, l.since.elapsed()),
                     (Proc::Unmanaged, None) => ("down", 0, Duration::ZERO),
                 };
                 let info = link
                     .map(|l| l.info.clone())
                     .unwrap_or_else(|| config_info(&slot.config, pid));
+                let usage = if matches!(slot.proc, Proc::Running { .. }) {
+                    self.sampler.usage(pid)
+                } else {
+                    Default::default()
+                };
                 ServerStatus {
                     info: Some(info),
                     state: state.to_owned(),
                     pid,
                     uptime_ms: u64::try_from(uptime.as_millis()).unwrap_or(u64::MAX),
                     restarts: slot.restarts,
+                    adopted: adopted_now,
+                    rss_bytes: usage.rss,
+                    cpu_percent: usage.cpu,
                 }
             })
             .collect();

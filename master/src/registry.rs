@@ -59,6 +59,13 @@ impl Registry {
         }
     }
 
+    /// Adds server `id` (new in the config) at the end of the order.
+    pub(crate) fn add(&mut self, id: String) {
+        if !self.order.contains(&id) {
+            self.order.push(id);
+        }
+    }
+
     /// The live link of server `id`.
     pub(crate) fn get(&self, id: &str) -> Option<&Link> {
         self.links.get(id)

@@ -1,6 +1,7 @@
-//! The server processes: spawning, one `child.wait()` task per child feeding
-//! [`Event::Exited`] into the master's event loop, restarts with [`Backoff`], and process-group
-//! signals for the stop sequence.
+//! The server processes: spawning, one exit watcher per process feeding [`Event::Exited`]
+//! into the master's event loop, restarts per [`RestartPolicy`] with [`Backoff`] and
+//! crash-loop detection ([`CrashLoop`]), operator restarts/removals/starts, re-adoption of
+//! servers a previous master left running, and process-group signals for the stop sequence.
 //!
 //! Each server runs as `<bin> --id <id> --env <env> <args...>` in the project directory, in a
 //! process group of its own (a terminal's Ctrl-C reaches only the master, and the master can
@@ -8,7 +9,15 @@
 //! stderr appended to `logs/<id>.log`. When a server exits, whatever is left in its process
 //! group is SIGKILLed. Nothing ties a server's life to the master's: servers outlive a crashed
 //! master.
+//!
+//! Re-adoption: every spawned server gets a pid file `.kennel/run/<id>.pid` (pid and start
+//! time), removed when its exit is seen. At start the master adopts, instead of spawning, each
+//! server whose pid file names a live process with the same start time and `--id <id>` on its
+//! command line. An adopted server is not our child: its exit is watched through a pidfd
+//! (readable = exited) and its exit status is unknown. It re-registers by itself (servers
+//! redial the master), and is restarted per its policy when it dies.
 
+use std::collections::VecDeque;
 use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -29,25 +38,81 @@ use crate::MasterError;
 use crate::backoff::Backoff;
 use crate::logs;
 use crate::master::Event;
+use crate::policy::{CrashLoop, RestartPolicy};
+use crate::procfs::{self, Adoptable};
+
+/// How many lines of a crash-looping server's log the master logs.
+const CRASH_LOG_LINES: usize = 10;
 
 /// What the master knows about one server's process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Proc {
     /// Not started by this master (it only accepts registrations).
     Unmanaged,
-    /// Alive (as far as the master knows: its exit has not been reaped yet).
+    /// Alive (as far as the master knows: its exit has not been seen yet).
     Running {
         pid: u32,
         since: Instant,
         /// Registered over its master link since this start.
         registered: bool,
-        /// Sent SIGTERM/SIGKILL by the stop sequence.
+        /// Sent SIGTERM/SIGKILL (stop sequence, `restart`, `remove`).
         signalled: bool,
+        /// Started by an earlier master and adopted by this one.
+        adopted: bool,
     },
     /// Waiting for its restart delay to pass (or to be started again after a failed spawn).
     Restarting,
-    /// Exited and not to be restarted (the cluster is stopping).
+    /// Exited and not restarted (the cluster is stopping, or its restart policy said so).
     Exited,
+    /// Not restarted because it kept crashing.
+    CrashLoop,
+    /// Stopped by the operator (`kennel remove`) and not restarted.
+    Removed,
+}
+
+/// What happens when a running server exits next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OnExit {
+    /// Its restart policy, backoff and crash-loop limit decide.
+    Policy,
+    /// Started again at once (`kennel restart`).
+    RestartNow,
+    /// Not restarted (`kennel remove`).
+    Remove,
+}
+
+/// How a server's process ended.
+#[derive(Debug)]
+pub(crate) struct Exit {
+    /// For the logs, e.g. `exit status: 1`.
+    text: String,
+    /// Whether it exited with status 0 (`None`: unknown, e.g. for an adopted server).
+    success: Option<bool>,
+}
+
+impl Exit {
+    fn of_child(status: io::Result<std::process::ExitStatus>) -> Exit {
+        match status {
+            Ok(s) => Exit {
+                text: s.to_string(),
+                success: Some(s.success()),
+            },
+            Err(e) => Exit {
+                text: format!("unknown status ({e})"),
+                success: None,
+            },
+        }
+    }
+
+    fn of_adopted(watched: io::Result<()>) -> Exit {
+        Exit {
+            text: match watched {
+                Ok(()) => "exited (status unknown: adopted, not our child)".to_owned(),
+                Err(e) => format!("lost track of it ({e})"),
+            },
+            success: None,
+        }
+    }
 }
 
 /// One configured server and its process.
@@ -57,11 +122,16 @@ pub(crate) struct Slot {
     /// The binary to run; `None` for unmanaged servers.
     bin: Option<PathBuf>,
     log: PathBuf,
+    pid_file: PathBuf,
     pub(crate) proc: Proc,
     /// Bumped at every spawn and every scheduled restart; stale events carry an old value.
     generation: u64,
     pub(crate) restarts: u32,
     backoff: Backoff,
+    policy: RestartPolicy,
+    /// When its policy restarts happened (for the crash-loop limit).
+    recent: VecDeque<Instant>,
+    on_exit: OnExit,
 }
 
 /// Everything a spawn needs besides the slot.
@@ -79,8 +149,13 @@ pub(crate) struct SpawnEnv {
 pub(crate) struct Supervisor {
     pub(crate) slots: Vec<Slot>,
     spawn_env: SpawnEnv,
+    logs_dir: PathBuf,
+    run_dir: PathBuf,
+    crash_loop: CrashLoop,
+    /// How long `restart`/`remove` wait after SIGTERM before SIGKILL.
+    kill_after: Duration,
     events: mpsc::Sender<Event>,
-    /// Cancelled by [`Supervisor::stop_restarting`]: ends pending restart timers. Owned here.
+    /// Cancelled by [`Supervisor::stop_restarting`]: ends pending timers. Owned here.
     restarts_stop: CancellationToken,
 }
 
@@ -93,17 +168,24 @@ pub(crate) fn resolve_bins(
     project
         .servers
         .iter()
-        .map(|s| {
-            let path = match override_bin {
-                Some(b) => b.to_path_buf(),
-                None => project
-                    .server_bin(s)
-                    .ok_or_else(|| MasterError::NoBinary { id: s.id.clone() })?,
-            };
-            check_bin(&s.id, &path)?;
-            Ok(path)
-        })
+        .map(|s| resolve_bin(project, s, override_bin))
         .collect()
+}
+
+/// The binary server `s` runs (see [`resolve_bins`]).
+pub(crate) fn resolve_bin(
+    project: &Project,
+    s: &ServerConfig,
+    override_bin: Option<&Path>,
+) -> Result<PathBuf, MasterError> {
+    let path = match override_bin {
+        Some(b) => b.to_path_buf(),
+        None => project
+            .server_bin(s)
+            .ok_or_else(|| MasterError::NoBinary { id: s.id.clone() })?,
+    };
+    check_bin(&s.id, &path)?;
+    Ok(path)
 }
 
 fn check_bin(id: &str, path: &Path) -> Result<(), MasterError> {
@@ -136,45 +218,111 @@ fn signal_group(pid: u32, sig: Signal) {
 
 impl Supervisor {
     /// A table of `servers`; `bins[i]` is the binary of `servers[i]` (`None`: unmanaged).
+    /// Fails on an invalid `restart` policy.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         servers: &[ServerConfig],
         bins: Vec<Option<PathBuf>>,
         logs_dir: &Path,
+        run_dir: &Path,
         spawn_env: SpawnEnv,
+        crash_loop: CrashLoop,
+        kill_after: Duration,
         events: mpsc::Sender<Event>,
-    ) -> Supervisor {
-        let slots = servers
-            .iter()
-            .zip(bins)
-            .map(|(config, bin)| Slot {
-                log: logs::log_path(logs_dir, &config.id),
-                proc: if bin.is_some() {
-                    Proc::Restarting
-                } else {
-                    Proc::Unmanaged
-                },
-                config: config.clone(),
-                bin,
-                generation: 0,
-                restarts: 0,
-                backoff: Backoff::default(),
-            })
-            .collect();
-        Supervisor {
-            slots,
+    ) -> Result<Supervisor, MasterError> {
+        let mut sup = Supervisor {
+            slots: Vec::new(),
             spawn_env,
+            logs_dir: logs_dir.to_path_buf(),
+            run_dir: run_dir.to_path_buf(),
+            crash_loop,
+            kill_after,
             events,
             restarts_stop: CancellationToken::new(),
+        };
+        for (config, bin) in servers.iter().zip(bins) {
+            sup.add(config.clone(), bin)?;
         }
+        Ok(sup)
     }
 
-    /// Starts every managed server.
-    pub(crate) fn start_all(&mut self) {
+    /// Adds server `config` (not started); returns its slot.
+    pub(crate) fn add(
+        &mut self,
+        config: ServerConfig,
+        bin: Option<PathBuf>,
+    ) -> Result<usize, MasterError> {
+        let policy = RestartPolicy::of(&config)?;
+        self.slots.push(Slot {
+            log: logs::log_path(&self.logs_dir, &config.id),
+            pid_file: procfs::pid_file(&self.run_dir, &config.id),
+            proc: if bin.is_some() {
+                Proc::Restarting
+            } else {
+                Proc::Unmanaged
+            },
+            config,
+            bin,
+            generation: 0,
+            restarts: 0,
+            backoff: Backoff::default(),
+            policy,
+            recent: VecDeque::new(),
+            on_exit: OnExit::Policy,
+        });
+        Ok(self.slots.len() - 1)
+    }
+
+    /// Starts every managed server, adopting those an earlier master left running; returns
+    /// the ids adopted.
+    pub(crate) fn start_all(&mut self) -> Vec<String> {
+        let mut adopted = Vec::new();
         for i in 0..self.slots.len() {
-            if self.slots[i].bin.is_some() {
-                self.spawn(i);
+            if self.slots[i].bin.is_none() {
+                continue;
+            }
+            let slot = &self.slots[i];
+            match procfs::find_adoptable(&slot.pid_file, &slot.config.id) {
+                Some(found) => {
+                    adopted.push(slot.config.id.clone());
+                    self.adopt(i, found);
+                }
+                None => {
+                    procfs::remove_pid_file(&slot.pid_file);
+                    self.spawn(i);
+                }
             }
         }
+        adopted
+    }
+
+    /// Takes over server `i`, already running as `found`.
+    fn adopt(&mut self, i: usize, found: Adoptable) {
+        let slot = &mut self.slots[i];
+        slot.generation += 1;
+        let pid = found.pid;
+        slot.proc = Proc::Running {
+            pid,
+            since: Instant::now()
+                .checked_sub(found.age)
+                .unwrap_or_else(Instant::now),
+            registered: false,
+            signalled: false,
+            adopted: true,
+        };
+        info!(server = %slot.config.id, pid, "adopted the running server (left by an earlier master)");
+        let events = self.events.clone();
+        let generation = slot.generation;
+        tokio::spawn(async move {
+            let watched = procfs::watch_exit(found.pidfd).await;
+            let _ = events
+                .send(Event::Exited {
+                    index: i,
+                    generation,
+                    exit: Exit::of_adopted(watched),
+                })
+                .await;
+        });
     }
 
     fn command(&self, slot: &Slot, bin: &Path) -> io::Result<Command> {
@@ -210,6 +358,7 @@ impl Supervisor {
             .command(&self.slots[i], &bin)
             .and_then(|mut cmd| cmd.spawn());
         let slot = &mut self.slots[i];
+        slot.on_exit = OnExit::Policy;
         let id = slot.config.id.clone();
         match spawned {
             Ok(mut child) => {
@@ -220,7 +369,12 @@ impl Supervisor {
                     since: Instant::now(),
                     registered: false,
                     signalled: false,
+                    adopted: false,
                 };
+                if let Err(e) = procfs::write_pid_file(&slot.pid_file, pid) {
+                    warn!(server = %id, pid, cause = %e, path = %slot.pid_file.display(),
+                        "cannot write the pid file: a new master could not adopt this server");
+                }
                 info!(server = %id, pid, bin = %bin.display(), "server started");
                 let events = self.events.clone();
                 let generation = slot.generation;
@@ -231,7 +385,7 @@ impl Supervisor {
                         .send(Event::Exited {
                             index: i,
                             generation,
-                            status,
+                            exit: Exit::of_child(status),
                         })
                         .await;
                 });
@@ -262,14 +416,10 @@ impl Supervisor {
         });
     }
 
-    /// A child was reaped: schedule its restart unless the cluster is stopping.
-    pub(crate) fn on_exit(
-        &mut self,
-        i: usize,
-        generation: u64,
-        status: io::Result<std::process::ExitStatus>,
-    ) {
+    /// A server's process ended: restart it now, later or never (see the module docs).
+    pub(crate) fn on_exit(&mut self, i: usize, generation: u64, exit: Exit) {
         let stopping = self.restarts_stop.is_cancelled();
+        let crash_loop = self.crash_loop;
         let slot = &mut self.slots[i];
         let Proc::Running { pid, since, .. } = slot.proc else {
             return;
@@ -278,17 +428,58 @@ impl Supervisor {
             return;
         }
         let ran = since.elapsed();
-        let status = match status {
-            Ok(s) => s.to_string(),
-            Err(e) => format!("unknown status ({e})"),
-        };
+        let status = exit.text;
         let id = slot.config.id.clone();
         // A server's process group lives and dies with it: anything it started and left
         // behind would otherwise be an orphan nobody accounts for.
         signal_group(pid, Signal::SIGKILL);
+        procfs::remove_pid_file(&slot.pid_file);
+        let on_exit = std::mem::replace(&mut slot.on_exit, OnExit::Policy);
         if stopping {
             slot.proc = Proc::Exited;
             info!(server = %id, pid, %status, "server exited");
+            return;
+        }
+        match on_exit {
+            OnExit::Remove => {
+                slot.proc = Proc::Removed;
+                info!(server = %id, pid, %status, "server removed");
+                return;
+            }
+            OnExit::RestartNow => {
+                info!(server = %id, pid, %status, "server exited; restarting it now");
+                slot.restarts += 1;
+                self.spawn(i);
+                return;
+            }
+            OnExit::Policy => {}
+        }
+        let policy = slot.policy;
+        if policy == RestartPolicy::Never
+            || (policy == RestartPolicy::OnFailure && exit.success == Some(true))
+        {
+            slot.proc = Proc::Exited;
+            warn!(server = %id, pid, %status, "server exited; not restarting it (restart: {})",
+                policy.name());
+            return;
+        }
+        let now = Instant::now();
+        while slot
+            .recent
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > crash_loop.window)
+        {
+            slot.recent.pop_front();
+        }
+        if slot.recent.len() >= crash_loop.restarts {
+            slot.proc = Proc::CrashLoop;
+            let last = logs::last_lines(&slot.log, CRASH_LOG_LINES)
+                .map(|lines| lines.join("\n    "))
+                .unwrap_or_else(|e| format!("(cannot read {}: {e})", slot.log.display()));
+            error!(server = %id, pid, %status,
+                "server is crash-looping ({} restarts within {} s): not restarting it; \
+                 `kennel start {id}` starts it again. Last lines of {}:\n    {last}",
+                slot.recent.len(), crash_loop.window.as_secs(), slot.log.display());
             return;
         }
         let delay = slot.backoff.on_exit(ran);
@@ -307,7 +498,105 @@ impl Supervisor {
             return;
         }
         slot.restarts += 1;
+        slot.recent.push_back(Instant::now());
         self.spawn(i);
+    }
+
+    /// SIGTERMs running server `i` and decides what its exit leads to; SIGKILLs it if it is
+    /// still running after the kill delay.
+    fn terminate(&mut self, i: usize, then: OnExit) {
+        let kill_after = self.kill_after;
+        let slot = &mut self.slots[i];
+        let Proc::Running { pid, signalled, .. } = &mut slot.proc else {
+            return;
+        };
+        let pid = *pid;
+        *signalled = true;
+        slot.on_exit = then;
+        info!(server = %slot.config.id, pid, "signalling server: SIGTERM");
+        signal_group(pid, Signal::SIGTERM);
+        let (events, generation, stop) = (
+            self.events.clone(),
+            slot.generation,
+            self.restarts_stop.clone(),
+        );
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(kill_after) => {
+                    let _ = events.send(Event::KillDue { index: i, generation }).await;
+                }
+                _ = stop.cancelled() => {}
+            }
+        });
+    }
+
+    /// The kill delay after a `restart`/`remove` SIGTERM passed.
+    pub(crate) fn on_kill_due(&mut self, i: usize, generation: u64) {
+        let slot = &self.slots[i];
+        if let Proc::Running { pid, .. } = slot.proc
+            && slot.generation == generation
+        {
+            warn!(server = %slot.config.id, pid, "still running {:.1} s after SIGTERM: SIGKILL",
+                self.kill_after.as_secs_f64());
+            signal_group(pid, Signal::SIGKILL);
+        }
+    }
+
+    /// `kennel restart`: SIGTERM server `i` and start it again as soon as it exits (at once
+    /// if it is not running).
+    pub(crate) fn restart(&mut self, i: usize) -> Result<String, String> {
+        let slot = &mut self.slots[i];
+        let id = slot.config.id.clone();
+        match slot.proc {
+            Proc::Unmanaged => Err(format!("{id} is not started by this master")),
+            Proc::Running { pid, .. } => {
+                self.terminate(i, OnExit::RestartNow);
+                Ok(format!("restarting {id} (pid {pid})"))
+            }
+            _ => {
+                slot.recent.clear();
+                slot.backoff = Backoff::default();
+                slot.restarts += 1;
+                self.spawn(i);
+                Ok(format!("starting {id}"))
+            }
+        }
+    }
+
+    /// `kennel remove`: stop server `i` and do not restart it.
+    pub(crate) fn remove(&mut self, i: usize) -> String {
+        let slot = &mut self.slots[i];
+        let id = slot.config.id.clone();
+        match slot.proc {
+            Proc::Unmanaged => format!("{id} is not started by this master: left alone"),
+            Proc::Running { pid, .. } => {
+                self.terminate(i, OnExit::Remove);
+                format!("removing {id} (pid {pid})")
+            }
+            Proc::Removed => format!("{id} is already removed"),
+            _ => {
+                // Ends a pending restart timer's effect.
+                slot.generation += 1;
+                slot.proc = Proc::Removed;
+                format!("removed {id}")
+            }
+        }
+    }
+
+    /// `kennel start <id>`: start server `i` now unless it is running.
+    pub(crate) fn start(&mut self, i: usize) -> Result<String, String> {
+        let slot = &mut self.slots[i];
+        let id = slot.config.id.clone();
+        match slot.proc {
+            Proc::Unmanaged => Err(format!("{id} is not started by this master")),
+            Proc::Running { pid, .. } => Ok(format!("{id} is already running (pid {pid})")),
+            _ => {
+                slot.recent.clear();
+                slot.backoff = Backoff::default();
+                self.spawn(i);
+                Ok(format!("starting {id}"))
+            }
+        }
     }
 
     /// Server `i` registered over its master link.
@@ -327,7 +616,8 @@ impl Supervisor {
         }
     }
 
-    fn running(&self) -> impl Iterator<Item = (usize, u32)> + '_ {
+    /// Every running server: (slot, pid).
+    pub(crate) fn running(&self) -> impl Iterator<Item = (usize, u32)> + '_ {
         self.slots
             .iter()
             .enumerate()

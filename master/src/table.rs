@@ -5,7 +5,7 @@ use kennel_proto::msg::{ListReply, ServerStatus};
 use serde::Serialize;
 
 /// One server as `kennel list` shows it; `--json` prints an array of these.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ServerRow {
     /// Server id.
@@ -13,10 +13,17 @@ pub struct ServerRow {
     /// Server type.
     #[serde(rename = "type")]
     pub server_type: String,
-    /// `starting`, `running`, `unlinked`, `restarting`, `stopping`, `exited`, `external` or `down`.
+    /// `starting`, `running`, `unlinked`, `restarting`, `stopping`, `exited`, `crashloop`,
+    /// `removed`, `external` or `down`.
     pub state: String,
     /// Process id, when running.
     pub pid: Option<u32>,
+    /// Started by an earlier master and adopted by this one.
+    pub adopted: bool,
+    /// Resident memory in bytes (sampled every second).
+    pub rss_bytes: Option<u64>,
+    /// CPU use in percent of one core over the last second.
+    pub cpu_percent: Option<f64>,
     /// Milliseconds since the process started (or registered, for external servers).
     pub uptime_ms: Option<u64>,
     /// How many times the master restarted it.
@@ -40,6 +47,9 @@ impl From<&ServerStatus> for ServerRow {
             server_type: info.server_type,
             state: s.state.clone(),
             pid: running.then_some(s.pid),
+            adopted: s.adopted,
+            rss_bytes: s.rss_bytes,
+            cpu_percent: s.cpu_percent,
             uptime_ms: running.then_some(s.uptime_ms),
             restarts: s.restarts,
             host: info.host,
@@ -70,24 +80,57 @@ pub fn format_uptime(ms: u64) -> String {
     }
 }
 
-/// The rows as an aligned text table with a header: id, type, state, pid, uptime, restarts.
+/// `512K`, `12.3M`, `1.50G`.
+pub fn format_bytes(bytes: u64) -> String {
+    const K: f64 = 1024.0;
+    let b = bytes as f64;
+    if b < K * K {
+        format!("{:.0}K", b / K)
+    } else if b < K * K * K {
+        format!("{:.1}M", b / K / K)
+    } else {
+        format!("{:.2}G", b / K / K / K)
+    }
+}
+
+/// The rows as an aligned text table with a header: id, type, state, pid, rss, cpu%, uptime,
+/// restarts.
 pub fn render_table(rows: &[ServerRow]) -> String {
-    let header = ["ID", "TYPE", "STATE", "PID", "UPTIME", "RESTARTS"];
-    let cells: Vec<[String; 6]> = rows
+    let header = [
+        "ID", "TYPE", "STATE", "PID", "RSS", "CPU%", "UPTIME", "RESTARTS",
+    ];
+    let cells: Vec<[String; 8]> = rows
         .iter()
         .map(|r| {
             [
                 r.id.clone(),
                 r.server_type.clone(),
-                r.state.clone(),
+                if r.adopted {
+                    format!("{}*", r.state)
+                } else {
+                    r.state.clone()
+                },
                 r.pid.map_or_else(|| "-".to_owned(), |p| p.to_string()),
+                r.rss_bytes.map_or_else(|| "-".to_owned(), format_bytes),
+                r.cpu_percent
+                    .map_or_else(|| "-".to_owned(), |c| format!("{c:.1}")),
                 r.uptime_ms.map_or_else(|| "-".to_owned(), format_uptime),
                 r.restarts.to_string(),
             ]
         })
         .collect();
-    let mut widths = header.map(str::len);
-    for row in &cells {
+    let cells: Vec<Vec<String>> = cells.into_iter().map(Vec::from).collect();
+    let mut out = align(&header, &cells);
+    if rows.iter().any(|r| r.adopted) {
+        out.push_str("* adopted: started by an earlier master\n");
+    }
+    out
+}
+
+/// `header` and `cells` as left-aligned columns two spaces apart, no trailing blanks.
+pub(crate) fn align(header: &[&str], cells: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in cells {
         for (w, c) in widths.iter_mut().zip(row) {
             *w = (*w).max(c.chars().count());
         }
@@ -95,7 +138,7 @@ pub fn render_table(rows: &[ServerRow]) -> String {
     let mut out = String::new();
     let mut line = |cols: &[&str]| {
         let mut text = String::new();
-        for (i, (c, w)) in cols.iter().zip(widths).enumerate() {
+        for (i, (c, w)) in cols.iter().zip(&widths).enumerate() {
             if i + 1 == cols.len() {
                 text.push_str(c);
             } else {
@@ -105,9 +148,9 @@ pub fn render_table(rows: &[ServerRow]) -> String {
         out.push_str(text.trim_end());
         out.push('\n');
     };
-    line(&header);
-    for row in &cells {
-        line(&row.each_ref().map(String::as_str));
+    line(header);
+    for row in cells {
+        line(&row.iter().map(String::as_str).collect::<Vec<_>>());
     }
     out
 }
@@ -142,6 +185,9 @@ mod tests {
                     pid: 4242,
                     uptime_ms: 65_000,
                     restarts: 1,
+                    adopted: false,
+                    rss_bytes: Some(12_900_000),
+                    cpu_percent: Some(1.25),
                 },
                 ServerStatus {
                     info: Some(ServerInfo {
@@ -153,6 +199,7 @@ mod tests {
                     pid: 0,
                     uptime_ms: 0,
                     restarts: 3,
+                    ..Default::default()
                 },
             ],
         };
@@ -161,14 +208,17 @@ mod tests {
         assert_eq!(rows[1].pid, None);
         let table = render_table(&rows);
         let expected = "\
-ID                  TYPE       STATE       PID   UPTIME  RESTARTS
-connector-server-1  connector  running     4242  1m05s   1
-chat-server-1       chat       restarting  -     -       3
+ID                  TYPE       STATE       PID   RSS    CPU%  UPTIME  RESTARTS
+connector-server-1  connector  running     4242  12.3M  1.2   1m05s   1
+chat-server-1       chat       restarting  -     -      -     -       3
 ";
         assert_eq!(table, expected);
         let json = serde_json::to_value(&rows).unwrap();
         assert_eq!(json[0]["type"], "connector");
         assert_eq!(json[0]["uptimeMs"], 65_000);
         assert_eq!(json[1]["pid"], serde_json::Value::Null);
+        assert_eq!(json[0]["rssBytes"], 12_900_000);
+        assert_eq!(json[0]["cpuPercent"], 1.25);
+        assert_eq!(json[0]["adopted"], false);
     }
 }

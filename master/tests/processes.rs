@@ -62,7 +62,9 @@ fn spawn_echo_restart_list_and_stop() {
     let header = table.lines().next().unwrap();
     assert_eq!(
         header.split_whitespace().collect::<Vec<_>>(),
-        ["ID", "TYPE", "STATE", "PID", "UPTIME", "RESTARTS"]
+        [
+            "ID", "TYPE", "STATE", "PID", "RSS", "CPU%", "UPTIME", "RESTARTS"
+        ]
     );
     assert!(table.contains("chat-server-1"), "{table}");
     assert!(table.contains("starting"), "{table}");

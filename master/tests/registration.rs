@@ -264,6 +264,8 @@ async fn readiness_lines_once_every_server_registered() {
         .unwrap()
         .client_port
         .unwrap();
+    // The next line may still be on its way through the pipe: wait for it, then check order.
+    cluster.wait_line("the connect line", |l| l.contains("clients connect to"));
     let lines = cluster.lines();
     let at = lines.iter().position(|l| *l == ready).unwrap();
     assert_eq!(

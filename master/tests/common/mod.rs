@@ -38,13 +38,19 @@ pub fn free_port() -> u16 {
 /// A project in a temp dir: master on `master_port`, servers `servers` (the JSON object of
 /// the development environment), route list with one route per type, `bin/server.sh`.
 pub fn project(master_port: u16, servers: &str) -> TempDir {
+    project_with(master_port, servers, "")
+}
+
+/// Like [`project`], with `master_extra` (e.g. `, "crashLoop": {...}`) appended to the
+/// master entry.
+pub fn project_with(master_port: u16, servers: &str, master_extra: &str) -> TempDir {
     let dir = tempfile::tempdir().unwrap();
     let sys = dir.path().join("config/sys");
     std::fs::create_dir_all(&sys).unwrap();
     std::fs::write(
         sys.join("master.json"),
         format!(
-            r#"{{"development": {{"id": "master-server-1", "host": "127.0.0.1", "port": {master_port}, "bin": "bin/server.sh"}}}}"#
+            r#"{{"development": {{"id": "master-server-1", "host": "127.0.0.1", "port": {master_port}, "bin": "bin/server.sh"{master_extra}}}}}"#
         ),
     )
     .unwrap();
@@ -134,6 +140,31 @@ pub fn wait_until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     }
 }
 
+/// Pids of live processes running in `dir` whose command line holds `--id <id>`.
+pub fn processes_running_as(dir: &Path, id: &str) -> Vec<u32> {
+    let dir = std::fs::canonicalize(dir).unwrap();
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(raw) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        if std::fs::read_link(entry.path().join("cwd")).ok().as_deref() != Some(dir.as_path()) {
+            continue;
+        }
+        let args: Vec<&[u8]> = raw.split(|b| *b == 0).collect();
+        if args
+            .windows(2)
+            .any(|w| w[0] == b"--id" && w[1] == id.as_bytes())
+        {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
 /// Whether a process with this pid exists.
 pub fn alive(pid: u32) -> bool {
     kill(Pid::from_raw(pid as i32), None).is_ok()
@@ -202,6 +233,26 @@ impl Cluster {
 
     pub fn path(&self) -> PathBuf {
         self.dir.path().to_path_buf()
+    }
+
+    /// SIGKILLs the master (servers keep running) and starts a new one on the same project.
+    pub fn restart_master(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        let envs: Vec<(String, String)> = self.envs.clone();
+        let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let mut next = Cluster::start(dir, self.port, &envs);
+        std::mem::swap(&mut self.dir, &mut next.dir);
+        std::mem::swap(&mut self.child, &mut next.child);
+        std::mem::swap(&mut self.lines, &mut next.lines);
+        std::mem::swap(&mut self.errors, &mut next.errors);
+        // `next` now holds the dead master and a throwaway dir.
+    }
+
+    /// Every stderr line (the master's log) so far.
+    pub fn errors(&self) -> Vec<String> {
+        self.errors.lock().unwrap().clone()
     }
 
     /// Every stdout line so far.
