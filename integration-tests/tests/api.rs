@@ -35,6 +35,7 @@ struct Rig {
     apps: Vec<App>,
     client_addr: String,
     removed: mpsc::UnboundedReceiver<(String, String)>,
+    exits: mpsc::UnboundedReceiver<String>,
     after_count: Arc<AtomicUsize>,
 }
 
@@ -179,6 +180,7 @@ async fn rig() -> Rig {
 
     let (removed_tx, removed) = mpsc::unbounded_channel();
     let (started_tx, mut started) = mpsc::unbounded_channel();
+    let (exits_tx, exits) = mpsc::unbounded_channel();
     let after_count = Arc::new(AtomicUsize::new(0));
     let mut apps = Vec::new();
     for id in ["gate-1", "game-1", "game-2"] {
@@ -190,6 +192,14 @@ async fn rig() -> Rig {
         };
         let app = App::new(args).unwrap();
         handlers(&app, removed_tx.clone(), after_count.clone());
+        let tx = exits_tx.clone();
+        app.on_before_exit(move |app| {
+            let tx = tx.clone();
+            async move {
+                // Still serving: the server knows its peers while the hook runs.
+                let _ = tx.send(format!("{} sees {} servers", app.id(), app.servers().len()));
+            }
+        });
         let tx = started_tx.clone();
         app.on_start_all(move |app| {
             let _ = tx.send(app.id().to_string());
@@ -216,6 +226,7 @@ async fn rig() -> Rig {
         apps,
         client_addr: format!("127.0.0.1:{client_port}"),
         removed,
+        exits,
         after_count,
     }
 }
@@ -358,4 +369,10 @@ async fn removed_server_is_announced() {
     }
     told.sort();
     assert_eq!(told, ["game-1", "gate-1"]);
+    // Its before-exit hook ran, while it still knew the cluster.
+    let exit = tokio::time::timeout(TIMEOUT, rig.exits.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(exit, "game-2 sees 3 servers");
 }

@@ -28,10 +28,13 @@ use crate::dispatch::in_order;
 use crate::frontend::FrontendState;
 use crate::handler::{
     self, AfterFn, AppCb, BeforeFn, GlobalFn, HandlerFn, RemoteFn, Reply, RouteFn, ServerCb,
-    SessionCb,
+    SessionCb, SessionlessCb,
 };
 use crate::peers::{self, Link, Peers};
 use crate::{Args, Error, PushError, Rpc, RpcError, Session, master_link};
+
+/// How long the before-exit hooks may take together (the master's stop timeout is longer).
+pub const BEFORE_EXIT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A server as the cluster knows it.
 #[derive(Debug, Clone, PartialEq)]
@@ -112,6 +115,7 @@ struct Setup {
     on_add: Vec<ServerCb>,
     on_remove: Vec<ServerCb>,
     on_start_all: Vec<AppCb>,
+    before_exit: Vec<SessionlessCb>,
     before: Vec<BeforeFn>,
     after: Vec<AfterFn>,
     global_before: Vec<GlobalFn>,
@@ -129,6 +133,7 @@ struct Frozen {
     on_add: Vec<ServerCb>,
     on_remove: Vec<ServerCb>,
     on_start_all: Vec<AppCb>,
+    before_exit: Vec<SessionlessCb>,
     before: Vec<BeforeFn>,
     after: Vec<AfterFn>,
     global_before: Vec<GlobalFn>,
@@ -364,6 +369,18 @@ impl App {
         self.with_setup(|s| s.on_start_all.push(Arc::new(f)))
     }
 
+    /// Runs when the server is asked to stop (SIGTERM/SIGINT from the master or an operator,
+    /// or [`App::shutdown`]), before it closes its clients: save state here. Hooks run in
+    /// registration order, all of them bounded by [`BEFORE_EXIT_TIMEOUT`] together.
+    pub fn on_before_exit<F, Fut>(&self, f: F) -> &Self
+    where
+        F: Fn(App) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let cb: SessionlessCb = Arc::new(move |a| Box::pin(f(a)));
+        self.with_setup(|s| s.before_exit.push(cb))
+    }
+
     /// Adds a `before` filter, run in registration order on the server that handles a client
     /// message, before its handler; returning `false` stops the message (no handler, no reply).
     pub fn before<F>(&self, f: F) -> &Self
@@ -450,6 +467,7 @@ impl App {
             client_off: setup.client_off,
             on_add: setup.on_add,
             on_remove: setup.on_remove,
+            before_exit: setup.before_exit,
             on_start_all: setup.on_start_all,
             before: setup.before,
             after: setup.after,
@@ -510,6 +528,21 @@ impl App {
                     return Err(e);
                 }
             }
+        }
+        // Before-exit hooks run while the server still serves (unless stopped by a fatal
+        // master refusal), bounded in time.
+        let hooks = async {
+            for cb in &self.frozen().before_exit {
+                cb(self.clone()).await;
+            }
+        };
+        if tokio::time::timeout(BEFORE_EXIT_TIMEOUT, hooks)
+            .await
+            .is_err()
+        {
+            warn!(
+                "before-exit hooks did not finish within {BEFORE_EXIT_TIMEOUT:?}; stopping anyway"
+            );
         }
         shutdown.cancel();
         // Close clients (each flushes its queue first).

@@ -29,6 +29,8 @@ pub(crate) type RouteFn = Arc<dyn Fn(&App, &Session) -> Option<String> + Send + 
 pub(crate) type SessionCb = Arc<dyn Fn(App, Session) -> BoxFuture<()> + Send + Sync>;
 /// Server added/removed callback.
 pub(crate) type ServerCb = Arc<dyn Fn(App, ServerInfo) + Send + Sync>;
+/// Async callback with only the app (`on_before_exit`).
+pub(crate) type SessionlessCb = Arc<dyn Fn(App) -> BoxFuture<()> + Send + Sync>;
 /// Callback without arguments (`on_start_all`).
 pub(crate) type AppCb = Arc<dyn Fn(App) + Send + Sync>;
 /// `before` filter: `(app, session, route, payload) -> continue?`.

@@ -33,7 +33,7 @@ mod peers;
 mod rpc;
 mod session;
 
-pub use app::{App, ServerInfo};
+pub use app::{App, BEFORE_EXIT_TIMEOUT, ServerInfo};
 pub use args::Args;
 pub use connector::{ConnectorConfig, Transport};
 pub use error::{Error, PushError, RpcError};
