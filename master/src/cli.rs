@@ -149,21 +149,14 @@ struct StartCmd {
     start: StartArgs,
     /// Servers to start on the running master (ranges like `chat-server-1~3` allowed).
     ids: Vec<String>,
-    /// Master host, with ids [default: the project's master host]
-    #[arg(long)]
-    host: Option<String>,
-    /// Master port, with ids [default: the project's master port]
-    #[arg(long)]
-    port: Option<u16>,
-    /// CLI secret, with ids [default: resolved from the project]
-    #[arg(long, env = "KENNEL_CLI_SECRET", hide_env_values = true)]
-    token: Option<String>,
+    /// With ids: how to reach the running master.
+    #[command(flatten)]
+    master: MasterArgs,
 }
 
+/// How the CLI reaches a running master.
 #[derive(Debug, Clone, Args)]
-struct TargetArgs {
-    #[command(flatten)]
-    project: ProjectArgs,
+struct MasterArgs {
     /// Master host [default: the project's master host]
     #[arg(long)]
     host: Option<String>,
@@ -173,6 +166,14 @@ struct TargetArgs {
     /// CLI secret [default: resolved from the project: cliSecret or .kennel/secrets.json]
     #[arg(long, env = "KENNEL_CLI_SECRET", hide_env_values = true)]
     token: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+struct TargetArgs {
+    #[command(flatten)]
+    project: ProjectArgs,
+    #[command(flatten)]
+    master: MasterArgs,
 }
 
 /// Runs the `kennel` command line (`std::env::args`) and returns its exit code.
@@ -218,9 +219,11 @@ fn main_with(defaults: Option<Defaults>) -> ExitCode {
         (None, true) => Command::Start(StartCmd {
             start: cli.start,
             ids: Vec::new(),
-            host: None,
-            port: None,
-            token: None,
+            master: MasterArgs {
+                host: None,
+                port: None,
+                token: None,
+            },
         }),
         (None, false) => {
             let _ = cmd.print_help();
@@ -273,9 +276,7 @@ async fn execute(command: Command, defaults: &Defaults) -> Result<ExitCode> {
         Command::Start(cmd) => {
             let target = TargetArgs {
                 project: cmd.start.project,
-                host: cmd.host,
-                port: cmd.port,
-                token: cmd.token,
+                master: cmd.master,
             };
             start_ids(target, cmd.ids, defaults).await
         }
@@ -368,21 +369,30 @@ fn host_port(host: &str, port: u16) -> String {
 /// Dials and authenticates to the master `target` names (loading the project only for what
 /// the flags leave out).
 async fn connect(target: &TargetArgs, defaults: &Defaults) -> Result<MasterClient> {
-    let project = match (&target.host, target.port, &target.token) {
+    let project = match (
+        &target.master.host,
+        target.master.port,
+        &target.master.token,
+    ) {
         (Some(_), Some(_), Some(_)) => None,
         _ => Some(load_project(&target.project, defaults)?),
     };
     let master = project.as_ref().map(|p| &p.master);
     let host = target
+        .master
         .host
         .clone()
         .or_else(|| master.map(|m| m.host.clone()))
         .unwrap_or_default();
-    let port = target.port.or(master.map(|m| m.port)).unwrap_or_default();
+    let port = target
+        .master
+        .port
+        .or(master.map(|m| m.port))
+        .unwrap_or_default();
     let addr = host_port(&host, port);
     // Connect before looking for the secret: "no master" is the likelier problem.
     let stream = MasterClient::dial(&addr).await?;
-    let secret = match (&target.token, &project) {
+    let secret = match (&target.master.token, &project) {
         (Some(t), _) => t.clone(),
         (None, Some(p)) => {
             Secrets::resolve(p, false)

@@ -63,25 +63,19 @@ pub(crate) fn last_lines(path: &Path, n: usize) -> io::Result<Vec<String>> {
 
 /// Prints what is appended to `path` from byte `from` on, line by line, forever (`logs -f`).
 pub(crate) async fn follow(path: PathBuf, from: u64) {
-    let mut tail = Tail {
-        prefix: String::new(),
-        path,
-        pos: from,
-        partial: Vec::new(),
-    };
-    let mut tick = tokio::time::interval(TAIL_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        while tail.read_new().await > 0 {}
-    }
+    echo(String::new(), path, from, CancellationToken::new()).await;
 }
 
 /// Echoes what is appended to `path` from byte `from` on, as `[id] line`, until `stop` is
 /// cancelled; then reads once more and prints any unterminated last line.
 pub(crate) async fn tail(id: String, path: PathBuf, from: u64, stop: CancellationToken) {
+    echo(format!("[{id}] "), path, from, stop).await;
+}
+
+/// Prints each line appended to `path` from `from` on, behind `prefix`, until `stop`.
+async fn echo(prefix: String, path: PathBuf, from: u64, stop: CancellationToken) {
     let mut tail = Tail {
-        prefix: format!("[{id}] "),
+        prefix,
         path,
         pos: from,
         partial: Vec::new(),
@@ -93,13 +87,12 @@ pub(crate) async fn tail(id: String, path: PathBuf, from: u64, stop: Cancellatio
             _ = tick.tick() => false,
             _ = stop.cancelled() => true,
         };
+        // Drain everything there is (on the last look too), not just one MAX_READ.
+        while tail.read_new().await > 0 {}
         if last {
-            // Drain everything there is on the last look, not just one MAX_READ.
-            while tail.read_new().await > 0 {}
             tail.flush_partial();
             return;
         }
-        tail.read_new().await;
     }
 }
 

@@ -89,8 +89,14 @@ fn secrets() -> Secrets {
     }
 }
 
-#[tokio::test]
-async fn register_list_add_remove_refusals_and_cli() {
+/// An in-process master (spawning nothing) on a three-server project, listening on port 0.
+async fn in_process_master() -> (
+    tempfile::TempDir,
+    Project,
+    SocketAddr,
+    CancellationToken,
+    tokio::task::JoinHandle<Result<(), kennel_master::MasterError>>,
+) {
     let dir = project(free_port(), &three_servers());
     let project = Project::load(dir.path(), "development").unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -99,6 +105,12 @@ async fn register_list_add_remove_refusals_and_cli() {
     opts.spawn = false;
     let shutdown = CancellationToken::new();
     let master = tokio::spawn(run(opts, listener, shutdown.clone()));
+    (dir, project, addr, shutdown, master)
+}
+
+#[tokio::test]
+async fn register_list_add_remove_refusals_and_cli() {
+    let (_dir, project, addr, shutdown, master) = in_process_master().await;
 
     // First server: the list holds itself.
     let (mut chat1, reply) = register(addr, "server-secret", info(&project, "chat-server-1")).await;
@@ -208,14 +220,7 @@ async fn register_list_add_remove_refusals_and_cli() {
 
 #[tokio::test]
 async fn shutdown_token_ends_run() {
-    let dir = project(free_port(), &three_servers());
-    let project = Project::load(dir.path(), "development").unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let mut opts = StartOptions::new(project.clone(), secrets());
-    opts.spawn = false;
-    let shutdown = CancellationToken::new();
-    let master = tokio::spawn(run(opts, listener, shutdown.clone()));
+    let (_dir, project, addr, shutdown, master) = in_process_master().await;
     let (mut link, _) = register(addr, "server-secret", info(&project, "chat-server-2")).await;
     shutdown.cancel();
     timeout(STEP, master)

@@ -124,20 +124,10 @@ struct Setup {
 
 /// Registrations, frozen by `run`.
 struct Frozen {
-    /// Handler per `cmd` (routes of this server's type only).
+    /// Handler per `cmd` (routes of this server's type only); `reg.handlers` is emptied.
     handlers: Vec<Option<HandlerFn>>,
-    remotes: HashMap<String, RemoteFn>,
-    route_fns: HashMap<String, RouteFn>,
-    client_on: Vec<SessionCb>,
-    client_off: Vec<SessionCb>,
-    on_add: Vec<ServerCb>,
-    on_remove: Vec<ServerCb>,
-    on_start_all: Vec<AppCb>,
-    before_exit: Vec<SessionlessCb>,
-    before: Vec<BeforeFn>,
-    after: Vec<AfterFn>,
-    global_before: Vec<GlobalFn>,
-    connector: ConnectorConfig,
+    /// Everything else, as registered.
+    reg: Setup,
 }
 
 pub(crate) struct Inner {
@@ -418,7 +408,7 @@ impl App {
     }
 
     pub(crate) fn connector_config(&self) -> ConnectorConfig {
-        self.frozen().connector.clone()
+        self.frozen().reg.connector.clone()
     }
 
     pub(crate) fn rpc_timeout(&self) -> Duration {
@@ -437,8 +427,9 @@ impl App {
             .unwrap()
             .take()
             .ok_or_else(|| Error::Setup("App::run called twice".into()))?;
+        let mut setup = setup;
         let mut handlers = vec![None; self.inner.routes.len()];
-        for (route, h) in setup.handlers {
+        for (route, h) in std::mem::take(&mut setup.handlers) {
             let Some(&cmd) = self.inner.route_index.get(&route) else {
                 return Err(Error::Setup(format!(
                     "handler for {route:?}, which is not in the route list"
@@ -449,30 +440,21 @@ impl App {
                 handlers[cmd as usize] = Some(h);
             }
         }
-        let mut connector = setup.connector;
         if self.is_frontend() {
-            connector.apply_entry(&self.inner.me.extra).map_err(|e| {
-                Error::Setup(format!(
-                    "servers config of {}, entry {}: {e}",
-                    self.env(),
-                    self.id()
-                ))
-            })?;
+            setup
+                .connector
+                .apply_entry(&self.inner.me.extra)
+                .map_err(|e| {
+                    Error::Setup(format!(
+                        "servers config of {}, entry {}: {e}",
+                        self.env(),
+                        self.id()
+                    ))
+                })?;
         }
         let _ = self.inner.frozen.set(Frozen {
             handlers,
-            remotes: setup.remotes,
-            route_fns: setup.route_fns,
-            client_on: setup.client_on,
-            client_off: setup.client_off,
-            on_add: setup.on_add,
-            on_remove: setup.on_remove,
-            before_exit: setup.before_exit,
-            on_start_all: setup.on_start_all,
-            before: setup.before,
-            after: setup.after,
-            global_before: setup.global_before,
-            connector,
+            reg: setup,
         });
         Ok(())
     }
@@ -532,7 +514,7 @@ impl App {
         // Before-exit hooks run while the server still serves (unless stopped by a fatal
         // master refusal), bounded in time.
         let hooks = async {
-            for cb in &self.frozen().before_exit {
+            for cb in &self.frozen().reg.before_exit {
                 cb(self.clone()).await;
             }
         };
@@ -575,7 +557,7 @@ impl App {
             if id != self.id() {
                 info!(server = %id, "server added");
             }
-            for cb in &self.frozen().on_add {
+            for cb in &self.frozen().reg.on_add {
                 cb(self.clone(), info.clone());
             }
         }
@@ -597,7 +579,7 @@ impl App {
             .all(|s| known.contains(&s.id));
         if all && !self.inner.started_all.swap(true, Ordering::AcqRel) {
             info!("every configured server has registered");
-            for cb in &self.frozen().on_start_all {
+            for cb in &self.frozen().reg.on_start_all {
                 cb(self.clone());
             }
         }
@@ -609,7 +591,7 @@ impl App {
         }
         if let Some(info) = self.inner.peers.remove(id) {
             info!(server = %id, "server removed");
-            for cb in &self.frozen().on_remove {
+            for cb in &self.frozen().reg.on_remove {
                 cb(self.clone(), info.clone());
             }
         }
@@ -627,13 +609,13 @@ impl App {
     // ------------------------------------------------------------------ clients
 
     pub(crate) async fn client_on(&self, s: &Session) {
-        for cb in &self.frozen().client_on {
+        for cb in &self.frozen().reg.client_on {
             cb(self.clone(), s.clone()).await;
         }
     }
 
     pub(crate) async fn client_off(&self, s: &Session) {
-        for cb in &self.frozen().client_off {
+        for cb in &self.frozen().reg.client_off {
             cb(self.clone(), s.clone()).await;
         }
     }
@@ -651,7 +633,7 @@ impl App {
                 self.inner.routes.len()
             ));
         };
-        for f in &self.frozen().global_before {
+        for f in &self.frozen().reg.global_before {
             if !f(self, session, cmd, &payload) {
                 return Ok(());
             }
@@ -672,22 +654,19 @@ impl App {
             warn!(route = %route.name, server = %target, "route function picked a server that is not a live {server_type} server; message dropped");
             return Ok(());
         }
-        let link = match self.inner.peers.link(&target) {
-            Some(l) => l,
-            // Known but not linked yet (booting, reconnecting): wait for the link, which also
-            // holds this connection's later messages back, keeping their order.
-            None => match self
-                .inner
-                .peers
-                .wait_link(&target, self.rpc_timeout())
-                .await
-            {
-                Ok(l) => l,
-                Err(e) => {
-                    warn!(route = %route.name, server = %target, "cannot forward: {e}; message dropped");
-                    return Ok(());
-                }
-            },
+        // A known server not linked yet (booting, reconnecting) is waited for, which also holds
+        // this connection's later messages back, keeping their order.
+        let link = match self
+            .inner
+            .peers
+            .wait_link(&target, &route.name, self.rpc_timeout())
+            .await
+        {
+            Ok(l) => l,
+            Err(e) => {
+                warn!(route = %route.name, server = %target, "cannot forward: {e}; message dropped");
+                return Ok(());
+            }
         };
         let m = peers::msg(peer_msg::Msg::Client(ClientRequest {
             session: Some(session.to_proto()),
@@ -701,7 +680,7 @@ impl App {
     }
 
     fn pick_server(&self, server_type: &str, session: &Session) -> Option<String> {
-        if let Some(f) = self.frozen().route_fns.get(server_type) {
+        if let Some(f) = self.frozen().reg.route_fns.get(server_type) {
             return f(self, session);
         }
         let list = self.servers_of_type(server_type);
@@ -725,7 +704,7 @@ impl App {
         };
         let frozen = self.frozen();
         let route = self.inner.routes[cmd as usize].name.as_str();
-        for f in &frozen.before {
+        for f in &frozen.reg.before {
             if !f(self, &session, route, &payload) {
                 return;
             }
@@ -741,7 +720,7 @@ impl App {
                     None
                 }
             };
-            for f in &app.frozen().after {
+            for f in &app.frozen().reg.after {
                 f(&app, &session, route, reply.as_deref());
             }
             if let Some(reply) = reply {
@@ -775,15 +754,17 @@ impl App {
                 .deliver(&message_frame(cmd, &payload), &conn_ids, &uids);
             return;
         }
-        let link = match self.inner.peers.link(sid) {
-            Some(l) => l,
-            None => match self.inner.peers.wait_link(sid, self.rpc_timeout()).await {
-                Ok(l) => l,
-                Err(e) => {
-                    warn!(frontend = sid, "cannot push: {e}; dropped");
-                    return;
-                }
-            },
+        let link = match self
+            .inner
+            .peers
+            .wait_link(sid, "push", self.rpc_timeout())
+            .await
+        {
+            Ok(l) => l,
+            Err(e) => {
+                warn!(frontend = sid, "cannot push: {e}; dropped");
+                return;
+            }
         };
         let m = peers::msg(peer_msg::Msg::Push(ClientPush {
             cmd: cmd as u32,
@@ -887,7 +868,7 @@ impl App {
         match self
             .inner
             .peers
-            .wait_link(s.sid(), self.rpc_timeout())
+            .wait_link(s.sid(), "session apply", self.rpc_timeout())
             .await
         {
             Ok(link) => {
@@ -899,7 +880,7 @@ impl App {
 
     /// Runs a local remote.
     pub(crate) async fn run_remote(&self, route: &str, args: Bytes) -> Result<Bytes, RpcError> {
-        let Some(r) = self.frozen().remotes.get(route).cloned() else {
+        let Some(r) = self.frozen().reg.remotes.get(route).cloned() else {
             return Err(RpcError::NoRemote {
                 server: self.id().to_string(),
                 route: route.to_string(),

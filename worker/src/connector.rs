@@ -121,18 +121,7 @@ impl ConnectorConfig {
 /// Accepts clients until `shutdown`.
 pub(crate) async fn accept_loop(app: App, listener: TcpListener, shutdown: CancellationToken) {
     let cfg = app.connector_config();
-    loop {
-        let (stream, addr) = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    warn!(cause = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
+    while let Some((stream, addr)) = crate::listen::accept(&listener, &shutdown, "client").await {
         if app.inner.frontend.count() >= cfg.max_connections {
             warn!(%addr, max = cfg.max_connections, "maxConnectionNum reached: closing new client");
             drop(stream);

@@ -28,6 +28,7 @@ mod dispatch;
 mod error;
 mod frontend;
 mod handler;
+mod listen;
 mod master_link;
 mod peers;
 mod rpc;

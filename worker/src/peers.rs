@@ -89,32 +89,27 @@ pub(crate) struct Peers {
 }
 
 impl Peers {
-    /// The current link to `id`, if connected.
-    pub(crate) fn link(&self, id: &str) -> Option<Arc<Link>> {
-        self.map
-            .read()
-            .unwrap()
-            .get(id)
-            .and_then(|p| p.link.borrow().clone())
-    }
-
-    /// Waits up to `timeout` for a link to a known server.
+    /// The link to a known server, waiting up to `timeout` while it is not connected yet
+    /// (booting, reconnecting). `route` names what waits, for the timeout error.
     pub(crate) async fn wait_link(
         &self,
         id: &str,
+        route: &str,
         timeout: Duration,
     ) -> Result<Arc<Link>, RpcError> {
         let mut rx = match self.map.read().unwrap().get(id) {
             None => return Err(RpcError::UnknownServer(id.to_string())),
-            Some(p) => p.link.subscribe(),
+            Some(p) => match p.link.borrow().as_ref() {
+                Some(l) => return Ok(l.clone()),
+                None => p.link.subscribe(),
+            },
         };
-        let got = tokio::time::timeout(timeout, rx.wait_for(|l| l.is_some())).await;
-        match got {
+        match tokio::time::timeout(timeout, rx.wait_for(|l| l.is_some())).await {
             Ok(Ok(l)) => Ok(l.clone().expect("waited for Some")),
             Ok(Err(_)) => Err(RpcError::UnknownServer(id.to_string())),
             Err(_) => Err(RpcError::Timeout {
                 server: id.to_string(),
-                route: String::new(),
+                route: route.to_string(),
             }),
         }
     }
@@ -266,18 +261,7 @@ async fn dial_loop(app: App, info: ServerInfo, cancel: CancellationToken) {
 
 /// Accepts peer links on this server's RPC port until `shutdown`.
 pub(crate) async fn accept_loop(app: App, listener: TcpListener, shutdown: CancellationToken) {
-    loop {
-        let (stream, addr) = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    warn!(cause = %e, "peer accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
+    while let Some((stream, addr)) = crate::listen::accept(&listener, &shutdown, "peer").await {
         let app = app.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {

@@ -88,9 +88,8 @@ impl Rpc {
             .app
             .inner
             .peers
-            .wait_link(&self.target, self.timeout)
-            .await
-            .map_err(|e| self.fix_route(e, route))?;
+            .wait_link(&self.target, route, self.timeout)
+            .await?;
         let m = msg(peer_msg::Msg::Rpc(RpcRequest {
             id: 0,
             route: route.to_string(),
@@ -117,9 +116,8 @@ impl Rpc {
             .app
             .inner
             .peers
-            .wait_link(&self.target, self.timeout)
-            .await
-            .map_err(|e| self.fix_route(e, route))?;
+            .wait_link(&self.target, route, self.timeout)
+            .await?;
         let id = self.app.inner.rpc_seq.fetch_add(1, Ordering::Relaxed) + 1;
         let m = msg(peer_msg::Msg::Rpc(RpcRequest {
             id,
@@ -137,16 +135,6 @@ impl Rpc {
                     route: route.to_string(),
                 })
             }
-        }
-    }
-
-    fn fix_route(&self, e: RpcError, route: &str) -> RpcError {
-        match e {
-            RpcError::Timeout { server, .. } => RpcError::Timeout {
-                server,
-                route: route.to_string(),
-            },
-            e => e,
         }
     }
 }
