@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::TIMEOUT;
 
@@ -77,6 +77,33 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// What [`Cluster::start_opts`] boots: server counts, and keys merged into the master's
+/// entry, every connector's entry and every chat server's entry (`Value::Null`: none).
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// TCP frontends.
+    pub tcp: u16,
+    /// WebSocket frontends (numbered after the TCP ones).
+    pub ws: u16,
+    /// Chat servers.
+    pub chats: u16,
+    /// Extra keys of the master entry (e.g. `{"rpc": {...}}`).
+    pub master_extra: Value,
+    /// Extra keys of every connector entry (e.g. `{"interval": 50}`).
+    pub connector_extra: Value,
+    /// Extra keys of every chat entry.
+    pub chat_extra: Value,
+}
+
+/// Copies `extra`'s keys into `entry` (both objects; a null `extra` adds nothing).
+fn merge(entry: &mut Value, extra: &Value) {
+    if let (Some(e), Some(x)) = (entry.as_object_mut(), extra.as_object()) {
+        for (k, v) in x {
+            e.insert(k.clone(), v.clone());
+        }
+    }
+}
+
 /// A running chat cluster.
 pub struct Cluster {
     /// The project dir (config, logs, .kennel).
@@ -100,6 +127,24 @@ impl Cluster {
     /// Boots `tcp` TCP frontends, then `ws` WebSocket frontends (ids continue the numbering),
     /// and `chats` chat servers.
     pub fn start_with(tcp: u16, ws: u16, chats: u16) -> Result<Cluster> {
+        Cluster::start_opts(Options {
+            tcp,
+            ws,
+            chats,
+            ..Options::default()
+        })
+    }
+
+    /// Boots a cluster as [`Cluster::start_with`] does, with extra config keys.
+    pub fn start_opts(o: Options) -> Result<Cluster> {
+        let Options {
+            tcp,
+            ws,
+            chats,
+            master_extra,
+            connector_extra,
+            chat_extra,
+        } = o;
         let connectors = tcp + ws;
         let dir = tempfile::tempdir()?;
         let sys = dir.path().join("config/sys");
@@ -111,18 +156,22 @@ impl Cluster {
             let (port, client) = (free_port(), free_port());
             let id = format!("connector-server-{i}");
             let transport = if i > tcp { "ws" } else { "tcp" };
-            connector.push(json!({"id": id, "host": "127.0.0.1", "port": port, "frontend": true, "clientPort": client, "connector": transport}));
+            let mut entry = json!({"id": id, "host": "127.0.0.1", "port": port, "frontend": true, "clientPort": client, "connector": transport});
+            merge(&mut entry, &connector_extra);
+            connector.push(entry);
             frontends.push((id, format!("127.0.0.1:{client}")));
         }
         let chat: Vec<_> = (1..=chats)
-            .map(|i| json!({"id": format!("chat-server-{i}"), "host": "127.0.0.1", "port": free_port()}))
+            .map(|i| {
+                let mut e = json!({"id": format!("chat-server-{i}"), "host": "127.0.0.1", "port": free_port()});
+                merge(&mut e, &chat_extra);
+                e
+            })
             .collect();
         let env = "test";
-        std::fs::write(
-            sys.join("master.json"),
-            json!({env: {"id": "master-server-1", "host": "127.0.0.1", "port": master_port}})
-                .to_string(),
-        )?;
+        let mut master = json!({"id": "master-server-1", "host": "127.0.0.1", "port": master_port});
+        merge(&mut master, &master_extra);
+        std::fs::write(sys.join("master.json"), json!({env: master}).to_string())?;
         std::fs::write(
             sys.join("servers.json"),
             json!({env: {"connector": connector, "chat": chat}}).to_string(),

@@ -27,7 +27,21 @@ const ROUTES: &[&str] = &[
     "game.main.echo",
     "onPush",
     "game.main.rpc",
+    "game.main.typed",
+    "gate.main.store",
 ];
+
+/// The typed remote of the tests: adds two numbers, refuses negative ones.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Add {
+    a: i64,
+    b: i64,
+}
+
+kennel::remote_route!(
+    /// `game.remote.add(Add) -> i64`
+    GameAdd = "game.remote.add", fn(Add) -> i64
+);
 
 struct Rig {
     _dir: tempfile::TempDir,
@@ -127,6 +141,46 @@ fn handlers(
             })
         },
     );
+    // Typed stubs: the route, argument and result types are checked at compile time.
+    app.remote_typed(GameAdd, |_: App, x: Add| async move {
+        if x.a < 0 || x.b < 0 {
+            return Err(format!("negative operand {}", x.a.min(x.b)));
+        }
+        Ok(x.a + x.b)
+    });
+    app.handler(
+        "game.main.typed",
+        |app: App, _: Session, v: Value| async move {
+            let args = Add {
+                a: v["a"].as_i64().unwrap_or(0),
+                b: v["b"].as_i64().unwrap_or(0),
+            };
+            let target = v["target"].as_str().unwrap_or_default().to_string();
+            Some(match app.rpc(&target).call_typed(GameAdd, &args).await {
+                Ok(sum) => json!({"sum": sum}),
+                Err(RpcError::Remote { route, message, .. }) => {
+                    json!({"remote": message, "route": route})
+                }
+                Err(e) => json!({"other": e.to_string()}),
+            })
+        },
+    );
+    // Per-type setup and the app's key/value store.
+    app.configure("gate", |app| {
+        app.set("greeting", format!("hello from {}", app.id()));
+    });
+    app.configure("game|other", |app| {
+        app.set("greeting", 42u32);
+    });
+    app.handler(
+        "gate.main.store",
+        |app: App, _: Session, _: Value| async move {
+            Some(json!({
+                "greeting": app.get::<String>("greeting").map(|g| g.to_string()),
+                "wrongType": app.get::<u32>("greeting").is_some(),
+            }))
+        },
+    );
     app.global_before(|app: &App, _: &Session, cmd: u16, _: &[u8]| {
         app.routes()[cmd as usize] != "gate.main.blocked"
     });
@@ -146,6 +200,11 @@ fn handlers(
 }
 
 async fn rig() -> Rig {
+    rig_with(|_| {}).await
+}
+
+/// Boots the rig, running `extra` on every app before it runs.
+async fn rig_with(extra: fn(&App)) -> Rig {
     let dir = tempfile::tempdir().unwrap();
     let sys = dir.path().join("config/sys");
     std::fs::create_dir_all(&sys).unwrap();
@@ -192,6 +251,7 @@ async fn rig() -> Rig {
         };
         let app = App::new(args).unwrap();
         handlers(&app, removed_tx.clone(), after_count.clone());
+        extra(&app);
         let tx = exits_tx.clone();
         app.on_before_exit(move |app| {
             let tx = tx.clone();
@@ -375,4 +435,204 @@ async fn removed_server_is_announced() {
         .unwrap()
         .unwrap();
     assert_eq!(exit, "game-2 sees 3 servers");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_remotes_fallible_remotes_configure_and_store() {
+    let rig = rig().await;
+    let mut c = client(&rig, "game-1").await;
+    for target in ["game-2", "game-1"] {
+        let r = c
+            .request(
+                "game.main.typed",
+                &json!({"target": target, "a": 2, "b": 40}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r, json!({"sum": 42}), "{target}");
+        // The remote's own error reaches the caller at once, with the route.
+        let started = std::time::Instant::now();
+        let r = c
+            .request(
+                "game.main.typed",
+                &json!({"target": target, "a": -3, "b": 1}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            r,
+            json!({"remote": "negative operand -3", "route": "game.remote.add"}),
+            "{target}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+    // configure ran the gate block on the gate only; get checks the stored type.
+    let r = c.request("gate.main.store", &json!({})).await.unwrap();
+    assert_eq!(
+        r,
+        json!({"greeting": "hello from gate-1", "wrongType": false})
+    );
+}
+
+/// A message codec for the test: on the wire every body is wrapped as `{"v": body}`.
+struct Envelope;
+
+impl kennel::codec::MessageCodec for Envelope {
+    fn decode(&self, _cmd: u16, wire: bytes::Bytes) -> Result<bytes::Bytes, String> {
+        let v: Value = serde_json::from_slice(&wire).map_err(|e| e.to_string())?;
+        let inner = v.get("v").ok_or("no envelope")?;
+        Ok(serde_json::to_vec(inner).unwrap().into())
+    }
+
+    fn encode(&self, _cmd: u16, json: bytes::Bytes) -> Result<bytes::Bytes, String> {
+        let v: Value = serde_json::from_slice(&json).map_err(|e| e.to_string())?;
+        Ok(serde_json::to_vec(&json!({ "v": v })).unwrap().into())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_codec_translates_the_client_wire() {
+    let rig = rig_with(|app| {
+        app.set_message_codec(Envelope);
+    })
+    .await;
+    let mut c = Client::connect(&rig.client_addr).await.unwrap();
+    let set = json!({"v": {"secret": "s", "shared": "x", "game": "game-2", "uid": 9001}});
+    assert_eq!(
+        c.request("gate.main.set", &set).await.unwrap(),
+        json!({"v": {"ok": true}})
+    );
+    // Forwarded to a backend: it sees the inner JSON, its reply is wrapped at the frontend.
+    assert_eq!(
+        c.request("game.main.echo", &json!({"v": [1, "two"]}))
+            .await
+            .unwrap(),
+        json!({"v": [1, "two"]})
+    );
+    // A body the codec cannot decode is dropped (logged); the connection carries on.
+    c.send("game.main.echo", &json!("bare")).await.unwrap();
+    assert_eq!(
+        c.request("game.main.echo", &json!({"v": "next"}))
+            .await
+            .unwrap(),
+        json!({"v": "next"})
+    );
+    // Pushes are wrapped too.
+    c.send("gate.main.all", &json!({"v": 5})).await.unwrap();
+    assert_eq!(
+        c.expect_push("onPush").await.unwrap(),
+        json!({"v": {"all": 5}})
+    );
+}
+
+/// A protocol codec for the test: like PROTOCOL.md but with a 2-byte length.
+struct ShortLen;
+
+impl kennel::codec::ProtocolCodec for ShortLen {
+    fn decode(
+        &self,
+        buf: &mut bytes::BytesMut,
+        max_len: usize,
+    ) -> Result<Option<kennel_proto::client::Frame>, String> {
+        use bytes::Buf;
+        use kennel_proto::client::Frame;
+        if buf.len() < 2 {
+            return Ok(None);
+        }
+        let len = u16::from_be_bytes([buf[0], buf[1]]) as usize;
+        if len == 0 || len > max_len {
+            return Err(format!("bad length {len}"));
+        }
+        if buf.len() < 2 + len {
+            return Ok(None);
+        }
+        buf.advance(2);
+        let mut body = buf.split_to(len).freeze();
+        match body.get_u8() {
+            1 if body.len() >= 2 => {
+                let cmd = body.get_u16();
+                Ok(Some(Frame::Message { cmd, payload: body }))
+            }
+            2 => Ok(Some(Frame::Handshake(body))),
+            3 => Ok(Some(Frame::Heartbeat)),
+            t => Err(format!("bad type {t}")),
+        }
+    }
+
+    fn encode(&self, frame: kennel::codec::OutFrame<'_>, out: &mut bytes::BytesMut) {
+        use kennel::codec::OutFrame;
+        let (kind, cmd, body): (u8, Option<u16>, &[u8]) = match frame {
+            OutFrame::Handshake(b) => (2, None, b),
+            OutFrame::Heartbeat => (3, None, &[]),
+            OutFrame::Message { cmd, body } => (1, Some(cmd), body),
+        };
+        let len = 1 + cmd.map_or(0, |_| 2) + body.len();
+        out.extend_from_slice(&(len as u16).to_be_bytes());
+        out.extend_from_slice(&[kind]);
+        if let Some(cmd) = cmd {
+            out.extend_from_slice(&cmd.to_be_bytes());
+        }
+        out.extend_from_slice(body);
+    }
+}
+
+/// Writes one ShortLen frame.
+fn short_frame(kind: u8, cmd: Option<u16>, body: &[u8]) -> Vec<u8> {
+    let mut b = bytes::BytesMut::new();
+    let f = match cmd {
+        Some(cmd) => kennel::codec::OutFrame::Message { cmd, body },
+        None => kennel::codec::OutFrame::Handshake(body),
+    };
+    assert!(kind == 1 || kind == 2);
+    kennel::codec::ProtocolCodec::encode(&ShortLen, f, &mut b);
+    b.to_vec()
+}
+
+/// Reads one ShortLen frame: (type, cmd, body).
+async fn read_short(s: &mut tokio::net::TcpStream) -> (u8, u16, Value) {
+    use tokio::io::AsyncReadExt;
+    let mut len = [0u8; 2];
+    tokio::time::timeout(TIMEOUT, s.read_exact(&mut len))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut body = vec![0u8; u16::from_be_bytes(len) as usize];
+    s.read_exact(&mut body).await.unwrap();
+    let (kind, rest) = (body[0], &body[1..]);
+    if kind == 1 {
+        let cmd = u16::from_be_bytes([rest[0], rest[1]]);
+        (kind, cmd, serde_json::from_slice(&rest[2..]).unwrap())
+    } else {
+        (kind, 0, serde_json::from_slice(rest).unwrap())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protocol_codec_replaces_the_framing() {
+    use tokio::io::AsyncWriteExt;
+    let rig = rig_with(|app| {
+        app.set_protocol(ShortLen);
+    })
+    .await;
+    let mut s = tokio::net::TcpStream::connect(&rig.client_addr)
+        .await
+        .unwrap();
+    s.write_all(&short_frame(2, None, br#"{"md5":""}"#))
+        .await
+        .unwrap();
+    let (kind, _, hs) = read_short(&mut s).await;
+    assert_eq!(kind, 2);
+    let routes: Vec<String> = serde_json::from_value(hs["route"].clone()).unwrap();
+    let store = routes.iter().position(|r| r == "gate.main.store").unwrap() as u16;
+    s.write_all(&short_frame(1, Some(store), b"{}"))
+        .await
+        .unwrap();
+    assert_eq!(
+        read_short(&mut s).await,
+        (
+            1,
+            store,
+            json!({"greeting": "hello from gate-1", "wrongType": false})
+        )
+    );
 }

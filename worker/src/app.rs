@@ -6,6 +6,7 @@
 //! runs the local handler, any other goes to the backend the route function picks, with a copy
 //! of the session; the handler's reply travels back to the client with the request's `cmd`.
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::AtomicU64;
@@ -14,7 +15,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use kennel_config::{Project, SecretKind, Secrets, ServerConfig};
-use kennel_proto::client::message_frame;
 use kennel_proto::msg::{self, ClientPush, ClientRequest, RpcResponse, SessionApply, peer_msg};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -23,6 +23,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::codec::{Codecs, FrameDecoder, MessageCodec, ProtocolCodec};
 use crate::connector::{self, ConnectorConfig};
 use crate::dispatch::in_order;
 use crate::frontend::FrontendState;
@@ -31,7 +32,7 @@ use crate::handler::{
     SessionCb, SessionlessCb,
 };
 use crate::peers::{self, Link, Peers};
-use crate::{Args, Error, PushError, Rpc, RpcError, Session, master_link};
+use crate::{Args, Error, PushError, RemoteRoute, Rpc, RpcConfig, RpcError, Session, master_link};
 
 /// How long the before-exit hooks may take together (the master's stop timeout is longer).
 pub const BEFORE_EXIT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -120,12 +121,17 @@ struct Setup {
     after: Vec<AfterFn>,
     global_before: Vec<GlobalFn>,
     connector: ConnectorConfig,
+    /// Set in code; otherwise read from the master config's `rpc` key.
+    rpc: Option<RpcConfig>,
+    codecs: Codecs,
 }
 
 /// Registrations, frozen by `run`.
 struct Frozen {
     /// Handler per `cmd` (routes of this server's type only); `reg.handlers` is emptied.
     handlers: Vec<Option<HandlerFn>>,
+    /// The RPC settings in effect.
+    rpc: RpcConfig,
     /// Everything else, as registered.
     reg: Setup,
 }
@@ -149,6 +155,8 @@ pub(crate) struct Inner {
     added_at: Mutex<HashMap<String, Instant>>,
     /// Cancelled to stop the server (signal or [`App::shutdown`]).
     pub(crate) shutdown: CancellationToken,
+    /// The app's key/value store ([`App::set`]).
+    store: Mutex<HashMap<String, Arc<dyn Any + Send + Sync>>>,
 }
 
 /// The server's handle: cheap to clone, shared by every handler.
@@ -210,6 +218,7 @@ impl App {
                 started_all: std::sync::atomic::AtomicBool::new(false),
                 added_at: Mutex::new(HashMap::new()),
                 shutdown: CancellationToken::new(),
+                store: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -297,7 +306,8 @@ impl App {
         })
     }
 
-    /// Registers an RPC remote (`"type.file.method"`), called by [`App::rpc`].
+    /// Registers an RPC remote (`"type.file.method"`), called by [`App::rpc`]. Its return
+    /// value is the result; for a remote that can fail use [`App::remote_try`].
     pub fn remote<A, R, F, Fut>(&self, route: &str, f: F) -> &Self
     where
         A: DeserializeOwned + Send + 'static,
@@ -305,10 +315,77 @@ impl App {
         F: Fn(App, A) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = R> + Send + 'static,
     {
-        let r = handler::erase_remote(f);
+        let r = handler::erase_remote(f, |r: R| handler::encode(&r));
         self.with_setup(|s| {
             s.remotes.insert(route.to_string(), r);
         })
+    }
+
+    /// Registers an RPC remote that can fail: an `Err` reaches the caller as
+    /// [`RpcError::Remote`] with the error's text (not as a timeout).
+    pub fn remote_try<A, R, E, F, Fut>(&self, route: &str, f: F) -> &Self
+    where
+        A: DeserializeOwned + Send + 'static,
+        R: Serialize + Send + 'static,
+        E: std::fmt::Display + Send + 'static,
+        F: Fn(App, A) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<R, E>> + Send + 'static,
+    {
+        let r = handler::erase_remote(f, |r: Result<R, E>| match r {
+            Ok(v) => handler::encode(&v),
+            Err(e) => Err(e.to_string()),
+        });
+        self.with_setup(|s| {
+            s.remotes.insert(route.to_string(), r);
+        })
+    }
+
+    /// Registers the remote of a typed route declared with [`crate::remote_route!`]: the
+    /// argument and result types are the route's, checked at compile time.
+    pub fn remote_typed<R, E, F, Fut>(&self, _route: R, f: F) -> &Self
+    where
+        R: RemoteRoute,
+        E: std::fmt::Display + Send + 'static,
+        F: Fn(App, R::Args) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<R::Ret, E>> + Send + 'static,
+    {
+        self.remote_try(R::ROUTE, f)
+    }
+
+    /// Runs `f` now if this server's type is one of `types` (`"connector|chat"`; `"*"` is
+    /// every type): per-type setup in one binary, as mydog's `app.configure`.
+    pub fn configure(&self, types: &str, f: impl FnOnce(&App)) -> &Self {
+        if types
+            .split('|')
+            .map(str::trim)
+            .any(|t| t == "*" || t == self.server_type())
+        {
+            f(self);
+        }
+        self
+    }
+
+    /// Stores a value in the app's key/value store (mydog's `app.set`), replacing any value
+    /// under `key`.
+    pub fn set<T: Send + Sync + 'static>(&self, key: &str, value: T) -> &Self {
+        self.inner
+            .store
+            .lock()
+            .unwrap()
+            .insert(key.to_string(), Arc::new(value));
+        self
+    }
+
+    /// The value stored under `key`, if there is one of type `T`.
+    pub fn get<T: Send + Sync + 'static>(&self, key: &str) -> Option<Arc<T>> {
+        let v = self.inner.store.lock().unwrap().get(key).cloned()?;
+        v.downcast::<T>().ok()
+    }
+
+    /// Removes the value stored under `key`.
+    pub fn delete(&self, key: &str) -> &Self {
+        self.inner.store.lock().unwrap().remove(key);
+        self
     }
 
     /// Registers the route function for a backend type: it picks the server id that handles
@@ -398,6 +475,16 @@ impl App {
         self.with_setup(|s| s.global_before.push(Arc::new(f)))
     }
 
+    /// Sets the codec of message bodies on the client wire (default [`crate::codec::Json`]).
+    pub fn set_message_codec(&self, c: impl MessageCodec) -> &Self {
+        self.with_setup(|s| s.codecs.message = Arc::new(c))
+    }
+
+    /// Sets the client framing (default [`crate::codec::MydogProtocol`], PROTOCOL.md).
+    pub fn set_protocol(&self, p: impl ProtocolCodec) -> &Self {
+        self.with_setup(|s| s.codecs.protocol = Arc::new(p))
+    }
+
     /// Sets the frontend connector's settings.
     pub fn set_connector(&self, cfg: ConnectorConfig) -> &Self {
         self.with_setup(|s| s.connector = cfg)
@@ -407,16 +494,53 @@ impl App {
         self.inner.frozen.get().expect("App::run has started")
     }
 
+    pub(crate) fn codecs(&self) -> &Codecs {
+        &self.frozen().reg.codecs
+    }
+
+    /// A decoder for a new client: pre-handshake limit until the handshake is done.
+    pub(crate) fn frame_decoder(&self) -> FrameDecoder {
+        FrameDecoder {
+            protocol: self.codecs().protocol.clone(),
+            max_len: 1 + kennel_proto::client::PRE_HANDSHAKE_MAX_BODY,
+        }
+    }
+
+    /// A reply/push frame for clients of this frontend from a JSON body; `None` (logged) when
+    /// the message codec cannot encode it.
+    pub(crate) fn client_frame(&self, cmd: u16, json: Bytes) -> Option<Bytes> {
+        match self.codecs().message(cmd, json) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                warn!(
+                    cmd,
+                    "message codec cannot encode an outgoing message: {e}; dropped"
+                );
+                None
+            }
+        }
+    }
+
     pub(crate) fn connector_config(&self) -> ConnectorConfig {
         self.frozen().reg.connector.clone()
     }
 
+    /// Replaces the RPC settings read from the master config's `rpc` key.
+    pub fn set_rpc_config(&self, cfg: RpcConfig) -> &Self {
+        self.with_setup(|s| s.rpc = Some(cfg))
+    }
+
+    /// The RPC settings in effect (after [`App::run`] has started).
+    pub fn rpc_config(&self) -> &RpcConfig {
+        &self.frozen().rpc
+    }
+
     pub(crate) fn rpc_timeout(&self) -> Duration {
-        Duration::from_secs(10)
+        self.rpc_config().timeout
     }
 
     pub(crate) fn reconnect_delay(&self) -> Duration {
-        Duration::from_millis(500)
+        self.rpc_config().reconnect_delay
     }
 
     fn freeze(&self) -> Result<(), Error> {
@@ -452,8 +576,14 @@ impl App {
                     ))
                 })?;
         }
+        let rpc = match setup.rpc.take() {
+            Some(c) => c,
+            None => RpcConfig::from_json(self.inner.project.master.extra.get("rpc"))
+                .map_err(|e| Error::Setup(format!("master config of {}: {e}", self.env())))?,
+        };
         let _ = self.inner.frozen.set(Frozen {
             handlers,
+            rpc,
             reg: setup,
         });
         Ok(())
@@ -638,6 +768,13 @@ impl App {
                 return Ok(());
             }
         }
+        let payload = match self.codecs().message.decode(cmd, payload) {
+            Ok(p) => p,
+            Err(e) => {
+                warn!(route = %route.name, conn = session.conn_id(), "message codec cannot decode the client's message: {e}; dropped");
+                return Ok(());
+            }
+        };
         let Some(server_type) = &route.server_type else {
             warn!(route = %route.name, "client sent a push-only route; ignored");
             return Ok(());
@@ -659,7 +796,7 @@ impl App {
         let link = match self
             .inner
             .peers
-            .wait_link(&target, &route.name, self.rpc_timeout())
+            .wait_link(self, &target, &route.name, self.rpc_timeout())
             .await
         {
             Ok(l) => l,
@@ -733,7 +870,9 @@ impl App {
     /// Sends an encoded reply to the session's client, directly or through its frontend.
     async fn reply(&self, session: &Session, cmd: u16, payload: Bytes) {
         if let Some(conn) = session.conn() {
-            conn.send(message_frame(cmd, &payload));
+            if let Some(f) = self.client_frame(cmd, payload) {
+                conn.send(f);
+            }
             return;
         }
         self.push_remote(session.sid(), cmd, payload, vec![session.conn_id()], vec![])
@@ -749,15 +888,15 @@ impl App {
         uids: Vec<u64>,
     ) {
         if sid == self.id() {
-            self.inner
-                .frontend
-                .deliver(&message_frame(cmd, &payload), &conn_ids, &uids);
+            if let Some(f) = self.client_frame(cmd, payload) {
+                self.inner.frontend.deliver(&f, &conn_ids, &uids);
+            }
             return;
         }
         let link = match self
             .inner
             .peers
-            .wait_link(sid, "push", self.rpc_timeout())
+            .wait_link(self, sid, "push", self.rpc_timeout())
             .await
         {
             Ok(l) => l,
@@ -791,8 +930,9 @@ impl App {
                 self.run_handler(session, cmd, req.payload).await;
             }
             peer_msg::Msg::Push(p) => {
-                let frame = message_frame(p.cmd as u16, &p.payload);
-                self.inner.frontend.deliver(&frame, &p.conn_ids, &p.uids);
+                if let Some(f) = self.client_frame(p.cmd as u16, p.payload) {
+                    self.inner.frontend.deliver(&f, &p.conn_ids, &p.uids);
+                }
             }
             peer_msg::Msg::Rpc(req) => {
                 let app = self.clone();
@@ -810,6 +950,12 @@ impl App {
                             id: req.id,
                             result,
                             error: String::new(),
+                        },
+                        // The remote's own message travels; the caller adds server and route.
+                        Err(RpcError::Remote { message, .. }) => RpcResponse {
+                            id: req.id,
+                            result: Bytes::new(),
+                            error: message,
                         },
                         Err(e) => RpcResponse {
                             id: req.id,
@@ -833,11 +979,8 @@ impl App {
                 };
                 link.complete(r.id, result);
             }
-            peer_msg::Msg::Ping(p) => {
-                link.send(peers::msg(peer_msg::Msg::Pong(msg::Pong { seq: p.seq })))
-                    .await;
-            }
-            peer_msg::Msg::Pong(_) => {}
+            // Liveness is any traffic: both ends ping an idle link, so no pong is needed.
+            peer_msg::Msg::Ping(_) | peer_msg::Msg::Pong(_) => {}
             peer_msg::Msg::Apply(a) => match self.inner.frontend.by_conn(a.conn_id) {
                 Some(s) => {
                     if let Err(e) = s.replace_settings(&a.settings) {
@@ -868,7 +1011,7 @@ impl App {
         match self
             .inner
             .peers
-            .wait_link(s.sid(), "session apply", self.rpc_timeout())
+            .wait_link(self, s.sid(), "session apply", self.rpc_timeout())
             .await
         {
             Ok(link) => {
@@ -954,7 +1097,7 @@ impl App {
             return Err(PushError::NotFrontend("send_by_uid"));
         }
         let cmd = self.cmd_of(route)?;
-        let frame = message_frame(cmd, &serde_json::to_vec(msg)?);
+        let frame = self.push_frame(cmd, msg)?;
         self.inner.frontend.deliver(&frame, &[], uids);
         Ok(())
     }
@@ -965,13 +1108,18 @@ impl App {
             return Err(PushError::NotFrontend("send_all"));
         }
         let cmd = self.cmd_of(route)?;
-        let frame = message_frame(cmd, &serde_json::to_vec(msg)?);
+        let frame = self.push_frame(cmd, msg)?;
         for s in self.inner.frontend.all() {
             if let Some(c) = s.conn() {
                 c.send(frame.clone());
             }
         }
         Ok(())
+    }
+
+    fn push_frame(&self, cmd: u16, msg: &impl Serialize) -> Result<Bytes, PushError> {
+        let json = Bytes::from(serde_json::to_vec(msg)?);
+        self.codecs().message(cmd, json).map_err(PushError::Codec)
     }
 
     /// The session of the client bound to `uid` on this frontend.

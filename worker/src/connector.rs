@@ -16,7 +16,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use kennel_proto::client::{self, ClientCodec, Frame, HandshakeReply, HandshakeRequest};
+use kennel_proto::client::{self, Frame, HandshakeReply, HandshakeRequest};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::App;
+use crate::codec::{FrameDecoder, OutFrame};
 use crate::frontend::{Conn, SEND_QUEUE};
 use crate::session::Session;
 
@@ -44,7 +45,7 @@ pub enum Transport {
 
 /// Frontend connector settings (mydog's `connector` config). A frontend's entry in
 /// `servers.json` may override them with `connector` (`"tcp"`/`"ws"`), `heartbeat`,
-/// `maxConnectionNum`, `maxLen` and `noDelay`.
+/// `maxConnectionNum`, `maxLen`, `noDelay` and `interval` (ms).
 #[derive(Debug, Clone)]
 pub struct ConnectorConfig {
     /// TCP or WebSocket.
@@ -60,6 +61,9 @@ pub struct ConnectorConfig {
     pub handshake_timeout: Duration,
     /// Disable Nagle's algorithm on client sockets.
     pub no_delay: bool,
+    /// Send batching: frames to a client are held up to this long and written together
+    /// (key `interval`, in ms; 0 = write at once). Queued frames are flushed on close.
+    pub interval: Duration,
 }
 
 impl Default for ConnectorConfig {
@@ -71,6 +75,7 @@ impl Default for ConnectorConfig {
             max_connections: 20_000,
             handshake_timeout: Duration::from_secs(10),
             no_delay: true,
+            interval: Duration::ZERO,
         }
     }
 }
@@ -109,6 +114,9 @@ impl ConnectorConfig {
             }
             self.max_len = n as usize;
         }
+        if let Some(ms) = num("interval")? {
+            self.interval = Duration::from_millis(ms);
+        }
         match extra.get("noDelay") {
             None => {}
             Some(Value::Bool(b)) => self.no_delay = *b,
@@ -135,8 +143,7 @@ pub(crate) async fn accept_loop(app: App, listener: TcpListener, shutdown: Cance
             let result = match cfg.transport {
                 Transport::Tcp => {
                     let (rd, wr) = stream.into_split();
-                    let codec = ClientCodec::new(1 + client::PRE_HANDSHAKE_MAX_BODY);
-                    let reader = TcpRead(FramedRead::with_capacity(rd, codec, 256));
+                    let reader = TcpRead(FramedRead::with_capacity(rd, app.frame_decoder(), 256));
                     serve(app, reader, TcpWrite(wr), ip, cfg).await
                 }
                 Transport::WebSocket => {
@@ -152,7 +159,7 @@ pub(crate) async fn accept_loop(app: App, listener: TcpListener, shutdown: Cance
                             let reader = WsRead {
                                 stream,
                                 buf: BytesMut::new(),
-                                codec: ClientCodec::new(1 + client::PRE_HANDSHAKE_MAX_BODY),
+                                codec: app.frame_decoder(),
                             };
                             serve(app, reader, WsWrite(sink), ip, cfg).await
                         }
@@ -210,7 +217,7 @@ async fn serve<R: FrameRead, W: FrameWrite>(
     let conn = Arc::new(Conn::new(app.inner.frontend.next_id(), tx));
     let session = Session::frontend(&app, conn.clone(), ip);
     conn.send(handshake_reply(&app, &req, cfg.heartbeat));
-    let writer = tokio::spawn(write_loop(writer, rx, conn.closing.clone()));
+    let writer = tokio::spawn(write_loop(writer, rx, conn.closing.clone(), cfg.interval));
     app.inner.frontend.add(session.clone());
     app.client_on(&session).await;
 
@@ -234,9 +241,7 @@ fn handshake_reply(app: &App, req: &HandshakeRequest, heartbeat: u64) -> Bytes {
         route,
     };
     let body = serde_json::to_vec(&reply).expect("handshake reply serializes");
-    let mut b = BytesMut::with_capacity(5 + body.len());
-    client::put_frame(&mut b, client::TYPE_HANDSHAKE, &body);
-    b.freeze()
+    app.codecs().frame(OutFrame::Handshake(&body))
 }
 
 async fn read_loop<R: FrameRead>(
@@ -268,7 +273,7 @@ async fn read_loop<R: FrameRead>(
                 if heartbeat > 0 {
                     silent.as_mut().reset(tokio::time::Instant::now() + limit);
                 }
-                conn.send(client::heartbeat_frame());
+                conn.send(app.codecs().frame(OutFrame::Heartbeat));
             }
             Some(Ok(Frame::Message { cmd, payload })) => {
                 if let Err(e) = app.route_client_message(session, cmd, payload).await {
@@ -284,12 +289,14 @@ async fn read_loop<R: FrameRead>(
     }
 }
 
-/// Writes queued frames, coalescing whatever is queued into one write. On `closing` it writes
-/// what is still queued, then shuts the transport down.
+/// Writes queued frames, coalescing whatever is queued into one write; with an `interval`,
+/// frames are held up to that long to batch more. On `closing` it writes what is still queued,
+/// then shuts the transport down.
 async fn write_loop<W: FrameWrite>(
     mut wr: W,
     mut rx: mpsc::Receiver<Bytes>,
     closing: CancellationToken,
+    interval: Duration,
 ) {
     let mut buf = BytesMut::new();
     loop {
@@ -307,6 +314,13 @@ async fn write_loop<W: FrameWrite>(
                 break;
             }
         };
+        if !interval.is_zero() {
+            // Closing flushes below (the next turn drains the queue).
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = closing.cancelled() => {}
+            }
+        }
         let batch = if rx.is_empty() {
             first
         } else {
@@ -338,15 +352,15 @@ pub(crate) fn log_listening(app: &App, addr: &std::net::SocketAddr, transport: T
 
 // ---------------------------------------------------------------------- TCP
 
-struct TcpRead(FramedRead<OwnedReadHalf, ClientCodec>);
+struct TcpRead(FramedRead<OwnedReadHalf, FrameDecoder>);
 
 impl FrameRead for TcpRead {
     async fn next_frame(&mut self) -> Option<Result<Frame, String>> {
-        self.0.next().await.map(|r| r.map_err(|e| e.to_string()))
+        self.0.next().await.map(|r| r.map_err(|e| e.0))
     }
 
     fn set_max_len(&mut self, max: usize) {
-        self.0.decoder_mut().set_max_len(max);
+        self.0.decoder_mut().max_len = max;
     }
 }
 
@@ -367,7 +381,7 @@ impl FrameWrite for TcpWrite {
 struct WsRead {
     stream: SplitStream<WebSocketStream<TcpStream>>,
     buf: BytesMut,
-    codec: ClientCodec,
+    codec: FrameDecoder,
 }
 
 impl FrameRead for WsRead {
@@ -376,7 +390,7 @@ impl FrameRead for WsRead {
             match self.codec.decode(&mut self.buf) {
                 Ok(Some(f)) => return Some(Ok(f)),
                 Ok(None) => {}
-                Err(e) => return Some(Err(e.to_string())),
+                Err(e) => return Some(Err(e.0)),
             }
             match self.stream.next().await {
                 None | Some(Ok(Message::Close(_))) => return None,
@@ -393,7 +407,7 @@ impl FrameRead for WsRead {
     }
 
     fn set_max_len(&mut self, max: usize) {
-        self.codec.set_max_len(max);
+        self.codec.max_len = max;
     }
 }
 
@@ -420,18 +434,20 @@ mod tests {
     #[test]
     fn entry_overrides_and_errors() {
         let mut c = ConnectorConfig::default();
-        let extra = json!({"connector": "ws", "heartbeat": 5, "maxConnectionNum": 7, "maxLen": 1000, "noDelay": false});
+        let extra = json!({"connector": "ws", "heartbeat": 5, "maxConnectionNum": 7, "maxLen": 1000, "noDelay": false, "interval": 20});
         c.apply_entry(extra.as_object().unwrap()).unwrap();
         assert_eq!(c.transport, Transport::WebSocket);
         assert_eq!(
             (c.heartbeat, c.max_connections, c.max_len, c.no_delay),
             (5, 7, 1000, false)
         );
+        assert_eq!(c.interval, Duration::from_millis(20));
         for bad in [
             json!({"connector": "udp"}),
             json!({"heartbeat": -1}),
             json!({"maxLen": 1}),
             json!({"noDelay": "yes"}),
+            json!({"interval": 1.5}),
         ] {
             let err = ConnectorConfig::default()
                 .apply_entry(bad.as_object().unwrap())

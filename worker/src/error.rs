@@ -75,6 +75,27 @@ pub enum RpcError {
     /// Arguments or result could not be encoded/decoded.
     #[error("codec: {0}")]
     Codec(String),
+    /// Too many calls are already waiting for this server's link to come up
+    /// (`rpcMsgCacheCount`).
+    #[error("{count} calls already wait for the link to {server}: call refused")]
+    QueueFull {
+        /// Target server.
+        server: String,
+        /// The limit reached.
+        count: usize,
+    },
+    /// `noRpcMatrix` forbids links between this server's type and the target's.
+    #[error(
+        "no rpc link between {from_type} and {to_type} servers (noRpcMatrix): cannot reach {server}"
+    )]
+    NoLink {
+        /// Target server.
+        server: String,
+        /// This server's type.
+        from_type: String,
+        /// The target's type.
+        to_type: String,
+    },
 }
 
 /// Why a push could not be sent.
@@ -86,6 +107,9 @@ pub enum PushError {
     /// The message could not be encoded.
     #[error("cannot encode message: {0}")]
     Encode(#[from] serde_json::Error),
+    /// The app's message codec cannot encode the message.
+    #[error("message codec: {0}")]
+    Codec(String),
     /// This operation is only possible on a frontend server.
     #[error("{0} is only available on a frontend server")]
     NotFrontend(&'static str),

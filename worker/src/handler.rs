@@ -93,18 +93,21 @@ where
     })
 }
 
-/// Erases a typed remote.
-pub(crate) fn erase_remote<Args, Ret, F, Fut>(f: F) -> RemoteFn
+/// Erases a typed remote whose output `finish` turns into an encoded result or error text.
+pub(crate) fn erase_remote<Args, Out, F, Fut>(
+    f: F,
+    finish: fn(Out) -> Result<Bytes, String>,
+) -> RemoteFn
 where
     Args: DeserializeOwned + Send + 'static,
-    Ret: Serialize + Send + 'static,
+    Out: Send + 'static,
     F: Fn(App, Args) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Ret> + Send + 'static,
+    Fut: Future<Output = Out> + Send + 'static,
 {
     Arc::new(move |app, payload| match decode::<Args>(&payload) {
         Ok(args) => {
             let fut = f(app, args);
-            Box::pin(async move { encode(&fut.await) })
+            Box::pin(async move { finish(fut.await) })
         }
         Err(e) => Box::pin(std::future::ready(Err(e))),
     })

@@ -23,6 +23,7 @@
 
 mod app;
 mod args;
+pub mod codec;
 mod connector;
 mod dispatch;
 mod error;
@@ -32,6 +33,7 @@ mod listen;
 mod master_link;
 mod peers;
 mod rpc;
+mod rpc_config;
 mod session;
 
 pub use app::{App, BEFORE_EXIT_TIMEOUT, ServerInfo};
@@ -39,7 +41,8 @@ pub use args::Args;
 pub use connector::{ConnectorConfig, Transport};
 pub use error::{Error, PushError, RpcError};
 pub use handler::Reply;
-pub use rpc::Rpc;
+pub use rpc::{RemoteRoute, Rpc};
+pub use rpc_config::{Interval, RpcConfig};
 pub use session::Session;
 
 /// Installs a tracing subscriber writing to stderr (level from `RUST_LOG`, default `info`).

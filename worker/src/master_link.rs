@@ -6,7 +6,7 @@
 //! master -> server : Add{info} / Remove{id} as servers come and go
 //! ```
 //! The server dials until the master answers and redials when the link drops, keeping its peers
-//! meanwhile. After re-registering it waits a grace period (mydog's 5 s), then forgets peers the
+//! meanwhile. After re-registering it waits a grace period (`rpc.reconcileGrace`, mydog's 5 s by default), then forgets peers the
 //! master no longer lists. A refused registration (duplicate or unknown id) ends the process.
 
 use std::collections::HashSet;
@@ -22,9 +22,6 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::{App, Error};
-
-/// How long after re-registering peers missing from the master's list are kept.
-const RECONCILE_GRACE: Duration = Duration::from_secs(5);
 
 /// Keeps this server registered until `shutdown`. Returns an error only if the master refused
 /// the registration.
@@ -117,7 +114,7 @@ async fn session(app: &App, addr: &str, reconnect: bool) -> Result<(), LinkErr> 
                     let app = app.clone();
                     let listed_at = std::time::Instant::now();
                     tokio::spawn(async move {
-                        tokio::time::sleep(RECONCILE_GRACE).await;
+                        tokio::time::sleep(app.rpc_config().reconcile_grace).await;
                         for id in app.inner.peers.ids() {
                             if !ids.contains(&id)
                                 && id != app.id()

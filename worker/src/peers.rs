@@ -6,14 +6,14 @@
 //! A dialer redials after a delay for as long as the master lists the peer.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use kennel_proto::auth;
-use kennel_proto::frame::{AUTH_MAX_FRAME, DEFAULT_MAX_FRAME, ProtoCodec, length_codec};
+use kennel_proto::frame::{AUTH_MAX_FRAME, ProtoCodec, length_codec};
 use kennel_proto::msg::{PeerMsg, Role, peer_msg};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -77,8 +77,21 @@ impl Link {
 struct Peer {
     info: Option<ServerInfo>,
     link: watch::Sender<Option<Arc<Link>>>,
+    /// Callers waiting for `link` (bounded by `rpcMsgCacheCount`).
+    waiting: Arc<AtomicUsize>,
     /// Stops this peer's dialer (smaller id dials).
     dialer: Option<CancellationToken>,
+}
+
+impl Peer {
+    fn new() -> Peer {
+        Peer {
+            info: None,
+            link: watch::channel(None).0,
+            waiting: Arc::new(AtomicUsize::new(0)),
+            dialer: None,
+        }
+    }
 }
 
 /// Every known server and the links to them.
@@ -90,21 +103,47 @@ pub(crate) struct Peers {
 
 impl Peers {
     /// The link to a known server, waiting up to `timeout` while it is not connected yet
-    /// (booting, reconnecting). `route` names what waits, for the timeout error.
+    /// (booting, reconnecting). `route` names what waits, for the timeout error. At most
+    /// `rpcMsgCacheCount` waiters per peer; pairs of types in `noRpcMatrix` fail at once.
     pub(crate) async fn wait_link(
         &self,
+        app: &App,
         id: &str,
         route: &str,
         timeout: Duration,
     ) -> Result<Arc<Link>, RpcError> {
-        let mut rx = match self.map.read().unwrap().get(id) {
+        let (mut rx, waiting) = match self.map.read().unwrap().get(id) {
             None => return Err(RpcError::UnknownServer(id.to_string())),
-            Some(p) => match p.link.borrow().as_ref() {
-                Some(l) => return Ok(l.clone()),
-                None => p.link.subscribe(),
-            },
+            Some(p) => {
+                if let Some(info) = &p.info
+                    && !app
+                        .rpc_config()
+                        .may_link(app.server_type(), &info.server_type)
+                    && id != app.id()
+                {
+                    return Err(RpcError::NoLink {
+                        server: id.to_string(),
+                        from_type: app.server_type().to_string(),
+                        to_type: info.server_type.clone(),
+                    });
+                }
+                match p.link.borrow().as_ref() {
+                    Some(l) => return Ok(l.clone()),
+                    None => (p.link.subscribe(), p.waiting.clone()),
+                }
+            }
         };
-        match tokio::time::timeout(timeout, rx.wait_for(|l| l.is_some())).await {
+        let limit = app.rpc_config().msg_cache_count;
+        if waiting.fetch_add(1, Ordering::AcqRel) >= limit {
+            waiting.fetch_sub(1, Ordering::AcqRel);
+            return Err(RpcError::QueueFull {
+                server: id.to_string(),
+                count: limit,
+            });
+        }
+        let r = tokio::time::timeout(timeout, rx.wait_for(|l| l.is_some())).await;
+        waiting.fetch_sub(1, Ordering::AcqRel);
+        match r {
             Ok(Ok(l)) => Ok(l.clone().expect("waited for Some")),
             Ok(Err(_)) => Err(RpcError::UnknownServer(id.to_string())),
             Err(_) => Err(RpcError::Timeout {
@@ -122,6 +161,12 @@ impl Peers {
             .values()
             .filter_map(|p| p.info.clone())
             .collect()
+    }
+
+    /// The type of a known server.
+    fn type_of(&self, id: &str) -> Option<String> {
+        let map = self.map.read().unwrap();
+        map.get(id)?.info.as_ref().map(|i| i.server_type.clone())
     }
 
     /// Whether `id` is a known server of type `server_type`.
@@ -151,14 +196,13 @@ impl Peers {
         let me = app.id();
         let mut map = self.map.write().unwrap();
         let id = info.id.clone();
-        let entry = map.entry(id.clone()).or_insert_with(|| Peer {
-            info: None,
-            link: watch::channel(None).0,
-            dialer: None,
-        });
+        let entry = map.entry(id.clone()).or_insert_with(Peer::new);
         let new = entry.info.is_none();
         entry.info = Some(info.clone());
-        if id.as_str() != me && me < id.as_str() && entry.dialer.is_none() {
+        let may_link = app
+            .rpc_config()
+            .may_link(app.server_type(), &info.server_type);
+        if id.as_str() != me && me < id.as_str() && entry.dialer.is_none() && may_link {
             let token = app.inner.shutdown.child_token();
             entry.dialer = Some(token.clone());
             tokio::spawn(dial_loop(app.clone(), info, token));
@@ -182,11 +226,7 @@ impl Peers {
     /// Installs a new link to `peer`, replacing (and closing) any previous one.
     fn install(&self, link: Arc<Link>) {
         let mut map = self.map.write().unwrap();
-        let entry = map.entry(link.peer.clone()).or_insert_with(|| Peer {
-            info: None,
-            link: watch::channel(None).0,
-            dialer: None,
-        });
+        let entry = map.entry(link.peer.clone()).or_insert_with(Peer::new);
         let old = entry.link.send_replace(Some(link));
         if let Some(old) = old {
             old.closed.cancel();
@@ -220,7 +260,7 @@ async fn dial_loop(app: App, info: ServerInfo, cancel: CancellationToken) {
     loop {
         let attempt = async {
             let stream = TcpStream::connect(&addr).await.map_err(|e| e.to_string())?;
-            let _ = stream.set_nodelay(true);
+            let _ = stream.set_nodelay(app.rpc_config().no_delay);
             let mut framed = Framed::new(stream, length_codec(AUTH_MAX_FRAME));
             tokio::time::timeout(
                 AUTH_TIMEOUT,
@@ -265,7 +305,7 @@ pub(crate) async fn accept_loop(app: App, listener: TcpListener, shutdown: Cance
         let app = app.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            let _ = stream.set_nodelay(true);
+            let _ = stream.set_nodelay(app.rpc_config().no_delay);
             let mut framed = Framed::new(stream, length_codec(AUTH_MAX_FRAME));
             let me = app.id().to_string();
             let secret = app.inner.secret.clone();
@@ -282,6 +322,14 @@ pub(crate) async fn accept_loop(app: App, listener: TcpListener, shutdown: Cance
                         h.id
                     ));
                 }
+                if let Some(t) = app.inner.peers.type_of(&h.id)
+                    && !app.rpc_config().may_link(&t, app.server_type())
+                {
+                    return Err(format!(
+                        "noRpcMatrix: no links between {t} and {} servers",
+                        app.server_type()
+                    ));
+                }
                 Ok(secret.clone())
             };
             match tokio::time::timeout(AUTH_TIMEOUT, auth::accept(&mut framed, app.id(), admit))
@@ -295,16 +343,18 @@ pub(crate) async fn accept_loop(app: App, listener: TcpListener, shutdown: Cance
     }
 }
 
-/// Runs an authenticated link until either side closes it or `cancel` fires.
+/// Runs an authenticated link until either side closes it, `cancel` fires, or the peer is
+/// silent past the heartbeat timeout.
 async fn run_link(
     app: App,
     peer: String,
     framed: Framed<TcpStream, tokio_util::codec::LengthDelimitedCodec>,
     cancel: CancellationToken,
 ) {
-    let framed = framed.map_codec(|_| ProtoCodec::<PeerMsg, PeerMsg>::new(DEFAULT_MAX_FRAME));
-    let (mut sink, mut stream) = framed.split();
-    let (tx, mut rx) = mpsc::channel::<PeerMsg>(LINK_QUEUE);
+    let cfg = app.rpc_config().clone();
+    let framed = framed.map_codec(|_| ProtoCodec::<PeerMsg, PeerMsg>::new(cfg.max_len));
+    let (sink, mut stream) = framed.split();
+    let (tx, rx) = mpsc::channel::<PeerMsg>(LINK_QUEUE);
     let link = Arc::new(Link {
         generation: app.inner.peers.generation.fetch_add(1, Ordering::Relaxed),
         peer: peer.clone(),
@@ -315,40 +365,31 @@ async fn run_link(
     app.inner.peers.install(link.clone());
     info!(%peer, "peer link up");
 
-    let closed = link.closed.clone();
-    let writer = tokio::spawn(async move {
-        loop {
-            let first = tokio::select! {
-                m = rx.recv() => match m { Some(m) => m, None => break },
-                _ = closed.cancelled() => break,
-            };
-            if sink.feed(first).await.is_err() {
-                break;
-            }
-            let mut n = 0;
-            while n < 256 {
-                match rx.try_recv() {
-                    Ok(m) => {
-                        if sink.feed(m).await.is_err() {
-                            closed.cancel();
-                            return;
-                        }
-                        n += 1;
-                    }
-                    Err(_) => break,
-                }
-            }
-            if sink.flush().await.is_err() {
-                break;
-            }
-        }
-        closed.cancel();
-    });
+    let interval = cfg.interval.of(app.server_type());
+    let writer = tokio::spawn(write_loop(
+        sink,
+        rx,
+        link.closed.clone(),
+        interval,
+        cfg.heartbeat,
+    ));
 
+    // With heartbeats off a link is never closed for silence.
+    let silence = if cfg.heartbeat.is_zero() {
+        Duration::from_secs(100 * 365 * 86_400)
+    } else {
+        cfg.heartbeat_timeout
+    };
     loop {
         let m = tokio::select! {
             _ = link.closed.cancelled() => break,
-            m = stream.next() => m,
+            m = tokio::time::timeout(silence, stream.next()) => match m {
+                Ok(m) => m,
+                Err(_) => {
+                    warn!(%peer, "peer link silent for {silence:?} (heartbeat timeout): closing it");
+                    break;
+                }
+            },
         };
         match m {
             None => break,
@@ -365,6 +406,57 @@ async fn run_link(
     link.fail_pending();
     let _ = writer.await;
     info!(%peer, "peer link down");
+}
+
+/// Drains a link's queue into its socket: whatever is queued goes out in one write; with an
+/// `interval`, messages are held up to that long to batch more. Sends a ping when the link has
+/// been idle for `heartbeat`.
+async fn write_loop<S>(
+    mut sink: S,
+    mut rx: mpsc::Receiver<PeerMsg>,
+    closed: CancellationToken,
+    interval: Duration,
+    heartbeat: Duration,
+) where
+    S: futures_util::Sink<PeerMsg> + Unpin,
+{
+    let mut seq = 0u64;
+    loop {
+        let first = tokio::select! {
+            m = rx.recv() => match m { Some(m) => m, None => break },
+            _ = closed.cancelled() => break,
+            _ = tokio::time::sleep(heartbeat), if !heartbeat.is_zero() => {
+                seq += 1;
+                msg(peer_msg::Msg::Ping(kennel_proto::msg::Ping { seq }))
+            }
+        };
+        if !interval.is_zero() {
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = closed.cancelled() => {}
+            }
+        }
+        if sink.feed(first).await.is_err() {
+            break;
+        }
+        let mut n = 0;
+        while n < 1024 {
+            match rx.try_recv() {
+                Ok(m) => {
+                    if sink.feed(m).await.is_err() {
+                        closed.cancel();
+                        return;
+                    }
+                    n += 1;
+                }
+                Err(_) => break,
+            }
+        }
+        if sink.flush().await.is_err() {
+            break;
+        }
+    }
+    closed.cancel();
 }
 
 impl Link {

@@ -2,8 +2,15 @@
 //!
 //! Arguments and results are JSON. A call to this server itself runs the remote directly,
 //! without the network. A call to a known server whose link is not up yet waits for the link
-//! within the call's timeout; a call in flight when the link drops fails at once with
+//! within the call's timeout, at most `rpcMsgCacheCount` calls per peer (then
+//! [`RpcError::QueueFull`]); a call in flight when the link drops fails at once with
 //! [`RpcError::LinkDropped`]; a remote that fails returns [`RpcError::Remote`].
+//!
+//! Typed calls: [`crate::remote_route!`] declares a route as a type carrying its argument and
+//! result types, so [`Rpc::call_typed`] and [`crate::App::remote_typed`] check them at compile
+//! time. A trait and a declarative macro were chosen over a proc-macro on a remote "service"
+//! trait: they keep remotes plain closures (like handlers), need no extra crate, and a route
+//! named by a type cannot be misspelled.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -16,6 +23,49 @@ use serde::de::DeserializeOwned;
 use crate::handler::{decode, encode};
 use crate::peers::msg;
 use crate::{App, RpcError};
+
+/// A remote's route as a type, with its argument and result types; declare one with
+/// [`crate::remote_route!`].
+pub trait RemoteRoute: Copy + Send + Sync + 'static {
+    /// The route, `"type.file.method"`.
+    const ROUTE: &'static str;
+    /// The argument type.
+    type Args: Serialize + DeserializeOwned + Send + Sync + 'static;
+    /// The result type.
+    type Ret: Serialize + DeserializeOwned + Send + 'static;
+}
+
+/// Declares a typed remote route: `remote_route!(pub Echo = "chat.main.echo", fn(Args) -> Ret);`
+/// makes a unit struct `Echo` implementing [`RemoteRoute`], for [`Rpc::call_typed`] and
+/// [`crate::App::remote_typed`].
+///
+/// ```
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Serialize, Deserialize)]
+/// pub struct Add { pub a: i64, pub b: i64 }
+///
+/// kennel::remote_route!(
+///     /// Adds two numbers on a `calc` server.
+///     pub CalcAdd = "calc.main.add", fn(Add) -> i64
+/// );
+///
+/// use kennel::RemoteRoute;
+/// assert_eq!(CalcAdd::ROUTE, "calc.main.add");
+/// ```
+#[macro_export]
+macro_rules! remote_route {
+    ($(#[$meta:meta])* $vis:vis $name:ident = $route:literal, fn($args:ty) -> $ret:ty) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy)]
+        $vis struct $name;
+        impl $crate::RemoteRoute for $name {
+            const ROUTE: &'static str = $route;
+            type Args = $args;
+            type Ret = $ret;
+        }
+    };
+}
 
 /// The target meaning "every server of the route's type".
 pub const ALL: &str = "*";
@@ -54,6 +104,24 @@ impl Rpc {
         decode(&raw).map_err(RpcError::Codec)
     }
 
+    /// Calls a typed route (see [`crate::remote_route!`]).
+    pub async fn call_typed<R: RemoteRoute>(
+        &self,
+        _route: R,
+        args: &R::Args,
+    ) -> Result<R::Ret, RpcError> {
+        self.call(R::ROUTE, args).await
+    }
+
+    /// Notifies a typed route (see [`crate::remote_route!`]).
+    pub async fn notify_typed<R: RemoteRoute>(
+        &self,
+        _route: R,
+        args: &R::Args,
+    ) -> Result<(), RpcError> {
+        self.notify(R::ROUTE, args).await
+    }
+
     /// Sends `route(args)` without waiting for a result. With the target `"*"` it goes to
     /// every live server of the route's type (this one included).
     pub async fn notify<A: Serialize + ?Sized>(
@@ -88,7 +156,7 @@ impl Rpc {
             .app
             .inner
             .peers
-            .wait_link(&self.target, route, self.timeout)
+            .wait_link(&self.app, &self.target, route, self.timeout)
             .await?;
         let m = msg(peer_msg::Msg::Rpc(RpcRequest {
             id: 0,
@@ -116,7 +184,7 @@ impl Rpc {
             .app
             .inner
             .peers
-            .wait_link(&self.target, route, self.timeout)
+            .wait_link(&self.app, &self.target, route, self.timeout)
             .await?;
         let id = self.app.inner.rpc_seq.fetch_add(1, Ordering::Relaxed) + 1;
         let m = msg(peer_msg::Msg::Rpc(RpcRequest {
@@ -126,6 +194,13 @@ impl Rpc {
         }));
         let rx = link.call(id, m).await?;
         match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(Err(RpcError::Remote {
+                server, message, ..
+            }))) => Err(RpcError::Remote {
+                server,
+                route: route.to_string(),
+                message,
+            }),
             Ok(Ok(r)) => r,
             Ok(Err(_)) => Err(RpcError::LinkDropped(self.target.clone())),
             Err(_) => {
