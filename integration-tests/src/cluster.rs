@@ -178,14 +178,25 @@ impl Cluster {
         )?;
         std::fs::write(sys.join("route.json"), json!(ROUTES).to_string())?;
 
-        let mut child = Command::new(bin("chat-demo"))
-            .args(["start", "-e", env, "--dir"])
-            .arg(dir.path())
+        let mut master = Command::new(bin("chat-demo"));
+        master.args(["start", "-e", env, "--dir"]).arg(dir.path());
+        Cluster::launch(dir, master, frontends, master_port)
+    }
+
+    /// Runs `master` (a `kennel start`-like command for the project in `dir`), and waits until
+    /// it prints that the cluster is ready. `frontends` lists (id, client address).
+    pub fn launch(
+        dir: tempfile::TempDir,
+        mut master: Command,
+        frontends: Vec<(String, String)>,
+        master_port: u16,
+    ) -> Result<Cluster> {
+        let mut child = master
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .context("spawn chat-demo master")?;
+            .context("spawn the master")?;
         let stdout = child.stdout.take().unwrap();
         let lines = Arc::new(Mutex::new(Vec::new()));
         let (tx, line_rx) = mpsc::channel();

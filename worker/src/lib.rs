@@ -56,3 +56,8 @@ pub fn init_logging() {
         .with_ansi(false)
         .try_init();
 }
+
+/// The kennel guide (`docs/guide.md`): from an empty project to a two-type cluster. Its Rust
+/// snippets are compiled as doc-tests.
+#[doc = include_str!("../../docs/guide.md")]
+pub mod guide {}

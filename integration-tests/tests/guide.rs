@@ -1,0 +1,209 @@
+//! The guide (`docs/guide.md`) works as written: its config files and its complete program are
+//! taken from the page, the program is built as a new Cargo package on the `kennel` library,
+//! started by the real `kennel` master, and played as a game client: login, join, push to the
+//! room, a typed RPC with a reply across both room servers, and a notify on leave.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use integration_tests::client::Client;
+use integration_tests::cluster::{Cluster, bin, bin_dir, free_port};
+use serde_json::{Value, json};
+
+/// The code blocks of the guide that follow a `<!-- file: PATH -->` line: (path, text).
+fn guide_files(guide: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut lines = guide.lines();
+    while let Some(l) = lines.next() {
+        let Some(path) = l
+            .trim()
+            .strip_prefix("<!-- file: ")
+            .and_then(|r| r.strip_suffix(" -->"))
+        else {
+            continue;
+        };
+        let fence = lines.next().expect("a code block after the file marker");
+        assert!(fence.starts_with("```"), "{path}: {fence}");
+        let body: Vec<&str> = lines
+            .by_ref()
+            .take_while(|l| !l.starts_with("```"))
+            .collect();
+        out.push((path.to_string(), body.join("\n") + "\n"));
+    }
+    out
+}
+
+/// Two consecutive free ports.
+fn free_pair() -> u16 {
+    loop {
+        let p = free_port();
+        if p < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
+            return p;
+        }
+    }
+}
+
+/// Builds the guide's program as its own package (reusing the workspace's lock file and target
+/// dir, so only the program itself compiles). Returns the binary.
+fn build_game(main_rs: &str) -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let target = bin_dir().parent().unwrap();
+    let pkg = target.join("guide-game");
+    std::fs::create_dir_all(pkg.join("src")).unwrap();
+    let worker = root.join("worker");
+    std::fs::write(
+        pkg.join("Cargo.toml"),
+        format!(
+            r#"[package]
+name = "hello-game"
+version = "0.1.0"
+edition = "2024"
+publish = false
+
+[dependencies]
+kennel = {{ path = {worker:?} }}
+tokio = {{ version = "1", features = ["full"] }}
+serde = {{ version = "1", features = ["derive"] }}
+serde_json = "1"
+anyhow = "1"
+
+[workspace]
+"#
+        ),
+    )
+    .unwrap();
+    if !pkg.join("Cargo.lock").exists() {
+        std::fs::copy(root.join("Cargo.lock"), pkg.join("Cargo.lock")).unwrap();
+    }
+    std::fs::write(pkg.join("src/main.rs"), main_rs).unwrap();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "--manifest-path"])
+        .arg(pkg.join("Cargo.toml"))
+        .env("CARGO_TARGET_DIR", target)
+        .status()
+        .expect("run cargo build");
+    assert!(status.success(), "the guide's program does not build");
+    target.join("debug/hello-game")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_guide_program_runs_as_written() {
+    let guide =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/guide.md"))
+            .unwrap();
+    let files = guide_files(&guide);
+    let file = |name: &str| {
+        files
+            .iter()
+            .find(|(p, _)| p == name)
+            .unwrap_or_else(|| panic!("guide has no {name}"))
+            .1
+            .clone()
+    };
+    let game = build_game(&file("src/main.rs"));
+
+    // The guide's config, on free ports, with the freshly built binary.
+    let dir = tempfile::tempdir().unwrap();
+    let sys = dir.path().join("config/sys");
+    std::fs::create_dir_all(&sys).unwrap();
+    let mut master: Value = serde_json::from_str(&file("config/sys/master.json")).unwrap();
+    let master_port = free_port();
+    master["development"]["port"] = json!(master_port);
+    master["development"]["bin"] = json!(game);
+    let mut servers: Value = serde_json::from_str(&file("config/sys/servers.json")).unwrap();
+    let client_port = free_port();
+    let gate = &mut servers["development"]["gate"][0];
+    gate["port"] = json!(free_port());
+    gate["clientPort"] = json!(client_port);
+    let p = free_pair();
+    servers["development"]["room"][0]["port"] = json!([p, p + 1]);
+    std::fs::write(sys.join("master.json"), master.to_string()).unwrap();
+    std::fs::write(sys.join("servers.json"), servers.to_string()).unwrap();
+    std::fs::write(sys.join("route.json"), file("config/sys/route.json")).unwrap();
+
+    let mut kennel = Command::new(bin("kennel"));
+    kennel
+        .args(["start", "-e", "development", "--dir"])
+        .arg(dir.path());
+    let addr = format!("127.0.0.1:{client_port}");
+    let mut cluster = Cluster::launch(
+        dir,
+        kennel,
+        vec![("gate-server-1".into(), addr.clone())],
+        master_port,
+    )
+    .expect("the guide's cluster boots");
+    let ready = cluster.wait_line("kennel: cluster ready").unwrap();
+    assert!(ready.contains("3 servers"), "{ready}");
+
+    // Two players in room 7 (room-server-2), one in room 8 (room-server-1).
+    let mut players = Vec::new();
+    for (uid, room) in [(1u64, 7), (2, 7), (3, 8)] {
+        let mut c = Client::connect(&addr).await.unwrap();
+        let r = c
+            .request("gate.main.login", &json!({"uid": uid, "room": room}))
+            .await
+            .unwrap();
+        assert_eq!(r, json!({"code": 0}));
+        let j = c.request("room.main.join", &json!({})).await.unwrap();
+        let server = if room == 7 {
+            "room-server-2"
+        } else {
+            "room-server-1"
+        };
+        assert_eq!(j["server"], server, "{j}");
+        assert_eq!(j["room"], room);
+        players.push(c);
+    }
+    // A uid already online is refused.
+    let mut dup = Client::connect(&addr).await.unwrap();
+    let r = dup
+        .request("gate.main.login", &json!({"uid": 1, "room": 7}))
+        .await
+        .unwrap();
+    assert_eq!(r, json!({"code": 1}));
+    // Anonymous clients are kept out of the room routes by the filter: no reply; the next
+    // request (to the gate) is answered.
+    let mut anon = Client::connect(&addr).await.unwrap();
+    anon.send("room.main.join", &json!({})).await.unwrap();
+    let s = anon.request("gate.main.stats", &json!({})).await.unwrap();
+    assert_eq!(s, json!({"code": 0, "players": 3}));
+
+    // A message to room 7 reaches both its members, not the player in room 8.
+    players[0]
+        .send("room.main.say", &json!({"text": "hi"}))
+        .await
+        .unwrap();
+    for c in &mut players[..2] {
+        assert_eq!(
+            c.expect_push("onSay").await.unwrap(),
+            json!({"from": 1, "text": "hi"})
+        );
+    }
+    players[2]
+        .send("room.main.say", &json!({"text": "own room"}))
+        .await
+        .unwrap();
+    assert_eq!(
+        players[2].expect_push("onSay").await.unwrap(),
+        json!({"from": 3, "text": "own room"}),
+        "room 8's own message comes first: room 7's never reached it"
+    );
+
+    // Leaving notifies every room server; the typed RPC count follows.
+    drop(players.remove(0));
+    let deadline = std::time::Instant::now() + integration_tests::TIMEOUT;
+    loop {
+        let s = anon.request("gate.main.stats", &json!({})).await.unwrap();
+        if s == json!({"code": 0, "players": 2}) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "leave never counted: {s}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(cluster.stop().unwrap(), Some(0));
+}
