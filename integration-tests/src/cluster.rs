@@ -313,6 +313,16 @@ impl Cluster {
         )
     }
 
+    /// The pid of the master this fixture started, while it runs.
+    pub fn master_pid(&self) -> Option<i32> {
+        self.master.as_ref().map(|c| c.id() as i32)
+    }
+
+    /// Forgets the master process (after the test killed it), so `stop` and drop leave it be.
+    pub fn forget_master(&mut self) -> Option<Child> {
+        self.master.take()
+    }
+
     /// Sends SIGTERM to the master alone and waits for it to exit; returns its exit code.
     pub fn stop(&mut self) -> Result<Option<i32>> {
         let mut child = self.master.take().context("already stopped")?;

@@ -29,6 +29,7 @@ const ROUTES: &[&str] = &[
     "game.main.rpc",
     "game.main.typed",
     "gate.main.store",
+    "gate.main.session",
 ];
 
 /// The typed remote of the tests: adds two numbers, refuses negative ones.
@@ -163,6 +164,30 @@ fn handlers(
                 }
                 Err(e) => json!({"other": e.to_string()}),
             })
+        },
+    );
+    // Session odds and ends on the frontend: ip, push before bind, lookup by uid, kick.
+    app.handler(
+        "gate.main.session",
+        |app: App, s: Session, v: Value| async move {
+            match v["op"].as_str() {
+                Some("ip") => Some(json!({"ip": s.ip(), "uid": s.uid()})),
+                Some("push") => {
+                    s.send("onPush", &json!({"before bind": s.uid().is_none()}))
+                        .await
+                        .unwrap();
+                    Some(json!({"pushed": true}))
+                }
+                Some("lookup") => {
+                    let other = app.session_by_uid(v["uid"].as_u64().unwrap_or(0));
+                    Some(json!({"found": other.map(|o| o.uid())}))
+                }
+                Some("kick") => {
+                    let other = app.session_by_uid(v["uid"].as_u64().unwrap_or(0));
+                    Some(json!({"kicked": other.map(|o| o.close()).is_some()}))
+                }
+                _ => None,
+            }
         },
     );
     // Per-type setup and the app's key/value store.
@@ -634,5 +659,70 @@ async fn protocol_codec_replaces_the_framing() {
             store,
             json!({"greeting": "hello from gate-1", "wrongType": false})
         )
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_ip_push_before_bind_lookup_and_close() {
+    let rig = rig().await;
+    let mut a = Client::connect(&rig.client_addr).await.unwrap();
+    assert_eq!(
+        a.request("gate.main.session", &json!({"op": "ip"}))
+            .await
+            .unwrap(),
+        json!({"ip": "127.0.0.1", "uid": null})
+    );
+    // session.send reaches a client that has not bound a uid yet.
+    assert_eq!(
+        a.request("gate.main.session", &json!({"op": "push"}))
+            .await
+            .unwrap(),
+        json!({"pushed": true})
+    );
+    assert_eq!(
+        a.expect_push("onPush").await.unwrap(),
+        json!({"before bind": true})
+    );
+    let set = json!({"secret": "s", "shared": "x", "game": "game-1", "uid": 7001});
+    assert_eq!(
+        a.request("gate.main.set", &set).await.unwrap(),
+        json!({"ok": true})
+    );
+    // A second client cannot bind the same uid on this frontend, but can find and kick it.
+    let mut b = Client::connect(&rig.client_addr).await.unwrap();
+    assert_eq!(
+        b.request("gate.main.set", &set).await.unwrap(),
+        json!({"ok": false})
+    );
+    assert_eq!(
+        b.request("gate.main.session", &json!({"op": "lookup", "uid": 7001}))
+            .await
+            .unwrap(),
+        json!({"found": 7001})
+    );
+    assert_eq!(
+        b.request("gate.main.session", &json!({"op": "kick", "uid": 7001}))
+            .await
+            .unwrap(),
+        json!({"kicked": true})
+    );
+    a.expect_closed().await.unwrap();
+    // Once closed, the uid is free again.
+    let mut c = Client::connect(&rig.client_addr).await.unwrap();
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    loop {
+        let r = c
+            .request("gate.main.session", &json!({"op": "lookup", "uid": 7001}))
+            .await
+            .unwrap();
+        if r == json!({"found": null}) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "uid never unbound");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        c.request("gate.main.set", &set).await.unwrap(),
+        json!({"ok": true})
     );
 }

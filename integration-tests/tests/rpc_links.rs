@@ -157,3 +157,71 @@ async fn connector_interval_holds_replies_to_batch_them() {
     );
     cluster.stop().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_keep_peers_without_the_master_and_reconcile_when_it_returns() {
+    let mut cluster = Cluster::start_opts(Options {
+        tcp: 1,
+        chats: 2,
+        master_extra: json!({"rpc": {"reconcileGrace": 1}}),
+        ..Options::default()
+    })
+    .expect("cluster boots");
+    let mut c = Client::connect(cluster.client_addr(0)).await.unwrap();
+    login(&mut c, 1, 0).await; // chat-server-1, whose rpcEcho calls chat-server-2
+
+    // The master dies: servers keep serving and keep their peers.
+    let master = cluster.master_pid().unwrap();
+    kill(Pid::from_raw(master), Signal::SIGKILL).unwrap();
+    let _ = cluster.forget_master().map(|mut m| m.wait());
+    cluster
+        .wait_log("chat-server-1", "master link dropped")
+        .unwrap();
+    assert_eq!(
+        c.request("chat.main.rpcEcho", &json!({"n": 1}))
+            .await
+            .unwrap(),
+        json!({"n": 1}),
+        "peers kept while the master is away"
+    );
+
+    // While it is away chat-server-2 dies (nobody restarts it) and leaves the config.
+    let pids = cluster.server_pids();
+    kill(Pid::from_raw(pids["chat-server-2"]), Signal::SIGKILL).unwrap();
+    let servers = cluster.dir.path().join("config/sys/servers.json");
+    let mut cfg: Value = serde_json::from_slice(&std::fs::read(&servers).unwrap()).unwrap();
+    cfg["test"]["chat"].as_array_mut().unwrap().truncate(1);
+    std::fs::write(&servers, cfg.to_string()).unwrap();
+
+    // A new master re-adopts the two survivors; after the grace period they drop the peer it
+    // no longer lists (the frontend's on_remove_server runs).
+    let mut again = std::process::Command::new(integration_tests::cluster::bin("chat-demo"))
+        .args(["start", "-e", "test", "--dir"])
+        .arg(cluster.dir.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    for id in ["connector-server-1", "chat-server-1"] {
+        cluster
+            .wait_log(id, "server removed server=chat-server-2")
+            .unwrap();
+    }
+    cluster
+        .wait_log("connector-server-1", "chat server gone")
+        .unwrap();
+    // The survivors were adopted, not restarted: same pids, and they still serve.
+    let now = cluster.server_pids();
+    for id in ["connector-server-1", "chat-server-1"] {
+        assert_eq!(now[id], pids[id], "{id} kept its process");
+    }
+    assert_eq!(
+        c.request("chat.main.echo", &json!("still here"))
+            .await
+            .unwrap(),
+        json!("still here")
+    );
+    kill(Pid::from_raw(again.id() as i32), Signal::SIGTERM).unwrap();
+    let status = again.wait().unwrap();
+    assert!(status.success(), "{status}");
+}
