@@ -47,6 +47,9 @@ pub struct Project {
     pub servers: Vec<ServerConfig>,
     /// The route list (`route.*`); a client message's `cmd` is an index into it.
     pub routes: Vec<String>,
+    /// A note per route (same index), from entries written `{"route": .., "note": ..}`; used
+    /// by `kennel cmd` for comments in generated client code.
+    pub route_notes: Vec<Option<String>>,
 }
 
 /// The master's entry for one environment.

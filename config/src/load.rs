@@ -26,7 +26,10 @@ pub(crate) fn load(dir: &Path, env: &str) -> Result<Project, ConfigError> {
     let servers: Vec<_> = placed.into_iter().map(|p| p.config).collect();
 
     let route_doc = parse(&route_file, env)?;
-    let routes = route::routes(&route_file, env, &route_doc)?;
+    let (routes, route_notes): (Vec<String>, Vec<Option<String>>) =
+        route::routes(&route_file, env, &route_doc)?
+            .into_iter()
+            .unzip();
     route::check_routes(&route_file, env, &routes, &servers)?;
 
     Ok(Project {
@@ -35,6 +38,7 @@ pub(crate) fn load(dir: &Path, env: &str) -> Result<Project, ConfigError> {
         master,
         servers,
         routes,
+        route_notes,
     })
 }
 

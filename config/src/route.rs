@@ -1,5 +1,6 @@
 //! The route list of `route.*` (JSON: an array of strings; TOML: `route = [...]`), shared by
-//! every environment, and its checks: no empty or duplicate routes, `type.file.method` routes
+//! every environment; an entry may be `{"route": "...", "note": "..."}` to document the route
+//! (the note ends up in `kennel cmd`'s generated client code), and its checks: no empty or duplicate routes, `type.file.method` routes
 //! must name a server type that has servers, dot-free names are push-only routes.
 
 use std::collections::HashMap;
@@ -14,12 +15,13 @@ fn label(index: usize, route: &str) -> String {
     format!("route[{index}] (\"{route}\")")
 }
 
-/// Reads the route list out of a parsed `route.*` file (`env` is only for messages).
+/// Reads the route list and the routes' notes out of a parsed `route.*` file (`env` is only
+/// for messages).
 pub(crate) fn routes(
     file: &SourceFile,
     env: &str,
     doc: &Value,
-) -> Result<Vec<String>, ConfigError> {
+) -> Result<Vec<(String, Option<String>)>, ConfigError> {
     let items = match (file.format, doc) {
         (Format::Json, Value::Array(items)) => items,
         (Format::Toml, Value::Object(table)) => match table.get("route") {
@@ -52,17 +54,29 @@ pub(crate) fn routes(
     items
         .iter()
         .enumerate()
-        .map(|(i, v)| match v {
-            Value::String(s) => Ok(s.clone()),
-            other => Err(file.invalid(
-                env,
-                Some(format!("route[{i}]")),
-                Problem::WrongType {
-                    what: "a route".to_owned(),
-                    expected: "a string",
-                    found: describe(other),
+        .map(|(i, v)| {
+            let entry = match v {
+                Value::String(s) => Some((s.clone(), None)),
+                Value::Object(o) => match (o.get("route"), o.get("note")) {
+                    (Some(Value::String(r)), None) if o.len() == 1 => Some((r.clone(), None)),
+                    (Some(Value::String(r)), Some(Value::String(n))) if o.len() == 2 => {
+                        Some((r.clone(), Some(n.clone())))
+                    }
+                    _ => None,
                 },
-            )),
+                _ => None,
+            };
+            entry.ok_or_else(|| {
+                file.invalid(
+                    env,
+                    Some(format!("route[{i}]")),
+                    Problem::WrongType {
+                        what: "a route".to_owned(),
+                        expected: "a string or {\"route\": string, \"note\": string}",
+                        found: describe(v),
+                    },
+                )
+            })
         })
         .collect()
 }

@@ -294,6 +294,7 @@ mod tests {
             },
             servers: vec![],
             routes: vec![],
+            route_notes: vec![],
         }
     }
 

@@ -359,9 +359,22 @@ fn wrong_shapes() {
             "config/sys/route.json",
             DEV,
             "entry route[1]",
-            "must be a string, found 7",
+            "must be a string or {\"route\": string, \"note\": string}, found 7",
         ],
     );
+    let dir = project(&[("route.json", r#"["onChat", {"route": "x", "nope": 1}]"#)]);
+    load_err(dir.path(), &["entry route[1]", "found an object"]);
+}
+
+#[test]
+fn route_notes_are_kept() {
+    let dir = project(&[(
+        "route.json",
+        r#"["connector.main.login", {"route": "onChat", "note": "a chat message"}, {"route": "chat.main.send"}]"#,
+    )]);
+    let p = kennel_config::Project::load(dir.path(), "development").unwrap();
+    assert_eq!(p.routes, ["connector.main.login", "onChat", "chat.main.send"]);
+    assert_eq!(p.route_notes, [None, Some("a chat message".to_string()), None]);
 }
 
 #[test]

@@ -33,11 +33,12 @@
 //! policies, adoption), `policy`, `procfs` (pid files, `/proc`, pidfd), `sampler` (rss/cpu),
 //! `registry` (master links), `listener` (accept + auth), `logs` (log files and their echo),
 //! `client`, `table` (`list` output), `cli` (clap), `backoff`, `console` (stdout lines),
-//! `error`.
+//! `error`, `scaffold` (`kennel init`), `codegen` (`kennel cmd`).
 
 mod backoff;
 mod cli;
 mod client;
+pub mod codegen;
 mod console;
 mod error;
 mod listener;
@@ -47,6 +48,7 @@ mod policy;
 mod procfs;
 mod registry;
 mod sampler;
+pub mod scaffold;
 mod supervisor;
 mod table;
 
