@@ -607,7 +607,7 @@ async fn logs(
         );
     }
     let from = crate::logs::current_len(&path);
-    let last = match crate::logs::last_lines(&path, lines) {
+    let last = match crate::logs::last_log_lines(&path, lines) {
         Ok(l) => l,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && follow => Vec::new(),
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),

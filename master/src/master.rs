@@ -171,6 +171,7 @@ pub async fn run(
         vec![None; project.servers.len()]
     };
     let crash_loop = CrashLoop::of(&project.master)?;
+    let rotation = logs::Rotation::of(&project.master)?;
     let logs_dir = project.dir.join(LOGS_DIR);
     let run_dir = project.dir.join(RUN_DIR);
     if spawn && !project.servers.is_empty() {
@@ -204,6 +205,8 @@ pub async fn run(
         tracker: tracker.clone(),
     });
     tracker.spawn(listener::accept_loop(listener, shared));
+    // Log rotation runs as long as the master does (it ends with the links).
+    tokio::spawn(logs::rotate_loop(logs_dir.clone(), rotation, conns.clone()));
 
     // Cancelled after the last child is reaped: tails read once more and end.
     let tails_stop = CancellationToken::new();

@@ -473,7 +473,7 @@ impl Supervisor {
         }
         if slot.recent.len() >= crash_loop.restarts {
             slot.proc = Proc::CrashLoop;
-            let last = logs::last_lines(&slot.log, CRASH_LOG_LINES)
+            let last = logs::last_log_lines(&slot.log, CRASH_LOG_LINES)
                 .map(|lines| lines.join("\n    "))
                 .unwrap_or_else(|e| format!("(cannot read {}: {e})", slot.log.display()));
             error!(server = %id, pid, %status,
