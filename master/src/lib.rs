@@ -40,6 +40,7 @@ mod cli;
 mod client;
 mod console;
 mod error;
+mod launch;
 mod listener;
 mod logs;
 mod master;

@@ -149,6 +149,8 @@ pub(crate) struct Inner {
     added_at: Mutex<HashMap<String, Instant>>,
     /// Cancelled to stop the server (signal or [`App::shutdown`]).
     pub(crate) shutdown: CancellationToken,
+    /// The `kennel send` handler ([`App::on_cli_send`]).
+    pub(crate) cli_send: OnceLock<master_link::CliSendCb>,
 }
 
 /// The server's handle: cheap to clone, shared by every handler.
@@ -210,6 +212,7 @@ impl App {
                 started_all: std::sync::atomic::AtomicBool::new(false),
                 added_at: Mutex::new(HashMap::new()),
                 shutdown: CancellationToken::new(),
+                cli_send: OnceLock::new(),
             }),
         })
     }
