@@ -63,7 +63,7 @@ fn spawn_echo_restart_list_and_stop() {
     assert_eq!(
         header.split_whitespace().collect::<Vec<_>>(),
         [
-            "ID", "TYPE", "STATE", "PID", "RSS", "CPU%", "UPTIME", "RESTARTS"
+            "ID", "TYPE", "STATE", "PID", "RSS", "CPU%", "UPTIME", "RESTARTS", "CLIENTS"
         ]
     );
     assert!(table.contains("chat-server-1"), "{table}");

@@ -240,7 +240,7 @@ async fn readiness_lines_once_every_server_registered() {
     let dir = project(port, &three_servers());
     let project = Project::load(dir.path(), "development").unwrap();
     let mut cluster = Cluster::start(dir, port, &[]);
-    cluster.wait_all_running();
+    let pids = cluster.wait_all_running();
     let stored: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(cluster.path().join(".kennel/secrets.json")).unwrap(),
     )
@@ -254,7 +254,10 @@ async fn readiness_lines_once_every_server_registered() {
             !cluster.lines().iter().any(|l| l.contains("cluster ready")),
             "ready too early"
         );
-        let (link, reply) = register(addr, &secret, info(&project, &s.id)).await;
+        // A server the master started registers from the process it started.
+        let mut me = info(&project, &s.id);
+        me.pid = pids.iter().find(|(id, _)| *id == s.id).unwrap().1;
+        let (link, reply) = register(addr, &secret, me).await;
         assert!(matches!(reply, from_master::Msg::List(_)), "{reply:?}");
         links.push(link);
     }
