@@ -448,7 +448,8 @@ async fn start_daemon(args: StartArgs, defaults: &Defaults) -> Result<ExitCode> 
     for id in expand_ids(&args.external)? {
         cmd.arg("--external").arg(id);
     }
-    cmd.stdin(std::process::Stdio::null())
+    cmd.current_dir(&project.dir)
+        .stdin(std::process::Stdio::null())
         .stdout(log)
         .stderr(log_err);
     {
