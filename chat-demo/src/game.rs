@@ -188,7 +188,11 @@ pub fn setup(app: &App) {
 
     // Graceful stop: runs on SIGTERM while the server still serves (`kennel stop` checks it).
     app.on_before_exit(|app: App| async move {
-        tracing::info!(server = app.id(), clients = app.client_count(), "before exit");
+        tracing::info!(
+            server = app.id(),
+            clients = app.client_count(),
+            "before exit"
+        );
     });
 
     // `kennel send status`: rooms and players of a chat server, clients of a connector;
@@ -198,10 +202,16 @@ pub fn setup(app: &App) {
         let rooms = r.clone();
         async move {
             match args.first().map(String::as_str) {
-                Some("status") if app.is_frontend() => Ok(format!("clients={}", app.client_count())),
+                Some("status") if app.is_frontend() => {
+                    Ok(format!("clients={}", app.client_count()))
+                }
                 Some("status") => {
                     let r = rooms.lock().unwrap();
-                    Ok(format!("rooms={} players={}", r.rooms.len(), r.members.len()))
+                    Ok(format!(
+                        "rooms={} players={}",
+                        r.rooms.len(),
+                        r.members.len()
+                    ))
                 }
                 Some("echo") => Ok(args[1..].join(" ")),
                 _ => Err(format!("unknown command {args:?} (try: status, echo ...)")),
