@@ -84,7 +84,7 @@ fn read_pid_file(path: &Path) -> Option<(u32, u64)> {
 
 /// Whether `/proc/<pid>/cmdline` holds `--id <id>` as two consecutive arguments, or, for a
 /// launcher (`ssh host "cd dir && bin --id <id> ..."`), inside one argument.
-fn runs_as(pid: u32, id: &str) -> bool {
+pub(crate) fn runs_as(pid: u32, id: &str) -> bool {
     let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
         return false;
     };

@@ -692,8 +692,10 @@ impl Supervisor {
     }
 
     /// Why process `pid` may not register as server `i`: a server this master starts may
-    /// only register from the process it started (or one in that process's group, e.g. a
-    /// wrapper script's child); a duplicate started by hand is refused with a hint.
+    /// not register while the master has no process for it, nor from another process of
+    /// this machine running as it (`--id <id>`) outside the group the master started (a copy
+    /// started by hand); both are refused with a hint. A pid that is not such a process (a
+    /// container's own pid namespace, a wrapper) is accepted while the master's process runs.
     pub(crate) fn check_registering_pid(&self, i: usize, pid: u32) -> Result<(), String> {
         let slot = &self.slots[i];
         let id = &slot.config.id;
@@ -704,7 +706,10 @@ impl Supervisor {
         match (&slot.launch, slot.proc) {
             (Launch::External, _) | (Launch::Remote(_), Proc::Running { .. }) => Ok(()),
             (Launch::Local(_), Proc::Running { pid: mine, .. }) => {
-                if pid == mine || procfs::process_group(pid) == Some(mine) {
+                if pid == mine
+                    || procfs::process_group(pid) == Some(mine)
+                    || !procfs::runs_as(pid, id)
+                {
                     Ok(())
                 } else {
                     Err(format!(
