@@ -186,6 +186,39 @@ pub fn setup(app: &App) {
         }
     });
 
+    // Graceful stop: runs on SIGTERM while the server still serves (`kennel stop` checks it).
+    app.on_before_exit(|app: App| async move {
+        tracing::info!(
+            server = app.id(),
+            clients = app.client_count(),
+            "before exit"
+        );
+    });
+
+    // `kennel send status`: rooms and players of a chat server, clients of a connector;
+    // `kennel send echo ...` echoes; anything else is an error.
+    let r = rooms.clone();
+    app.on_cli_send(move |app: App, args: Vec<String>| {
+        let rooms = r.clone();
+        async move {
+            match args.first().map(String::as_str) {
+                Some("status") if app.is_frontend() => {
+                    Ok(format!("clients={}", app.client_count()))
+                }
+                Some("status") => {
+                    let r = rooms.lock().unwrap();
+                    Ok(format!(
+                        "rooms={} players={}",
+                        r.rooms.len(),
+                        r.members.len()
+                    ))
+                }
+                Some("echo") => Ok(args[1..].join(" ")),
+                _ => Err(format!("unknown command {args:?} (try: status, echo ...)")),
+            }
+        }
+    });
+
     // When a player disconnects, its chat server drops it from its room.
     app.on_client_off(|app: App, s: Session| async move {
         let (Some(uid), Some(sid)) = (s.uid(), s.get::<String>("chatServerId")) else {

@@ -11,7 +11,11 @@ use std::process::ExitCode;
 mod game;
 
 fn main() -> ExitCode {
-    let is_server = std::env::args().any(|a| a == "--id" || a.starts_with("--id="));
+    // A server is started with flags only (`--id x --env e`); `chat-demo send --id x ...` is
+    // the CLI.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let is_server = args.first().is_some_and(|a| a.starts_with('-'))
+        && args.iter().any(|a| a == "--id" || a.starts_with("--id="));
     if !is_server {
         return kennel_master::cli_main_with(kennel_master::Defaults {
             dir: Some(PathBuf::from(env!("CARGO_MANIFEST_DIR"))),

@@ -373,8 +373,14 @@ fn route_notes_are_kept() {
         r#"["connector.main.login", {"route": "onChat", "note": "a chat message"}, {"route": "chat.main.send"}]"#,
     )]);
     let p = kennel_config::Project::load(dir.path(), "development").unwrap();
-    assert_eq!(p.routes, ["connector.main.login", "onChat", "chat.main.send"]);
-    assert_eq!(p.route_notes, [None, Some("a chat message".to_string()), None]);
+    assert_eq!(
+        p.routes,
+        ["connector.main.login", "onChat", "chat.main.send"]
+    );
+    assert_eq!(
+        p.route_notes,
+        [None, Some("a chat message".to_string()), None]
+    );
 }
 
 #[test]

@@ -1,5 +1,5 @@
-//! The `kennel` command line (clap): `start`, `list`, `stop`, `logs`, `restart`, `remove`,
-//! `config`; the entry points
+//! The `kennel` command line (clap): `start` (foreground or `--daemon`), `list`, `stop`,
+//! `logs`, `restart`, `remove`, `send`, `config`; the entry points
 //! [`cli_main`] and [`cli_main_with`]; tracing setup. This is the binary's logic, so it uses
 //! `anyhow`; every failure ends as one `kennel: ...` line on stderr and exit code 1.
 
@@ -27,6 +27,8 @@ const STOP_WAIT: Duration = Duration::from_secs(60);
 const POLL: Duration = Duration::from_millis(100);
 /// `list --watch` redraw period.
 const WATCH_PERIOD: Duration = Duration::from_secs(1);
+/// The daemon master's own log, in the logs directory.
+const MASTER_LOG: &str = "master.log";
 
 /// Defaults an application binary gives the master CLI (see [`cli_main_with`]).
 #[derive(Debug, Clone, Default)]
@@ -92,6 +94,26 @@ enum Command {
         #[arg(long, default_value_t = 60)]
         timeout: u64,
     },
+    /// Send a command to servers; each answers through its `App::on_cli_send` handler.
+    Send {
+        #[command(flatten)]
+        target: TargetArgs,
+        /// Only these servers (comma-separated or repeated; ranges like `chat-server-1~3`).
+        #[arg(long = "id", value_delimiter = ',')]
+        ids: Vec<String>,
+        /// Only servers of these types (comma-separated or repeated).
+        #[arg(long = "type", value_delimiter = ',')]
+        types: Vec<String>,
+        /// Seconds to wait for the answers.
+        #[arg(long, default_value_t = 5.0)]
+        timeout: f64,
+        /// Print a JSON array instead of lines.
+        #[arg(long)]
+        json: bool,
+        /// The command and its arguments, as the servers get them.
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Stop servers and do not restart them (`kennel start <id>` starts them again).
     #[command(group = clap::ArgGroup::new("what").required(true).multiple(true).args(["ids", "types"]))]
     Remove {
@@ -141,6 +163,20 @@ struct StartArgs {
     /// Binary for every server, overriding `bin` in the config.
     #[arg(long)]
     bin: Option<PathBuf>,
+    /// Run the master in the background (own session, output in logs/master.log); return
+    /// once every server it starts has registered, or fail with the reason.
+    #[arg(long)]
+    daemon: bool,
+    /// With --daemon: seconds to wait for the cluster to be up.
+    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    wait: u64,
+    /// Servers this master never starts: they are started by hand or by another supervisor
+    /// and register by themselves (comma-separated or repeated; ranges allowed).
+    #[arg(long, value_delimiter = ',', value_name = "IDS")]
+    external: Vec<String>,
+    /// The daemon's own master process (set by --daemon): no log echo.
+    #[arg(long, hide = true)]
+    detached: bool,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -158,10 +194,10 @@ struct StartCmd {
 #[derive(Debug, Clone, Args)]
 struct MasterArgs {
     /// Master host [default: the project's master host]
-    #[arg(long)]
+    #[arg(long, env = "KENNEL_MASTER_HOST")]
     host: Option<String>,
     /// Master port [default: the project's master port]
-    #[arg(long)]
+    #[arg(long, env = "KENNEL_MASTER_PORT")]
     port: Option<u16>,
     /// CLI secret [default: resolved from the project: cliSecret or .kennel/secrets.json]
     #[arg(long, env = "KENNEL_CLI_SECRET", hide_env_values = true)]
@@ -231,7 +267,7 @@ fn main_with(defaults: Option<Defaults>) -> ExitCode {
         }
     };
     init_logging(
-        if matches!(&command, Command::Start(s) if s.ids.is_empty()) {
+        if matches!(&command, Command::Start(s) if s.ids.is_empty() && !s.start.daemon) {
             "info"
         } else {
             "warn"
@@ -272,7 +308,13 @@ fn init_logging(default: &str) {
 
 async fn execute(command: Command, defaults: &Defaults) -> Result<ExitCode> {
     match command {
+        Command::Start(cmd) if cmd.ids.is_empty() && cmd.start.daemon => {
+            start_daemon(cmd.start, defaults).await
+        }
         Command::Start(cmd) if cmd.ids.is_empty() => start(cmd.start, defaults).await,
+        Command::Start(cmd) if cmd.start.daemon => {
+            anyhow::bail!("--daemon starts a whole cluster: give no server ids")
+        }
         Command::Start(cmd) => {
             let target = TargetArgs {
                 project: cmd.start.project,
@@ -298,6 +340,14 @@ async fn execute(command: Command, defaults: &Defaults) -> Result<ExitCode> {
             timeout,
         } => restart(target, ids, Duration::from_secs(timeout), defaults).await,
         Command::Remove { target, ids, types } => remove(target, ids, types, defaults).await,
+        Command::Send {
+            target,
+            ids,
+            types,
+            timeout,
+            json,
+            args,
+        } => send(target, ids, types, timeout, json, args, defaults).await,
         Command::Config { project, bin, json } => config(project, bin, json, defaults),
     }
 }
@@ -351,9 +401,208 @@ async fn start(args: StartArgs, defaults: &Defaults) -> Result<ExitCode> {
 
     let mut opts = StartOptions::new(project, secrets);
     opts.bin = bin;
+    opts.external = expand_ids(&args.external)?;
+    opts.echo_logs = !args.detached;
     run(opts, listener, shutdown)
         .await
         .context("cannot start the cluster")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `kennel start --daemon`: starts `kennel start --detached` in a session of its own with its
+/// output in `logs/master.log`, then waits until every server it starts has registered.
+/// Fails (exit 1) with the reason when the master exits during startup (its last log lines),
+/// when a server is crash-looping, or after `--wait` seconds; in the last two cases the
+/// master keeps running (servers it adopted keep serving players), and the message says so.
+async fn start_daemon(args: StartArgs, defaults: &Defaults) -> Result<ExitCode> {
+    let project = load_project(&args.project, defaults)?;
+    // Generated here (development) so the daemon and this process share them.
+    let secrets = Secrets::resolve(&project, true).context("cannot resolve the secrets")?;
+    let addr = host_port(&project.master.host, project.master.port);
+    if MasterClient::dial(&addr).await.is_ok() {
+        anyhow::bail!(
+            "something already listens on the master port {addr} (a running master? `kennel list`)"
+        );
+    }
+    let logs_dir = project.dir.join(LOGS_DIR);
+    std::fs::create_dir_all(&logs_dir)
+        .with_context(|| format!("cannot create {}", logs_dir.display()))?;
+    let log_path = logs_dir.join(MASTER_LOG);
+    let log = crate::logs::open_log(&log_path)
+        .with_context(|| format!("cannot open {}", log_path.display()))?;
+    let log_err = log.try_clone()?;
+    let from = crate::logs::current_len(&log_path);
+
+    let exe = std::env::current_exe().context("cannot find this program's path")?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("start")
+        .arg("--dir")
+        .arg(&project.dir)
+        .arg("--env")
+        .arg(&project.env)
+        .arg("--detached");
+    if let Some(b) = args.bin.or_else(|| defaults.bin.clone()) {
+        cmd.arg("--bin")
+            .arg(std::path::absolute(&b).with_context(|| format!("--bin {}", b.display()))?);
+    }
+    for id in expand_ids(&args.external)? {
+        cmd.arg("--external").arg(id);
+    }
+    cmd.current_dir(&project.dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(log)
+        .stderr(log_err);
+    {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: setsid is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::unistd::setsid()
+                    .map(|_| ())
+                    .map_err(std::io::Error::from)
+            });
+        }
+    }
+    let mut child = cmd.spawn().context("cannot start the master")?;
+    let pid = child.id();
+    out(&format!(
+        "kennel: master {} starting in the background (pid {pid}, log {})\n",
+        project.master.id,
+        log_path.display()
+    ));
+
+    let keeps_running = format!(
+        "the master keeps running (pid {pid}): `kennel list` to look, `kennel stop` to stop it"
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(args.wait);
+    let mut master: Option<MasterClient> = None;
+    let mut last_rows = Vec::new();
+    loop {
+        if let Some(status) = child.try_wait()? {
+            let tail = crate::logs::last_lines(&log_path, 5).unwrap_or_default();
+            let since: Vec<String> = if crate::logs::current_len(&log_path) > from {
+                tail
+            } else {
+                Vec::new()
+            };
+            let reason = since
+                .iter()
+                .rev()
+                .find(|l| l.starts_with("kennel: "))
+                .map(|l| l.trim_start_matches("kennel: ").to_owned())
+                .unwrap_or_else(|| since.join(" | "));
+            anyhow::bail!("the master exited during startup ({status}): {reason}");
+        }
+        if master.is_none() {
+            match MasterClient::connect(&addr, &secrets.cli).await {
+                Ok(m) => master = Some(m),
+                Err(crate::ClientError::Unreachable { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if let Some(m) = master.as_mut() {
+            let reply = m.list().await?;
+            last_rows = rows(&reply);
+            if reply.ready {
+                break;
+            }
+            if let Some(r) = last_rows.iter().find(|r| r.state == "crashloop") {
+                anyhow::bail!(
+                    "{} is crash-looping (see {}); {keeps_running}",
+                    r.id,
+                    crate::logs::log_path(&logs_dir, &r.id).display()
+                );
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let missing: Vec<String> = last_rows
+                .iter()
+                .filter(|r| !r.external && r.state != "running")
+                .map(|r| format!("{} ({})", r.id, r.state))
+                .collect();
+            anyhow::bail!(
+                "the cluster is not up after {} s{}; {keeps_running}",
+                args.wait,
+                if missing.is_empty() {
+                    String::new()
+                } else {
+                    format!(": not registered: {}", missing.join(", "))
+                }
+            );
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    // The master's own readiness lines, as it printed them.
+    let printed = std::fs::read(&log_path).unwrap_or_default();
+    let printed = String::from_utf8_lossy(&printed[(from as usize).min(printed.len())..]);
+    for line in printed.lines().filter(|l| {
+        l.starts_with("kennel: cluster ready") || l.starts_with("kennel: clients connect to")
+    }) {
+        out(&format!("{line}\n"));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `kennel send`: prints each server's answer (`id: reply`), error or timeout; exit code 1
+/// when any server did not answer successfully.
+async fn send(
+    target: TargetArgs,
+    ids: Vec<String>,
+    types: Vec<String>,
+    timeout: f64,
+    json: bool,
+    args: Vec<String>,
+    defaults: &Defaults,
+) -> Result<ExitCode> {
+    if !(timeout > 0.0 && timeout <= 120.0) {
+        anyhow::bail!("--timeout must be more than 0 and at most 120 seconds");
+    }
+    let ids = expand_ids(&ids)?;
+    let mut master = connect(&target, defaults).await?;
+    let reply = master
+        .send(&ids, &types, &args, Duration::from_secs_f64(timeout))
+        .await?;
+    let failed = reply.results.iter().filter(|r| !r.ok).count();
+    if json {
+        let rows: Vec<serde_json::Value> = reply
+            .results
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "id": r.id,
+                    "ok": r.ok,
+                    "reply": r.ok.then_some(&r.reply),
+                    "error": (!r.ok).then_some(&r.error),
+                    "timedOut": r.timed_out,
+                })
+            })
+            .collect();
+        out(&format!("{}\n", serde_json::to_string_pretty(&rows)?));
+    } else {
+        let mut text = String::new();
+        for r in &reply.results {
+            let body = if r.ok {
+                r.reply.clone()
+            } else if r.timed_out {
+                r.error.clone()
+            } else {
+                format!("error: {}", r.error)
+            };
+            let mut lines = body.lines();
+            text.push_str(&format!("{}: {}\n", r.id, lines.next().unwrap_or_default()));
+            for l in lines {
+                text.push_str(&format!("  {l}\n"));
+            }
+        }
+        out(&text);
+    }
+    if failed > 0 {
+        eprintln!(
+            "kennel: {failed} of {} servers did not answer successfully",
+            reply.results.len()
+        );
+        return Ok(ExitCode::FAILURE);
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -607,7 +856,7 @@ async fn logs(
         );
     }
     let from = crate::logs::current_len(&path);
-    let last = match crate::logs::last_lines(&path, lines) {
+    let last = match crate::logs::last_log_lines(&path, lines) {
         Ok(l) => l,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && follow => Vec::new(),
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
@@ -638,6 +887,8 @@ struct ConfigRow {
     bin: Option<String>,
     args: Vec<String>,
     restart: String,
+    /// `local`, `remote` (through the launcher) or `external`.
+    launch: String,
 }
 
 fn config(
@@ -648,9 +899,17 @@ fn config(
 ) -> Result<ExitCode> {
     let project = load_project(&args, defaults)?;
     let bin = bin.or_else(|| defaults.bin.clone());
+    let this_host = crate::launch::ThisHost::detect();
     let mut rows = Vec::new();
     for s in &project.servers {
         let policy = RestartPolicy::of(s)?;
+        let launch = if crate::policy::is_external(s)? {
+            "external"
+        } else if this_host.is_local(&s.host) {
+            "local"
+        } else {
+            "remote"
+        };
         rows.push(ConfigRow {
             id: s.id.clone(),
             server_type: s.server_type.clone(),
@@ -664,6 +923,7 @@ fn config(
                 .map(|b| b.display().to_string()),
             args: s.args.clone(),
             restart: policy.name().to_owned(),
+            launch: launch.to_owned(),
         });
     }
     if json {
@@ -683,6 +943,7 @@ fn config(
         "HOST",
         "PORT",
         "CLIENT_PORT",
+        "LAUNCH",
         "RESTART",
         "BIN",
         "ARGS",
@@ -697,6 +958,7 @@ fn config(
                 r.port.to_string(),
                 r.client_port
                     .map_or_else(|| "-".to_owned(), |p| p.to_string()),
+                r.launch.clone(),
                 r.restart.clone(),
                 r.bin.clone().unwrap_or_else(|| "-".to_owned()),
                 r.args.join(" "),

@@ -17,7 +17,7 @@ use kennel_proto::auth::{self, AuthError};
 use kennel_proto::frame::{AUTH_MAX_FRAME, DEFAULT_MAX_FRAME, ProtoCodec, length_codec};
 use kennel_proto::msg::{
     CliRequest, CliResponse, ListReply, ListRequest, RemoveRequest, RestartRequest, Role,
-    StartRequest, StopRequest, cli_request, cli_response,
+    SendReply, SendRequest, StartRequest, StopRequest, cli_request, cli_response,
 };
 use tokio::net::TcpStream;
 use tokio::time::timeout;
@@ -98,10 +98,20 @@ impl MasterClient {
         &self.addr
     }
 
-    /// Sends one request and returns the master's answer (an `error` answer is an `Err`).
+    /// Sends one request and returns the master's answer (an `error` answer is an `Err`),
+    /// waiting at most [`REQUEST_TIMEOUT`].
     pub async fn request(
         &mut self,
         cmd: cli_request::Cmd,
+    ) -> Result<cli_response::Msg, ClientError> {
+        self.request_within(cmd, REQUEST_TIMEOUT).await
+    }
+
+    /// Like [`MasterClient::request`], waiting at most `within`.
+    pub async fn request_within(
+        &mut self,
+        cmd: cli_request::Cmd,
+        within: Duration,
     ) -> Result<cli_response::Msg, ClientError> {
         let addr = self.addr.clone();
         let link_err = |source| ClientError::Link {
@@ -129,12 +139,35 @@ impl MasterClient {
                 Some(Ok(CliResponse { msg: Some(m) })) => Ok(m),
             }
         };
-        match timeout(REQUEST_TIMEOUT, exchange).await {
+        match timeout(within, exchange).await {
             Ok(r) => r,
             Err(_) => Err(ClientError::Timeout {
                 addr: self.addr.clone(),
-                secs: REQUEST_TIMEOUT.as_secs(),
+                secs: within.as_secs(),
             }),
+        }
+    }
+
+    /// `kennel send`: the master forwards `args` to servers `ids` and every server of
+    /// `types` (neither: every server) and returns each one's answer, error or timeout
+    /// (`wait`, at most 120 s).
+    pub async fn send(
+        &mut self,
+        ids: &[String],
+        types: &[String],
+        args: &[String],
+        wait: Duration,
+    ) -> Result<SendReply, ClientError> {
+        let timeout_ms = u32::try_from(wait.as_millis()).unwrap_or(u32::MAX);
+        let cmd = cli_request::Cmd::Send(SendRequest {
+            ids: ids.to_vec(),
+            types: types.to_vec(),
+            args: args.to_vec(),
+            timeout_ms,
+        });
+        match self.request_within(cmd, wait + REQUEST_TIMEOUT).await? {
+            cli_response::Msg::Send(r) => Ok(r),
+            other => Err(self.unexpected(other)),
         }
     }
 

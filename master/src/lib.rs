@@ -6,8 +6,8 @@
 //!   port and keeps every server's view of the cluster current, restarts crashed servers with
 //!   backoff, answers the CLI, and stops everything gracefully on shutdown.
 //! - [`MasterClient`] is the CLI's side of the master port.
-//! - [`cli_main`] / [`cli_main_with`] are the `kennel` command line (`start`, `list`, `stop`,
-//!   `logs`, `restart`, `remove`, `config`).
+//! - [`cli_main`] / [`cli_main_with`] are the `kennel` command line (`start [--daemon]`,
+//!   `list`, `stop`, `logs`, `restart`, `remove`, `send`, `config`).
 //!
 //! Decisions (where the design is silent):
 //! - Servers get `KENNEL_SERVER_SECRET` (never `KENNEL_CLI_SECRET`) and
@@ -28,10 +28,24 @@
 //!   `remove` and `start <ids>` override them for one server.
 //! - `kennel restart` waits, per server, until the master shows it running with a new pid
 //!   and a live master link (re-registered) before restarting the next one.
+//! - Logs rotate by copy-truncate (the servers keep their `O_APPEND` descriptor); see
+//!   `docs/operations.md`.
+//! - `kennel start --daemon` re-runs the binary as `start --detached` in its own session
+//!   (output in `logs/master.log`) and polls the CLI port until the master reports every
+//!   server it starts registered (`ListReply.ready`); on a crash loop or timeout it fails but
+//!   leaves the master running (it may have adopted servers that serve players).
+//! - A server on another host is started through the launcher template (`ssh` by default) and
+//!   stopped through the remote-signal template with the pid it registered with.
+//! - External servers (`"external": true` or `--external`) are never started or signalled;
+//!   a server the master starts may register only from the process it started (or its
+//!   process group): a hand-started copy is refused with a hint.
+//! - `kennel send` is forwarded as `Command` messages over the master links; the CLI task
+//!   waits for the `CommandReply`s (bounded), so the event loop never waits.
 //!
 //! Modules: `master` (event loop, stop sequence, CLI requests), `supervisor` (processes,
-//! policies, adoption), `policy`, `procfs` (pid files, `/proc`, pidfd), `sampler` (rss/cpu),
-//! `registry` (master links), `listener` (accept + auth), `logs` (log files and their echo),
+//! policies, adoption), `launch` (local vs remote hosts, launcher templates), `policy`,
+//! `procfs` (pid files, `/proc`, pidfd), `sampler` (rss/cpu), `registry` (master links,
+//! reports, `send` commands), `listener` (accept + auth), `logs` (log files, rotation, echo),
 //! `client`, `table` (`list` output), `cli` (clap), `backoff`, `console` (stdout lines),
 //! `error`, `scaffold` (`kennel init`), `codegen` (`kennel cmd`).
 
@@ -41,6 +55,7 @@ mod client;
 pub mod codegen;
 mod console;
 mod error;
+mod launch;
 mod listener;
 mod logs;
 mod master;

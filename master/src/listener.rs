@@ -5,7 +5,7 @@
 //!   must be `Register` (within [`REGISTER_TIMEOUT`]); the event loop admits or refuses it;
 //!   then `Ping`s are answered with `Pong`s until the link drops.
 //! - `Role::Cli` (CLI secret): `CliRequest`s (`list`, `stop`, `restart`, `remove`,
-//!   `start`), each answered by one
+//!   `start`, `send`), each answered by one
 //!   `CliResponse`. After `stop` the link stays open until the cluster has stopped, so the
 //!   CLI can wait for the master to close it.
 //!
@@ -18,8 +18,8 @@ use futures_util::{SinkExt, StreamExt};
 use kennel_proto::auth;
 use kennel_proto::frame::{AUTH_MAX_FRAME, DEFAULT_MAX_FRAME, ProtoCodec, length_codec};
 use kennel_proto::msg::{
-    CliRequest, CliResponse, FromMaster, Hello, Pong, RegisterError, Role, ToMaster, cli_request,
-    cli_response, from_master, to_master,
+    CliRequest, CliResponse, FromMaster, Hello, Pong, RegisterError, Role, SendReply, SendRequest,
+    SendResult, ToMaster, cli_request, cli_response, from_master, to_master,
 };
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
@@ -39,6 +39,8 @@ pub(crate) const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
 const LINK_QUEUE: usize = 1024;
 /// Largest CLI request accepted.
 const CLI_MAX_FRAME: usize = 64 * 1024;
+/// Longest `kennel send` timeout honoured.
+pub(crate) const MAX_SEND_TIMEOUT_MS: u32 = 120_000;
 
 type ServerLink = Framed<TcpStream, ProtoCodec<ToMaster, FromMaster>>;
 type CliLink = Framed<TcpStream, ProtoCodec<CliRequest, CliResponse>>;
@@ -242,6 +244,36 @@ async fn server_link(mut link: ServerLink, authenticated: String, shared: &Share
             Some(Ok(ToMaster {
                 msg: Some(to_master::Msg::Register(_)),
             })) => warn!(server = %id, "ignoring a second Register on a live link"),
+            Some(Ok(ToMaster {
+                msg: Some(to_master::Msg::Report(r)),
+            })) => {
+                let ev = Event::Report {
+                    id: id.clone(),
+                    link_id,
+                    clients: r.clients,
+                };
+                if shared.events.send(ev).await.is_err() {
+                    break;
+                }
+            }
+            Some(Ok(ToMaster {
+                msg: Some(to_master::Msg::CommandReply(r)),
+            })) => {
+                let result = if r.error.is_empty() {
+                    Ok(r.reply)
+                } else {
+                    Err(r.error)
+                };
+                let ev = Event::CommandReply {
+                    id: id.clone(),
+                    link_id,
+                    seq: r.seq,
+                    result,
+                };
+                if shared.events.send(ev).await.is_err() {
+                    break;
+                }
+            }
             Some(Ok(other)) => debug!(server = %id, ?other, "ignoring unknown message"),
             Some(Err(e)) => {
                 if shared.stop.is_cancelled() {
@@ -317,6 +349,9 @@ async fn cli_link(mut link: CliLink, shared: &Shared) {
                 let (reply, rx) = oneshot::channel();
                 ask(shared, Event::Start { ids: r.ids, reply }, rx).await
             }
+            Some(Ok(CliRequest {
+                cmd: Some(cli_request::Cmd::Send(r)),
+            })) => send(shared, r).await,
             Some(Ok(CliRequest { cmd: None })) => cli_response::Msg::Error(
                 "unknown command (is the CLI newer than the master?)".into(),
             ),
@@ -325,6 +360,52 @@ async fn cli_link(mut link: CliLink, shared: &Shared) {
             return;
         }
     }
+}
+
+/// `kennel send`: the event loop sends the command to every target; this task waits for the
+/// answers (each bounded by the request's timeout) so the event loop never waits.
+async fn send(shared: &Shared, r: SendRequest) -> cli_response::Msg {
+    let (reply, rx) = oneshot::channel();
+    let ev = Event::Send {
+        ids: r.ids,
+        types: r.types,
+        args: r.args,
+        reply,
+    };
+    if shared.events.send(ev).await.is_err() {
+        return cli_response::Msg::Error("the master is stopping".to_owned());
+    }
+    let targets = match rx.await {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => return cli_response::Msg::Error(e),
+        Err(_) => return cli_response::Msg::Error("the master is stopping".to_owned()),
+    };
+    let wait = Duration::from_millis(u64::from(r.timeout_ms.clamp(1, MAX_SEND_TIMEOUT_MS)));
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut results = Vec::with_capacity(targets.len());
+    for (id, answer) in targets {
+        let mut out = SendResult {
+            id,
+            ..Default::default()
+        };
+        match answer {
+            Err(why) => out.error = why,
+            Ok(rx) => match tokio::time::timeout_at(deadline, rx).await {
+                Ok(Ok(Ok(text))) => {
+                    out.ok = true;
+                    out.reply = text;
+                }
+                Ok(Ok(Err(e))) => out.error = e,
+                Ok(Err(_)) => out.error = "its master link closed before it answered".to_owned(),
+                Err(_) => {
+                    out.timed_out = true;
+                    out.error = format!("timed out after {:.1} s", wait.as_secs_f64());
+                }
+            },
+        }
+        results.push(out);
+    }
+    cli_response::Msg::Send(SendReply { results })
 }
 
 /// Hands a CLI request to the event loop and turns its answer into a response.

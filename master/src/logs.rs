@@ -1,9 +1,19 @@
-//! Server log files (`<project>/logs/<id>.log`) and their echo on the master's stdout.
+//! Server log files (`<project>/logs/<id>.log`), their size-capped rotation, and their echo
+//! on the master's stdout.
 //!
 //! A server's stdout and stderr are the log file itself (opened `O_APPEND | O_CREAT`), never a
-//! pipe to the master, so a server never dies on a dead pipe when the master is gone. In the
-//! foreground the master *tails* each file: a task per server reads the bytes appended since
-//! the last look every [`TAIL_INTERVAL`] and prints each complete line as `[<id>] <line>`.
+//! pipe to the master, so a server never blocks or dies on a dead pipe when the master is
+//! gone, and keeps logging while no master runs. In the foreground the master *tails* each
+//! file: a task per server reads the bytes appended since the last look every
+//! [`TAIL_INTERVAL`] and prints each complete line as `[<id>] <line>`.
+//!
+//! Rotation is *copy-truncate* (logrotate's `copytruncate`), because the server's descriptor
+//! cannot be swapped from outside: every [`ROTATE_INTERVAL`] the master looks at each
+//! `logs/*.log`; one that reached `maxBytes` is copied to `<id>.log.1` (older copies shift to
+//! `.2` .. `.<keep>`, the oldest is dropped) and truncated to 0. `O_APPEND` writers continue at
+//! the new end, so the file never has a hole. The copy is repeated until it has caught up with
+//! the file, then the file is truncated at once: only bytes written in that instant can be
+//! lost. While no master runs, nothing rotates (the file grows until a master starts).
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, SeekFrom};
@@ -15,6 +25,141 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::console::say;
+
+/// How often the master looks at the log files' sizes.
+pub(crate) const ROTATE_INTERVAL: Duration = Duration::from_secs(1);
+/// Default size at which a log file is rotated.
+pub(crate) const DEFAULT_MAX_BYTES: u64 = 10 * 1024 * 1024;
+/// Default number of rotated copies kept.
+pub(crate) const DEFAULT_KEEP: u32 = 5;
+
+/// How log files are rotated: master.json `"logs": {"maxBytes": 10485760, "keep": 5}`
+/// (`maxBytes: 0` turns rotation off).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Rotation {
+    /// Rotate a file once it holds this many bytes (0: never).
+    pub(crate) max_bytes: u64,
+    /// Rotated copies kept (`.1` newest .. `.<keep>` oldest), at least 1.
+    pub(crate) keep: u32,
+}
+
+impl Default for Rotation {
+    fn default() -> Self {
+        Rotation {
+            max_bytes: DEFAULT_MAX_BYTES,
+            keep: DEFAULT_KEEP,
+        }
+    }
+}
+
+impl Rotation {
+    /// The rotation of `master` (key `logs` of master.json), defaults filling what is unset.
+    pub(crate) fn of(master: &kennel_config::MasterConfig) -> Result<Rotation, crate::MasterError> {
+        let mut r = Rotation::default();
+        let Some(v) = master.extra.get("logs") else {
+            return Ok(r);
+        };
+        let bad = |what: &str| crate::MasterError::Setting {
+            what: format!("master.json logs: {what}"),
+        };
+        let obj = v
+            .as_object()
+            .ok_or_else(|| bad("must be an object like {\"maxBytes\": 10485760, \"keep\": 5}"))?;
+        for (key, value) in obj {
+            let n = value
+                .as_u64()
+                .ok_or_else(|| bad(&format!("{key} must be a non-negative integer")))?;
+            match key.as_str() {
+                "maxBytes" => r.max_bytes = n,
+                "keep" => {
+                    r.keep = u32::try_from(n)
+                        .ok()
+                        .filter(|k| (1..=1000).contains(k))
+                        .ok_or_else(|| bad("keep must be between 1 and 1000"))?;
+                }
+                other => return Err(bad(&format!("unknown key {other:?}"))),
+            }
+        }
+        Ok(r)
+    }
+}
+
+/// The `n`-th rotated copy of `path` (`<path>.<n>`).
+pub(crate) fn rotated(path: &Path, n: u32) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".{n}"));
+    PathBuf::from(name)
+}
+
+/// Rotates `path` if it holds at least `rotation.max_bytes`; returns whether it did.
+pub(crate) fn rotate_if_full(path: &Path, rotation: Rotation) -> io::Result<bool> {
+    if rotation.max_bytes == 0 || current_len(path) < rotation.max_bytes {
+        return Ok(false);
+    }
+    for n in (1..rotation.keep).rev() {
+        match std::fs::rename(rotated(path, n), rotated(path, n + 1)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    copy_truncate(path, &rotated(path, 1))?;
+    Ok(true)
+}
+
+/// Copies `path` to `to` until the copy has caught up with writers, then truncates `path`.
+fn copy_truncate(path: &Path, to: &Path) -> io::Result<()> {
+    use std::io::Seek;
+    let mut src = OpenOptions::new().read(true).write(true).open(path)?;
+    let mut dst = File::create(to)?;
+    let mut copied = 0u64;
+    loop {
+        src.seek(SeekFrom::Start(copied))?;
+        let n = io::copy(&mut src, &mut dst)?;
+        copied += n;
+        if n == 0 || src.metadata()?.len() <= copied {
+            break;
+        }
+    }
+    src.set_len(0)?;
+    Ok(())
+}
+
+/// Rotates every full `*.log` file in `logs_dir` every [`ROTATE_INTERVAL`] until `stop`.
+pub(crate) async fn rotate_loop(logs_dir: PathBuf, rotation: Rotation, stop: CancellationToken) {
+    if rotation.max_bytes == 0 {
+        return;
+    }
+    let mut tick = tokio::time::interval(ROTATE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let dir = logs_dir.clone();
+        let _ = tokio::task::spawn_blocking(move || rotate_dir(&dir, rotation)).await;
+    }
+}
+
+/// One pass of [`rotate_loop`].
+pub(crate) fn rotate_dir(dir: &Path, rotation: Rotation) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        if path.extension().is_none_or(|x| x != "log") {
+            continue;
+        }
+        match rotate_if_full(&path, rotation) {
+            Ok(true) => tracing::info!(file = %path.display(), "log file rotated"),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(file = %path.display(), cause = %e, "cannot rotate the log file")
+            }
+        }
+    }
+}
 
 /// How often a tail looks for new bytes.
 pub(crate) const TAIL_INTERVAL: Duration = Duration::from_millis(100);
@@ -40,6 +185,19 @@ pub(crate) fn open_log(path: &Path) -> io::Result<File> {
 /// The current length of a file (0 when it does not exist).
 pub(crate) fn current_len(path: &Path) -> u64 {
     std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+}
+
+/// The last `n` lines of a log file, continuing into its newest rotated copy (`.1`) when the
+/// file itself holds fewer.
+pub(crate) fn last_log_lines(path: &Path, n: usize) -> io::Result<Vec<String>> {
+    let mut lines = last_lines(path, n)?;
+    if lines.len() < n
+        && let Ok(mut older) = last_lines(&rotated(path, 1), n - lines.len())
+    {
+        older.append(&mut lines);
+        lines = older;
+    }
+    Ok(lines)
 }
 
 /// The last `n` lines of a file (looking at most at its last 256 KiB).
@@ -113,9 +271,10 @@ impl Tail {
             return 0;
         };
         if len < self.pos {
-            // Truncated (or replaced): start over.
+            // Rotated (copied to `.1`, then truncated): print what was appended before the
+            // rotation from the copy, then start over on the file.
+            self.finish_rotated().await;
             self.pos = 0;
-            self.partial.clear();
         }
         if len == self.pos || file.seek(SeekFrom::Start(self.pos)).await.is_err() {
             return 0;
@@ -128,6 +287,26 @@ impl Tail {
         self.pos += n as u64;
         self.feed(&buf);
         n as u64
+    }
+
+    /// Prints the bytes of the rotated copy `.1` beyond `pos` (those the file held when it
+    /// was rotated and this tail had not read yet), and any unterminated line.
+    async fn finish_rotated(&mut self) {
+        if let Ok(mut old) = tokio::fs::File::open(rotated(&self.path, 1)).await
+            && old.metadata().await.is_ok_and(|m| m.len() >= self.pos)
+            && old.seek(SeekFrom::Start(self.pos)).await.is_ok()
+        {
+            let mut buf = Vec::new();
+            if (&mut old)
+                .take(MAX_READ)
+                .read_to_end(&mut buf)
+                .await
+                .is_ok()
+            {
+                self.feed(&buf);
+            }
+        }
+        self.flush_partial();
     }
 
     fn feed(&mut self, bytes: &[u8]) {
@@ -156,5 +335,86 @@ impl Tail {
             String::from_utf8_lossy(line)
         ));
         self.partial.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn rotation_settings() {
+        let mut m = kennel_config::MasterConfig {
+            id: "m".into(),
+            host: "127.0.0.1".into(),
+            port: 1,
+            bin: None,
+            server_secret: None,
+            cli_secret: None,
+            extra: serde_json::Map::new(),
+        };
+        assert_eq!(Rotation::of(&m).unwrap(), Rotation::default());
+        m.extra.insert(
+            "logs".into(),
+            serde_json::json!({"maxBytes": 100, "keep": 2}),
+        );
+        assert_eq!(
+            Rotation::of(&m).unwrap(),
+            Rotation {
+                max_bytes: 100,
+                keep: 2
+            }
+        );
+        for bad in [
+            serde_json::json!({"keep": 0}),
+            serde_json::json!({"maxBytes": -1}),
+            serde_json::json!({"size": 1}),
+            serde_json::json!(3),
+        ] {
+            m.extra.insert("logs".into(), bad.clone());
+            let e = Rotation::of(&m).unwrap_err().to_string();
+            assert!(e.starts_with("master.json logs: "), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn copy_truncate_keeps_the_writer_appending() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.log");
+        // The "server": one O_APPEND descriptor kept open across rotations.
+        let mut w = open_log(&path).unwrap();
+        let rot = Rotation {
+            max_bytes: 10,
+            keep: 2,
+        };
+        for round in 0..4 {
+            writeln!(w, "round {round} line").unwrap();
+            assert!(rotate_if_full(&path, rot).unwrap());
+            assert_eq!(current_len(&path), 0);
+        }
+        writeln!(w, "after").unwrap();
+        // Appends land at the start of the truncated file, not after a hole.
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "after\n");
+        assert_eq!(
+            std::fs::read_to_string(rotated(&path, 1)).unwrap(),
+            "round 3 line\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(rotated(&path, 2)).unwrap(),
+            "round 2 line\n"
+        );
+        assert!(!rotated(&path, 3).exists(), "keep 2 keeps two copies");
+        // Under the cap: untouched.
+        assert!(!rotate_if_full(&path, rot).unwrap());
+        // The last lines continue into the rotated copy.
+        assert_eq!(last_log_lines(&path, 2).unwrap(), ["round 3 line", "after"]);
+        // Off.
+        writeln!(w, "0123456789").unwrap();
+        let off = Rotation {
+            max_bytes: 0,
+            keep: 2,
+        };
+        assert!(!rotate_if_full(&path, off).unwrap());
     }
 }

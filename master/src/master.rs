@@ -31,13 +31,15 @@ use tracing::{error, info, warn};
 
 use crate::MasterError;
 use crate::console::say;
+use crate::launch::{Launcher, ThisHost};
 use crate::listener::{self, Shared};
 use crate::logs;
 use crate::policy::CrashLoop;
 use crate::procfs::RUN_DIR;
+use crate::registry::Answer;
 use crate::registry::Registry;
 use crate::sampler::Sampler;
-use crate::supervisor::{Exit, Proc, SpawnEnv, Supervisor, resolve_bin, resolve_bins};
+use crate::supervisor::{Exit, Launch, Proc, SpawnEnv, Supervisor, plan, plan_one};
 
 /// Where server logs go, relative to the project directory.
 pub const LOGS_DIR: &str = "logs";
@@ -67,6 +69,9 @@ pub struct StartOptions {
     /// Start the configured servers (`false`: only accept registrations, e.g. when servers
     /// are started by another supervisor).
     pub spawn: bool,
+    /// Servers never started by this master, in addition to those whose entry says
+    /// `"external": true`: they are started by hand or by another supervisor and register.
+    pub external: Vec<String>,
     /// Echo each server's log file on stdout as `[<id>] <line>`.
     pub echo_logs: bool,
     /// Bound on the stop sequence before remaining servers are SIGKILLed.
@@ -83,6 +88,7 @@ impl StartOptions {
             secrets,
             bin: None,
             spawn: true,
+            external: Vec::new(),
             echo_logs: true,
             stop_timeout: DEFAULT_STOP_TIMEOUT,
             frontend_stop_timeout: DEFAULT_FRONTEND_STOP_TIMEOUT,
@@ -132,7 +138,31 @@ pub(crate) enum Event {
         ids: Vec<String>,
         reply: oneshot::Sender<Result<String, String>>,
     },
+    /// A server reported its client count.
+    Report {
+        id: String,
+        link_id: u64,
+        clients: u32,
+    },
+    /// A server answered a `kennel send` command.
+    CommandReply {
+        id: String,
+        link_id: u64,
+        seq: u64,
+        result: Result<String, String>,
+    },
+    /// The CLI asks to send a command to servers (by id and type; neither: every server).
+    /// The reply lists each target with what to wait on, or why there is nothing to wait on.
+    Send {
+        ids: Vec<String>,
+        types: Vec<String>,
+        args: Vec<String>,
+        reply: oneshot::Sender<Result<SendTargets, String>>,
+    },
 }
+
+/// Each target of a `kennel send`: its answer to wait for, or why it gets none.
+pub(crate) type SendTargets = Vec<(String, Result<Answer, String>)>;
 
 /// Runs a master on `listener` until `shutdown` is cancelled or a CLI asks it to stop: spawns
 /// the servers (unless `opts.spawn` is false), accepts registrations and CLI links, restarts
@@ -152,6 +182,7 @@ pub async fn run(
         secrets,
         bin,
         spawn,
+        mut external,
         echo_logs,
         stop_timeout,
         frontend_stop_timeout,
@@ -162,18 +193,26 @@ pub async fn run(
         project.dir = dir;
     }
 
-    let bins: Vec<Option<PathBuf>> = if spawn {
-        resolve_bins(&project, bin.as_deref())?
-            .into_iter()
-            .map(Some)
-            .collect()
-    } else {
-        vec![None; project.servers.len()]
-    };
+    if let Some(id) = external.iter().find(|id| project.server(id).is_none()) {
+        return Err(MasterError::Setting {
+            what: format!(
+                "--external {id}: unknown server id (not in the {:?} config of {})",
+                project.env,
+                project.dir.display()
+            ),
+        });
+    }
+    if !spawn {
+        external = project.servers.iter().map(|s| s.id.clone()).collect();
+    }
+    let this_host = ThisHost::detect();
+    let launches = plan(&project, bin.as_deref(), &external, &this_host)?;
+    let launcher = Launcher::of(&project.master)?;
     let crash_loop = CrashLoop::of(&project.master)?;
+    let rotation = logs::Rotation::of(&project.master)?;
     let logs_dir = project.dir.join(LOGS_DIR);
     let run_dir = project.dir.join(RUN_DIR);
-    if spawn && !project.servers.is_empty() {
+    if launches.iter().any(|l| *l != Launch::External) {
         std::fs::create_dir_all(&logs_dir).map_err(|source| MasterError::Logs {
             path: logs_dir.clone(),
             source,
@@ -204,12 +243,19 @@ pub async fn run(
         tracker: tracker.clone(),
     });
     tracker.spawn(listener::accept_loop(listener, shared));
+    // Log rotation runs as long as the master does (it ends with the links).
+    tokio::spawn(logs::rotate_loop(logs_dir.clone(), rotation, conns.clone()));
 
     // Cancelled after the last child is reaped: tails read once more and end.
     let tails_stop = CancellationToken::new();
     let tails = TaskTracker::new();
-    if spawn && echo_logs {
-        for s in &project.servers {
+    if echo_logs {
+        for (s, _) in project
+            .servers
+            .iter()
+            .zip(&launches)
+            .filter(|(_, l)| **l != Launch::External)
+        {
             let path = logs::log_path(&logs_dir, &s.id);
             let from = logs::current_len(&path);
             tails.spawn(logs::tail(s.id.clone(), path, from, tails_stop.clone()));
@@ -225,12 +271,13 @@ pub async fn run(
     };
     let supervisor = Supervisor::new(
         &project.servers,
-        bins,
+        launches,
         &logs_dir,
         &run_dir,
         spawn_env,
         crash_loop,
         stop_timeout,
+        launcher,
         events_tx,
     )?;
     let sampler = Sampler::start(conns.clone());
@@ -250,7 +297,9 @@ pub async fn run(
         stopping: false,
         spawn,
         bin,
-        echo: (spawn && echo_logs).then(|| (tails.clone(), tails_stop.clone())),
+        external,
+        this_host,
+        echo: echo_logs.then(|| (tails.clone(), tails_stop.clone())),
         logs_dir,
     };
     let adopted = core.supervisor.start_all();
@@ -306,6 +355,10 @@ struct Core {
     spawn: bool,
     /// Binary overriding the configured ones (for servers added by `kennel start <id>`).
     bin: Option<PathBuf>,
+    /// Ids external by the command line (`--external`).
+    external: Vec<String>,
+    /// Tells local hosts from remote ones.
+    this_host: ThisHost,
     /// Where new servers' log echo tasks go, when logs are echoed.
     echo: Option<(TaskTracker, CancellationToken)>,
     logs_dir: PathBuf,
@@ -364,13 +417,97 @@ impl Core {
             Event::Start { ids, reply } => {
                 let _ = reply.send(self.start(&ids));
             }
+            Event::Report {
+                id,
+                link_id,
+                clients,
+            } => self.registry.report(&id, link_id, clients),
+            Event::CommandReply {
+                id,
+                link_id,
+                seq,
+                result,
+            } => self.registry.command_reply(&id, link_id, seq, result),
+            Event::Send {
+                ids,
+                types,
+                args,
+                reply,
+            } => {
+                let _ = reply.send(self.send(&ids, &types, &args));
+            }
         }
     }
 
-    /// Tells the sampler which processes run now.
+    /// `kennel send`: the targets (every configured server when no id or type is given),
+    /// each sent the command if registered. Unknown ids or types fail the whole request.
+    fn send(
+        &mut self,
+        ids: &[String],
+        types: &[String],
+        args: &[String],
+    ) -> Result<SendTargets, String> {
+        let mut slots = self.slots_of(ids, types)?;
+        if ids.is_empty() && types.is_empty() {
+            slots = (0..self.project.servers.len()).collect();
+        }
+        Ok(slots
+            .into_iter()
+            .map(|i| {
+                let id = self.project.servers[i].id.clone();
+                let answer = self.registry.command(&id, args).ok_or_else(|| {
+                    format!(
+                        "not registered (state {})",
+                        self.state_of(i, self.registry.get(&id).is_some())
+                    )
+                });
+                (id, answer)
+            })
+            .collect())
+    }
+
+    /// The slots named by `ids` and `types` (sorted, deduplicated); an unknown id or type is
+    /// the one-line error.
+    fn slots_of(&self, ids: &[String], types: &[String]) -> Result<Vec<usize>, String> {
+        let mut slots = Vec::new();
+        for id in ids {
+            slots.push(self.slot_of(id)?);
+        }
+        for t in types {
+            let of_type: Vec<usize> = (0..self.project.servers.len())
+                .filter(|&i| self.project.servers[i].server_type == *t)
+                .collect();
+            if of_type.is_empty() {
+                return Err(format!(
+                    "unknown server type {t:?} (types: {})",
+                    self.project.server_types().join(", ")
+                ));
+            }
+            slots.extend(of_type);
+        }
+        slots.sort_unstable();
+        slots.dedup();
+        Ok(slots)
+    }
+
+    /// Tells the sampler which processes run now: local servers, and external ones that
+    /// registered from this machine.
     fn update_sampler(&self) {
-        self.sampler
-            .set_pids(self.supervisor.running().map(|(_, pid)| pid).collect());
+        let mut pids: Vec<u32> = self
+            .supervisor
+            .running()
+            .filter(|(i, _)| matches!(self.supervisor.slots[*i].launch, Launch::Local(_)))
+            .map(|(_, pid)| pid)
+            .collect();
+        for slot in &self.supervisor.slots {
+            if slot.launch == Launch::External
+                && let Some(link) = self.registry.get(&slot.config.id)
+                && self.this_host.is_known_local(&slot.config.host)
+            {
+                pids.push(link.info.pid);
+            }
+        }
+        self.sampler.set_pids(pids);
     }
 
     fn refuse_while_stopping(&self) -> Result<(), String> {
@@ -402,24 +539,7 @@ impl Core {
     /// `kennel remove <ids> --type <types>`: checks every name first, then removes.
     fn remove(&mut self, ids: &[String], types: &[String]) -> Result<String, String> {
         self.refuse_while_stopping()?;
-        let mut slots = Vec::new();
-        for id in ids {
-            slots.push(self.slot_of(id)?);
-        }
-        for t in types {
-            let of_type: Vec<usize> = (0..self.project.servers.len())
-                .filter(|&i| self.project.servers[i].server_type == *t)
-                .collect();
-            if of_type.is_empty() {
-                return Err(format!(
-                    "unknown server type {t:?} (types: {})",
-                    self.project.server_types().join(", ")
-                ));
-            }
-            slots.extend(of_type);
-        }
-        slots.sort_unstable();
-        slots.dedup();
+        let slots = self.slots_of(ids, types)?;
         let said: Vec<String> = slots
             .into_iter()
             .map(|i| self.supervisor.remove(i))
@@ -450,20 +570,28 @@ impl Core {
                         self.project.dir.display()
                     )
                 })?;
-                let bin = resolve_bin(&fresh, s, self.bin.as_deref()).map_err(|e| e.to_string())?;
+                let launch = plan_one(
+                    &fresh,
+                    s,
+                    self.bin.as_deref(),
+                    &self.external,
+                    &self.this_host,
+                )
+                .map_err(|e| e.to_string())?;
                 crate::policy::RestartPolicy::of(s).map_err(|e| e.to_string())?;
-                new.push((s.clone(), bin));
+                new.push((s.clone(), launch));
             }
         }
-        for (s, bin) in new {
+        for (s, launch) in new {
             let id = s.id.clone();
+            let external = launch == Launch::External;
             let i = self
                 .supervisor
-                .add(s.clone(), Some(bin))
+                .add(s.clone(), launch)
                 .map_err(|e| e.to_string())?;
             self.index.insert(id.clone(), i);
             self.registry.add(id.clone());
-            if let Some((tails, stop)) = &self.echo {
+            if let Some((tails, stop)) = self.echo.as_ref().filter(|_| !external) {
                 let path = logs::log_path(&self.logs_dir, &id);
                 let from = logs::current_len(&path);
                 tails.spawn(logs::tail(id.clone(), path, from, stop.clone()));
@@ -511,6 +639,7 @@ impl Core {
                 info.id
             ));
         }
+        self.supervisor.check_registering_pid(i, info.pid)?;
         Ok(i)
     }
 
@@ -536,24 +665,52 @@ impl Core {
                     self.registry.remove(&id, link_id);
                     return;
                 }
-                self.supervisor.mark_registered(i);
+                self.supervisor.mark_registered(i, pid);
                 info!(server = %id, pid, "server registered");
                 self.check_ready();
             }
         }
     }
 
-    /// Prints the readiness lines once every configured server has registered.
+    /// Whether every server this master starts has registered at least once (external ones
+    /// are not waited for: they may be started later, by hand or another supervisor).
+    fn is_ready(&self) -> bool {
+        self.supervisor
+            .slots
+            .iter()
+            .filter(|s| s.launch != Launch::External)
+            .all(|s| self.registry.registered_once(&s.config.id))
+    }
+
+    /// Prints the readiness lines once every server this master starts has registered.
     fn check_ready(&mut self) {
-        if self.ready || self.registry.registered_once() < self.project.servers.len() {
+        if self.ready || !self.is_ready() {
             return;
         }
         self.ready = true;
-        say(format_args!(
-            "kennel: cluster ready: {} servers registered in {} ms",
-            self.project.servers.len(),
-            self.started.elapsed().as_millis()
-        ));
+        let waiting: Vec<&str> = self
+            .supervisor
+            .slots
+            .iter()
+            .filter(|s| {
+                s.launch == Launch::External && !self.registry.registered_once(&s.config.id)
+            })
+            .map(|s| s.config.id.as_str())
+            .collect();
+        let registered = self.project.servers.len() - waiting.len();
+        if waiting.is_empty() {
+            say(format_args!(
+                "kennel: cluster ready: {registered} servers registered in {} ms",
+                self.started.elapsed().as_millis()
+            ));
+        } else {
+            say(format_args!(
+                "kennel: cluster ready: {registered} servers registered in {} ms \
+                 (external, not registered yet: {})",
+                self.started.elapsed().as_millis(),
+                waiting.join(", ")
+            ));
+        }
         for s in self.project.servers.iter().filter(|s| s.frontend) {
             if let Some(port) = s.client_port {
                 say(format_args!(
@@ -564,66 +721,99 @@ impl Core {
         }
     }
 
-    /// The server table for `kennel list`.
+    /// The state `kennel list` shows for slot `i` (`linked`: its master link is live).
+    fn state_of(&self, i: usize, linked: bool) -> &'static str {
+        match self.supervisor.slots[i].proc {
+            Proc::Running {
+                registered,
+                signalled,
+                ..
+            } => {
+                if signalled {
+                    "stopping"
+                } else if linked {
+                    "running"
+                } else if registered {
+                    "unlinked"
+                } else {
+                    "starting"
+                }
+            }
+            Proc::Restarting => "restarting",
+            Proc::Exited => "exited",
+            Proc::CrashLoop => "crashloop",
+            Proc::Removed => "removed",
+            Proc::Unmanaged if linked => "external",
+            Proc::Unmanaged => "down",
+        }
+    }
+
+    /// The server table for `kennel list`. The pid of a remote server is the one it
+    /// registered with (on its host); its resources are not sampled.
     fn list(&self) -> ListReply {
         let servers = self
             .supervisor
             .slots
             .iter()
-            .map(|slot| {
+            .enumerate()
+            .map(|(i, slot)| {
                 let link = self.registry.get(&slot.config.id);
-                let mut adopted_now = false;
-                let (state, pid, uptime) = match (slot.proc, link) {
-                    (
-                        Proc::Running {
-                            pid,
-                            since,
-                            registered,
-                            signalled,
-                            adopted,
-                        },
-                        _,
-                    ) => {
-                        adopted_now = adopted;
-                        let state = if signalled {
-                            "stopping"
-                        } else if link.is_some() {
-                            "running"
-                        } else if registered {
-                            "unlinked"
+                let state = self.state_of(i, link.is_some());
+                let remote = matches!(slot.launch, Launch::Remote(_));
+                let (pid, uptime, adopted, local_pid) = match slot.proc {
+                    Proc::Running {
+                        pid,
+                        since,
+                        adopted,
+                        ..
+                    } => {
+                        if remote {
+                            (
+                                link.map_or(0, |l| l.info.pid),
+                                since.elapsed(),
+                                adopted,
+                                None,
+                            )
                         } else {
-                            "starting"
-                        };
-                        (state, pid, since.elapsed())
+                            (pid, since.elapsed(), adopted, Some(pid))
+                        }
                     }
-                    (Proc::Restarting, _) => ("restarting", 0, Duration::ZERO),
-                    (Proc::Exited, _) => ("exited", 0, Duration::ZERO),
-                    (Proc::CrashLoop, _) => ("crashloop", 0, Duration::ZERO),
-                    (Proc::Removed, _) => ("removed", 0, Duration::ZERO),
-                    (Proc::Unmanaged, Some(l)) => ("external", l.info.pid, l.since.elapsed()),
-                    (Proc::Unmanaged, None) => ("down", 0, Duration::ZERO),
+                    Proc::Unmanaged => match link {
+                        Some(l) => (
+                            l.info.pid,
+                            l.since.elapsed(),
+                            false,
+                            self.this_host
+                                .is_known_local(&slot.config.host)
+                                .then_some(l.info.pid),
+                        ),
+                        None => (0, Duration::ZERO, false, None),
+                    },
+                    _ => (0, Duration::ZERO, false, None),
                 };
                 let info = link
                     .map(|l| l.info.clone())
                     .unwrap_or_else(|| config_info(&slot.config, pid));
-                let usage = if matches!(slot.proc, Proc::Running { .. }) {
-                    self.sampler.usage(pid)
-                } else {
-                    Default::default()
-                };
+                let usage = local_pid.map(|p| self.sampler.usage(p)).unwrap_or_default();
                 ServerStatus {
                     info: Some(info),
                     state: state.to_owned(),
                     pid,
                     uptime_ms: u64::try_from(uptime.as_millis()).unwrap_or(u64::MAX),
                     restarts: slot.restarts,
-                    adopted: adopted_now,
+                    adopted,
                     rss_bytes: usage.rss,
                     cpu_percent: usage.cpu,
+                    clients: link.and_then(|l| l.clients),
+                    remote,
+                    external: slot.launch == Launch::External,
                 }
             })
             .collect();
-        ListReply { servers }
+        ListReply {
+            servers,
+            ready: self.is_ready(),
+        }
     }
 
     /// Processes events until no server (of one kind, when `frontend` is given) is running,

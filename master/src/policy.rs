@@ -4,6 +4,8 @@
 //!   (default `always`); every server the entry expands to gets it, so it is set per type or
 //!   per server by where it is written. `on-failure` does not restart a server that exited
 //!   with status 0; an adopted server's exit status is unknown and counts as a failure.
+//! - a server entry's `"external": true`: the master never starts it (see
+//!   [`crate::supervisor`]);
 //! - `crashLoop: {"restarts": 5, "windowSecs": 60}` in `master.json`: a server that would be
 //!   restarted while it has already been restarted `restarts` times within the last
 //!   `windowSecs` seconds is not restarted: it is marked `crashloop` (`kennel start <id>` or
@@ -54,6 +56,17 @@ impl RestartPolicy {
             RestartPolicy::OnFailure => "on-failure",
             RestartPolicy::Never => "never",
         }
+    }
+}
+
+/// Whether `server` is external (key `"external": true` of its entry): started by hand or by
+/// another supervisor, never by the master.
+pub(crate) fn is_external(server: &ServerConfig) -> Result<bool, MasterError> {
+    match server.extra.get("external") {
+        None => Ok(false),
+        Some(v) => v.as_bool().ok_or_else(|| MasterError::Setting {
+            what: format!("server {}: \"external\" must be true or false", server.id),
+        }),
     }
 }
 
@@ -136,6 +149,10 @@ mod tests {
         );
         let err = RestartPolicy::of(&server(json!({"restart": "sometimes"}))).unwrap_err();
         assert!(err.to_string().contains("server s-1"), "{err}");
+        assert!(!is_external(&server(json!({}))).unwrap());
+        assert!(is_external(&server(json!({"external": true}))).unwrap());
+        let err = is_external(&server(json!({"external": "yes"}))).unwrap_err();
+        assert!(err.to_string().contains("\"external\" must be"), "{err}");
     }
 
     #[test]

@@ -49,6 +49,12 @@ pub(crate) fn start_time(pid: u32) -> Option<u64> {
     stat_field(&fields, 22)
 }
 
+/// The process group of `pid` (field 5 of `/proc/<pid>/stat`).
+pub(crate) fn process_group(pid: u32) -> Option<u32> {
+    let fields = stat_fields(pid).ok()?;
+    u32::try_from(stat_field(&fields, 5)?).ok()
+}
+
 /// Writes the pid file of a just-spawned server. Best effort: a failure is returned for the
 /// caller to log.
 pub(crate) fn write_pid_file(path: &Path, pid: u32) -> io::Result<()> {
@@ -76,14 +82,28 @@ fn read_pid_file(path: &Path) -> Option<(u32, u64)> {
     Some((pid, start))
 }
 
-/// Whether `/proc/<pid>/cmdline` holds `--id <id>` as two consecutive arguments.
-fn runs_as(pid: u32, id: &str) -> bool {
+/// Whether `/proc/<pid>/cmdline` holds `--id <id>` as two consecutive arguments, or, for a
+/// launcher (`ssh host "cd dir && bin --id <id> ..."`), inside one argument.
+pub(crate) fn runs_as(pid: u32, id: &str) -> bool {
     let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
         return false;
     };
     let args: Vec<&[u8]> = raw.split(|b| *b == 0).collect();
+    let quoted = shlex::try_quote(id)
+        .map(|q| q.into_owned())
+        .unwrap_or_default();
+    let inline = format!("--id {quoted}");
     args.windows(2)
         .any(|w| w[0] == b"--id" && w[1] == id.as_bytes())
+        || args.iter().any(|a| {
+            let a = String::from_utf8_lossy(a);
+            a.match_indices(&inline).any(|(at, m)| {
+                a[at + m.len()..]
+                    .chars()
+                    .next()
+                    .is_none_or(char::is_whitespace)
+            })
+        })
 }
 
 /// A live server process found through its pid file.

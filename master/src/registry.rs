@@ -7,6 +7,8 @@
 //! master -> others : Add {info}
 //! ...
 //! server -> master : Ping {seq}        master -> server : Pong {seq}
+//! server -> master : Report {clients}   (every second)
+//! master -> server : Command {seq, args}   server -> master : CommandReply {seq, ..}
 //! (link drops)     master -> others : Remove {id}
 //! ```
 //!
@@ -16,8 +18,11 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
-use kennel_proto::msg::{AddServer, FromMaster, RemoveServer, ServerInfo, ServerList, from_master};
+use kennel_proto::msg::{
+    AddServer, Command, FromMaster, RemoveServer, ServerInfo, ServerList, from_master,
+};
 use tokio::sync::mpsc::{self, error::TrySendError};
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
@@ -35,7 +40,15 @@ pub(crate) struct Link {
     /// Cancelled to close the link (by the registry when the link falls behind, or by the
     /// link's own task when the socket ends).
     close: CancellationToken,
+    /// Connected clients, as last reported by the server.
+    pub(crate) clients: Option<u32>,
+    /// `kennel send` commands waiting for this server's reply, by seq. Dropped (the waiter
+    /// sees the link close) with the link.
+    pending: HashMap<u64, oneshot::Sender<Result<String, String>>>,
 }
+
+/// What a `kennel send` waits on for one server.
+pub(crate) type Answer = oneshot::Receiver<Result<String, String>>;
 
 /// The live links, by server id.
 #[derive(Debug)]
@@ -46,6 +59,7 @@ pub(crate) struct Registry {
     /// Ids that registered at least once (for the readiness line).
     ever: HashSet<String>,
     next_link_id: u64,
+    next_seq: u64,
 }
 
 impl Registry {
@@ -56,6 +70,7 @@ impl Registry {
             links: HashMap::new(),
             ever: HashSet::new(),
             next_link_id: 1,
+            next_seq: 1,
         }
     }
 
@@ -71,9 +86,50 @@ impl Registry {
         self.links.get(id)
     }
 
-    /// How many distinct servers have registered at least once.
-    pub(crate) fn registered_once(&self) -> usize {
-        self.ever.len()
+    /// Whether server `id` has registered at least once.
+    pub(crate) fn registered_once(&self, id: &str) -> bool {
+        self.ever.contains(id)
+    }
+
+    /// Records the client count server `id` reported on link `link_id`.
+    pub(crate) fn report(&mut self, id: &str, link_id: u64, clients: u32) {
+        if let Some(l) = self.links.get_mut(id).filter(|l| l.link_id == link_id) {
+            l.clients = Some(clients);
+        }
+    }
+
+    /// Sends `args` to server `id` as a `kennel send` command; the answer arrives on the
+    /// returned receiver (an `Err` receive: the link closed first). `None`: not registered.
+    pub(crate) fn command(&mut self, id: &str, args: &[String]) -> Option<Answer> {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let link = self.links.get_mut(id)?;
+        let (tx, rx) = oneshot::channel();
+        link.pending.insert(seq, tx);
+        let msg = from_master::Msg::Command(Command {
+            seq,
+            args: args.to_vec(),
+        });
+        send(link, msg);
+        Some(rx)
+    }
+
+    /// Hands server `id`'s reply to command `seq` to its waiter.
+    pub(crate) fn command_reply(
+        &mut self,
+        id: &str,
+        link_id: u64,
+        seq: u64,
+        result: Result<String, String>,
+    ) {
+        if let Some(tx) = self
+            .links
+            .get_mut(id)
+            .filter(|l| l.link_id == link_id)
+            .and_then(|l| l.pending.remove(&seq))
+        {
+            let _ = tx.send(result);
+        }
     }
 
     /// Records a new link (the caller checked the id is configured and not live), sends it the
@@ -96,6 +152,8 @@ impl Registry {
                 since: Instant::now(),
                 tx,
                 close,
+                clients: None,
+                pending: HashMap::new(),
             },
         );
         let list = ServerList {

@@ -10,6 +10,12 @@
 //! group is SIGKILLed. Nothing ties a server's life to the master's: servers outlive a crashed
 //! master.
 //!
+//! Remote servers (a `host` that is not this machine, see [`crate::launch`]) are started
+//! through the launcher command instead (its process stands for the server), and signalled
+//! through the remote-signal command with the pid they registered with. External servers
+//! (`"external": true`, `kennel start --external <ids>`) are never started, restarted or
+//! signalled: they only register.
+//!
 //! Re-adoption: every spawned server gets a pid file `.kennel/run/<id>.pid` (pid and start
 //! time), removed when its exit is seen. At start the master adopts, instead of spawning, each
 //! server whose pid file names a live process with the same start time and `--id <id>` on its
@@ -36,10 +42,25 @@ use tracing::{error, info, warn};
 
 use crate::MasterError;
 use crate::backoff::Backoff;
+use crate::launch::{Launcher, ThisHost};
 use crate::logs;
 use crate::master::Event;
 use crate::policy::{CrashLoop, RestartPolicy};
 use crate::procfs::{self, Adoptable};
+
+/// How long a remote-signal command may run.
+const REMOTE_SIGNAL_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How the master starts a server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Launch {
+    /// Never: it is started by hand or by another supervisor, and only registers.
+    External,
+    /// `bin` on this machine.
+    Local(PathBuf),
+    /// `bin` on another host, through the launcher command.
+    Remote(PathBuf),
+}
 
 /// How many lines of a crash-looping server's log the master logs.
 const CRASH_LOG_LINES: usize = 10;
@@ -119,8 +140,10 @@ impl Exit {
 #[derive(Debug)]
 pub(crate) struct Slot {
     pub(crate) config: ServerConfig,
-    /// The binary to run; `None` for unmanaged servers.
-    bin: Option<PathBuf>,
+    /// How it is started.
+    pub(crate) launch: Launch,
+    /// The pid it registered with since its last start (the remote pid for remote servers).
+    registered_pid: Option<u32>,
     log: PathBuf,
     pid_file: PathBuf,
     pub(crate) proc: Proc,
@@ -154,38 +177,52 @@ pub(crate) struct Supervisor {
     crash_loop: CrashLoop,
     /// How long `restart`/`remove` wait after SIGTERM before SIGKILL.
     kill_after: Duration,
+    /// Starts and signals remote servers.
+    launcher: Launcher,
     events: mpsc::Sender<Event>,
     /// Cancelled by [`Supervisor::stop_restarting`]: ends pending timers. Owned here.
     restarts_stop: CancellationToken,
 }
 
-/// The binary each server runs: `override_bin` if given, else its configured one; checked to
-/// exist and be executable.
-pub(crate) fn resolve_bins(
+/// How each server is started (see [`plan_one`]).
+pub(crate) fn plan(
     project: &Project,
     override_bin: Option<&Path>,
-) -> Result<Vec<PathBuf>, MasterError> {
+    external: &[String],
+    this_host: &ThisHost,
+) -> Result<Vec<Launch>, MasterError> {
     project
         .servers
         .iter()
-        .map(|s| resolve_bin(project, s, override_bin))
+        .map(|s| plan_one(project, s, override_bin, external, this_host))
         .collect()
 }
 
-/// The binary server `s` runs (see [`resolve_bins`]).
-pub(crate) fn resolve_bin(
+/// How server `s` is started: not at all when it is external (config key or `external`),
+/// else its binary (`override_bin` if given, else its configured one) here or, when its host
+/// is another machine, through the launcher. A local binary is checked to exist and be
+/// executable; a remote one is not (it lives on the other host).
+pub(crate) fn plan_one(
     project: &Project,
     s: &ServerConfig,
     override_bin: Option<&Path>,
-) -> Result<PathBuf, MasterError> {
+    external: &[String],
+    this_host: &ThisHost,
+) -> Result<Launch, MasterError> {
+    if crate::policy::is_external(s)? || external.contains(&s.id) {
+        return Ok(Launch::External);
+    }
     let path = match override_bin {
         Some(b) => b.to_path_buf(),
         None => project
             .server_bin(s)
             .ok_or_else(|| MasterError::NoBinary { id: s.id.clone() })?,
     };
+    if !this_host.is_local(&s.host) {
+        return Ok(Launch::Remote(path));
+    }
     check_bin(&s.id, &path)?;
-    Ok(path)
+    Ok(Launch::Local(path))
 }
 
 fn check_bin(id: &str, path: &Path) -> Result<(), MasterError> {
@@ -204,6 +241,18 @@ fn check_bin(id: &str, path: &Path) -> Result<(), MasterError> {
     }
 }
 
+/// A short name for a process state (for messages).
+fn state_name(p: Proc) -> &'static str {
+    match p {
+        Proc::Unmanaged => "external",
+        Proc::Running { .. } => "running",
+        Proc::Restarting => "restarting",
+        Proc::Exited => "exited",
+        Proc::CrashLoop => "crashloop",
+        Proc::Removed => "removed",
+    }
+}
+
 /// Sends `sig` to the process group led by `pid`. A group that no longer exists is not an error.
 fn signal_group(pid: u32, sig: Signal) {
     let Ok(raw) = i32::try_from(pid) else { return };
@@ -217,17 +266,18 @@ fn signal_group(pid: u32, sig: Signal) {
 }
 
 impl Supervisor {
-    /// A table of `servers`; `bins[i]` is the binary of `servers[i]` (`None`: unmanaged).
+    /// A table of `servers`; `launches[i]` says how `servers[i]` is started.
     /// Fails on an invalid `restart` policy.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         servers: &[ServerConfig],
-        bins: Vec<Option<PathBuf>>,
+        launches: Vec<Launch>,
         logs_dir: &Path,
         run_dir: &Path,
         spawn_env: SpawnEnv,
         crash_loop: CrashLoop,
         kill_after: Duration,
+        launcher: Launcher,
         events: mpsc::Sender<Event>,
     ) -> Result<Supervisor, MasterError> {
         let mut sup = Supervisor {
@@ -237,11 +287,12 @@ impl Supervisor {
             run_dir: run_dir.to_path_buf(),
             crash_loop,
             kill_after,
+            launcher,
             events,
             restarts_stop: CancellationToken::new(),
         };
-        for (config, bin) in servers.iter().zip(bins) {
-            sup.add(config.clone(), bin)?;
+        for (config, launch) in servers.iter().zip(launches) {
+            sup.add(config.clone(), launch)?;
         }
         Ok(sup)
     }
@@ -250,19 +301,20 @@ impl Supervisor {
     pub(crate) fn add(
         &mut self,
         config: ServerConfig,
-        bin: Option<PathBuf>,
+        launch: Launch,
     ) -> Result<usize, MasterError> {
         let policy = RestartPolicy::of(&config)?;
         self.slots.push(Slot {
             log: logs::log_path(&self.logs_dir, &config.id),
             pid_file: procfs::pid_file(&self.run_dir, &config.id),
-            proc: if bin.is_some() {
-                Proc::Restarting
-            } else {
+            proc: if launch == Launch::External {
                 Proc::Unmanaged
+            } else {
+                Proc::Restarting
             },
             config,
-            bin,
+            launch,
+            registered_pid: None,
             generation: 0,
             restarts: 0,
             backoff: Backoff::default(),
@@ -278,7 +330,7 @@ impl Supervisor {
     pub(crate) fn start_all(&mut self) -> Vec<String> {
         let mut adopted = Vec::new();
         for i in 0..self.slots.len() {
-            if self.slots[i].bin.is_none() {
+            if self.slots[i].launch == Launch::External {
                 continue;
             }
             let slot = &self.slots[i];
@@ -325,17 +377,38 @@ impl Supervisor {
         });
     }
 
-    fn command(&self, slot: &Slot, bin: &Path) -> io::Result<Command> {
+    fn command(&self, slot: &Slot) -> io::Result<Command> {
         let log = logs::open_log(&slot.log)?;
         let log_err = log.try_clone()?;
         let env = &self.spawn_env;
-        let mut cmd = Command::new(bin);
-        cmd.arg("--id")
-            .arg(&slot.config.id)
-            .arg("--env")
-            .arg(&env.env)
-            .args(&slot.config.args)
-            .current_dir(&env.dir)
+        let mut cmd = match &slot.launch {
+            Launch::Local(bin) => {
+                let mut cmd = Command::new(bin);
+                cmd.arg("--id")
+                    .arg(&slot.config.id)
+                    .arg("--env")
+                    .arg(&env.env)
+                    .args(&slot.config.args);
+                cmd
+            }
+            Launch::Remote(bin) => {
+                let argv = self.launcher.start_argv(
+                    &slot.config.host,
+                    &env.dir,
+                    bin,
+                    &slot.config.id,
+                    &env.env,
+                    &slot.config.args,
+                );
+                let mut cmd = Command::new(&argv[0]);
+                cmd.args(&argv[1..]);
+                cmd
+            }
+            Launch::External => {
+                return Err(io::Error::other("external servers are not started"));
+            }
+        };
+        cmd.current_dir(&env.dir)
             .env(SERVER_SECRET_ENV, &env.server_secret)
             .env_remove(CLI_SECRET_ENV)
             // Servers dial the address this master really listens on.
@@ -351,14 +424,14 @@ impl Supervisor {
 
     /// Spawns server `i` and a task that reports its exit; a failed spawn is retried later.
     fn spawn(&mut self, i: usize) {
-        let Some(bin) = self.slots[i].bin.clone() else {
-            return;
+        let bin = match &self.slots[i].launch {
+            Launch::External => return,
+            Launch::Local(b) | Launch::Remote(b) => b.clone(),
         };
-        let spawned = self
-            .command(&self.slots[i], &bin)
-            .and_then(|mut cmd| cmd.spawn());
+        let spawned = self.command(&self.slots[i]).and_then(|mut cmd| cmd.spawn());
         let slot = &mut self.slots[i];
         slot.on_exit = OnExit::Policy;
+        slot.registered_pid = None;
         let id = slot.config.id.clone();
         match spawned {
             Ok(mut child) => {
@@ -375,7 +448,12 @@ impl Supervisor {
                     warn!(server = %id, pid, cause = %e, path = %slot.pid_file.display(),
                         "cannot write the pid file: a new master could not adopt this server");
                 }
-                info!(server = %id, pid, bin = %bin.display(), "server started");
+                if matches!(slot.launch, Launch::Remote(_)) {
+                    info!(server = %id, launcher_pid = pid, host = %slot.config.host,
+                        bin = %bin.display(), "server launched on its host");
+                } else {
+                    info!(server = %id, pid, bin = %bin.display(), "server started");
+                }
                 let events = self.events.clone();
                 let generation = slot.generation;
                 tokio::spawn(async move {
@@ -473,7 +551,7 @@ impl Supervisor {
         }
         if slot.recent.len() >= crash_loop.restarts {
             slot.proc = Proc::CrashLoop;
-            let last = logs::last_lines(&slot.log, CRASH_LOG_LINES)
+            let last = logs::last_log_lines(&slot.log, CRASH_LOG_LINES)
                 .map(|lines| lines.join("\n    "))
                 .unwrap_or_else(|e| format!("(cannot read {}: {e})", slot.log.display()));
             error!(server = %id, pid, %status,
@@ -514,7 +592,8 @@ impl Supervisor {
         *signalled = true;
         slot.on_exit = then;
         info!(server = %slot.config.id, pid, "signalling server: SIGTERM");
-        signal_group(pid, Signal::SIGTERM);
+        self.signal_server(i, pid, Signal::SIGTERM);
+        let slot = &self.slots[i];
         let (events, generation, stop) = (
             self.events.clone(),
             slot.generation,
@@ -538,7 +617,7 @@ impl Supervisor {
         {
             warn!(server = %slot.config.id, pid, "still running {:.1} s after SIGTERM: SIGKILL",
                 self.kill_after.as_secs_f64());
-            signal_group(pid, Signal::SIGKILL);
+            self.signal_server(i, pid, Signal::SIGKILL);
         }
     }
 
@@ -548,7 +627,9 @@ impl Supervisor {
         let slot = &mut self.slots[i];
         let id = slot.config.id.clone();
         match slot.proc {
-            Proc::Unmanaged => Err(format!("{id} is not started by this master")),
+            Proc::Unmanaged => Err(format!(
+                "{id} is external (started by hand or by another supervisor): this master does not restart it"
+            )),
             Proc::Running { pid, .. } => {
                 self.terminate(i, OnExit::RestartNow);
                 Ok(format!("restarting {id} (pid {pid})"))
@@ -568,7 +649,7 @@ impl Supervisor {
         let slot = &mut self.slots[i];
         let id = slot.config.id.clone();
         match slot.proc {
-            Proc::Unmanaged => format!("{id} is not started by this master: left alone"),
+            Proc::Unmanaged => format!("{id} is external: left alone"),
             Proc::Running { pid, .. } => {
                 self.terminate(i, OnExit::Remove);
                 format!("removing {id} (pid {pid})")
@@ -588,7 +669,9 @@ impl Supervisor {
         let slot = &mut self.slots[i];
         let id = slot.config.id.clone();
         match slot.proc {
-            Proc::Unmanaged => Err(format!("{id} is not started by this master")),
+            Proc::Unmanaged => Err(format!(
+                "{id} is external (started by hand or by another supervisor): this master does not start it"
+            )),
             Proc::Running { pid, .. } => Ok(format!("{id} is already running (pid {pid})")),
             _ => {
                 slot.recent.clear();
@@ -599,10 +682,88 @@ impl Supervisor {
         }
     }
 
-    /// Server `i` registered over its master link.
-    pub(crate) fn mark_registered(&mut self, i: usize) {
-        if let Proc::Running { registered, .. } = &mut self.slots[i].proc {
+    /// Server `i` registered over its master link as process `pid`.
+    pub(crate) fn mark_registered(&mut self, i: usize, pid: u32) {
+        let slot = &mut self.slots[i];
+        if let Proc::Running { registered, .. } = &mut slot.proc {
             *registered = true;
+            slot.registered_pid = Some(pid);
+        }
+    }
+
+    /// Why process `pid` may not register as server `i`: a server this master starts may
+    /// not register while the master has no process for it, nor from another process of
+    /// this machine running as it (`--id <id>`) outside the group the master started (a copy
+    /// started by hand); both are refused with a hint. A pid that is not such a process (a
+    /// container's own pid namespace, a wrapper) is accepted while the master's process runs.
+    pub(crate) fn check_registering_pid(&self, i: usize, pid: u32) -> Result<(), String> {
+        let slot = &self.slots[i];
+        let id = &slot.config.id;
+        let hint = format!(
+            "to run {id} by hand or under another supervisor, set \"external\": true in its \
+             entry of servers.json or start the master with --external {id}"
+        );
+        match (&slot.launch, slot.proc) {
+            (Launch::External, _) | (Launch::Remote(_), Proc::Running { .. }) => Ok(()),
+            (Launch::Local(_), Proc::Running { pid: mine, .. }) => {
+                if pid == mine
+                    || procfs::process_group(pid) == Some(mine)
+                    || !procfs::runs_as(pid, id)
+                {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "{id} is started by this master (pid {mine}); pid {pid} is a duplicate \
+                         ({hint})"
+                    ))
+                }
+            }
+            (_, state) => Err(format!(
+                "{id} is started by this master and is not running now ({}); ({hint})",
+                state_name(state)
+            )),
+        }
+    }
+
+    /// Sends `sig` to running server `i` (process `pid`): to its process group here, or,
+    /// for a remote server that registered, through the remote-signal command (and, for
+    /// SIGKILL, to the launcher's group as well).
+    fn signal_server(&self, i: usize, pid: u32, sig: Signal) {
+        let slot = &self.slots[i];
+        let (Launch::Remote(_), Some(remote_pid)) = (&slot.launch, slot.registered_pid) else {
+            signal_group(pid, sig);
+            return;
+        };
+        let name = sig.as_str().trim_start_matches("SIG");
+        let argv = self
+            .launcher
+            .signal_argv(&slot.config.host, remote_pid, name);
+        let id = slot.config.id.clone();
+        info!(server = %id, remote_pid, host = %slot.config.host, ?argv, "signalling the remote server");
+        let log = logs::open_log(&slot.log);
+        tokio::spawn(async move {
+            let mut cmd = Command::new(&argv[0]);
+            cmd.args(&argv[1..]).stdin(Stdio::null()).kill_on_drop(true);
+            if let Ok(log) = log
+                && let Ok(err) = log.try_clone()
+            {
+                cmd.stdout(log).stderr(err);
+            }
+            match tokio::time::timeout(REMOTE_SIGNAL_TIMEOUT, cmd.status()).await {
+                Ok(Ok(s)) if s.success() => {}
+                Ok(Ok(s)) => {
+                    warn!(server = %id, ?argv, status = %s, "the remote signal command failed")
+                }
+                Ok(Err(e)) => {
+                    warn!(server = %id, ?argv, cause = %e, "cannot run the remote signal command")
+                }
+                Err(_) => {
+                    warn!(server = %id, ?argv, "the remote signal command did not finish in time")
+                }
+            }
+        });
+        if sig == Signal::SIGKILL {
+            signal_group(pid, sig);
         }
     }
 
@@ -651,7 +812,7 @@ impl Supervisor {
             .collect();
         for &(i, pid) in &targets {
             info!(server = %self.slots[i].config.id, pid, signal = %sig, "signalling server");
-            signal_group(pid, sig);
+            self.signal_server(i, pid, sig);
             if let Proc::Running { signalled, .. } = &mut self.slots[i].proc {
                 *signalled = true;
             }

@@ -14,9 +14,9 @@ pub struct ServerRow {
     #[serde(rename = "type")]
     pub server_type: String,
     /// `starting`, `running`, `unlinked`, `restarting`, `stopping`, `exited`, `crashloop`,
-    /// `removed`, `external` or `down`.
+    /// `removed`, `external` or `down` (external, not registered).
     pub state: String,
-    /// Process id, when running.
+    /// Process id, when running (on its own host for remote servers: see `remote`).
     pub pid: Option<u32>,
     /// Started by an earlier master and adopted by this one.
     pub adopted: bool,
@@ -28,6 +28,12 @@ pub struct ServerRow {
     pub uptime_ms: Option<u64>,
     /// How many times the master restarted it.
     pub restarts: u32,
+    /// Connected clients, as the server last reported (frontends; backends report 0).
+    pub clients: Option<u32>,
+    /// Started on another host through the launcher.
+    pub remote: bool,
+    /// Started by hand or by another supervisor, never by the master.
+    pub external: bool,
     /// RPC host.
     pub host: String,
     /// RPC port.
@@ -52,6 +58,9 @@ impl From<&ServerStatus> for ServerRow {
             cpu_percent: s.cpu_percent,
             uptime_ms: running.then_some(s.uptime_ms),
             restarts: s.restarts,
+            clients: s.clients,
+            remote: s.remote,
+            external: s.external,
             host: info.host,
             port: info.port,
             frontend: info.frontend,
@@ -93,13 +102,13 @@ pub fn format_bytes(bytes: u64) -> String {
     }
 }
 
-/// The rows as an aligned text table with a header: id, type, state, pid, rss, cpu%, uptime,
-/// restarts.
+/// The rows as an aligned text table with a header: id, type, state, pid (`pid@host` for a
+/// remote server), rss, cpu%, uptime, restarts, clients (frontends).
 pub fn render_table(rows: &[ServerRow]) -> String {
     let header = [
-        "ID", "TYPE", "STATE", "PID", "RSS", "CPU%", "UPTIME", "RESTARTS",
+        "ID", "TYPE", "STATE", "PID", "RSS", "CPU%", "UPTIME", "RESTARTS", "CLIENTS",
     ];
-    let cells: Vec<[String; 8]> = rows
+    let cells: Vec<[String; 9]> = rows
         .iter()
         .map(|r| {
             [
@@ -110,12 +119,20 @@ pub fn render_table(rows: &[ServerRow]) -> String {
                 } else {
                     r.state.clone()
                 },
-                r.pid.map_or_else(|| "-".to_owned(), |p| p.to_string()),
+                match r.pid {
+                    None => "-".to_owned(),
+                    Some(p) if r.remote => format!("{p}@{}", r.host),
+                    Some(p) => p.to_string(),
+                },
                 r.rss_bytes.map_or_else(|| "-".to_owned(), format_bytes),
                 r.cpu_percent
                     .map_or_else(|| "-".to_owned(), |c| format!("{c:.1}")),
                 r.uptime_ms.map_or_else(|| "-".to_owned(), format_uptime),
                 r.restarts.to_string(),
+                match r.clients {
+                    Some(n) if r.frontend => n.to_string(),
+                    _ => "-".to_owned(),
+                },
             ]
         })
         .collect();
@@ -188,6 +205,8 @@ mod tests {
                     adopted: false,
                     rss_bytes: Some(12_900_000),
                     cpu_percent: Some(1.25),
+                    clients: Some(17),
+                    ..Default::default()
                 },
                 ServerStatus {
                     info: Some(ServerInfo {
@@ -201,16 +220,32 @@ mod tests {
                     restarts: 3,
                     ..Default::default()
                 },
+                ServerStatus {
+                    info: Some(ServerInfo {
+                        id: "chat-server-2".into(),
+                        server_type: "chat".into(),
+                        host: "10.0.0.2".into(),
+                        ..Default::default()
+                    }),
+                    state: "running".into(),
+                    pid: 77,
+                    uptime_ms: 1_000,
+                    remote: true,
+                    clients: Some(0),
+                    ..Default::default()
+                },
             ],
+            ready: false,
         };
         let rows = rows(&reply);
         assert_eq!(rows[0].client_port, Some(4001));
         assert_eq!(rows[1].pid, None);
         let table = render_table(&rows);
         let expected = "\
-ID                  TYPE       STATE       PID   RSS    CPU%  UPTIME  RESTARTS
-connector-server-1  connector  running     4242  12.3M  1.2   1m05s   1
-chat-server-1       chat       restarting  -     -      -     -       3
+ID                  TYPE       STATE       PID          RSS    CPU%  UPTIME  RESTARTS  CLIENTS
+connector-server-1  connector  running     4242         12.3M  1.2   1m05s   1         17
+chat-server-1       chat       restarting  -            -      -     -       3         -
+chat-server-2       chat       running     77@10.0.0.2  -      -     1s      0         -
 ";
         assert_eq!(table, expected);
         let json = serde_json::to_value(&rows).unwrap();
@@ -220,5 +255,8 @@ chat-server-1       chat       restarting  -     -      -     -       3
         assert_eq!(json[0]["rssBytes"], 12_900_000);
         assert_eq!(json[0]["cpuPercent"], 1.25);
         assert_eq!(json[0]["adopted"], false);
+        assert_eq!(json[0]["clients"], 17);
+        assert_eq!(json[2]["remote"], true);
+        assert_eq!(json[2]["pid"], 77);
     }
 }

@@ -1,6 +1,7 @@
 //! Operating a running cluster with real processes: restart policies and crash loops,
-//! re-adoption of the servers after the master is SIGKILLed, and the operator commands
-//! (`restart`, `remove`, `start <id>`, `logs`, `config`, `list` resource columns).
+//! re-adoption of the servers after the master is SIGKILLed, log rotation under a server that
+//! keeps writing (through a master crash), and the operator commands (`restart`, `remove`,
+//! `start <id>`, `logs`, `config`, `list` resource columns).
 
 mod common;
 
@@ -153,6 +154,99 @@ fn a_new_master_adopts_the_servers_of_a_killed_one() {
             "{id}'s pid file is left"
         );
     }
+}
+
+/// Lines `line <n> ...` of a log, as numbers.
+fn numbers(text: &str) -> Vec<u64> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("line ")?.split(' ').next()?.parse().ok())
+        .collect()
+}
+
+#[test]
+fn logs_rotate_under_a_writing_server_and_it_outlives_the_master() {
+    let port = free_port();
+    let a = free_port();
+    let servers = format!(
+        r#"{{"spam": [{{"id": "spam-server-1", "host": "127.0.0.1", "port": {a}, "bin": "bin/spam.sh"}}]}}"#
+    );
+    let dir = project_with(port, &servers, r#", "logs": {"maxBytes": 8192, "keep": 2}"#);
+    // ~100 lines of 60 bytes a second, numbered: never blocks, never stops.
+    write_script(
+        &dir.path().join("bin/spam.sh"),
+        r#"#!/bin/sh
+i=0
+while :; do
+  i=$((i+1))
+  echo "line $i 00000000000000000000000000000000000000000000000000"
+  sleep 0.01
+done
+"#,
+    );
+    let mut cluster = Cluster::start(dir, port, &secrets());
+    let pid = cluster.wait_all_running()[0].1;
+    let logs = cluster.path().join("logs");
+    let file = |suffix: &str| logs.join(format!("spam-server-1.log{suffix}"));
+    wait_until("two rotations", || file(".2").exists().then_some(()));
+    assert!(!file(".3").exists(), "keep 2 kept a third copy");
+    // Each copy is one full file (the cap is checked every second: a little more than 8 KiB),
+    // and the three files read in order continue each other.
+    let (old, newer) = (
+        std::fs::read_to_string(file(".2")).unwrap(),
+        std::fs::read_to_string(file(".1")).unwrap(),
+    );
+    for copy in [&old, &newer] {
+        assert!(
+            copy.len() >= 8192 && copy.len() < 64 * 1024,
+            "{}",
+            copy.len()
+        );
+        assert!(!copy.contains('\0'), "a hole in a rotated copy");
+        let n = numbers(copy);
+        assert!(n.windows(2).all(|w| w[1] == w[0] + 1), "gap inside a copy");
+    }
+    assert!(numbers(&newer)[0] > *numbers(&old).last().unwrap());
+
+    // With the master gone (SIGKILL), the server keeps writing to its file: nothing blocks on
+    // a dead pipe, nothing rotates.
+    cluster.child.kill().unwrap();
+    cluster.child.wait().unwrap();
+    let at = std::fs::metadata(file("")).unwrap().len();
+    wait_until("the server to write on without a master", || {
+        (std::fs::metadata(file("")).unwrap().len() > at + 16 * 1024).then_some(())
+    });
+    assert!(alive(pid));
+    let current = std::fs::read_to_string(file("")).unwrap();
+    assert!(!current.contains('\0'), "a hole in the live file");
+
+    // A new master adopts it and rotates again at once.
+    cluster.restart_master();
+    cluster.wait_line("the adoption line", |l| {
+        l.starts_with("kennel: adopted 1 running")
+    });
+    wait_until("the big file to be rotated by the new master", || {
+        (std::fs::metadata(file("")).unwrap().len() < 16 * 1024).then_some(())
+    });
+    assert!(std::fs::metadata(file(".1")).unwrap().len() > 16 * 1024);
+    // `kennel logs -n` continues into the rotated copy when the file is short.
+    let lines = |suffix: &str| numbers(&std::fs::read_to_string(file(suffix)).unwrap()).len();
+    let want = lines("") + lines(".1") / 2;
+    let out = output(
+        cluster
+            .cli("logs")
+            .args(["spam-server-1", "-n", &want.to_string()]),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let n = numbers(&text(&out.stdout));
+    assert_eq!(n.len(), want);
+    assert!(n.windows(2).all(|w| w[1] > w[0]), "not in order");
+    let out = output(cluster.cli("stop").arg("-y"));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(cluster.wait_exit().success());
+    // Not our child since the first master died: reaped by init, not at once.
+    wait_until("the adopted server to be gone", || {
+        (!alive(pid)).then_some(())
+    });
 }
 
 mod live {

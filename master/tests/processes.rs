@@ -63,7 +63,7 @@ fn spawn_echo_restart_list_and_stop() {
     assert_eq!(
         header.split_whitespace().collect::<Vec<_>>(),
         [
-            "ID", "TYPE", "STATE", "PID", "RSS", "CPU%", "UPTIME", "RESTARTS"
+            "ID", "TYPE", "STATE", "PID", "RSS", "CPU%", "UPTIME", "RESTARTS", "CLIENTS"
         ]
     );
     assert!(table.contains("chat-server-1"), "{table}");
@@ -177,6 +177,31 @@ fn missing_binary_is_one_clear_error() {
             && last.contains("bin/server.sh not found"),
         "{err}"
     );
+}
+
+#[test]
+fn daemon_reports_why_the_master_did_not_start() {
+    let port = free_port();
+    let dir = project(port, &three_servers());
+    std::fs::remove_file(dir.path().join("bin/server.sh")).unwrap();
+    let out = output(
+        kennel()
+            .args(["start", "--daemon", "--dir"])
+            .arg(dir.path())
+            .envs(secrets()),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    assert!(text(&out.stdout).contains("starting in the background (pid "));
+    let err = text(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("kennel: the master exited during startup (exit status: 1): ")
+            && err.contains("bin/server.sh not found"),
+        "{err}"
+    );
+    // Its own log holds the same line.
+    let log = std::fs::read_to_string(dir.path().join("logs/master.log")).unwrap();
+    assert!(log.contains("bin/server.sh not found"), "{log}");
 }
 
 #[test]

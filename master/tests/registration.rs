@@ -240,7 +240,7 @@ async fn readiness_lines_once_every_server_registered() {
     let dir = project(port, &three_servers());
     let project = Project::load(dir.path(), "development").unwrap();
     let mut cluster = Cluster::start(dir, port, &[]);
-    cluster.wait_all_running();
+    let pids = cluster.wait_all_running();
     let stored: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(cluster.path().join(".kennel/secrets.json")).unwrap(),
     )
@@ -254,7 +254,10 @@ async fn readiness_lines_once_every_server_registered() {
             !cluster.lines().iter().any(|l| l.contains("cluster ready")),
             "ready too early"
         );
-        let (link, reply) = register(addr, &secret, info(&project, &s.id)).await;
+        // A server the master started registers from the process it started.
+        let mut me = info(&project, &s.id);
+        me.pid = pids.iter().find(|(id, _)| *id == s.id).unwrap().1;
+        let (link, reply) = register(addr, &secret, me).await;
         assert!(matches!(reply, from_master::Msg::List(_)), "{reply:?}");
         links.push(link);
     }
@@ -288,6 +291,44 @@ async fn readiness_lines_once_every_server_registered() {
 
     let rows = cluster.list();
     assert!(rows.iter().all(|r| r["state"] == "running"), "{rows:?}");
+
+    // A copy of chat-server-1 started by hand (same `--id`, another process) is refused, with
+    // the way to run it by hand; the master's own process may register again.
+    let chat1 = project
+        .servers
+        .iter()
+        .position(|s| s.id == "chat-server-1")
+        .unwrap();
+    drop(links.remove(chat1));
+    wait_until("chat-server-1's link to close", || {
+        (cluster
+            .list()
+            .iter()
+            .any(|r| r["id"] == "chat-server-1" && r["state"] == "unlinked"))
+        .then_some(())
+    });
+    let mut copy = std::process::Command::new("sh")
+        .args(["-c", "sleep 100", "--id", "chat-server-1"])
+        .current_dir(cluster.path())
+        .spawn()
+        .unwrap();
+    let mut me = info(&project, "chat-server-1");
+    me.pid = copy.id();
+    let (_, reply) = register(addr, &secret, me.clone()).await;
+    let _ = copy.kill();
+    let _ = copy.wait();
+    match reply {
+        from_master::Msg::Error(e) => assert!(
+            e.error
+                .contains("chat-server-1 is started by this master (pid ")
+                && e.error.contains("\"external\": true"),
+            "{e:?}"
+        ),
+        other => panic!("the copy was not refused: {other:?}"),
+    }
+    me.pid = pids.iter().find(|(id, _)| id == "chat-server-1").unwrap().1;
+    let (_link, reply) = register(addr, &secret, me).await;
+    assert!(matches!(reply, from_master::Msg::List(_)), "{reply:?}");
 
     let out = output(cluster.cli("stop").arg("-y"));
     assert!(out.status.success(), "{}", text(&out.stderr));

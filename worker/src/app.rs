@@ -157,6 +157,8 @@ pub(crate) struct Inner {
     pub(crate) shutdown: CancellationToken,
     /// The app's key/value store ([`App::set`]).
     store: Mutex<HashMap<String, Arc<dyn Any + Send + Sync>>>,
+    /// The `kennel send` handler ([`App::on_cli_send`]).
+    pub(crate) cli_send: OnceLock<master_link::CliSendCb>,
 }
 
 /// The server's handle: cheap to clone, shared by every handler.
@@ -219,6 +221,7 @@ impl App {
                 added_at: Mutex::new(HashMap::new()),
                 shutdown: CancellationToken::new(),
                 store: Mutex::new(HashMap::new()),
+                cli_send: OnceLock::new(),
             }),
         })
     }

@@ -4,24 +4,79 @@
 //! server -> master : (auth, role SERVER) Register{info}
 //! master -> server : List{all live servers} | Error{reason}
 //! master -> server : Add{info} / Remove{id} as servers come and go
+//! server -> master : Report{clients}             every second while registered
+//! master -> server : Command{seq, args}          (`kennel send`)
+//! server -> master : CommandReply{seq, reply|error}   from the App::on_cli_send handler
 //! ```
 //! The server dials until the master answers and redials when the link drops, keeping its peers
 //! meanwhile. After re-registering it waits a grace period (`rpc.reconcileGrace`, mydog's 5 s by default), then forgets peers the
 //! master no longer lists. A refused registration (duplicate or unknown id) ends the process.
 
 use std::collections::HashSet;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use kennel_proto::auth;
 use kennel_proto::frame::{AUTH_MAX_FRAME, DEFAULT_MAX_FRAME, ProtoCodec, length_codec};
-use kennel_proto::msg::{FromMaster, Register, Role, ToMaster, from_master, to_master};
+use kennel_proto::msg::{
+    CommandReply, FromMaster, Register, Report, Role, ToMaster, from_master, to_master,
+};
 use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::{App, Error};
+
+/// How often a registered server reports its client count to the master.
+const REPORT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A `kennel send` handler: the command's arguments in, the text printed by the CLI out.
+pub(crate) type CliSendCb = Arc<
+    dyn Fn(App, Vec<String>) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send>>
+        + Send
+        + Sync,
+>;
+
+impl App {
+    /// Answers `kennel send [--id ..] [--type ..] args...`: `f` gets the arguments and returns
+    /// the text the CLI prints for this server (`Err`: printed as this server's error). Set
+    /// once; a server without a handler answers with an error.
+    pub fn on_cli_send<F, Fut>(&self, f: F) -> &Self
+    where
+        F: Fn(App, Vec<String>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<String, String>> + Send + 'static,
+    {
+        let cb: CliSendCb = Arc::new(move |app, args| Box::pin(f(app, args)));
+        if self.inner.cli_send.set(cb).is_err() {
+            warn!("on_cli_send called twice; keeping the first handler");
+        }
+        self
+    }
+}
+
+/// Runs the `kennel send` handler for `args` (an error when there is none).
+async fn answer(app: App, seq: u64, args: Vec<String>) -> CommandReply {
+    let result = match app.inner.cli_send.get().cloned() {
+        Some(cb) => cb(app, args).await,
+        None => Err("this server has no `kennel send` handler (App::on_cli_send)".to_owned()),
+    };
+    match result {
+        Ok(reply) => CommandReply {
+            seq,
+            reply,
+            error: String::new(),
+        },
+        Err(error) => CommandReply {
+            seq,
+            reply: String::new(),
+            error,
+        },
+    }
+}
 
 /// Keeps this server registered until `shutdown`. Returns an error only if the master refused
 /// the registration.
@@ -56,6 +111,24 @@ pub(crate) async fn run(app: App, shutdown: CancellationToken) -> Result<(), Err
             _ = tokio::time::sleep(delay) => {}
         }
         delay = (delay * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// One step of the link loop: a message from the master, or one to send to it.
+enum Incoming {
+    Received(FromMaster),
+    Send(to_master::Msg),
+}
+
+impl From<FromMaster> for Incoming {
+    fn from(m: FromMaster) -> Incoming {
+        Incoming::Received(m)
+    }
+}
+
+impl From<to_master::Msg> for Incoming {
+    fn from(m: to_master::Msg) -> Incoming {
+        Incoming::Send(m)
     }
 }
 
@@ -100,8 +173,30 @@ async fn session(app: &App, addr: &str, reconnect: bool) -> Result<(), LinkErr> 
         .await
         .map_err(|e| other(e.to_string()))?;
     let mut registered = false;
-    while let Some(m) = framed.next().await {
-        let m = m.map_err(|e| LinkErr::Other(e.to_string(), registered))?;
+    let (replies_tx, mut replies) = tokio::sync::mpsc::channel::<CommandReply>(64);
+    let mut report = tokio::time::interval(REPORT_INTERVAL);
+    report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let out: Incoming = tokio::select! {
+            m = framed.next() => match m {
+                Some(m) => m.map_err(|e| LinkErr::Other(e.to_string(), registered))?.into(),
+                None => break,
+            },
+            Some(r) = replies.recv() => to_master::Msg::CommandReply(r).into(),
+            _ = report.tick(), if registered => to_master::Msg::Report(Report {
+                clients: u32::try_from(app.inner.frontend.count()).unwrap_or(u32::MAX),
+            }).into(),
+        };
+        let m = match out {
+            Incoming::Send(msg) => {
+                framed
+                    .send(ToMaster { msg: Some(msg) })
+                    .await
+                    .map_err(|e| LinkErr::Other(e.to_string(), registered))?;
+                continue;
+            }
+            Incoming::Received(m) => m,
+        };
         match m.msg {
             Some(from_master::Msg::List(list)) => {
                 registered = true;
@@ -135,6 +230,12 @@ async fn session(app: &App, addr: &str, reconnect: bool) -> Result<(), LinkErr> 
             Some(from_master::Msg::Error(e)) => {
                 error!(reason = %e.error, "the master refused this server's registration");
                 return Err(LinkErr::Refused(e.error));
+            }
+            Some(from_master::Msg::Command(c)) => {
+                let (app, tx) = (app.clone(), replies_tx.clone());
+                tokio::spawn(async move {
+                    let _ = tx.send(answer(app, c.seq, c.args).await).await;
+                });
             }
             Some(from_master::Msg::Pong(_)) | None => {}
         }
