@@ -1,7 +1,8 @@
-//! The guide (`docs/guide.md`) works as written: its config files and its complete program are
-//! taken from the page, the program is built as a new Cargo package on the `kennel` library,
-//! started by the real `kennel` master, and played as a game client: login, join, push to the
-//! room, a typed RPC with a reply across both room servers, and a notify on leave.
+//! The guide (`docs/guide.md`) works as written, and `kennel init` makes that project: the
+//! scaffold's program and config are the page's, it builds as a new Cargo package on the
+//! `kennel` library, `kennel cmd` reads its routes, the real `kennel` master starts it, and a
+//! game client plays it: login, join, push to the room, a typed RPC with a reply across both room
+//! servers, and a notify on leave.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -43,39 +44,37 @@ fn free_pair() -> u16 {
     }
 }
 
-/// Builds the guide's program as its own package (reusing the workspace's lock file and target
-/// dir, so only the program itself compiles). Returns the binary.
-fn build_game(main_rs: &str) -> PathBuf {
+/// Creates the project with `kennel init` (under target/, so cargo can reuse the workspace's
+/// lock file and build dir and compile only the program), checks it is the guide's program, and
+/// builds it. Returns the binary.
+fn init_and_build(guide_main: &str) -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let target = bin_dir().parent().unwrap();
     let pkg = target.join("guide-game");
-    std::fs::create_dir_all(pkg.join("src")).unwrap();
-    let worker = root.join("worker");
-    std::fs::write(
-        pkg.join("Cargo.toml"),
-        format!(
-            r#"[package]
-name = "hello-game"
-version = "0.1.0"
-edition = "2024"
-publish = false
-
-[dependencies]
-kennel = {{ path = {worker:?} }}
-tokio = {{ version = "1", features = ["full"] }}
-serde = {{ version = "1", features = ["derive"] }}
-serde_json = "1"
-anyhow = "1"
-
-[workspace]
-"#
-        ),
-    )
-    .unwrap();
+    let out = Command::new(bin("kennel"))
+        .arg("init")
+        .arg(&pkg)
+        .args(["--name", "hello-game", "--force"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("cargo build && kennel start"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let main_rs = std::fs::read_to_string(pkg.join("src/main.rs")).unwrap();
+    assert_eq!(
+        main_rs, guide_main,
+        "kennel init writes the guide's program"
+    );
     if !pkg.join("Cargo.lock").exists() {
         std::fs::copy(root.join("Cargo.lock"), pkg.join("Cargo.lock")).unwrap();
     }
-    std::fs::write(pkg.join("src/main.rs"), main_rs).unwrap();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
         .args(["build", "--manifest-path"])
@@ -83,7 +82,7 @@ anyhow = "1"
         .env("CARGO_TARGET_DIR", target)
         .status()
         .expect("run cargo build");
-    assert!(status.success(), "the guide's program does not build");
+    assert!(status.success(), "the scaffolded project does not build");
     target.join("debug/hello-game")
 }
 
@@ -101,7 +100,36 @@ async fn the_guide_program_runs_as_written() {
             .1
             .clone()
     };
-    let game = build_game(&file("src/main.rs"));
+    let game = init_and_build(&file("src/main.rs"));
+    // The scaffold's config is the guide's (development; it adds production).
+    let scaffold = bin_dir().parent().unwrap().join("guide-game/config/sys");
+    for name in ["master.json", "servers.json", "route.json"] {
+        let ours: Value =
+            serde_json::from_slice(&std::fs::read(scaffold.join(name)).unwrap()).unwrap();
+        let guide: Value = serde_json::from_str(&file(&format!("config/sys/{name}"))).unwrap();
+        let pick = |v: &Value| v.get("development").cloned().unwrap_or(v.clone());
+        let mut ours = pick(&ours);
+        if name == "master.json" {
+            ours["bin"] = json!("target/debug/hello-game");
+        }
+        assert_eq!(ours, pick(&guide), "{name}");
+    }
+    // `kennel cmd` turns the route list into client constants.
+    let ts = Command::new(bin("kennel"))
+        .args(["cmd", "ts", "-e", "development", "--dir"])
+        .arg(scaffold.parent().unwrap().parent().unwrap())
+        .output()
+        .unwrap();
+    assert!(
+        ts.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ts.stderr)
+    );
+    let ts = String::from_utf8(ts.stdout).unwrap();
+    assert!(
+        ts.contains("    room_main_say = \"room.main.say\",\n"),
+        "{ts}"
+    );
 
     // The guide's config, on free ports, with the freshly built binary.
     let dir = tempfile::tempdir().unwrap();

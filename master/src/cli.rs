@@ -136,6 +136,34 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Create a new game project (a Cargo package on the kennel library, config/sys for
+    /// development and production) in DIR [default: .]; refuses a non-empty DIR unless --force.
+    Init {
+        /// Where to create the project.
+        dir: Option<PathBuf>,
+        /// Package name [default: from the directory name].
+        #[arg(long)]
+        name: Option<String>,
+        /// The `kennel` dependency as a TOML value, e.g. '{ git = "https://..." }'
+        /// [default: this kennel checkout's library].
+        #[arg(long)]
+        kennel: Option<String>,
+        /// Write into a non-empty directory (existing files of the same name are replaced).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print route constants for a client (TypeScript, C#, Lua or Rust) from the route list,
+    /// each with its note ({"route": .., "note": ..} entries of route.json).
+    Cmd {
+        #[command(flatten)]
+        project: ProjectArgs,
+        /// Client language.
+        #[arg(value_enum)]
+        lang: crate::codegen::Lang,
+        /// Write to this file instead of stdout.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
     /// Stop every server gracefully, then the master.
     Stop {
         #[command(flatten)]
@@ -349,7 +377,52 @@ async fn execute(command: Command, defaults: &Defaults) -> Result<ExitCode> {
             args,
         } => send(target, ids, types, timeout, json, args, defaults).await,
         Command::Config { project, bin, json } => config(project, bin, json, defaults),
+        Command::Init {
+            dir,
+            name,
+            kennel,
+            force,
+        } => init(dir, name, kennel, force),
+        Command::Cmd {
+            project,
+            lang,
+            output,
+        } => cmd(project, lang, output, defaults),
     }
+}
+
+fn init(
+    dir: Option<PathBuf>,
+    name: Option<String>,
+    kennel: Option<String>,
+    force: bool,
+) -> Result<ExitCode> {
+    let dir = dir.unwrap_or_else(|| PathBuf::from("."));
+    let dep = kennel.unwrap_or_else(crate::scaffold::default_kennel_dependency);
+    let files = crate::scaffold::init(&dir, name.as_deref(), &dep, force)?;
+    out(&format!(
+        "kennel: created {} files in {}\nkennel: next: cd {} && cargo build && kennel start\n",
+        files.len(),
+        dir.display(),
+        dir.display()
+    ));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd(
+    args: ProjectArgs,
+    lang: crate::codegen::Lang,
+    output: Option<PathBuf>,
+    defaults: &Defaults,
+) -> Result<ExitCode> {
+    let project = load_project(&args, defaults)?;
+    let text = crate::codegen::generate(lang, &project.routes, &project.route_notes);
+    match output {
+        Some(path) => std::fs::write(&path, text)
+            .with_context(|| format!("cannot write {}", path.display()))?,
+        None => out(&text),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn load_project(args: &ProjectArgs, defaults: &Defaults) -> Result<Project> {
