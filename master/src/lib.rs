@@ -7,7 +7,7 @@
 //!   backoff, answers the CLI, and stops everything gracefully on shutdown.
 //! - [`MasterClient`] is the CLI's side of the master port.
 //! - [`cli_main`] / [`cli_main_with`] are the `kennel` command line (`start [--daemon]`,
-//!   `list`, `stop`, `logs`, `restart`, `remove`, `send`, `config`).
+//!   `list`, `stop`, `logs`, `restart`, `remove`, `send`, `config`, `init`, `cmd`).
 //!
 //! Decisions (where the design is silent):
 //! - Servers get `KENNEL_SERVER_SECRET` (never `KENNEL_CLI_SECRET`) and
