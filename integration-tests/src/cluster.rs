@@ -77,6 +77,41 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// Spawns `chat-demo start -e test --dir <dir>`; its stdout and stderr lines go to `lines`
+/// and `tx` (stderr is echoed to the test's stderr too).
+fn spawn_master(
+    dir: &Path,
+    lines: &Arc<Mutex<Vec<String>>>,
+    tx: &mpsc::Sender<String>,
+) -> Result<Child> {
+    let mut child = Command::new(bin("chat-demo"))
+        .args(["start", "-e", "test", "--dir"])
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("spawn chat-demo master")?;
+    let stdout = child.stdout.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    for (pipe, echo) in [
+        (Box::new(stdout) as Box<dyn std::io::Read + Send>, false),
+        (Box::new(stderr), true),
+    ] {
+        let (lines, tx) = (lines.clone(), tx.clone());
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                if echo {
+                    eprintln!("{line}");
+                }
+                lines.lock().unwrap().push(line.clone());
+                let _ = tx.send(line);
+            }
+        });
+    }
+    Ok(child)
+}
+
 /// A running chat cluster.
 pub struct Cluster {
     /// The project dir (config, logs, .kennel).
@@ -85,6 +120,7 @@ pub struct Cluster {
     /// Every line the master printed so far.
     pub lines: Arc<Mutex<Vec<String>>>,
     line_rx: mpsc::Receiver<String>,
+    line_tx: mpsc::Sender<String>,
     /// Client address per frontend id.
     pub frontends: Vec<(String, String)>,
     /// Master port.
@@ -100,6 +136,17 @@ impl Cluster {
     /// Boots `tcp` TCP frontends, then `ws` WebSocket frontends (ids continue the numbering),
     /// and `chats` chat servers.
     pub fn start_with(tcp: u16, ws: u16, chats: u16) -> Result<Cluster> {
+        Cluster::start_custom(tcp, ws, chats, json!({}))
+    }
+
+    /// Like [`Cluster::start_with`], with `frontend_extra` (a JSON object, e.g.
+    /// `{"heartbeat": 1, "maxConnectionNum": 10}`) merged into every frontend's entry.
+    pub fn start_custom(
+        tcp: u16,
+        ws: u16,
+        chats: u16,
+        frontend_extra: serde_json::Value,
+    ) -> Result<Cluster> {
         let connectors = tcp + ws;
         let dir = tempfile::tempdir()?;
         let sys = dir.path().join("config/sys");
@@ -111,7 +158,13 @@ impl Cluster {
             let (port, client) = (free_port(), free_port());
             let id = format!("connector-server-{i}");
             let transport = if i > tcp { "ws" } else { "tcp" };
-            connector.push(json!({"id": id, "host": "127.0.0.1", "port": port, "frontend": true, "clientPort": client, "connector": transport}));
+            let mut entry = json!({"id": id, "host": "127.0.0.1", "port": port, "frontend": true, "clientPort": client, "connector": transport});
+            if let Some(extra) = frontend_extra.as_object() {
+                for (k, v) in extra {
+                    entry[k] = v.clone();
+                }
+            }
+            connector.push(entry);
             frontends.push((id, format!("127.0.0.1:{client}")));
         }
         let chat: Vec<_> = (1..=chats)
@@ -129,29 +182,15 @@ impl Cluster {
         )?;
         std::fs::write(sys.join("route.json"), json!(ROUTES).to_string())?;
 
-        let mut child = Command::new(bin("chat-demo"))
-            .args(["start", "-e", env, "--dir"])
-            .arg(dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .context("spawn chat-demo master")?;
-        let stdout = child.stdout.take().unwrap();
         let lines = Arc::new(Mutex::new(Vec::new()));
         let (tx, line_rx) = mpsc::channel();
-        let l2 = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                l2.lock().unwrap().push(line.clone());
-                let _ = tx.send(line);
-            }
-        });
+        let child = spawn_master(dir.path(), &lines, &tx)?;
         let mut c = Cluster {
             dir,
             master: Some(child),
             lines,
             line_rx,
+            line_tx: tx,
             frontends,
             master_port,
         };
@@ -159,7 +198,55 @@ impl Cluster {
         Ok(c)
     }
 
-    /// Waits for a master stdout line containing `needle`.
+    /// The master's pid, while it runs.
+    pub fn master_pid(&self) -> Option<i32> {
+        self.master.as_ref().map(|c| c.id() as i32)
+    }
+
+    /// SIGKILLs the master alone (its servers keep running) and reaps it.
+    pub fn kill_master(&mut self) -> Result<()> {
+        let mut child = self.master.take().context("no master running")?;
+        child.kill()?;
+        child.wait()?;
+        Ok(())
+    }
+
+    /// Starts a new master on the same project (after [`Cluster::kill_master`]); it adopts the
+    /// servers still running. Its output joins [`Cluster::lines`]; returns at once.
+    pub fn restart_master(&mut self) -> Result<()> {
+        if self.master.is_some() {
+            bail!("a master is still running");
+        }
+        self.master = Some(spawn_master(self.dir.path(), &self.lines, &self.line_tx)?);
+        Ok(())
+    }
+
+    /// Lines printed since line index `from` that contain `needle`, waiting for one.
+    pub fn wait_line_after(&mut self, from: usize, needle: &str) -> Result<String> {
+        let deadline = Instant::now() + TIMEOUT * 2;
+        loop {
+            if let Some(l) = self
+                .lines
+                .lock()
+                .unwrap()
+                .iter()
+                .skip(from)
+                .find(|l| l.contains(needle))
+            {
+                return Ok(l.clone());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                bail!(
+                    "master never printed {needle:?} after line {from}; it printed:\n{}",
+                    self.lines.lock().unwrap().join("\n")
+                );
+            }
+            let _ = self.line_rx.recv_timeout(left.min(Duration::from_millis(200)));
+        }
+    }
+
+    /// Waits for a master output line (stdout or stderr) containing `needle`.
     pub fn wait_line(&mut self, needle: &str) -> Result<String> {
         if let Some(l) = self
             .lines
