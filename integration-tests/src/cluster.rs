@@ -195,6 +195,17 @@ impl Cluster {
             master_port,
         };
         c.wait_line("kennel: cluster ready")?;
+        // The master is ready once everyone registered; each server learns of the others a
+        // moment later (a login in between would see no chat server). Wait for every server.
+        let ids: Vec<String> = c
+            .frontends
+            .iter()
+            .map(|(id, _)| id.clone())
+            .chain((1..=chats).map(|i| format!("chat-server-{i}")))
+            .collect();
+        for id in ids {
+            c.wait_log(&id, "every configured server has registered")?;
+        }
         Ok(c)
     }
 

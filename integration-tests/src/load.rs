@@ -32,12 +32,17 @@ pub struct Witness {
 }
 
 impl Witness {
-    /// Connects players `uid` and `uid + 1` to `addr_a` and `addr_b`, in room `room`.
-    pub async fn start(addr_a: &str, addr_b: &str, uid: u64, room: i64) -> Result<Witness> {
-        let mut a = Client::connect(addr_a).await?;
-        let mut b = Client::connect(addr_b).await?;
-        login_join(&mut a, uid, room).await?;
-        login_join(&mut b, uid + 1, room).await?;
+    /// Two TCP players `uid` and `uid + 1` on frontend `addr`, in room `room`.
+    pub async fn tcp(addr: &str, uid: u64, room: i64) -> Result<Witness> {
+        let a = Client::connect(addr).await?;
+        let b = Client::connect(addr).await?;
+        Witness::start(a, b, uid, room).await
+    }
+
+    /// Logs connected clients `a` and `b` in as players `uid` and `uid + 1`, in room `room`.
+    pub async fn start(mut a: Client, mut b: Client, uid: u64, room: i64) -> Result<Witness> {
+        login_join(&mut a, uid, room).await.context("witness a")?;
+        login_join(&mut b, uid + 1, room).await.context("witness b")?;
         let (tx, mut rx) = mpsc::channel::<Check>(1);
         tokio::spawn(async move {
             let hb = kennel_proto::client::heartbeat_frame();

@@ -33,6 +33,17 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_util::codec::Framed;
 
+/// The witness, or a panic with every server's log (why could it not log in?).
+fn witness(cluster: &Cluster, w: anyhow::Result<Witness>) -> Witness {
+    w.unwrap_or_else(|e| {
+        let mut logs = String::new();
+        for id in cluster.server_pids().keys() {
+            logs.push_str(&format!("--- {id}\n{}\n", cluster.log(id)));
+        }
+        panic!("witness: {e:#}\n{logs}")
+    })
+}
+
 /// Reads until the peer closes (EOF or reset); errors if it stays open past `limit`.
 async fn closed_within(s: &mut TcpStream, limit: Duration) -> anyhow::Result<()> {
     let mut buf = vec![0u8; 64 * 1024];
@@ -70,7 +81,7 @@ async fn slowloris_junk_and_bad_handshakes_before_the_handshake() {
         cluster.client_addr(0).to_string(),
         cluster.client_addr(1).to_string(),
     );
-    let witness = Witness::start(&tcp, &tcp, 10, 1).await.unwrap();
+    let witness = witness(&cluster, Witness::tcp(&tcp, 10, 1).await);
     witness.check("before").await.unwrap();
 
     // Slowloris over TCP: a valid handshake frame, one byte every 400 ms (6 s in all): closed
@@ -177,7 +188,7 @@ async fn connection_flood_past_max_connection_num() {
     )
     .unwrap();
     let addr = cluster.client_addr(0).to_string();
-    let witness = Witness::start(&addr, &addr, 20, 2).await.unwrap(); // 2 connections
+    let witness = witness(&cluster, Witness::tcp(&addr, 20, 2).await); // 2 connections
 
     // 15 raw connections that never handshake: 8 fit, 7 are closed at once.
     let mut raw = Vec::new();
@@ -240,7 +251,7 @@ async fn heartbeat_silent_client_is_closed_after_twice_the_heartbeat() {
     let cluster = Cluster::start_custom(1, 0, 1, json!({"heartbeat": 1})).unwrap();
     let addr = cluster.client_addr(0).to_string();
     // The witness heartbeats every 300 ms: it must survive.
-    let witness = Witness::start(&addr, &addr, 30, 3).await.unwrap();
+    let witness = witness(&cluster, Witness::tcp(&addr, 30, 3).await);
     let t0 = Instant::now();
     let mut silent = Client::connect(&addr).await.unwrap();
     assert_eq!(silent.handshake.heartbeat, 1);
@@ -265,7 +276,14 @@ async fn huge_frames_unknown_cmds_and_bad_payloads() {
         cluster.client_addr(0).to_string(),
         cluster.client_addr(1).to_string(),
     );
-    let witness = Witness::start(&tcp, &ws, 40, 4).await.unwrap();
+    let witness = Witness::start(
+        Client::connect(&tcp).await.unwrap(),
+        Client::connect_ws(&ws).await.unwrap(),
+        40,
+        4,
+    )
+    .await
+    .unwrap();
     for (transport, addr, log) in [
         ("tcp", &tcp, "connector-server-1"),
         ("ws", &ws, "connector-server-2"),
@@ -337,7 +355,7 @@ async fn huge_frames_unknown_cmds_and_bad_payloads() {
 async fn a_client_that_never_reads_is_closed_and_memory_stays_bounded() {
     let cluster = Cluster::start(1, 1).unwrap();
     let addr = cluster.client_addr(0).to_string();
-    let witness = Witness::start(&addr, &addr, 50, 5).await.unwrap();
+    let witness = witness(&cluster, Witness::tcp(&addr, 50, 5).await);
     let pid = cluster.server_pids()["connector-server-1"];
     let rss_before = rss_kib(pid).unwrap();
 
@@ -494,7 +512,7 @@ async fn register(
 async fn cluster_links_refuse_impostors_replays_and_oversized_frames() {
     let mut cluster = Cluster::start(1, 1).unwrap();
     let addr = cluster.client_addr(0).to_string();
-    let witness = Witness::start(&addr, &addr, 60, 6).await.unwrap();
+    let witness = witness(&cluster, Witness::tcp(&addr, 60, 6).await);
     let pids_before = cluster.server_pids();
     let s = secrets(&cluster);
     let project = Project::load(cluster.dir.path(), "test").unwrap();
@@ -519,8 +537,12 @@ async fn cluster_links_refuse_impostors_replays_and_oversized_frames() {
 
     // The CLI with the server secret (or a wrong one) is refused.
     let h = hello(Role::Cli, "cli", "");
+    let mark = cluster.lines.lock().unwrap().len();
     let (_, verdict) = scripted(master, &h, |ch| proof_with(&s.server, Role::Cli, &h, ch)).await;
     assert!(!verdict.is_some_and(|r| r.ok));
+    cluster
+        .wait_line_after(mark, "authentication failed: wrong secret")
+        .unwrap();
     // A CLI with the right secret is accepted (the same script, so the refusals above are
     // about the secret, not the script).
     let (_, verdict) = scripted(master, &h, |ch| proof_with(&s.cli, Role::Cli, &h, ch)).await;
@@ -531,17 +553,13 @@ async fn cluster_links_refuse_impostors_replays_and_oversized_frames() {
     let (ch1, verdict) = scripted(master, &h, |ch| proof_with(&s.server, Role::Server, &h, ch)).await;
     assert!(verdict.is_some_and(|r| r.ok), "the honest session works");
     let recorded = proof_with(&s.server, Role::Server, &h, &ch1);
+    let mark = cluster.lines.lock().unwrap().len();
     let (ch2, verdict) = scripted(master, &h, |_| recorded.clone()).await;
     assert_ne!(ch1.nonce, ch2.nonce, "the master's nonce is fresh");
     assert!(!verdict.is_some_and(|r| r.ok), "a replayed answer was accepted");
-    let failures = cluster
-        .lines
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|l| l.contains("authentication failed: wrong secret"))
-        .count();
-    assert!(failures >= 3, "{failures} wrong-secret lines");
+    cluster
+        .wait_line_after(mark, "authentication failed: wrong secret")
+        .unwrap();
 
     // A peer with a wrong secret on a server's RPC port.
     let h = hello(Role::Peer, "a-intruder", "chat-server-1");
