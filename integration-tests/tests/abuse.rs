@@ -20,7 +20,7 @@ use futures_util::{SinkExt, StreamExt};
 use integration_tests::TIMEOUT;
 use integration_tests::client::{Client, raw_frame};
 use integration_tests::cluster::Cluster;
-use integration_tests::load::{Witness, login_join, rss_kib};
+use integration_tests::load::{Witness, fd_count, login_join, rss_kib};
 use kennel_config::Project;
 use kennel_proto::auth;
 use kennel_proto::client::{TYPE_HANDSHAKE, put_frame, put_message};
@@ -358,6 +358,7 @@ async fn a_client_that_never_reads_is_closed_and_memory_stays_bounded() {
     let witness = witness(&cluster, Witness::tcp(&addr, 50, 5).await);
     let pid = cluster.server_pids()["connector-server-1"];
     let rss_before = rss_kib(pid).unwrap();
+    let fds_before = fd_count(pid).unwrap();
 
     // 3000 echo requests of 16 KiB (48 MiB of replies), never reading a byte back.
     let mut hog = Client::connect(&addr).await.unwrap();
@@ -378,7 +379,17 @@ async fn a_client_that_never_reads_is_closed_and_memory_stays_bounded() {
     cluster
         .wait_log("connector-server-1", "client send queue full (1024 frames): closing")
         .unwrap();
-    // The connection really closes: what was buffered drains, then EOF (no hang).
+    // The server lets go of the socket by itself, while the hog still reads nothing (a write
+    // blocked on it must not pin the connection).
+    let deadline = Instant::now() + TIMEOUT;
+    while fd_count(pid).unwrap() > fds_before {
+        assert!(
+            Instant::now() < deadline,
+            "the frontend still holds the hog's socket {TIMEOUT:?} after closing it"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Then what was buffered drains, then EOF (no hang).
     let deadline = Instant::now() + TIMEOUT;
     let mut replies = 0;
     loop {
