@@ -27,7 +27,11 @@ fuzz_target!(|data: &[u8]| {
         .zip(texts)
         .enumerate()
         .map(|(k, (name, text))| {
-            let ext = if formats >> k & 1 == 1 { "toml" } else { "json" };
+            let ext = if formats >> k & 1 == 1 {
+                "toml"
+            } else {
+                "json"
+            };
             (format!("{name}.{ext}"), text)
         })
         .collect();
@@ -47,11 +51,17 @@ fn kennel_fuzz_check(p: &Project) {
     ids.dedup();
     assert_eq!(ids.len(), n, "duplicate ids loaded");
     for s in &p.servers {
-        assert!(!s.frontend || s.client_port.is_some(), "frontend without clientPort");
+        assert!(
+            !s.frontend || s.client_port.is_some(),
+            "frontend without clientPort"
+        );
     }
     for r in &p.routes {
         if let Some((ty, _)) = r.split_once('.') {
-            assert!(p.servers.iter().any(|s| s.server_type == ty), "route {r} has no servers");
+            assert!(
+                p.servers.iter().any(|s| s.server_type == ty),
+                "route {r} has no servers"
+            );
         }
     }
 }

@@ -85,7 +85,10 @@ fn servers_doc(c: &Cluster) -> Value {
         let mut obj = serde_json::Map::new();
         obj.insert("id".into(), json!(format!("s{}-", e.id % 8)));
         if e.host < 200 {
-            obj.insert("host".into(), json!(HOSTS[usize::from(e.host) % HOSTS.len()]));
+            obj.insert(
+                "host".into(),
+                json!(HOSTS[usize::from(e.host) % HOSTS.len()]),
+            );
         }
         if let Some(p) = e.port.value() {
             obj.insert("port".into(), p);
@@ -119,7 +122,9 @@ fn servers_doc(c: &Cluster) -> Value {
 
 fn routes(c: &Cluster) -> Vec<String> {
     if c.many_routes == 0xA5 {
-        return (0..=u32::from(u16::MAX) + 1).map(|i| format!("push{i}")).collect();
+        return (0..=u32::from(u16::MAX) + 1)
+            .map(|i| format!("push{i}"))
+            .collect();
     }
     c.routes
         .iter()
@@ -173,19 +178,26 @@ fuzz_target!(|c: Cluster| {
     let Ok(p) = Project::load(dir.path(), "dev") else {
         return;
     };
-    assert!(p.routes.len() <= usize::from(u16::MAX) + 1, "route list longer than a u16 cmd reaches");
+    assert!(
+        p.routes.len() <= usize::from(u16::MAX) + 1,
+        "route list longer than a u16 cmd reaches"
+    );
     let mut ids: Vec<&str> = p.servers.iter().map(|s| s.id.as_str()).collect();
     let n = ids.len();
     ids.sort_unstable();
     ids.dedup();
     assert_eq!(ids.len(), n, "duplicate server ids");
-    let mut listeners: Vec<(&str, u16)> = p.servers.iter().map(|s| (s.host.as_str(), s.port)).collect();
-    listeners.extend(
-        p.servers
-            .iter()
-            .filter(|s| s.frontend)
-            .map(|s| (s.host.as_str(), s.client_port.expect("frontend has a client port"))),
-    );
+    let mut listeners: Vec<(&str, u16)> = p
+        .servers
+        .iter()
+        .map(|s| (s.host.as_str(), s.port))
+        .collect();
+    listeners.extend(p.servers.iter().filter(|s| s.frontend).map(|s| {
+        (
+            s.host.as_str(),
+            s.client_port.expect("frontend has a client port"),
+        )
+    }));
     listeners.push((p.master.host.as_str(), p.master.port));
     let n = listeners.len();
     listeners.sort_unstable();

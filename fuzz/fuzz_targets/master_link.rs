@@ -22,9 +22,8 @@ fuzz_target!(|data: &[u8]| {
             msg: Some(to_master::Msg::Register(r)),
         }) = ToMaster::decode(rest)
         {
-            let _ = serde_json::from_str::<serde_json::Value>(
-                &r.info.unwrap_or_default().extra_json,
-            );
+            let _ =
+                serde_json::from_str::<serde_json::Value>(&r.info.unwrap_or_default().extra_json);
         }
     } else {
         proto_link::<FromMaster>(rest, DEFAULT_MAX_FRAME);

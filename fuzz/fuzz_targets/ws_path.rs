@@ -63,7 +63,11 @@ fuzz_target!(|data: &[u8]| {
     loop {
         match ws.read() {
             Ok(Message::Binary(b)) => {
-                assert!(b.len() <= MAX_LEN + 4, "message over the limit: {}", b.len());
+                assert!(
+                    b.len() <= MAX_LEN + 4,
+                    "message over the limit: {}",
+                    b.len()
+                );
                 buf.extend_from_slice(&b);
                 loop {
                     match codec.decode(&mut buf) {

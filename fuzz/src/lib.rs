@@ -62,7 +62,9 @@ pub fn encode_client(frames: &[Frame]) -> BytesMut {
     let mut codec = ClientCodec::default();
     let mut out = BytesMut::new();
     for f in frames {
-        codec.encode(f.clone(), &mut out).expect("encoding never fails");
+        codec
+            .encode(f.clone(), &mut out)
+            .expect("encoding never fails");
     }
     out
 }
@@ -83,7 +85,11 @@ where
                 n += 1;
                 let once = m.encode_to_vec();
                 let back = M::decode(&once[..]).expect("a re-encoded message decodes");
-                assert_eq!(back.encode_to_vec(), once, "re-encoding is not stable: {m:?}");
+                assert_eq!(
+                    back.encode_to_vec(),
+                    once,
+                    "re-encoding is not stable: {m:?}"
+                );
                 // Through the frame codec too (a generous limit: re-encoding may differ in size).
                 let mut big = ProtoCodec::<M, M>::new(once.len() + 16);
                 let mut framed = BytesMut::new();

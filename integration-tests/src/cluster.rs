@@ -33,13 +33,15 @@ pub const ROUTES: [&str; 7] = [
 pub fn bin_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        // tests live in target/<profile>/deps/
+        // tests live in target/<profile>/deps/, binaries (the soak) in target/<profile>/
         let exe = std::env::current_exe().expect("test exe path");
-        let dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("target/<profile>")
-            .to_path_buf();
+        let parent = exe.parent().expect("target/<profile>");
+        let dir = if parent.file_name().is_some_and(|n| n == "deps") {
+            parent.parent().expect("target/<profile>")
+        } else {
+            parent
+        }
+        .to_path_buf();
         let release = dir.file_name().is_some_and(|n| n == "release");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
@@ -253,7 +255,9 @@ impl Cluster {
                     self.lines.lock().unwrap().join("\n")
                 );
             }
-            let _ = self.line_rx.recv_timeout(left.min(Duration::from_millis(200)));
+            let _ = self
+                .line_rx
+                .recv_timeout(left.min(Duration::from_millis(200)));
         }
     }
 

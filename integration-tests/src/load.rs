@@ -42,7 +42,9 @@ impl Witness {
     /// Logs connected clients `a` and `b` in as players `uid` and `uid + 1`, in room `room`.
     pub async fn start(mut a: Client, mut b: Client, uid: u64, room: i64) -> Result<Witness> {
         login_join(&mut a, uid, room).await.context("witness a")?;
-        login_join(&mut b, uid + 1, room).await.context("witness b")?;
+        login_join(&mut b, uid + 1, room)
+            .await
+            .context("witness b")?;
         let (tx, mut rx) = mpsc::channel::<Check>(1);
         tokio::spawn(async move {
             let hb = kennel_proto::client::heartbeat_frame();

@@ -90,7 +90,10 @@ async fn slowloris_junk_and_bad_handshakes_before_the_handshake() {
     let (mut rd, wr) = TcpStream::connect(&tcp).await.unwrap().into_split();
     let writer = tokio::spawn(trickle(wr, handshake_bytes(), Duration::from_millis(400)));
     let mut buf = [0u8; 64];
-    let n = timeout(TIMEOUT, rd.read(&mut buf)).await.unwrap().unwrap_or(0);
+    let n = timeout(TIMEOUT, rd.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap_or(0);
     let took = t0.elapsed();
     assert_eq!(n, 0, "slowloris got a reply");
     assert!(
@@ -114,7 +117,10 @@ async fn slowloris_junk_and_bad_handshakes_before_the_handshake() {
         upgrade.into_bytes(),
         Duration::from_millis(100),
     ));
-    let n = timeout(TIMEOUT, rd.read(&mut buf)).await.unwrap().unwrap_or(0);
+    let n = timeout(TIMEOUT, rd.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap_or(0);
     let took = t0.elapsed();
     assert_eq!(n, 0);
     assert!(
@@ -142,7 +148,11 @@ async fn slowloris_junk_and_bad_handshakes_before_the_handshake() {
         ),
         "{end:?}"
     );
-    assert!(t0.elapsed() >= Duration::from_millis(1500), "{:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() >= Duration::from_millis(1500),
+        "{:?}",
+        t0.elapsed()
+    );
     witness.check("after ws slowloris").await.unwrap();
 
     // Junk that is not a frame (an HTTP request to the TCP port): its first 4 bytes declare a
@@ -198,8 +208,8 @@ async fn connection_flood_past_max_connection_num() {
     let probes = raw.iter_mut().map(|s| async move {
         let mut b = [0u8; 8];
         match timeout(Duration::from_secs(3), s.read(&mut b)).await {
-            Err(_) => true,   // still open
-            Ok(_) => false,   // EOF or reset: closed by the server
+            Err(_) => true, // still open
+            Ok(_) => false, // EOF or reset: closed by the server
         }
     });
     let open = futures_util::future::join_all(probes).await;
@@ -240,7 +250,9 @@ async fn connection_flood_past_max_connection_num() {
         }
     };
     assert_eq!(
-        c.request("connector.main.echo", &json!("in")).await.unwrap(),
+        c.request("connector.main.echo", &json!("in"))
+            .await
+            .unwrap(),
         json!("in")
     );
     witness.check("after").await.unwrap();
@@ -377,7 +389,10 @@ async fn a_client_that_never_reads_is_closed_and_memory_stays_bounded() {
         sent += 1;
     }
     cluster
-        .wait_log("connector-server-1", "client send queue full (1024 frames): closing")
+        .wait_log(
+            "connector-server-1",
+            "client send queue full (1024 frames): closing",
+        )
         .unwrap();
     // The server lets go of the socket by itself, while the hog still reads nothing (a write
     // blocked on it must not pin the connection).
@@ -403,7 +418,10 @@ async fn a_client_that_never_reads_is_closed_and_memory_stays_bounded() {
             }
         }
     }
-    assert!(replies < sent, "every request was answered: the queue cap did not act");
+    assert!(
+        replies < sent,
+        "every request was answered: the queue cap did not act"
+    );
     let rss_after = rss_kib(pid).unwrap();
     println!(
         "never-reading client: sent {sent} x 16 KiB requests, {replies} replies reached it; \
@@ -444,7 +462,10 @@ async fn raw_link(addr: SocketAddr) -> RawLink {
 }
 
 async fn recv<M: Message + Default>(link: &mut RawLink) -> Option<M> {
-    match timeout(TIMEOUT, link.next()).await.expect("no answer in time") {
+    match timeout(TIMEOUT, link.next())
+        .await
+        .expect("no answer in time")
+    {
         Some(Ok(b)) => Some(M::decode(b.freeze()).expect("a well-formed answer")),
         _ => None,
     }
@@ -501,7 +522,10 @@ async fn register(
     addr: SocketAddr,
     secret: &[u8],
     info: msg::ServerInfo,
-) -> (Framed<TcpStream, ProtoCodec<FromMaster, ToMaster>>, Option<from_master::Msg>) {
+) -> (
+    Framed<TcpStream, ProtoCodec<FromMaster, ToMaster>>,
+    Option<from_master::Msg>,
+) {
     let mut link = raw_link(addr).await;
     auth::dial(&mut link, secret, Role::Server, &info.id, "")
         .await
@@ -557,17 +581,24 @@ async fn cluster_links_refuse_impostors_replays_and_oversized_frames() {
     // A CLI with the right secret is accepted (the same script, so the refusals above are
     // about the secret, not the script).
     let (_, verdict) = scripted(master, &h, |ch| proof_with(&s.cli, Role::Cli, &h, ch)).await;
-    assert!(verdict.is_some_and(|r| r.ok), "the right CLI secret was refused");
+    assert!(
+        verdict.is_some_and(|r| r.ok),
+        "the right CLI secret was refused"
+    );
 
     // A replayed answer: record an honest server proof, replay it with the same hello.
     let h = hello(Role::Server, "chat-server-9", "");
-    let (ch1, verdict) = scripted(master, &h, |ch| proof_with(&s.server, Role::Server, &h, ch)).await;
+    let (ch1, verdict) =
+        scripted(master, &h, |ch| proof_with(&s.server, Role::Server, &h, ch)).await;
     assert!(verdict.is_some_and(|r| r.ok), "the honest session works");
     let recorded = proof_with(&s.server, Role::Server, &h, &ch1);
     let mark = cluster.lines.lock().unwrap().len();
     let (ch2, verdict) = scripted(master, &h, |_| recorded.clone()).await;
     assert_ne!(ch1.nonce, ch2.nonce, "the master's nonce is fresh");
-    assert!(!verdict.is_some_and(|r| r.ok), "a replayed answer was accepted");
+    assert!(
+        !verdict.is_some_and(|r| r.ok),
+        "a replayed answer was accepted"
+    );
     cluster
         .wait_line_after(mark, "authentication failed: wrong secret")
         .unwrap();
@@ -592,10 +623,15 @@ async fn cluster_links_refuse_impostors_replays_and_oversized_frames() {
     };
     let (mut link, reply) = register(master, &s.server, info.clone()).await;
     match reply {
-        Some(from_master::Msg::Error(e)) => assert!(e.error.contains("already registered"), "{e:?}"),
+        Some(from_master::Msg::Error(e)) => {
+            assert!(e.error.contains("already registered"), "{e:?}")
+        }
         other => panic!("expected a refusal, got {other:?}"),
     }
-    assert!(timeout(TIMEOUT, link.next()).await.unwrap().is_none(), "left open");
+    assert!(
+        timeout(TIMEOUT, link.next()).await.unwrap().is_none(),
+        "left open"
+    );
     cluster.wait_line("registration refused").unwrap();
 
     // Register for an id not in the config: refused (policy: the config is the cluster; a
@@ -606,14 +642,19 @@ async fn cluster_links_refuse_impostors_replays_and_oversized_frames() {
         Some(from_master::Msg::Error(e)) => assert!(e.error.contains("unknown server id"), "{e:?}"),
         other => panic!("expected a refusal, got {other:?}"),
     }
-    assert!(timeout(TIMEOUT, link.next()).await.unwrap().is_none(), "left open");
+    assert!(
+        timeout(TIMEOUT, link.next()).await.unwrap().is_none(),
+        "left open"
+    );
     witness.check("after impostors").await.unwrap();
 
     // Oversized frames before authentication: refused on the header, on both ports.
     for (target, what) in [(master, "master"), (peer_port, "peer")] {
         let mut sock = TcpStream::connect(target).await.unwrap();
         sock.write_all(&(1u32 << 30).to_be_bytes()).await.unwrap();
-        closed_within(&mut sock, TIMEOUT).await.unwrap_or_else(|e| panic!("{what}: {e}"));
+        closed_within(&mut sock, TIMEOUT)
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
     }
     cluster.wait_line("frame size too big").unwrap();
     cluster
@@ -632,14 +673,22 @@ async fn cluster_links_refuse_impostors_replays_and_oversized_frames() {
 
     for payload in [None, Some(vec![0xffu8; 32])] {
         let mut link = raw_link(peer_port).await;
-        auth::dial(&mut link, &s.server, Role::Peer, "a-intruder", "chat-server-1")
-            .await
-            .unwrap();
+        auth::dial(
+            &mut link,
+            &s.server,
+            Role::Peer,
+            "a-intruder",
+            "chat-server-1",
+        )
+        .await
+        .unwrap();
         let mut sock = link.into_inner();
         match &payload {
             None => sock.write_all(&(100u32 << 20).to_be_bytes()).await.unwrap(),
             Some(p) => {
-                sock.write_all(&(p.len() as u32).to_be_bytes()).await.unwrap();
+                sock.write_all(&(p.len() as u32).to_be_bytes())
+                    .await
+                    .unwrap();
                 sock.write_all(p).await.unwrap();
             }
         }
@@ -652,6 +701,10 @@ async fn cluster_links_refuse_impostors_replays_and_oversized_frames() {
     );
 
     // Nothing crashed, and chat goes on.
-    assert_eq!(cluster.server_pids(), pids_before, "a server process changed");
+    assert_eq!(
+        cluster.server_pids(),
+        pids_before,
+        "a server process changed"
+    );
     witness.check("after oversized frames").await.unwrap();
 }

@@ -24,15 +24,28 @@ struct Player {
 }
 
 /// `n` players spread over the frontends `fronts`, in `rooms` rooms (room = index % rooms).
-async fn players(cluster: &Cluster, n: usize, fronts: &[usize], rooms: i64, uid0: u64) -> Vec<Player> {
+async fn players(
+    cluster: &Cluster,
+    n: usize,
+    fronts: &[usize],
+    rooms: i64,
+    uid0: u64,
+) -> Vec<Player> {
     let mut out = Vec::new();
     for i in 0..n {
         let frontend = fronts[i % fronts.len()];
-        let mut c = Client::connect(cluster.client_addr(frontend)).await.unwrap();
+        let mut c = Client::connect(cluster.client_addr(frontend))
+            .await
+            .unwrap();
         let uid = uid0 + i as u64;
         let room = i as i64 % rooms;
         login_join(&mut c, uid, room).await.unwrap();
-        out.push(Player { c, uid, room, frontend });
+        out.push(Player {
+            c,
+            uid,
+            room,
+            frontend,
+        });
     }
     out
 }
@@ -120,7 +133,10 @@ async fn sigkill_a_backend_while_100_players_chat() {
 
     // RPC to the dead server fails fast with a clear error: players of chat-server-2 call
     // chat.main.rpcEcho, which chat-server-2 forwards to chat-server-1.
-    let odd: Vec<usize> = (0..ps.len()).filter(|i| ps[*i].room % 2 == 1).take(10).collect();
+    let odd: Vec<usize> = (0..ps.len())
+        .filter(|i| ps[*i].room % 2 == 1)
+        .take(10)
+        .collect();
     let mut errors = 0;
     let mut slowest = Duration::ZERO;
     for i in &odd {
@@ -168,7 +184,9 @@ async fn sigkill_a_backend_while_100_players_chat() {
     // No frontend dropped a player, and no frontend process changed.
     for p in ps.iter_mut() {
         assert_eq!(
-            p.c.request("connector.main.echo", &json!(p.uid)).await.unwrap(),
+            p.c.request("connector.main.echo", &json!(p.uid))
+                .await
+                .unwrap(),
             json!(p.uid)
         );
     }
@@ -198,7 +216,8 @@ async fn sigkill_a_frontend_while_players_chat() {
     kill(Pid::from_raw(victim), Signal::SIGKILL).unwrap();
 
     // Its players are disconnected; the others chat on among themselves.
-    let (gone, mut kept): (Vec<Player>, Vec<Player>) = ps.into_iter().partition(|p| p.frontend == 0);
+    let (gone, mut kept): (Vec<Player>, Vec<Player>) =
+        ps.into_iter().partition(|p| p.frontend == 0);
     for mut p in gone {
         p.c.expect_closed().await.unwrap();
     }
@@ -212,7 +231,10 @@ async fn sigkill_a_frontend_while_players_chat() {
         match Client::connect(&addr).await {
             Ok(c) => break c,
             Err(_) => {
-                assert!(killed.elapsed() < TIMEOUT, "connector-server-1 never came back");
+                assert!(
+                    killed.elapsed() < TIMEOUT,
+                    "connector-server-1 never came back"
+                );
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
@@ -220,7 +242,10 @@ async fn sigkill_a_frontend_while_players_chat() {
     let restart = killed.elapsed();
     // Wait until the restarted frontend knows the chat server (it registers, then hears).
     until("the restarted frontend knows chat-server-1", || {
-        count(&cluster.log("connector-server-1"), "every configured server has registered") >= 2
+        count(
+            &cluster.log("connector-server-1"),
+            "every configured server has registered",
+        ) >= 2
     })
     .await;
     login_join(&mut back, 2000, 0).await.unwrap();
@@ -232,7 +257,10 @@ async fn sigkill_a_frontend_while_players_chat() {
     });
     let after = round(&mut kept, "after", all, all, TIMEOUT).await;
     assert_eq!(after.lost, 0, "{after:?}");
-    assert_eq!(cluster.server_pids()["connector-server-2"], pids["connector-server-2"]);
+    assert_eq!(
+        cluster.server_pids()["connector-server-2"],
+        pids["connector-server-2"]
+    );
     println!(
         "frontend SIGKILL: before {before:?}; 30 players disconnected, the other 30 during {during:?}; \
          accepting again {restart:?} after the kill; after {after:?}"
@@ -264,10 +292,18 @@ async fn sigstop_and_sigkill_the_master_while_players_chat() {
     let mark = cluster.lines.lock().unwrap().len();
     let t0 = Instant::now();
     cluster.restart_master().unwrap();
-    cluster.wait_line_after(mark, "adopted 4 running servers").unwrap();
-    cluster.wait_line_after(mark, "kennel: cluster ready").unwrap();
+    cluster
+        .wait_line_after(mark, "adopted 4 running servers")
+        .unwrap();
+    cluster
+        .wait_line_after(mark, "kennel: cluster ready")
+        .unwrap();
     let ready = t0.elapsed();
-    assert_eq!(cluster.server_pids(), pids, "servers were replaced, not adopted");
+    assert_eq!(
+        cluster.server_pids(),
+        pids,
+        "servers were replaced, not adopted"
+    );
     let back = round(&mut ps, "master back", all, all, TIMEOUT).await;
     assert_eq!(back.lost, 0, "{back:?}");
 
@@ -293,7 +329,9 @@ async fn sigstop_and_sigkill_the_master_while_players_chat() {
     // chat-server-1 lived through it all: nobody ever dropped it.
     for id in ["connector-server-1", "connector-server-2", "chat-server-2"] {
         assert!(
-            !cluster.log(id).contains("server removed server=chat-server-1"),
+            !cluster
+                .log(id)
+                .contains("server removed server=chat-server-1"),
             "{id} dropped chat-server-1"
         );
     }
@@ -331,7 +369,10 @@ async fn sigstop_a_server_past_the_heartbeat_timeout() {
 
     // Back after SIGCONT: its link comes up again and messages reach it.
     until("chat-server-1 is linked again", || {
-        count(&cluster.log("connector-server-1"), "peer link up peer=chat-server-1") >= 2
+        count(
+            &cluster.log("connector-server-1"),
+            "peer link up peer=chat-server-1",
+        ) >= 2
     })
     .await;
     for p in ps.iter_mut() {

@@ -7,16 +7,15 @@
 use bytes::{Bytes, BytesMut};
 use kennel_proto::auth::{self, AuthError};
 use kennel_proto::client::{
-    ClientCodec, DEFAULT_MAX_LEN, Frame, FrameError, MAX_RESERVE_AHEAD, TYPE_HANDSHAKE,
-    put_frame,
+    ClientCodec, DEFAULT_MAX_LEN, Frame, FrameError, MAX_RESERVE_AHEAD, TYPE_HANDSHAKE, put_frame,
 };
 use kennel_proto::frame::{AUTH_MAX_FRAME, LinkError, ProtoCodec, length_codec};
 use kennel_proto::msg::{
-    self, CliRequest, CliResponse, FromMaster, PeerMsg, Role, ToMaster, cli_request,
-    cli_response, from_master, peer_msg, to_master,
+    self, CliRequest, CliResponse, FromMaster, PeerMsg, Role, ToMaster, cli_request, cli_response,
+    from_master, peer_msg, to_master,
 };
-use prost::Message;
 use proptest::prelude::*;
+use prost::Message;
 use tokio_util::codec::{Decoder, Encoder, Framed};
 
 // ------------------------------------------------------------------ strategies
@@ -439,7 +438,8 @@ fn replayed_proof_is_refused() {
 
         // Session 2: same Hello, the recorded proof replayed.
         let (mut d, mut a) = pair();
-        let acceptor = tokio::spawn(async move { auth::accept(&mut a, "master", |_| Ok(secret)).await });
+        let acceptor =
+            tokio::spawn(async move { auth::accept(&mut a, "master", |_| Ok(secret)).await });
         d.send(Bytes::from(hello.encode_to_vec())).await.unwrap();
         let ch2 = msg::Challenge::decode(d.next().await.unwrap().unwrap().freeze()).unwrap();
         assert_ne!(ch2.nonce, ch.nonce, "the acceptor's nonce is fresh");
