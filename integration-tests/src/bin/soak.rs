@@ -148,7 +148,7 @@ async fn player(
                     rec.lock().unwrap().sends.push((uid, seq, at, room));
                     let route = ["connector.main.echo", "chat.main.echo", "chat.main.rpcEcho"]
                         [(seq % 3) as usize];
-                    if seq % 4 == 0 && c.send(route, &json!({"n": seq})).await.is_ok() {
+                    if seq.is_multiple_of(4) && c.send(route, &json!({"n": seq})).await.is_ok() {
                         rec.lock().unwrap().requests.0 += 1;
                     }
                 }
