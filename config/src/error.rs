@@ -257,6 +257,11 @@ pub enum Problem {
         /// The server type.
         server_type: String,
     },
+    /// More routes than a client message's 16-bit `cmd` can index.
+    TooManyRoutes {
+        /// How many routes the file lists.
+        count: usize,
+    },
 }
 
 impl fmt::Display for Problem {
@@ -308,6 +313,10 @@ impl fmt::Display for Problem {
             Problem::RouteWithoutServers { server_type } => write!(
                 f,
                 "server type \"{server_type}\" has no servers in this environment"
+            ),
+            Problem::TooManyRoutes { count } => write!(
+                f,
+                "{count} routes listed, but a client message's cmd (16 bits) reaches only the first 65536"
             ),
         }
     }

@@ -1,7 +1,8 @@
 //! The route list of `route.*` (JSON: an array of strings; TOML: `route = [...]`), shared by
 //! every environment; an entry may be `{"route": "...", "note": "..."}` to document the route
-//! (the note ends up in `kennel cmd`'s generated client code), and its checks: no empty or duplicate routes, `type.file.method` routes
-//! must name a server type that has servers, dot-free names are push-only routes.
+//! (the note ends up in `kennel cmd`'s generated client code). Checks: no empty or duplicate
+//! routes, `type.file.method` routes must name a server type that has servers, dot-free names
+//! are push-only routes, and at most 65536 routes (a client `cmd` is 16 bits).
 
 use std::collections::HashMap;
 
@@ -10,6 +11,9 @@ use serde_json::Value;
 use crate::ServerConfig;
 use crate::error::{ConfigError, Format, Problem, describe};
 use crate::source::SourceFile;
+
+/// Most routes a list may have: a client message's `cmd` is a `u16` index into it.
+const MAX_ROUTES: usize = u16::MAX as usize + 1;
 
 fn label(index: usize, route: &str) -> String {
     format!("route[{index}] (\"{route}\")")
@@ -88,6 +92,15 @@ pub(crate) fn check_routes(
     routes: &[String],
     servers: &[ServerConfig],
 ) -> Result<(), ConfigError> {
+    if routes.len() > MAX_ROUTES {
+        return Err(file.invalid(
+            env,
+            None,
+            Problem::TooManyRoutes {
+                count: routes.len(),
+            },
+        ));
+    }
     let mut seen: HashMap<&str, usize> = HashMap::new();
     for (i, route) in routes.iter().enumerate() {
         let fail = |problem| file.invalid(env, Some(label(i, route)), problem);

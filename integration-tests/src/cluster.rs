@@ -4,6 +4,7 @@
 //! the servers. Dropping a [`Cluster`] kills whatever is left (by process group).
 
 use std::collections::HashMap;
+use std::ffi::OsString;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -33,13 +34,15 @@ pub const ROUTES: [&str; 7] = [
 pub fn bin_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        // tests live in target/<profile>/deps/
+        // tests live in target/<profile>/deps/, binaries (the soak) in target/<profile>/
         let exe = std::env::current_exe().expect("test exe path");
-        let dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("target/<profile>")
-            .to_path_buf();
+        let parent = exe.parent().expect("target/<profile>");
+        let dir = if parent.file_name().is_some_and(|n| n == "deps") {
+            parent.parent().expect("target/<profile>")
+        } else {
+            parent
+        }
+        .to_path_buf();
         let release = dir.file_name().is_some_and(|n| n == "release");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
@@ -104,6 +107,49 @@ fn merge(entry: &mut Value, extra: &Value) {
     }
 }
 
+/// How to start the master: program and arguments (e.g. `chat-demo start -e test --dir ..`).
+#[derive(Debug, Clone)]
+pub struct MasterCommand {
+    /// The program.
+    pub program: PathBuf,
+    /// Its arguments.
+    pub args: Vec<OsString>,
+}
+
+/// Spawns the master; its stdout and stderr lines go to `lines` and `tx` (stderr is echoed to
+/// the test's stderr too).
+fn spawn_master(
+    cmd: &MasterCommand,
+    lines: &Arc<Mutex<Vec<String>>>,
+    tx: &mpsc::Sender<String>,
+) -> Result<Child> {
+    let mut child = Command::new(&cmd.program)
+        .args(&cmd.args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("spawn the master {}", cmd.program.display()))?;
+    let stdout = child.stdout.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    for (pipe, echo) in [
+        (Box::new(stdout) as Box<dyn std::io::Read + Send>, false),
+        (Box::new(stderr), true),
+    ] {
+        let (lines, tx) = (lines.clone(), tx.clone());
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                if echo {
+                    eprintln!("{line}");
+                }
+                lines.lock().unwrap().push(line.clone());
+                let _ = tx.send(line);
+            }
+        });
+    }
+    Ok(child)
+}
+
 /// A running chat cluster.
 pub struct Cluster {
     /// The project dir (config, logs, .kennel).
@@ -112,6 +158,8 @@ pub struct Cluster {
     /// Every line the master printed so far.
     pub lines: Arc<Mutex<Vec<String>>>,
     line_rx: mpsc::Receiver<String>,
+    line_tx: mpsc::Sender<String>,
+    master_cmd: MasterCommand,
     /// Client address per frontend id.
     pub frontends: Vec<(String, String)>,
     /// Master port.
@@ -127,10 +175,22 @@ impl Cluster {
     /// Boots `tcp` TCP frontends, then `ws` WebSocket frontends (ids continue the numbering),
     /// and `chats` chat servers.
     pub fn start_with(tcp: u16, ws: u16, chats: u16) -> Result<Cluster> {
+        Cluster::start_custom(tcp, ws, chats, Value::Null)
+    }
+
+    /// Like [`Cluster::start_with`], with `frontend_extra` (a JSON object, e.g.
+    /// `{"heartbeat": 1, "maxConnectionNum": 10}`) merged into every frontend's entry.
+    pub fn start_custom(
+        tcp: u16,
+        ws: u16,
+        chats: u16,
+        frontend_extra: serde_json::Value,
+    ) -> Result<Cluster> {
         Cluster::start_opts(Options {
             tcp,
             ws,
             chats,
+            connector_extra: frontend_extra,
             ..Options::default()
         })
     }
@@ -177,49 +237,106 @@ impl Cluster {
             json!({env: {"connector": connector, "chat": chat}}).to_string(),
         )?;
         std::fs::write(sys.join("route.json"), json!(ROUTES).to_string())?;
-
-        let mut master = Command::new(bin("chat-demo"));
-        master.args(["start", "-e", env, "--dir"]).arg(dir.path());
-        Cluster::launch(dir, master, frontends, master_port)
+        let ids = frontends
+            .iter()
+            .map(|(id, _)| id.clone())
+            .chain((1..=chats).map(|i| format!("chat-server-{i}")))
+            .collect();
+        let cmd = MasterCommand {
+            program: bin("chat-demo"),
+            args: vec![
+                "start".into(),
+                "-e".into(),
+                env.into(),
+                "--dir".into(),
+                dir.path().into(),
+            ],
+        };
+        Cluster::launch(dir, cmd, frontends, master_port, ids)
     }
 
-    /// Runs `master` (a `kennel start`-like command for the project in `dir`), and waits until
-    /// it prints that the cluster is ready. `frontends` lists (id, client address).
+    /// Runs the master of the project in `dir` and waits until it prints that the cluster is
+    /// ready and every server in `ids` knows the others. `frontends` lists (id, client address).
     pub fn launch(
         dir: tempfile::TempDir,
-        mut master: Command,
+        master_cmd: MasterCommand,
         frontends: Vec<(String, String)>,
         master_port: u16,
+        ids: Vec<String>,
     ) -> Result<Cluster> {
-        let mut child = master
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .context("spawn the master")?;
-        let stdout = child.stdout.take().unwrap();
         let lines = Arc::new(Mutex::new(Vec::new()));
         let (tx, line_rx) = mpsc::channel();
-        let l2 = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                l2.lock().unwrap().push(line.clone());
-                let _ = tx.send(line);
-            }
-        });
+        let child = spawn_master(&master_cmd, &lines, &tx)?;
         let mut c = Cluster {
             dir,
             master: Some(child),
             lines,
             line_rx,
+            line_tx: tx,
+            master_cmd,
             frontends,
             master_port,
         };
         c.wait_line("kennel: cluster ready")?;
+        // The master is ready once everyone registered; each server learns of the others a
+        // moment later (a login in between would see no chat server). Wait for every server.
+        for id in ids {
+            c.wait_log(&id, "every configured server has registered")?;
+        }
         Ok(c)
     }
 
-    /// Waits for a master stdout line containing `needle`.
+    /// The master's pid, while it runs.
+    pub fn master_pid(&self) -> Option<i32> {
+        self.master.as_ref().map(|c| c.id() as i32)
+    }
+
+    /// SIGKILLs the master alone (its servers keep running) and reaps it.
+    pub fn kill_master(&mut self) -> Result<()> {
+        let mut child = self.master.take().context("no master running")?;
+        child.kill()?;
+        child.wait()?;
+        Ok(())
+    }
+
+    /// Starts a new master on the same project (after [`Cluster::kill_master`]); it adopts the
+    /// servers still running. Its output joins [`Cluster::lines`]; returns at once.
+    pub fn restart_master(&mut self) -> Result<()> {
+        if self.master.is_some() {
+            bail!("a master is still running");
+        }
+        self.master = Some(spawn_master(&self.master_cmd, &self.lines, &self.line_tx)?);
+        Ok(())
+    }
+
+    /// Lines printed since line index `from` that contain `needle`, waiting for one.
+    pub fn wait_line_after(&mut self, from: usize, needle: &str) -> Result<String> {
+        let deadline = Instant::now() + TIMEOUT * 2;
+        loop {
+            if let Some(l) = self
+                .lines
+                .lock()
+                .unwrap()
+                .iter()
+                .skip(from)
+                .find(|l| l.contains(needle))
+            {
+                return Ok(l.clone());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                bail!(
+                    "master never printed {needle:?} after line {from}; it printed:\n{}",
+                    self.lines.lock().unwrap().join("\n")
+                );
+            }
+            let _ = self
+                .line_rx
+                .recv_timeout(left.min(Duration::from_millis(200)));
+        }
+    }
+
+    /// Waits for a master output line (stdout or stderr) containing `needle`.
     pub fn wait_line(&mut self, needle: &str) -> Result<String> {
         if let Some(l) = self
             .lines
@@ -311,16 +428,6 @@ impl Cluster {
             "logs/{id}.log never contained {needle:?}:\n{}",
             self.log(id)
         )
-    }
-
-    /// The pid of the master this fixture started, while it runs.
-    pub fn master_pid(&self) -> Option<i32> {
-        self.master.as_ref().map(|c| c.id() as i32)
-    }
-
-    /// Forgets the master process (after the test killed it), so `stop` and drop leave it be.
-    pub fn forget_master(&mut self) -> Option<Child> {
-        self.master.take()
     }
 
     /// Sends SIGTERM to the master alone and waits for it to exit; returns its exit code.

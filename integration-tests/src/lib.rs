@@ -1,8 +1,10 @@
 //! Support for kennel's integration tests: a game client speaking PROTOCOL.md ([`client`]) and
-//! a fixture that boots the real chat-demo cluster in a temp dir on free ports ([`cluster`]).
+//! a fixture that boots the real chat-demo cluster in a temp dir on free ports ([`cluster`]), and
+//! chat load for abuse, fault and soak tests ([`load`]).
 
 pub mod client;
 pub mod cluster;
+pub mod load;
 pub mod mydog;
 
 use std::time::Duration;

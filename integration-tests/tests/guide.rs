@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use integration_tests::client::Client;
-use integration_tests::cluster::{Cluster, bin, bin_dir, free_port};
+use integration_tests::cluster::{Cluster, MasterCommand, bin, bin_dir, free_port};
 use serde_json::{Value, json};
 
 /// The code blocks of the guide that follow a `<!-- file: PATH -->` line: (path, text).
@@ -150,16 +150,24 @@ async fn the_guide_program_runs_as_written() {
     std::fs::write(sys.join("servers.json"), servers.to_string()).unwrap();
     std::fs::write(sys.join("route.json"), file("config/sys/route.json")).unwrap();
 
-    let mut kennel = Command::new(bin("kennel"));
-    kennel
-        .args(["start", "-e", "development", "--dir"])
-        .arg(dir.path());
+    let kennel = MasterCommand {
+        program: bin("kennel"),
+        args: vec![
+            "start".into(),
+            "-e".into(),
+            "development".into(),
+            "--dir".into(),
+            dir.path().into(),
+        ],
+    };
     let addr = format!("127.0.0.1:{client_port}");
+    let ids = ["gate-server-1", "room-server-1", "room-server-2"].map(String::from);
     let mut cluster = Cluster::launch(
         dir,
         kennel,
         vec![("gate-server-1".into(), addr.clone())],
         master_port,
+        ids.to_vec(),
     )
     .expect("the guide's cluster boots");
     let ready = cluster.wait_line("kennel: cluster ready").unwrap();

@@ -171,9 +171,7 @@ async fn servers_keep_peers_without_the_master_and_reconcile_when_it_returns() {
     login(&mut c, 1, 0).await; // chat-server-1, whose rpcEcho calls chat-server-2
 
     // The master dies: servers keep serving and keep their peers.
-    let master = cluster.master_pid().unwrap();
-    kill(Pid::from_raw(master), Signal::SIGKILL).unwrap();
-    let _ = cluster.forget_master().map(|mut m| m.wait());
+    cluster.kill_master().unwrap();
     cluster
         .wait_log("chat-server-1", "master link dropped")
         .unwrap();

@@ -2,8 +2,10 @@
 //! `len` counting the type byte. Used by frontends (server side) and by clients and tests.
 //!
 //! The decoder checks `len` against the configured maximum **before** buffering the body, so a
-//! frame declaring 4 GiB is rejected on its first 4 bytes. Malformed input is an error, never a
-//! panic: zero length, oversize, unknown type, or a message frame too short to hold a `cmd`.
+//! frame declaring 4 GiB is rejected on its first 4 bytes, and a frame declaring up to the
+//! maximum reserves at most [`MAX_RESERVE_AHEAD`] before its bytes arrive. Malformed input is
+//! an error, never a panic: zero length, oversize, unknown type, or a message frame too short
+//! to hold a `cmd`.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
@@ -18,6 +20,9 @@ pub const TYPE_HEARTBEAT: u8 = 3;
 pub const DEFAULT_MAX_LEN: usize = 10 * 1024 * 1024;
 /// Largest body a connection may send before its handshake.
 pub const PRE_HANDSHAKE_MAX_BODY: usize = 50;
+/// Most the decoder reserves ahead for a frame that has not fully arrived: a declared length
+/// is a claim, not an allocation (the buffer still grows as the bytes really come).
+pub const MAX_RESERVE_AHEAD: usize = 64 * 1024;
 
 /// One client frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,7 +113,7 @@ impl Decoder for ClientCodec {
             });
         }
         if src.len() < 4 + len {
-            src.reserve(4 + len - src.len());
+            src.reserve((4 + len - src.len()).min(MAX_RESERVE_AHEAD));
             return Ok(None);
         }
         src.advance(4);

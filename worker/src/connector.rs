@@ -45,7 +45,7 @@ pub enum Transport {
 
 /// Frontend connector settings (mydog's `connector` config). A frontend's entry in
 /// `servers.json` may override them with `connector` (`"tcp"`/`"ws"`), `heartbeat`,
-/// `maxConnectionNum`, `maxLen`, `noDelay` and `interval` (ms).
+/// `maxConnectionNum`, `maxLen`, `noDelay`, `interval` (ms) and `handshakeTimeout` (seconds).
 #[derive(Debug, Clone)]
 pub struct ConnectorConfig {
     /// TCP or WebSocket.
@@ -55,7 +55,8 @@ pub struct ConnectorConfig {
     pub heartbeat: u64,
     /// Largest frame `len` a client may send (type byte + body).
     pub max_len: usize,
-    /// Connections beyond this are closed at once.
+    /// Connections beyond this are closed at once. Connections still before their handshake
+    /// count too, so a flood of idle sockets cannot get past it.
     pub max_connections: usize,
     /// A client that has not completed its handshake by then is closed.
     pub handshake_timeout: Duration,
@@ -108,6 +109,12 @@ impl ConnectorConfig {
         if let Some(n) = num("maxConnectionNum")? {
             self.max_connections = n as usize;
         }
+        if let Some(n) = num("handshakeTimeout")? {
+            if n == 0 {
+                return Err("handshakeTimeout must be at least 1 (seconds), not 0".into());
+            }
+            self.handshake_timeout = Duration::from_secs(n);
+        }
         if let Some(n) = num("maxLen")? {
             if n < 3 {
                 return Err(format!("maxLen must be at least 3, not {n}"));
@@ -129,16 +136,20 @@ impl ConnectorConfig {
 /// Accepts clients until `shutdown`.
 pub(crate) async fn accept_loop(app: App, listener: TcpListener, shutdown: CancellationToken) {
     let cfg = app.connector_config();
+    // Open sockets, handshaken or not (each task holds one count until it ends).
+    let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     while let Some((stream, addr)) = crate::listen::accept(&listener, &shutdown, "client").await {
-        if app.inner.frontend.count() >= cfg.max_connections {
+        if open.load(std::sync::atomic::Ordering::Relaxed) >= cfg.max_connections {
             warn!(%addr, max = cfg.max_connections, "maxConnectionNum reached: closing new client");
             drop(stream);
             continue;
         }
+        let held = OpenGuard::new(&open);
         let _ = stream.set_nodelay(cfg.no_delay);
         let app = app.clone();
         let cfg = cfg.clone();
         tokio::spawn(async move {
+            let _held = held;
             let ip = addr.ip().to_string();
             let result = match cfg.transport {
                 Transport::Tcp => {
@@ -163,8 +174,14 @@ pub(crate) async fn accept_loop(app: App, listener: TcpListener, shutdown: Cance
                             };
                             serve(app, reader, WsWrite(sink), ip, cfg).await
                         }
-                        Ok(Err(e)) => Err(format!("websocket upgrade failed: {e}")),
-                        Err(_) => Err("no websocket upgrade within the handshake timeout".into()),
+                        Ok(Err(e)) => {
+                            warn!(%addr, cause = %e, "websocket upgrade failed: closing");
+                            Err(format!("websocket upgrade failed: {e}"))
+                        }
+                        Err(_) => {
+                            warn!(%addr, "no websocket upgrade within the handshake timeout: closing");
+                            Err("no websocket upgrade within the handshake timeout".into())
+                        }
                     }
                 }
             };
@@ -172,6 +189,22 @@ pub(crate) async fn accept_loop(app: App, listener: TcpListener, shutdown: Cance
                 debug!(%addr, %reason, "client closed");
             }
         });
+    }
+}
+
+/// One count of the open-connection counter, released on drop.
+struct OpenGuard(Arc<std::sync::atomic::AtomicUsize>);
+
+impl OpenGuard {
+    fn new(open: &Arc<std::sync::atomic::AtomicUsize>) -> OpenGuard {
+        open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        OpenGuard(open.clone())
+    }
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -199,18 +232,14 @@ async fn serve<R: FrameRead, W: FrameWrite>(
     ip: String,
     cfg: ConnectorConfig,
 ) -> Result<(), String> {
-    // Before the handshake: one frame of at most 50 bytes of body.
-    let first = tokio::time::timeout(cfg.handshake_timeout, reader.next_frame())
-        .await
-        .map_err(|_| "no handshake within the timeout".to_string())?;
-    let body = match first {
-        Some(Ok(Frame::Handshake(body))) => body,
-        Some(Ok(other)) => return Err(format!("expected a handshake, got {other:?}")),
-        Some(Err(e)) => return Err(format!("before handshake: {e}")),
-        None => return Err("closed before handshake".into()),
+    let req = match handshake(&mut reader, &cfg).await {
+        Ok(req) => req,
+        Err(None) => return Err("closed before handshake".into()),
+        Err(Some(reason)) => {
+            warn!(%ip, %reason, "client rejected before its handshake: closing");
+            return Err(reason);
+        }
     };
-    let req: HandshakeRequest =
-        serde_json::from_slice(&body).map_err(|e| format!("bad handshake JSON: {e}"))?;
     reader.set_max_len(cfg.max_len);
 
     let (tx, rx) = mpsc::channel::<Bytes>(SEND_QUEUE);
@@ -230,6 +259,24 @@ async fn serve<R: FrameRead, W: FrameWrite>(
     drop(session);
     let _ = writer.await;
     result
+}
+
+/// Reads and parses the handshake: before it, one frame of at most 50 bytes of body within
+/// the handshake timeout. `Err(None)`: the client left quietly.
+async fn handshake<R: FrameRead>(
+    reader: &mut R,
+    cfg: &ConnectorConfig,
+) -> Result<HandshakeRequest, Option<String>> {
+    let first = tokio::time::timeout(cfg.handshake_timeout, reader.next_frame())
+        .await
+        .map_err(|_| Some("no handshake within the timeout".to_string()))?;
+    let body = match first {
+        Some(Ok(Frame::Handshake(body))) => body,
+        Some(Ok(other)) => return Err(Some(format!("expected a handshake, got {other:?}"))),
+        Some(Err(e)) => return Err(Some(format!("before handshake: {e}"))),
+        None => return Err(None),
+    };
+    serde_json::from_slice(&body).map_err(|e| Some(format!("bad handshake JSON: {e}")))
 }
 
 fn handshake_reply(app: &App, req: &HandshakeRequest, heartbeat: u64) -> Bytes {
@@ -309,7 +356,7 @@ async fn write_loop<W: FrameWrite>(
                 }
                 if !buf.is_empty() {
                     let last = buf.split().freeze();
-                    let _ = tokio::time::timeout(Duration::from_secs(5), wr.write(last)).await;
+                    let _ = tokio::time::timeout(FLUSH_GRACE, wr.write(last)).await;
                 }
                 break;
             }
@@ -333,13 +380,26 @@ async fn write_loop<W: FrameWrite>(
             }
             buf.split().freeze()
         };
-        if wr.write(batch).await.is_err() {
+        // A write blocked on a client that does not read must not hold the connection open
+        // once it is closing: it gets the same bounded grace as the final flush.
+        let write = wr.write(batch);
+        tokio::pin!(write);
+        let ok = tokio::select! {
+            r = &mut write => r.is_ok(),
+            _ = closing.cancelled() => {
+                matches!(tokio::time::timeout(FLUSH_GRACE, &mut write).await, Ok(Ok(())))
+            }
+        };
+        if !ok {
             closing.cancel();
             return;
         }
     }
     wr.shutdown().await;
 }
+
+/// How long a closing connection's last writes may take before the socket is dropped.
+const FLUSH_GRACE: Duration = Duration::from_secs(5);
 
 /// Logs where clients connect.
 pub(crate) fn log_listening(app: &App, addr: &std::net::SocketAddr, transport: Transport) {
@@ -434,7 +494,7 @@ mod tests {
     #[test]
     fn entry_overrides_and_errors() {
         let mut c = ConnectorConfig::default();
-        let extra = json!({"connector": "ws", "heartbeat": 5, "maxConnectionNum": 7, "maxLen": 1000, "noDelay": false, "interval": 20});
+        let extra = json!({"connector": "ws", "heartbeat": 5, "maxConnectionNum": 7, "maxLen": 1000, "noDelay": false, "interval": 20, "handshakeTimeout": 3});
         c.apply_entry(extra.as_object().unwrap()).unwrap();
         assert_eq!(c.transport, Transport::WebSocket);
         assert_eq!(
@@ -442,12 +502,15 @@ mod tests {
             (5, 7, 1000, false)
         );
         assert_eq!(c.interval, Duration::from_millis(20));
+        assert_eq!(c.handshake_timeout, Duration::from_secs(3));
         for bad in [
             json!({"connector": "udp"}),
             json!({"heartbeat": -1}),
             json!({"maxLen": 1}),
             json!({"noDelay": "yes"}),
             json!({"interval": 1.5}),
+            json!({"handshakeTimeout": 0}),
+            json!({"handshakeTimeout": 1.5}),
         ] {
             let err = ConnectorConfig::default()
                 .apply_entry(bad.as_object().unwrap())
