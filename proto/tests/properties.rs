@@ -168,10 +168,17 @@ fn cli_resp() -> impl Strategy<Value = CliResponse> {
             adopted: pid % 2 == 0,
             rss_bytes: rss,
             cpu_percent: cpu,
+            clients: rss.map(|r| (r % 1000) as u32),
+            remote: pid % 3 == 0,
+            external: pid % 5 == 0,
         });
     prop_oneof![
-        proptest::collection::vec(status, 0..4)
-            .prop_map(|servers| cli_response::Msg::List(msg::ListReply { servers })),
+        proptest::collection::vec(status, 0..4).prop_map(|servers| cli_response::Msg::List(
+            msg::ListReply {
+                ready: servers.len() % 2 == 0,
+                servers,
+            }
+        )),
         ".{0,30}".prop_map(cli_response::Msg::Ok),
         ".{0,30}".prop_map(cli_response::Msg::Error),
     ]
