@@ -29,18 +29,39 @@ pub const ROUTES: [&str; 7] = [
     "chat.main.rpcEcho",
 ];
 
-/// Builds the workspace binaries once per test process and returns the target dir holding them.
+/// Builds the workspace binaries once per test process and returns the target dir holding them
+/// (the profile this test or binary was built with).
 pub fn bin_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        // tests live in target/<profile>/deps/
-        let exe = std::env::current_exe().expect("test exe path");
-        let dir = exe
+    bin_dir_for(own_profile_is_release())
+}
+
+/// The `target/<profile>` dir of the running executable (a test in `target/<profile>/deps/`
+/// or a binary in `target/<profile>/`).
+fn own_profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("exe path");
+    let mut dir = exe.parent().expect("exe dir").to_path_buf();
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.pop();
+    }
+    dir
+}
+
+fn own_profile_is_release() -> bool {
+    own_profile_dir()
+        .file_name()
+        .is_some_and(|n| n == "release")
+}
+
+/// Builds `chat-demo` and `kennel-master` once per process in the release or debug profile and
+/// returns the dir holding them (`target/release` or `target/debug`).
+pub fn bin_dir_for(release: bool) -> &'static Path {
+    static DIRS: [OnceLock<PathBuf>; 2] = [OnceLock::new(), OnceLock::new()];
+    DIRS[release as usize].get_or_init(|| {
+        let target = own_profile_dir()
             .parent()
-            .and_then(Path::parent)
-            .expect("target/<profile>")
+            .expect("target dir above the profile dir")
             .to_path_buf();
-        let release = dir.file_name().is_some_and(|n| n == "release");
+        let dir = target.join(if release { "release" } else { "debug" });
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
         cmd.args(["build", "--bins", "-p", "chat-demo", "-p", "kennel-master"]);
@@ -77,6 +98,40 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// What [`Cluster::start_opts`] boots.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// TCP frontends (`connector-server-1..`).
+    pub tcp: u16,
+    /// WebSocket frontends (ids continue after the TCP ones).
+    pub ws: u16,
+    /// Chat servers (`chat-server-1..`).
+    pub chats: u16,
+    /// Run release binaries (built on first use) instead of this executable's profile.
+    pub release: Option<bool>,
+    /// Extra keys on every connector entry (`heartbeat`, `maxConnectionNum`, ...).
+    pub connector_extra: serde_json::Map<String, serde_json::Value>,
+}
+
+impl ClusterOptions {
+    /// `tcp` TCP frontends, `ws` WebSocket frontends and `chats` chat servers, default binaries.
+    pub fn new(tcp: u16, ws: u16, chats: u16) -> ClusterOptions {
+        ClusterOptions {
+            tcp,
+            ws,
+            chats,
+            release: None,
+            connector_extra: serde_json::Map::new(),
+        }
+    }
+
+    /// Adds `key: value` to every connector entry.
+    pub fn connector_key(mut self, key: &str, value: serde_json::Value) -> ClusterOptions {
+        self.connector_extra.insert(key.to_string(), value);
+        self
+    }
+}
+
 /// A running chat cluster.
 pub struct Cluster {
     /// The project dir (config, logs, .kennel).
@@ -89,6 +144,8 @@ pub struct Cluster {
     pub frontends: Vec<(String, String)>,
     /// Master port.
     pub master_port: u16,
+    spawned_at: Instant,
+    server_ids: Vec<String>,
 }
 
 impl Cluster {
@@ -100,6 +157,16 @@ impl Cluster {
     /// Boots `tcp` TCP frontends, then `ws` WebSocket frontends (ids continue the numbering),
     /// and `chats` chat servers.
     pub fn start_with(tcp: u16, ws: u16, chats: u16) -> Result<Cluster> {
+        Cluster::start_opts(&ClusterOptions::new(tcp, ws, chats))
+    }
+
+    /// Boots the cluster `opts` describes and waits until all registered.
+    pub fn start_opts(opts: &ClusterOptions) -> Result<Cluster> {
+        let (tcp, ws, chats) = (opts.tcp, opts.ws, opts.chats);
+        let bin_dir = match opts.release {
+            Some(release) => bin_dir_for(release),
+            None => bin_dir(),
+        };
         let connectors = tcp + ws;
         let dir = tempfile::tempdir()?;
         let sys = dir.path().join("config/sys");
@@ -111,12 +178,18 @@ impl Cluster {
             let (port, client) = (free_port(), free_port());
             let id = format!("connector-server-{i}");
             let transport = if i > tcp { "ws" } else { "tcp" };
-            connector.push(json!({"id": id, "host": "127.0.0.1", "port": port, "frontend": true, "clientPort": client, "connector": transport}));
+            let mut entry = json!({"id": id, "host": "127.0.0.1", "port": port, "frontend": true, "clientPort": client, "connector": transport});
+            for (k, v) in &opts.connector_extra {
+                entry[k] = v.clone();
+            }
+            connector.push(entry);
             frontends.push((id, format!("127.0.0.1:{client}")));
         }
         let chat: Vec<_> = (1..=chats)
             .map(|i| json!({"id": format!("chat-server-{i}"), "host": "127.0.0.1", "port": free_port()}))
             .collect();
+        let mut server_ids: Vec<String> = frontends.iter().map(|f| f.0.clone()).collect();
+        server_ids.extend((1..=chats).map(|i| format!("chat-server-{i}")));
         let env = "test";
         std::fs::write(
             sys.join("master.json"),
@@ -129,7 +202,8 @@ impl Cluster {
         )?;
         std::fs::write(sys.join("route.json"), json!(ROUTES).to_string())?;
 
-        let mut child = Command::new(bin("chat-demo"))
+        let spawned_at = Instant::now();
+        let mut child = Command::new(bin_dir.join("chat-demo"))
             .args(["start", "-e", env, "--dir"])
             .arg(dir.path())
             .stdin(Stdio::null())
@@ -154,6 +228,8 @@ impl Cluster {
             line_rx,
             frontends,
             master_port,
+            spawned_at,
+            server_ids,
         };
         c.wait_line("kennel: cluster ready")?;
         Ok(c)
@@ -187,6 +263,60 @@ impl Cluster {
     /// Client address of the `i`-th frontend.
     pub fn client_addr(&self, i: usize) -> &str {
         &self.frontends[i % self.frontends.len()].1
+    }
+
+    /// When the master process was spawned.
+    pub fn spawned_at(&self) -> Instant {
+        self.spawned_at
+    }
+
+    /// Every configured server id.
+    pub fn server_ids(&self) -> &[String] {
+        &self.server_ids
+    }
+
+    /// Waits until every server's log shows a peer link up to every other server (the RPC mesh
+    /// is complete, so every server also knows every other), polling the logs every 5 ms.
+    /// Returns when that was first seen. Needs the servers' `info` log level (the default).
+    pub fn wait_meshed(&self, limit: Duration) -> Result<Instant> {
+        let deadline = Instant::now() + limit;
+        let mut pending: Vec<&String> = self.server_ids.iter().collect();
+        loop {
+            pending.retain(|id| {
+                let log = self.log(id);
+                let linked: std::collections::HashSet<&str> = log
+                    .lines()
+                    .filter_map(|l| {
+                        l.split_once("peer link up")?
+                            .1
+                            .split_once("peer=")?
+                            .1
+                            .split_whitespace()
+                            .next()
+                    })
+                    .collect();
+                !self
+                    .server_ids
+                    .iter()
+                    .all(|other| other == *id || linked.contains(other.as_str()))
+            });
+            if pending.is_empty() {
+                return Ok(Instant::now());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "not meshed within {limit:?}: {pending:?} lack links (logs/{}.log:\n{})",
+                    pending[0],
+                    self.log(pending[0])
+                );
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// The master's pid while it runs.
+    pub fn master_pid(&self) -> Option<i32> {
+        self.master.as_ref().map(|c| c.id() as i32)
     }
 
     /// Server processes of this cluster (id -> pid), found by their working directory.
