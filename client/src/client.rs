@@ -567,11 +567,10 @@ async fn write_loop(shared: Arc<Shared>, mut writer: FrameWriter, heartbeat: Opt
         };
         // Take what is queued; the writer's (flushed, empty) buffer becomes the new queue.
         std::mem::swap(&mut shared.state.lock().unwrap().out, &mut writer.buf);
-        if writer.pending() > 0 {
-            if let Err(e) = writer.flush().await {
-                shared.shut(format!("write failed: {e}"));
-                return;
-            }
+        // (A no-op when nothing is queued.)
+        if let Err(e) = writer.flush().await {
+            shared.shut(format!("write failed: {e}"));
+            return;
         }
         if stop {
             let _ = writer.shutdown().await;

@@ -285,15 +285,15 @@ impl MydogPeer {
                 Ok(Event::Out(line)) => {
                     let mut words = line.split_whitespace();
                     match (words.next(), words.next(), words.next()) {
-                        (Some("MDREADY"), Some("rpc"), Some(id)) => {
-                            if expected.remove(id) && expected.is_empty() {
-                                peer.all_rpc_at = Instant::now();
-                            }
+                        (Some("MDREADY"), Some("rpc"), Some(id))
+                            if expected.remove(id) && expected.is_empty() =>
+                        {
+                            peer.all_rpc_at = Instant::now();
                         }
-                        (Some("MDREADY"), Some("view"), Some(id)) => {
-                            if expected_view.remove(id) && expected_view.is_empty() {
-                                peer.all_view_at = Instant::now();
-                            }
+                        (Some("MDREADY"), Some("view"), Some(id))
+                            if expected_view.remove(id) && expected_view.is_empty() =>
+                        {
+                            peer.all_view_at = Instant::now();
                         }
                         _ => {}
                     }

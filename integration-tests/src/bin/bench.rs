@@ -101,21 +101,21 @@ fn main() -> ExitCode {
     }
     cfg.release = args.profile.as_deref().map(|p| p == "release");
     cfg.mydog = !args.no_mydog;
-    if cfg.mydog {
-        if let Err(why) = integration_tests::mydog::node_and_npm() {
-            if std::env::var(integration_tests::mydog::SKIP_ENV).as_deref() == Ok("1") {
-                eprintln!(
-                    "bench: skipping mydog ({why}; {} is set)",
-                    integration_tests::mydog::SKIP_ENV
-                );
-                cfg.mydog = false;
-            } else {
-                eprintln!(
-                    "bench: mydog needs node and npm: {why} (use --no-mydog or {}=1)",
-                    integration_tests::mydog::SKIP_ENV
-                );
-                return ExitCode::FAILURE;
-            }
+    if cfg.mydog
+        && let Err(why) = integration_tests::mydog::node_and_npm()
+    {
+        if std::env::var(integration_tests::mydog::SKIP_ENV).as_deref() == Ok("1") {
+            eprintln!(
+                "bench: skipping mydog ({why}; {} is set)",
+                integration_tests::mydog::SKIP_ENV
+            );
+            cfg.mydog = false;
+        } else {
+            eprintln!(
+                "bench: mydog needs node and npm: {why} (use --no-mydog or {}=1)",
+                integration_tests::mydog::SKIP_ENV
+            );
+            return ExitCode::FAILURE;
         }
     }
     eprintln!("bench: machine: {}", procfs::machine());
