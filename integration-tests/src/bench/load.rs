@@ -13,7 +13,7 @@ use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use kennel_client::{ClientBuilder, Connection, Frame, FrameReader, FrameWriter};
 use serde_json::json;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Notify, Semaphore, watch};
 
 use super::procfs::CpuSnapshot;
 
@@ -340,10 +340,11 @@ async fn echo_conn(
 }
 
 /// Room broadcast: `conns` connections over `addrs` log in, join rooms of `room_size`
-/// (connection `i` in room `i / room_size`), and each keeps `window_msgs` of its own chat
-/// messages in flight (a message is done when the sender's own copy comes back). Every
-/// delivery to every member counts; latency is delivery time minus the send timestamp the
-/// message carries.
+/// (connection `i` in room `i / room_size`), and each keeps at most `window_msgs` of its own
+/// chat messages not yet delivered to every member of its room (so no member's backlog grows
+/// without bound: at most members x window messages are in flight to it). Every delivery to
+/// every member counts; latency is delivery time minus the send timestamp the message
+/// carries.
 pub async fn broadcast_load(
     addrs: &[String],
     conns: usize,
@@ -357,6 +358,15 @@ pub async fn broadcast_load(
     for (i, c) in connections.iter_mut().enumerate() {
         uids.push(login(c, (i / room_size) as u64, true).await?);
     }
+    // uids are handed out in order, so a delivery's sender is `u - uids[0]`.
+    let first_uid = uids[0];
+    if uids
+        .iter()
+        .enumerate()
+        .any(|(i, u)| *u != first_uid + i as u64)
+    {
+        bail!("uids of one run are not consecutive");
+    }
     // Members per room (the last room may be smaller).
     let members = |i: usize| {
         let room = i / room_size;
@@ -366,6 +376,15 @@ pub async fn broadcast_load(
     let stopped = Arc::new(AtomicU64::new(0));
     let expected = Arc::new(AtomicU64::new(0));
     let delivered = Arc::new(AtomicU64::new(0));
+    let senders: Arc<Vec<SenderSlot>> = Arc::new(
+        (0..conns)
+            .map(|i| SenderSlot {
+                delivered: AtomicU64::new(0),
+                members: members(i),
+                wake: Notify::new(),
+            })
+            .collect(),
+    );
     let (done_tx, done_rx) = watch::channel(false);
     let mut tasks = Vec::new();
     for (i, c) in connections.into_iter().enumerate() {
@@ -377,11 +396,13 @@ pub async fn broadcast_load(
             expected: expected.clone(),
             delivered: delivered.clone(),
             done: done_rx.clone(),
+            senders: senders.clone(),
+            first_uid,
+            me: i,
         };
         tasks.push(tokio::spawn(chat_conn(
             c.reader,
             c.writer,
-            uids[i],
             members(i),
             (send, push),
             window_msgs,
@@ -421,6 +442,22 @@ struct ChatShared {
     delivered: Arc<AtomicU64>,
     /// True once every delivery arrived (or the drain gave up).
     done: watch::Receiver<bool>,
+    /// Per sender (by connection index): deliveries of its messages so far.
+    senders: Arc<Vec<SenderSlot>>,
+    /// uid of connection 0.
+    first_uid: u64,
+    /// This connection's index.
+    me: usize,
+}
+
+/// Flow control of one broadcast sender.
+struct SenderSlot {
+    /// Deliveries of this sender's messages (to any member).
+    delivered: AtomicU64,
+    /// Members of its room.
+    members: u64,
+    /// Woken when a multiple of `members` deliveries is reached (a window slot may be free).
+    wake: Notify,
 }
 
 #[derive(serde::Deserialize)]
@@ -432,27 +469,31 @@ struct ChatMsg {
 async fn chat_conn(
     mut rd: FrameReader,
     mut wr: FrameWriter,
-    uid: u64,
     room_members: u64,
     (send, push): (u16, u16),
     window_msgs: usize,
     mut sh: ChatShared,
 ) -> ConnStats {
     let mut st = ConnStats::default();
-    let mut own_in_flight = 0usize;
     let mut seq = 0u64;
     let mut stopped = false;
+    let me = &sh.senders[sh.me];
     loop {
+        // Messages of mine not yet delivered to every member of my room.
+        let in_flight = |seq: u64| {
+            (seq * room_members)
+                .saturating_sub(me.delivered.load(Ordering::Acquire))
+                .div_ceil(room_members) as usize
+        };
         if !stopped {
             if sh.phase.load(Ordering::Relaxed) < STOP {
                 let before = seq;
-                while own_in_flight < window_msgs {
+                while in_flight(seq) < window_msgs {
                     let msg = json!({"s": seq, "ts": now_us()});
                     if let Err(e) = wr.push_json(send, "chat.main.send", &msg) {
                         st.error = Some(e.to_string());
                     }
                     seq += 1;
-                    own_in_flight += 1;
                 }
                 let n = seq - before;
                 st.sent += n;
@@ -468,6 +509,7 @@ async fn chat_conn(
         }
         let first = tokio::select! {
             r = tokio::time::timeout(REPLY_TIMEOUT, rd.next()) => r.ok(),
+            _ = me.wake.notified(), if !stopped => continue,
             _ = sh.done.wait_for(|d| *d) => break,
         };
         let Some(first) = first else {
@@ -484,8 +526,15 @@ async fn chat_conn(
                     got += 1;
                     match serde_json::from_slice::<ChatMsg>(&payload) {
                         Ok(m) => {
-                            if m.u == uid {
-                                own_in_flight = own_in_flight.saturating_sub(1);
+                            let from = m.u.wrapping_sub(sh.first_uid) as usize;
+                            match sh.senders.get(from) {
+                                Some(slot) => {
+                                    let d = slot.delivered.fetch_add(1, Ordering::AcqRel) + 1;
+                                    if d % slot.members == 0 {
+                                        slot.wake.notify_one();
+                                    }
+                                }
+                                None => st.unexpected += 1,
                             }
                             if sh.phase.load(Ordering::Relaxed) == MEASURE {
                                 st.completed += 1;

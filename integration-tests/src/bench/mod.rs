@@ -72,7 +72,7 @@ impl Config {
             conns: 100,
             inflight: 16,
             broadcast_conns: 100,
-            broadcast_window: 2,
+            broadcast_window: 4,
         }
     }
 
