@@ -30,20 +30,39 @@ pub const ROUTES: [&str; 7] = [
     "chat.main.rpcEcho",
 ];
 
-/// Builds the workspace binaries once per test process and returns the target dir holding them.
+/// Builds the workspace binaries once per test process and returns the target dir holding them
+/// (the profile this test or binary was built with).
 pub fn bin_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        // tests live in target/<profile>/deps/, binaries (the soak) in target/<profile>/
-        let exe = std::env::current_exe().expect("test exe path");
-        let parent = exe.parent().expect("target/<profile>");
-        let dir = if parent.file_name().is_some_and(|n| n == "deps") {
-            parent.parent().expect("target/<profile>")
-        } else {
-            parent
-        }
-        .to_path_buf();
-        let release = dir.file_name().is_some_and(|n| n == "release");
+    bin_dir_for(own_profile_is_release())
+}
+
+/// The `target/<profile>` dir of the running executable (a test in `target/<profile>/deps/`
+/// or a binary in `target/<profile>/`).
+fn own_profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("exe path");
+    let mut dir = exe.parent().expect("exe dir").to_path_buf();
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.pop();
+    }
+    dir
+}
+
+fn own_profile_is_release() -> bool {
+    own_profile_dir()
+        .file_name()
+        .is_some_and(|n| n == "release")
+}
+
+/// Builds `chat-demo` and `kennel-master` once per process in the release or debug profile and
+/// returns the dir holding them (`target/release` or `target/debug`).
+pub fn bin_dir_for(release: bool) -> &'static Path {
+    static DIRS: [OnceLock<PathBuf>; 2] = [OnceLock::new(), OnceLock::new()];
+    DIRS[release as usize].get_or_init(|| {
+        let target = own_profile_dir()
+            .parent()
+            .expect("target dir above the profile dir")
+            .to_path_buf();
+        let dir = target.join(if release { "release" } else { "debug" });
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
         cmd.args(["build", "--bins", "-p", "chat-demo", "-p", "kennel-master"]);
@@ -80,22 +99,47 @@ pub fn free_port() -> u16 {
     }
 }
 
-/// What [`Cluster::start_opts`] boots: server counts, and keys merged into the master's
-/// entry, every connector's entry and every chat server's entry (`Value::Null`: none).
+/// What [`Cluster::start_opts`] boots: server counts, the binaries' profile, and keys merged
+/// into the master's entry, every connector's entry and every chat server's entry
+/// (`Value::Null`: none).
 #[derive(Debug, Clone, Default)]
-pub struct Options {
-    /// TCP frontends.
+pub struct ClusterOptions {
+    /// TCP frontends (`connector-server-1..`).
     pub tcp: u16,
-    /// WebSocket frontends (numbered after the TCP ones).
+    /// WebSocket frontends (ids continue after the TCP ones).
     pub ws: u16,
-    /// Chat servers.
+    /// Chat servers (`chat-server-1..`).
     pub chats: u16,
+    /// Run release (`Some(true)`) or debug binaries, built on first use; `None`: this
+    /// executable's profile.
+    pub release: Option<bool>,
     /// Extra keys of the master entry (e.g. `{"rpc": {...}}`).
     pub master_extra: Value,
     /// Extra keys of every connector entry (e.g. `{"interval": 50}`).
     pub connector_extra: Value,
     /// Extra keys of every chat entry.
     pub chat_extra: Value,
+}
+
+impl ClusterOptions {
+    /// `tcp` TCP frontends, `ws` WebSocket frontends and `chats` chat servers, default binaries.
+    pub fn new(tcp: u16, ws: u16, chats: u16) -> ClusterOptions {
+        ClusterOptions {
+            tcp,
+            ws,
+            chats,
+            ..ClusterOptions::default()
+        }
+    }
+
+    /// Adds `key: value` to every connector entry.
+    pub fn connector_key(mut self, key: &str, value: Value) -> ClusterOptions {
+        if !self.connector_extra.is_object() {
+            self.connector_extra = json!({});
+        }
+        self.connector_extra[key] = value;
+        self
+    }
 }
 
 /// Copies `extra`'s keys into `entry` (both objects; a null `extra` adds nothing).
@@ -164,6 +208,8 @@ pub struct Cluster {
     pub frontends: Vec<(String, String)>,
     /// Master port.
     pub master_port: u16,
+    spawned_at: Instant,
+    server_ids: Vec<String>,
 }
 
 impl Cluster {
@@ -186,25 +232,27 @@ impl Cluster {
         chats: u16,
         frontend_extra: serde_json::Value,
     ) -> Result<Cluster> {
-        Cluster::start_opts(Options {
-            tcp,
-            ws,
-            chats,
+        Cluster::start_opts(&ClusterOptions {
             connector_extra: frontend_extra,
-            ..Options::default()
+            ..ClusterOptions::new(tcp, ws, chats)
         })
     }
 
-    /// Boots a cluster as [`Cluster::start_with`] does, with extra config keys.
-    pub fn start_opts(o: Options) -> Result<Cluster> {
-        let Options {
+    /// Boots the cluster `opts` describes and waits until every server knows the others.
+    pub fn start_opts(opts: &ClusterOptions) -> Result<Cluster> {
+        let ClusterOptions {
             tcp,
             ws,
             chats,
+            release,
             master_extra,
             connector_extra,
             chat_extra,
-        } = o;
+        } = opts.clone();
+        let bin_dir = match release {
+            Some(release) => bin_dir_for(release),
+            None => bin_dir(),
+        };
         let connectors = tcp + ws;
         let dir = tempfile::tempdir()?;
         let sys = dir.path().join("config/sys");
@@ -243,7 +291,7 @@ impl Cluster {
             .chain((1..=chats).map(|i| format!("chat-server-{i}")))
             .collect();
         let cmd = MasterCommand {
-            program: bin("chat-demo"),
+            program: bin_dir.join("chat-demo"),
             args: vec![
                 "start".into(),
                 "-e".into(),
@@ -266,6 +314,7 @@ impl Cluster {
     ) -> Result<Cluster> {
         let lines = Arc::new(Mutex::new(Vec::new()));
         let (tx, line_rx) = mpsc::channel();
+        let spawned_at = Instant::now();
         let child = spawn_master(&master_cmd, &lines, &tx)?;
         let mut c = Cluster {
             dir,
@@ -276,14 +325,65 @@ impl Cluster {
             master_cmd,
             frontends,
             master_port,
+            spawned_at,
+            server_ids: ids,
         };
         c.wait_line("kennel: cluster ready")?;
         // The master is ready once everyone registered; each server learns of the others a
         // moment later (a login in between would see no chat server). Wait for every server.
-        for id in ids {
+        for id in c.server_ids.clone() {
             c.wait_log(&id, "every configured server has registered")?;
         }
         Ok(c)
+    }
+
+    /// When the master process was spawned.
+    pub fn spawned_at(&self) -> Instant {
+        self.spawned_at
+    }
+
+    /// Every configured server id.
+    pub fn server_ids(&self) -> &[String] {
+        &self.server_ids
+    }
+
+    /// Waits until every server's log shows a peer link up to every other server (the RPC mesh
+    /// is complete, so every server also knows every other), polling the logs every 5 ms.
+    /// Returns when that was first seen. Needs the servers' `info` log level (the default).
+    pub fn wait_meshed(&self, limit: Duration) -> Result<Instant> {
+        let deadline = Instant::now() + limit;
+        let mut pending: Vec<&String> = self.server_ids.iter().collect();
+        loop {
+            pending.retain(|id| {
+                let log = self.log(id);
+                let linked: std::collections::HashSet<&str> = log
+                    .lines()
+                    .filter_map(|l| {
+                        l.split_once("peer link up")?
+                            .1
+                            .split_once("peer=")?
+                            .1
+                            .split_whitespace()
+                            .next()
+                    })
+                    .collect();
+                !self
+                    .server_ids
+                    .iter()
+                    .all(|other| other == *id || linked.contains(other.as_str()))
+            });
+            if pending.is_empty() {
+                return Ok(Instant::now());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "not meshed within {limit:?}: {pending:?} lack links (logs/{}.log:\n{})",
+                    pending[0],
+                    self.log(pending[0])
+                );
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// The master's pid, while it runs.
@@ -422,7 +522,7 @@ impl Cluster {
             if self.log(id).contains(needle) {
                 return Ok(());
             }
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(10));
         }
         bail!(
             "logs/{id}.log never contained {needle:?}:\n{}",

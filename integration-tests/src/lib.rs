@@ -1,7 +1,9 @@
 //! Support for kennel's integration tests: a game client speaking PROTOCOL.md ([`client`]) and
-//! a fixture that boots the real chat-demo cluster in a temp dir on free ports ([`cluster`]), and
-//! chat load for abuse, fault and soak tests ([`load`]).
+//! a fixture that boots the real chat-demo cluster in a temp dir on free ports ([`cluster`]),
+//! chat load for abuse, fault and soak tests ([`load`]), the mydog peer ([`mydog`]), and the
+//! benchmark harness ([`bench`]).
 
+pub mod bench;
 pub mod client;
 pub mod cluster;
 pub mod load;

@@ -68,13 +68,17 @@ pub fn peer_source() -> Result<PathBuf> {
     )
 }
 
-/// The workspace target dir (tests run from `<target>/<profile>/deps/`).
+/// The workspace target dir (tests run from `<target>/<profile>/deps/`, binaries from
+/// `<target>/<profile>/`).
 fn target_dir() -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
-    exe.ancestors()
-        .nth(3)
+    let mut dir = exe.parent().context("exe has no dir")?.to_path_buf();
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.pop();
+    }
+    dir.parent()
         .map(Path::to_path_buf)
-        .context("test exe is not under <target>/<profile>/deps")
+        .context("exe is not under <target>/<profile>")
 }
 
 /// Copies `src` into `dst` recursively (symlinks recreated), skipping top-level `skip` names.
@@ -175,6 +179,12 @@ pub struct MydogPeer {
     pub frontends: Vec<(String, String)>,
     /// Master port.
     pub master_port: u16,
+    /// When `node app.js` was spawned.
+    pub spawned_at: Instant,
+    /// When the last server printed `MDREADY view` (knows every server: all registered).
+    pub all_view_at: Instant,
+    /// When the last server printed `MDREADY rpc` (a link to every other server: meshed).
+    pub all_rpc_at: Instant,
 }
 
 /// One line from the master's stdout or stderr, or the end of its stdout.
@@ -226,6 +236,7 @@ impl MydogPeer {
             ),
         )?;
 
+        let spawned_at = Instant::now();
         let mut child = Command::new("node")
             .args(["app.js", "env=test"])
             .current_dir(dir.path().join("app"))
@@ -255,24 +266,36 @@ impl MydogPeer {
                 l.lock().unwrap().push(format!("!{line}"));
             }
         });
-        let peer = MydogPeer {
+        let mut peer = MydogPeer {
             dir,
             master: Some(child),
             lines,
             frontends,
             master_port,
+            spawned_at,
+            all_view_at: spawned_at,
+            all_rpc_at: spawned_at,
         };
 
         let deadline = Instant::now() + READY_TIMEOUT;
+        let mut expected_view = expected.clone();
         while !expected.is_empty() {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
                 Ok(Event::Out(line)) => {
                     let mut words = line.split_whitespace();
-                    if let (Some("MDREADY"), Some("rpc"), Some(id)) =
-                        (words.next(), words.next(), words.next())
-                    {
-                        expected.remove(id);
+                    match (words.next(), words.next(), words.next()) {
+                        (Some("MDREADY"), Some("rpc"), Some(id))
+                            if expected.remove(id) && expected.is_empty() =>
+                        {
+                            peer.all_rpc_at = Instant::now();
+                        }
+                        (Some("MDREADY"), Some("view"), Some(id))
+                            if expected_view.remove(id) && expected_view.is_empty() =>
+                        {
+                            peer.all_view_at = Instant::now();
+                        }
+                        _ => {}
                     }
                 }
                 Ok(Event::Eof) | Err(mpsc::RecvTimeoutError::Disconnected) => bail!(
@@ -292,6 +315,39 @@ impl MydogPeer {
     /// Client address of the `i`-th frontend.
     pub fn client_addr(&self, i: usize) -> &str {
         &self.frontends[i % self.frontends.len()].1
+    }
+
+    /// Every process of the peer (its process group): the master and each server.
+    pub fn pids(&self) -> Vec<i32> {
+        let Some(pgid) = self.master.as_ref().map(|m| m.id() as i32) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            if nix::unistd::getpgid(Some(Pid::from_raw(pid))).ok() == Some(Pid::from_raw(pgid)) {
+                out.push(pid);
+            }
+        }
+        out
+    }
+
+    /// Server processes (id -> pid), from the `id=<id>` argument the master gives each.
+    pub fn server_pids(&self) -> std::collections::HashMap<String, i32> {
+        let mut out = std::collections::HashMap::new();
+        for pid in self.pids() {
+            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                continue;
+            };
+            for arg in cmdline.split(|b| *b == 0) {
+                if let Some(id) = arg.strip_prefix(b"id=") {
+                    out.insert(String::from_utf8_lossy(id).into_owned(), pid);
+                }
+            }
+        }
+        out
     }
 
     /// Everything the master printed so far (stderr lines prefixed with `!`).

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use futures_util::future::join_all;
 use integration_tests::TIMEOUT;
 use integration_tests::client::Client;
-use integration_tests::cluster::{Cluster, Options};
+use integration_tests::cluster::{Cluster, ClusterOptions};
 use integration_tests::load::login_join;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -343,11 +343,11 @@ async fn sigstop_and_sigkill_the_master_while_players_chat() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigstop_a_server_past_the_heartbeat_timeout() {
-    let cluster = Cluster::start_opts(Options {
+    let cluster = Cluster::start_opts(&ClusterOptions {
         tcp: 1,
         chats: 2,
         master_extra: serde_json::json!({"rpc": {"heartbeat": 1, "heartbeatTimeout": 3}}),
-        ..Options::default()
+        ..ClusterOptions::default()
     })
     .unwrap();
     let mut ps = players(&cluster, 10, &[0], 2, 4000).await;

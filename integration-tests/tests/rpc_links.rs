@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use integration_tests::client::Client;
-use integration_tests::cluster::{Cluster, Options};
+use integration_tests::cluster::{Cluster, ClusterOptions};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::{Value, json};
@@ -32,14 +32,14 @@ impl Drop for Resume {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopped_peer_is_dropped_by_heartbeat_and_queued_calls_flush_when_it_returns() {
-    let mut cluster = Cluster::start_opts(Options {
+    let mut cluster = Cluster::start_opts(&ClusterOptions {
         tcp: 1,
         chats: 2,
         master_extra: json!({"rpc": {
             "heartbeat": 0.3, "heartbeatTimeout": 1.2, "rpcMsgCacheCount": 2,
             "timeout": 25, "reconnectDelay": 0.2
         }}),
-        ..Options::default()
+        ..ClusterOptions::default()
     })
     .expect("cluster boots");
     let mut c = Client::connect(cluster.client_addr(0)).await.unwrap();
@@ -98,11 +98,11 @@ async fn stopped_peer_is_dropped_by_heartbeat_and_queued_calls_flush_when_it_ret
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_rpc_matrix_refuses_a_pair_of_types_with_a_clear_error() {
-    let mut cluster = Cluster::start_opts(Options {
+    let mut cluster = Cluster::start_opts(&ClusterOptions {
         tcp: 1,
         chats: 2,
         master_extra: json!({"rpc": {"noRpcMatrix": {"chat": ["chat"]}}}),
-        ..Options::default()
+        ..ClusterOptions::default()
     })
     .expect("cluster boots");
     let mut c = Client::connect(cluster.client_addr(0)).await.unwrap();
@@ -133,11 +133,11 @@ async fn no_rpc_matrix_refuses_a_pair_of_types_with_a_clear_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connector_interval_holds_replies_to_batch_them() {
     let interval = Duration::from_millis(400);
-    let mut cluster = Cluster::start_opts(Options {
+    let mut cluster = Cluster::start_opts(&ClusterOptions {
         tcp: 1,
         chats: 1,
         connector_extra: json!({"interval": interval.as_millis() as u64}),
-        ..Options::default()
+        ..ClusterOptions::default()
     })
     .expect("cluster boots");
     let mut c = Client::connect(cluster.client_addr(0)).await.unwrap();
@@ -160,11 +160,11 @@ async fn connector_interval_holds_replies_to_batch_them() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn servers_keep_peers_without_the_master_and_reconcile_when_it_returns() {
-    let mut cluster = Cluster::start_opts(Options {
+    let mut cluster = Cluster::start_opts(&ClusterOptions {
         tcp: 1,
         chats: 2,
         master_extra: json!({"rpc": {"reconcileGrace": 1}}),
-        ..Options::default()
+        ..ClusterOptions::default()
     })
     .expect("cluster boots");
     let mut c = Client::connect(cluster.client_addr(0)).await.unwrap();

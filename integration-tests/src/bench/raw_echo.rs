@@ -1,0 +1,64 @@
+//! The physical limit: a minimal tokio echo server speaking the same framing (PROTOCOL.md). It
+//! answers the handshake with the chat route list, echoes every message frame with its cmd and
+//! answers heartbeats; nothing else. The bench runs it as a subprocess of its own binary
+//! (`bench raw-echo <port>`) so its CPU time is measured apart from the load generator's.
+
+use bytes::BytesMut;
+use kennel_proto::client::{
+    ClientCodec, Frame, HandshakeReply, TYPE_HANDSHAKE, put_frame, put_message, route_md5,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::codec::Decoder;
+
+use crate::cluster::ROUTES;
+
+/// Serves on `127.0.0.1:port` until killed; prints `raw-echo listening on <addr>` when ready.
+pub fn main(port: u16) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async move {
+        let listener = TcpListener::bind(("127.0.0.1", port)).await?;
+        println!("raw-echo listening on {}", listener.local_addr()?);
+        loop {
+            let (stream, _) = listener.accept().await?;
+            let _ = stream.set_nodelay(true);
+            tokio::spawn(serve(stream));
+        }
+    })
+}
+
+async fn serve(mut stream: TcpStream) {
+    let routes: Vec<String> = ROUTES.iter().map(|s| s.to_string()).collect();
+    let reply = serde_json::to_vec(&HandshakeReply {
+        md5: route_md5(&routes),
+        route: Some(routes),
+        heartbeat: 0,
+    })
+    .expect("handshake reply serializes");
+    let mut codec = ClientCodec::default();
+    let mut inbuf = BytesMut::with_capacity(8192);
+    let mut out = BytesMut::with_capacity(8192);
+    loop {
+        match stream.read_buf(&mut inbuf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        loop {
+            match codec.decode(&mut inbuf) {
+                Ok(Some(Frame::Message { cmd, payload })) => put_message(&mut out, cmd, &payload),
+                Ok(Some(Frame::Handshake(_))) => put_frame(&mut out, TYPE_HANDSHAKE, &reply),
+                Ok(Some(Frame::Heartbeat)) => {
+                    put_frame(&mut out, kennel_proto::client::TYPE_HEARTBEAT, &[])
+                }
+                Ok(None) => break,
+                Err(_) => return,
+            }
+        }
+        if !out.is_empty() {
+            if stream.write_all(&out).await.is_err() {
+                return;
+            }
+            out.clear();
+        }
+    }
+}

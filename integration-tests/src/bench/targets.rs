@@ -1,0 +1,167 @@
+//! The systems under test, booted and torn down by the bench: kennel's chat-demo cluster, the
+//! mydog peer, and the raw tokio echo server. Each exposes its client addresses and the pids
+//! whose CPU and memory are measured; dropping one kills only what it started.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::cluster::{Cluster, ClusterOptions, free_port};
+use crate::mydog::MydogPeer;
+
+/// Which system a figure belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub enum System {
+    /// kennel's chat-demo.
+    Kennel,
+    /// The mydog 2.3.0 peer.
+    Mydog,
+    /// The raw tokio echo server.
+    Raw,
+}
+
+impl System {
+    /// Lowercase name.
+    pub fn name(self) -> &'static str {
+        match self {
+            System::Kennel => "kennel",
+            System::Mydog => "mydog",
+            System::Raw => "raw",
+        }
+    }
+}
+
+enum Handle {
+    Kennel(Box<Cluster>),
+    Mydog(Box<MydogPeer>),
+    Raw(Child),
+}
+
+/// A running system under test.
+pub struct Target {
+    /// Which system.
+    pub system: System,
+    /// Client addresses of its frontends (`host:port`), in id order.
+    pub addrs: Vec<String>,
+    /// Every process of it (master and servers), for CPU and RSS sums.
+    pub pids: Vec<i32>,
+    handle: Handle,
+}
+
+/// How long a booted cluster may take to mesh.
+const MESH_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Boot times of a cluster.
+#[derive(Debug, Clone, Copy)]
+pub struct BootTimes {
+    /// From spawning the master to every server registered.
+    pub registered: Duration,
+    /// From spawning the master to every server linked to every other.
+    pub meshed: Duration,
+}
+
+impl Target {
+    /// kennel's chat-demo with `connectors` TCP frontends and `chats` chat servers, meshed.
+    /// `release` picks the binaries' profile (`None` = this executable's).
+    pub fn kennel(
+        connectors: u16,
+        chats: u16,
+        release: Option<bool>,
+    ) -> Result<(Target, BootTimes)> {
+        let mut opts = ClusterOptions::new(connectors, 0, chats);
+        opts.release = release;
+        let cluster = Cluster::start_opts(&opts)?;
+        let registered = cluster.spawned_at().elapsed();
+        let meshed = cluster.wait_meshed(MESH_TIMEOUT)? - cluster.spawned_at();
+        let mut pids: Vec<i32> = cluster.server_pids().into_values().collect();
+        pids.extend(cluster.master_pid());
+        let addrs = cluster.frontends.iter().map(|f| f.1.clone()).collect();
+        Ok((
+            Target {
+                system: System::Kennel,
+                addrs,
+                pids,
+                handle: Handle::Kennel(Box::new(cluster)),
+            },
+            BootTimes { registered, meshed },
+        ))
+    }
+
+    /// The mydog peer with `connectors` frontends and `chats` chat servers, meshed.
+    pub fn mydog(connectors: u16, chats: u16) -> Result<(Target, BootTimes)> {
+        let peer = MydogPeer::start(connectors, chats)?;
+        let times = BootTimes {
+            registered: peer.all_view_at - peer.spawned_at,
+            meshed: peer.all_rpc_at - peer.spawned_at,
+        };
+        let addrs = peer.frontends.iter().map(|f| f.1.clone()).collect();
+        let pids = peer.pids();
+        Ok((
+            Target {
+                system: System::Mydog,
+                addrs,
+                pids,
+                handle: Handle::Mydog(Box::new(peer)),
+            },
+            times,
+        ))
+    }
+
+    /// The raw echo server, as a subprocess of this executable (`<exe> raw-echo <port>`).
+    pub fn raw() -> Result<Target> {
+        let port = free_port();
+        let mut child = Command::new(std::env::current_exe()?)
+            .args(["raw-echo", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("spawn the raw echo server")?;
+        let out = child.stdout.take().context("raw echo stdout")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(l) if l.starts_with("raw-echo listening") => break,
+                Ok(_) => {}
+                Err(_) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    bail!("the raw echo server did not start");
+                }
+            }
+        }
+        Ok(Target {
+            system: System::Raw,
+            addrs: vec![format!("127.0.0.1:{port}")],
+            pids: vec![child.id() as i32],
+            handle: Handle::Raw(child),
+        })
+    }
+
+    /// The pid of server `id` (`connector-server-1`, ...).
+    pub fn server_pid(&self, id: &str) -> Option<i32> {
+        match &self.handle {
+            Handle::Kennel(c) => c.server_pids().get(id).copied(),
+            Handle::Mydog(p) => p.server_pids().get(id).copied(),
+            Handle::Raw(c) => Some(c.id() as i32),
+        }
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        if let Handle::Raw(child) = &mut self.handle {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // Cluster and MydogPeer kill what they started when dropped.
+    }
+}
