@@ -91,6 +91,9 @@ pub struct Options {
     pub master_extra: Value,
     /// Extra keys of every connector entry (e.g. `{"interval": 50}`).
     pub connector_extra: Value,
+    /// Extra keys of every WebSocket connector entry, after `connector_extra` (e.g.
+    /// `{"web": 4080}`).
+    pub ws_extra: Value,
     /// Extra keys of every chat entry.
     pub chat_extra: Value,
 }
@@ -143,6 +146,7 @@ impl Cluster {
             chats,
             master_extra,
             connector_extra,
+            ws_extra,
             chat_extra,
         } = o;
         let connectors = tcp + ws;
@@ -158,6 +162,9 @@ impl Cluster {
             let transport = if i > tcp { "ws" } else { "tcp" };
             let mut entry = json!({"id": id, "host": "127.0.0.1", "port": port, "frontend": true, "clientPort": client, "connector": transport});
             merge(&mut entry, &connector_extra);
+            if transport == "ws" {
+                merge(&mut entry, &ws_extra);
+            }
             connector.push(entry);
             frontends.push((id, format!("127.0.0.1:{client}")));
         }

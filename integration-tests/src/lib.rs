@@ -1,6 +1,8 @@
-//! Support for kennel's integration tests: a game client speaking PROTOCOL.md ([`client`]) and
-//! a fixture that boots the real chat-demo cluster in a temp dir on free ports ([`cluster`]).
+//! Support for kennel's integration tests: a game client speaking PROTOCOL.md ([`client`]), a
+//! fixture that boots the real chat-demo cluster in a temp dir on free ports ([`cluster`]), the
+//! mydog peer ([`mydog`]) and the headless-Chromium tooling of the chat page ([`browser`]).
 
+pub mod browser;
 pub mod client;
 pub mod cluster;
 pub mod mydog;

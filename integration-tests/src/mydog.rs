@@ -69,7 +69,7 @@ pub fn peer_source() -> Result<PathBuf> {
 }
 
 /// The workspace target dir (tests run from `<target>/<profile>/deps/`).
-fn target_dir() -> Result<PathBuf> {
+pub fn target_dir() -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
     exe.ancestors()
         .nth(3)
@@ -101,7 +101,7 @@ fn copy_dir(src: &Path, dst: &Path, skip: &[&str]) -> Result<()> {
 }
 
 /// Runs `cmd` in its own process group with a deadline; kills the group when it expires.
-fn run_bounded(mut cmd: Command, what: &str, limit: Duration) -> Result<Output> {
+pub fn run_bounded(mut cmd: Command, what: &str, limit: Duration) -> Result<Output> {
     let child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
