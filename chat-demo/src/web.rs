@@ -60,6 +60,7 @@ impl WebConfig {
             }
         };
         let dir = app.dir().join(text("webDir", "web")?);
+        let dir = dir.canonicalize().unwrap_or(dir);
         if !dir.join("index.html").is_file() {
             bail!(
                 "{id}: \"webDir\" {} holds no index.html (the chat page)",

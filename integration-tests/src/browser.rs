@@ -51,14 +51,23 @@ pub fn tools(need_chromium: bool) -> std::result::Result<(), String> {
             .output()
         {
             Ok(o) if o.status.success() => {}
-            Ok(o) => return Err(format!("`{} --version` failed: {}", exe.display(), o.status)),
+            Ok(o) => {
+                return Err(format!(
+                    "`{} --version` failed: {}",
+                    exe.display(),
+                    o.status
+                ));
+            }
             Err(e) => {
                 let hint = if name == "chromium" {
                     format!(" (apt-get install chromium, or name it in ${CHROMIUM_ENV})")
                 } else {
                     String::new()
                 };
-                return Err(format!("{name} ({}) is not runnable: {e}{hint}", exe.display()));
+                return Err(format!(
+                    "{name} ({}) is not runnable: {e}{hint}",
+                    exe.display()
+                ));
             }
         }
     }
@@ -137,7 +146,10 @@ pub fn playwright_modules() -> Result<PathBuf> {
     if !installed(&dir) {
         let _ = std::fs::remove_dir_all(&dir);
         if std::fs::rename(staging.path(), &dir).is_err() && !installed(&dir) {
-            bail!("cannot move the playwright-core install to {}", dir.display());
+            bail!(
+                "cannot move the playwright-core install to {}",
+                dir.display()
+            );
         }
     }
     Ok(dir)

@@ -199,7 +199,9 @@ fn web_port_serves_the_page_and_nothing_else() -> Result<()> {
     let (status, js) = http(web, "GET", "/kennel.js")?;
     ensure!(
         status == 200
-            && js.to_ascii_lowercase().contains("content-type: text/javascript")
+            && js
+                .to_ascii_lowercase()
+                .contains("content-type: text/javascript")
             && js.contains("export class KennelClient"),
         "GET /kennel.js: {status}"
     );
@@ -207,7 +209,8 @@ fn web_port_serves_the_page_and_nothing_else() -> Result<()> {
     let body: Value = serde_json::from_str(cfg.split("\r\n\r\n").nth(1).unwrap_or_default())?;
     ensure!(
         status == 200
-            && body == json!({"server": "connector-server-2", "ws": {"host": "127.0.0.1", "port": ws_port}}),
+            && body
+                == json!({"server": "connector-server-2", "ws": {"host": "127.0.0.1", "port": ws_port}}),
         "GET /config.json: {cfg}"
     );
 
