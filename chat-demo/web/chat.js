@@ -97,6 +97,7 @@ async function login(event) {
     const reply = await client.request("connector.main.login", { uid, room });
     if (reply.code === 1) throw new Error(`uid ${uid} (“${name}”) is already online or invalid: pick another name.`);
     if (reply.code !== 0) throw new Error(`login refused (code ${reply.code})`);
+    if (!reply.chatServerId) throw new Error("No chat server is up yet: try again in a moment.");
     me = { name, uid, room };
     client.on("chat.main.onChat", onChat);
     const joined = await client.request("chat.main.join", { room });

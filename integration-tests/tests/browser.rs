@@ -16,6 +16,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -47,6 +48,11 @@ fn cluster_with_page() -> Result<(Cluster, u16)> {
         ..Options::default()
     })?;
     cluster.wait_line(&format!("chat page at http://127.0.0.1:{web}/"))?;
+    // "cluster ready" means every server registered with the master; a frontend learns of the
+    // chat servers a moment later, and a login before that gets no chat server.
+    for (id, _) in cluster.frontends.clone() {
+        cluster.wait_log(&id, "every configured server has registered")?;
+    }
     Ok((cluster, web))
 }
 
@@ -57,14 +63,30 @@ async fn two_browsers_chat_in_one_room() -> Result<()> {
     }
     let modules = tokio::task::spawn_blocking(browser::playwright_modules).await??;
     let (cluster, web) = tokio::task::spawn_blocking(cluster_with_page).await??;
+    let result = chat_through_the_page(&cluster, web, modules).await;
+    result.map_err(|e| {
+        anyhow::anyhow!(
+            "{e:#}\nthe cluster printed:\n{}",
+            cluster.lines.lock().unwrap().join("\n")
+        )
+    })
+}
 
+/// The body of [`two_browsers_chat_in_one_room`] (errors get the cluster's output attached).
+async fn chat_through_the_page(cluster: &Cluster, web: u16, modules: PathBuf) -> Result<()> {
     // A TCP player in room 7 on the other frontend hears the browsers.
-    let mut tcp = Client::connect(cluster.client_addr(0)).await?;
+    let mut tcp = Client::connect(cluster.client_addr(0))
+        .await
+        .context("tcp client connects")?;
     let r = tcp
         .request("connector.main.login", &json!({"uid": 4242, "room": 7}))
-        .await?;
+        .await
+        .context("tcp login")?;
     ensure!(r["code"] == 0, "tcp login: {r}");
-    let r = tcp.request("chat.main.join", &json!({"room": 7})).await?;
+    let r = tcp
+        .request("chat.main.join", &json!({"room": 7}))
+        .await
+        .context("tcp join")?;
     ensure!(r["code"] == 0 && r["size"] == 1, "tcp join: {r}");
 
     let shot = target_dir()?.join("test-artifacts/browser-chat.png");
@@ -87,9 +109,8 @@ async fn two_browsers_chat_in_one_room() -> Result<()> {
     let stderr = String::from_utf8_lossy(&out.stderr);
     ensure!(
         out.status.success(),
-        "chat-e2e.mjs failed ({}):\n{stdout}\n{stderr}\nthe cluster printed:\n{}",
+        "chat-e2e.mjs failed ({}):\n{stdout}\n{stderr}",
         out.status,
-        cluster.lines.lock().unwrap().join("\n")
     );
     let seen: Value = stdout
         .lines()
