@@ -4,11 +4,15 @@
 //! - `chat-demo` with no `--id` runs the master on this demo's project directory, spawning this
 //!   same binary for every server (`cargo run --release -p chat-demo`); any `kennel` subcommand
 //!   and flag works too (`chat-demo list`, `chat-demo start -e single`).
+//!
+//! A WebSocket frontend whose entry has `"web": <port>` also serves the browser chat page
+//! (`web/`, see [`web`]).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 mod game;
+mod web;
 
 fn main() -> ExitCode {
     // A server is started with flags only (`--id x --env e`); `chat-demo send --id x ...` is
@@ -41,6 +45,9 @@ fn main() -> ExitCode {
 async fn server() -> anyhow::Result<()> {
     let app = kennel::App::from_args()?;
     game::setup(&app);
+    if let Some(page) = web::WebConfig::from_app(&app)? {
+        web::start(page).await?;
+    }
     app.run().await?;
     Ok(())
 }

@@ -117,6 +117,9 @@ pub struct ClusterOptions {
     pub master_extra: Value,
     /// Extra keys of every connector entry (e.g. `{"interval": 50}`).
     pub connector_extra: Value,
+    /// Extra keys of every WebSocket connector entry, after `connector_extra` (e.g.
+    /// `{"web": 4080}`).
+    pub ws_extra: Value,
     /// Extra keys of every chat entry.
     pub chat_extra: Value,
 }
@@ -247,6 +250,7 @@ impl Cluster {
             release,
             master_extra,
             connector_extra,
+            ws_extra,
             chat_extra,
         } = opts.clone();
         let bin_dir = match release {
@@ -266,6 +270,9 @@ impl Cluster {
             let transport = if i > tcp { "ws" } else { "tcp" };
             let mut entry = json!({"id": id, "host": "127.0.0.1", "port": port, "frontend": true, "clientPort": client, "connector": transport});
             merge(&mut entry, &connector_extra);
+            if transport == "ws" {
+                merge(&mut entry, &ws_extra);
+            }
             connector.push(entry);
             frontends.push((id, format!("127.0.0.1:{client}")));
         }

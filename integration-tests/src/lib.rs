@@ -1,9 +1,10 @@
-//! Support for kennel's integration tests: a game client speaking PROTOCOL.md ([`client`]) and
-//! a fixture that boots the real chat-demo cluster in a temp dir on free ports ([`cluster`]),
-//! chat load for abuse, fault and soak tests ([`load`]), the mydog peer ([`mydog`]), and the
-//! benchmark harness ([`bench`]).
+//! Support for kennel's integration tests: a game client speaking PROTOCOL.md ([`client`]), a
+//! fixture that boots the real chat-demo cluster in a temp dir on free ports ([`cluster`]), chat
+//! load for abuse, fault and soak tests ([`load`]), the mydog peer ([`mydog`]), the benchmark
+//! harness ([`bench`]) and the headless-Chromium tooling of the chat page ([`browser`]).
 
 pub mod bench;
+pub mod browser;
 pub mod client;
 pub mod cluster;
 pub mod load;

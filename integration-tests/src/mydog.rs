@@ -70,7 +70,7 @@ pub fn peer_source() -> Result<PathBuf> {
 
 /// The workspace target dir (tests run from `<target>/<profile>/deps/`, binaries from
 /// `<target>/<profile>/`).
-fn target_dir() -> Result<PathBuf> {
+pub fn target_dir() -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let mut dir = exe.parent().context("exe has no dir")?.to_path_buf();
     if dir.file_name().is_some_and(|n| n == "deps") {
@@ -105,7 +105,7 @@ fn copy_dir(src: &Path, dst: &Path, skip: &[&str]) -> Result<()> {
 }
 
 /// Runs `cmd` in its own process group with a deadline; kills the group when it expires.
-fn run_bounded(mut cmd: Command, what: &str, limit: Duration) -> Result<Output> {
+pub fn run_bounded(mut cmd: Command, what: &str, limit: Duration) -> Result<Output> {
     let child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
