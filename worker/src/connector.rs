@@ -8,8 +8,10 @@
 //! several frames in one message). The WebSocket upgrade has the same handshake timeout, and
 //! its message and frame limits follow `maxLen`.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,7 +22,6 @@ use kennel_proto::client::{self, Frame, HandshakeReply, HandshakeRequest};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -30,7 +31,7 @@ use tracing::{debug, info, warn};
 
 use crate::App;
 use crate::codec::{FrameDecoder, OutFrame};
-use crate::frontend::{Conn, SEND_QUEUE};
+use crate::frontend::Conn;
 use crate::session::Session;
 
 /// How game clients reach a frontend.
@@ -135,7 +136,7 @@ impl ConnectorConfig {
 
 /// Accepts clients until `shutdown`.
 pub(crate) async fn accept_loop(app: App, listener: TcpListener, shutdown: CancellationToken) {
-    let cfg = app.connector_config();
+    let cfg = Arc::new(app.connector_config());
     // Open sockets, handshaken or not (each task holds one count until it ends).
     let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     while let Some((stream, addr)) = crate::listen::accept(&listener, &shutdown, "client").await {
@@ -146,49 +147,73 @@ pub(crate) async fn accept_loop(app: App, listener: TcpListener, shutdown: Cance
         }
         let held = OpenGuard::new(&open);
         let _ = stream.set_nodelay(cfg.no_delay);
-        let app = app.clone();
-        let cfg = cfg.clone();
-        tokio::spawn(async move {
-            let _held = held;
-            let ip = addr.ip().to_string();
-            let result = match cfg.transport {
-                Transport::Tcp => {
-                    let (rd, wr) = stream.into_split();
-                    let reader = TcpRead(FramedRead::with_capacity(rd, app.frame_decoder(), 256));
-                    serve(app, reader, TcpWrite(wr), ip, cfg).await
-                }
-                Transport::WebSocket => {
-                    let ws_cfg = WebSocketConfig::default()
-                        .read_buffer_size(4096)
-                        .write_buffer_size(0)
-                        .max_message_size(Some(cfg.max_len + 4))
-                        .max_frame_size(Some(cfg.max_len + 4));
-                    let upgrade = tokio_tungstenite::accept_async_with_config(stream, Some(ws_cfg));
-                    match tokio::time::timeout(cfg.handshake_timeout, upgrade).await {
-                        Ok(Ok(ws)) => {
-                            let (sink, stream) = ws.split();
-                            let reader = WsRead {
-                                stream,
-                                buf: BytesMut::new(),
-                                codec: app.frame_decoder(),
-                            };
-                            serve(app, reader, WsWrite(sink), ip, cfg).await
-                        }
-                        Ok(Err(e)) => {
-                            warn!(%addr, cause = %e, "websocket upgrade failed: closing");
-                            Err(format!("websocket upgrade failed: {e}"))
-                        }
-                        Err(_) => {
-                            warn!(%addr, "no websocket upgrade within the handshake timeout: closing");
-                            Err("no websocket upgrade within the handshake timeout".into())
-                        }
-                    }
-                }
+        let (app, cfg) = (app.clone(), cfg.clone());
+        // One task per transport: a task is as large as its largest state, for its whole life.
+        match cfg.transport {
+            Transport::Tcp => tokio::spawn(serve_tcp(app, stream, addr, cfg, held)),
+            Transport::WebSocket => tokio::spawn(serve_ws(app, stream, addr, cfg, held)),
+        };
+    }
+}
+
+/// Runs a TCP client.
+async fn serve_tcp(
+    app: App,
+    stream: TcpStream,
+    addr: SocketAddr,
+    cfg: Arc<ConnectorConfig>,
+    _held: OpenGuard,
+) {
+    let (rd, wr) = stream.into_split();
+    // Small at first: most messages are; the buffer grows for larger frames.
+    let reader = TcpRead(FramedRead::with_capacity(rd, app.frame_decoder(), 64));
+    let ip = addr.ip().to_string();
+    if let Err(reason) = serve(app, reader, TcpWrite(wr), ip, &cfg).await {
+        debug!(%addr, %reason, "client closed");
+    }
+}
+
+/// Runs a WebSocket client: the upgrade (within the handshake timeout), then frames in binary
+/// messages.
+async fn serve_ws(
+    app: App,
+    stream: TcpStream,
+    addr: SocketAddr,
+    cfg: Arc<ConnectorConfig>,
+    _held: OpenGuard,
+) {
+    let ws_cfg = WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+        .max_message_size(Some(cfg.max_len + 4))
+        .max_frame_size(Some(cfg.max_len + 4));
+    // Boxed: freed once upgraded, instead of sizing the connection's task.
+    let upgrade = Box::pin(tokio_tungstenite::accept_async_with_config(
+        stream,
+        Some(ws_cfg),
+    ));
+    let result = match tokio::time::timeout(cfg.handshake_timeout, upgrade).await {
+        Ok(Ok(ws)) => {
+            let (sink, stream) = ws.split();
+            let reader = WsRead {
+                stream,
+                buf: BytesMut::new(),
+                codec: app.frame_decoder(),
             };
-            if let Err(reason) = result {
-                debug!(%addr, %reason, "client closed");
-            }
-        });
+            let ip = addr.ip().to_string();
+            serve(app, reader, WsWrite(sink), ip, &cfg).await
+        }
+        Ok(Err(e)) => {
+            warn!(%addr, cause = %e, "websocket upgrade failed: closing");
+            Err(format!("websocket upgrade failed: {e}"))
+        }
+        Err(_) => {
+            warn!(%addr, "no websocket upgrade within the handshake timeout: closing");
+            Err("no websocket upgrade within the handshake timeout".into())
+        }
+    };
+    if let Err(reason) = result {
+        debug!(%addr, %reason, "client closed");
     }
 }
 
@@ -230,9 +255,9 @@ async fn serve<R: FrameRead, W: FrameWrite>(
     mut reader: R,
     writer: W,
     ip: String,
-    cfg: ConnectorConfig,
+    cfg: &ConnectorConfig,
 ) -> Result<(), String> {
-    let req = match handshake(&mut reader, &cfg).await {
+    let req = match handshake(&mut reader, cfg).await {
         Ok(req) => req,
         Err(None) => return Err("closed before handshake".into()),
         Err(Some(reason)) => {
@@ -242,11 +267,10 @@ async fn serve<R: FrameRead, W: FrameWrite>(
     };
     reader.set_max_len(cfg.max_len);
 
-    let (tx, rx) = mpsc::channel::<Bytes>(SEND_QUEUE);
-    let conn = Arc::new(Conn::new(app.inner.frontend.next_id(), tx));
+    let conn = Arc::new(Conn::new(app.inner.frontend.next_id()));
     let session = Session::frontend(&app, conn.clone(), ip);
     conn.send(handshake_reply(&app, &req, cfg.heartbeat));
-    let writer = tokio::spawn(write_loop(writer, rx, conn.closing.clone(), cfg.interval));
+    let writer = tokio::spawn(write_loop(writer, conn.clone(), cfg.interval));
     app.inner.frontend.add(session.clone());
     app.client_on(&session).await;
 
@@ -323,7 +347,9 @@ async fn read_loop<R: FrameRead>(
                 conn.send(app.codecs().frame(OutFrame::Heartbeat));
             }
             Some(Ok(Frame::Message { cmd, payload })) => {
-                if let Err(e) = app.route_client_message(session, cmd, payload).await {
+                // Boxed: the routing future is large, and inline it would sit in every idle
+                // connection's task.
+                if let Err(e) = Box::pin(app.route_client_message(session, cmd, payload)).await {
                     warn!(conn = conn.id, ip = session.ip(), cmd, "{e}: closing");
                     return Err(e);
                 }
@@ -339,43 +365,47 @@ async fn read_loop<R: FrameRead>(
 /// Writes queued frames, coalescing whatever is queued into one write; with an `interval`,
 /// frames are held up to that long to batch more. On `closing` it writes what is still queued,
 /// then shuts the transport down.
-async fn write_loop<W: FrameWrite>(
-    mut wr: W,
-    mut rx: mpsc::Receiver<Bytes>,
-    closing: CancellationToken,
-    interval: Duration,
-) {
+async fn write_loop<W: FrameWrite>(mut wr: W, conn: Arc<Conn>, interval: Duration) {
+    let closing = conn.closing.clone();
+    let mut frames: VecDeque<Bytes> = VecDeque::new();
     let mut buf = BytesMut::new();
     loop {
-        let first = tokio::select! {
-            biased;
-            f = rx.recv() => match f { Some(f) => f, None => break },
-            _ = closing.cancelled() => {
-                while let Ok(f) = rx.try_recv() {
-                    buf.extend_from_slice(&f);
-                }
-                if !buf.is_empty() {
-                    let last = buf.split().freeze();
-                    let _ = tokio::time::timeout(FLUSH_GRACE, wr.write(last)).await;
-                }
-                break;
+        conn.take(&mut frames);
+        if frames.is_empty() {
+            // An idle connection keeps no batch memory.
+            if frames.capacity() > 64 {
+                frames = VecDeque::new();
             }
-        };
-        if !interval.is_zero() {
-            // Closing flushes below (the next turn drains the queue).
+            tokio::select! {
+                biased;
+                _ = conn.queued() => continue,
+                _ = closing.cancelled() => {
+                    conn.take(&mut frames);
+                    for f in frames.drain(..) {
+                        buf.extend_from_slice(&f);
+                    }
+                    if !buf.is_empty() {
+                        let last = buf.split().freeze();
+                        let _ = tokio::time::timeout(FLUSH_GRACE, wr.write(last)).await;
+                    }
+                    break;
+                }
+            }
+        }
+        if !interval.is_zero() && !closing.is_cancelled() {
             tokio::select! {
                 _ = tokio::time::sleep(interval) => {}
                 _ = closing.cancelled() => {}
             }
+            conn.take(&mut frames);
         }
-        let batch = if rx.is_empty() {
-            first
+        let batch = if frames.len() == 1 {
+            frames.pop_front().expect("one frame")
         } else {
-            buf.extend_from_slice(&first);
             while buf.len() < 64 * 1024 {
-                match rx.try_recv() {
-                    Ok(f) => buf.extend_from_slice(&f),
-                    Err(_) => break,
+                match frames.pop_front() {
+                    Some(f) => buf.extend_from_slice(&f),
+                    None => break,
                 }
             }
             buf.split().freeze()

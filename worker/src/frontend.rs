@@ -4,12 +4,12 @@
 //! Each connection has a bounded send queue drained by its writer task. A client that does not
 //! read fills its queue; the frontend then closes it rather than buffer without limit.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::Session;
@@ -17,39 +17,62 @@ use crate::Session;
 /// Frames queued per connection before a non-reading client is closed.
 pub(crate) const SEND_QUEUE: usize = 1024;
 
-/// One live client connection's sending side.
+/// One live client connection's sending side: a queue of encoded frames (a plain deque under
+/// a lock: an idle connection holds no queue memory) and the wake-up of its writer task.
 pub(crate) struct Conn {
     /// Connection id (unique on this frontend).
     pub(crate) id: u64,
-    /// Frames to write; the writer task owns the receiver and ends when every sender is gone
-    /// or `closing` is cancelled (it flushes what is queued first).
-    tx: mpsc::Sender<Bytes>,
-    /// Cancelled to close the connection (by the server, or when the client leaves).
+    queue: Mutex<VecDeque<Bytes>>,
+    /// Signalled when the queue goes from empty to non-empty.
+    ready: Notify,
+    /// Cancelled to close the connection (by the server, or when the client leaves); the
+    /// writer flushes what is queued first.
     pub(crate) closing: CancellationToken,
 }
 
 impl Conn {
-    pub(crate) fn new(id: u64, tx: mpsc::Sender<Bytes>) -> Conn {
+    pub(crate) fn new(id: u64) -> Conn {
         Conn {
             id,
-            tx,
+            queue: Mutex::new(VecDeque::new()),
+            ready: Notify::new(),
             closing: CancellationToken::new(),
         }
     }
 
     /// Queues one encoded frame; a full queue closes the connection.
     pub(crate) fn send(&self, frame: Bytes) {
-        match self.tx.try_send(frame) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                tracing::warn!(
-                    conn = self.id,
-                    "client send queue full ({SEND_QUEUE} frames): closing"
-                );
-                self.close();
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        let mut q = self.queue.lock().unwrap();
+        if q.len() >= SEND_QUEUE {
+            drop(q);
+            tracing::warn!(
+                conn = self.id,
+                "client send queue full ({SEND_QUEUE} frames): closing"
+            );
+            self.close();
+            return;
         }
+        let wake = q.is_empty();
+        q.push_back(frame);
+        drop(q);
+        if wake {
+            self.ready.notify_one();
+        }
+    }
+
+    /// Moves every queued frame to the end of `out` (the writer's batch).
+    pub(crate) fn take(&self, out: &mut VecDeque<Bytes>) {
+        let mut q = self.queue.lock().unwrap();
+        if out.is_empty() {
+            std::mem::swap(&mut *q, out);
+        } else {
+            out.extend(q.drain(..));
+        }
+    }
+
+    /// Waits until a frame is queued (returns at once if one was queued since the last wait).
+    pub(crate) async fn queued(&self) {
+        self.ready.notified().await
     }
 
     /// Asks the connection to close after flushing its queue.
