@@ -140,6 +140,8 @@ pub(crate) struct Inner {
     args: Args,
     pub(crate) project: Project,
     me: ServerInfo,
+    /// This server's id, shared by its sessions.
+    pub(crate) sid: Arc<str>,
     pub(crate) secret: Vec<u8>,
     routes: Vec<Route>,
     route_index: HashMap<String, u16>,
@@ -206,6 +208,7 @@ impl App {
             inner: Arc::new(Inner {
                 route_names: project.routes.clone(),
                 route_md5: kennel_proto::client::route_md5(&project.routes),
+                sid: me.id.as_str().into(),
                 args,
                 project,
                 me,

@@ -366,7 +366,7 @@ async fn read_loop<R: FrameRead>(
 /// frames are held up to that long to batch more. On `closing` it writes what is still queued,
 /// then shuts the transport down.
 async fn write_loop<W: FrameWrite>(mut wr: W, conn: Arc<Conn>, interval: Duration) {
-    let closing = conn.closing.clone();
+    let closing = &conn.closing;
     let mut frames: VecDeque<Bytes> = VecDeque::new();
     let mut buf = BytesMut::new();
     loop {

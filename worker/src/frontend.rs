@@ -6,11 +6,10 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bytes::Bytes;
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 
 use crate::Session;
 
@@ -25,9 +24,45 @@ pub(crate) struct Conn {
     queue: Mutex<VecDeque<Bytes>>,
     /// Signalled when the queue goes from empty to non-empty.
     ready: Notify,
-    /// Cancelled to close the connection (by the server, or when the client leaves); the
-    /// writer flushes what is queued first.
-    pub(crate) closing: CancellationToken,
+    /// Set to close the connection (by the server, or when the client leaves); the writer
+    /// flushes what is queued first.
+    pub(crate) closing: Closing,
+}
+
+/// A connection's close signal: a flag and a wake-up, inline in the connection (a
+/// cancellation token would be one more allocation per connection).
+#[derive(Default)]
+pub(crate) struct Closing {
+    flag: AtomicBool,
+    wake: Notify,
+}
+
+impl Closing {
+    /// Signals close (once; later calls do nothing).
+    pub(crate) fn cancel(&self) {
+        if !self.flag.swap(true, Ordering::AcqRel) {
+            self.wake.notify_waiters();
+        }
+    }
+
+    /// Whether close was signalled.
+    pub(crate) fn is_cancelled(&self) -> bool {
+        self.flag.load(Ordering::Acquire)
+    }
+
+    /// Waits until close is signalled.
+    pub(crate) async fn cancelled(&self) {
+        loop {
+            let notified = self.wake.notified();
+            tokio::pin!(notified);
+            // Registered before the flag is checked, so a cancel in between is not missed.
+            notified.as_mut().enable();
+            if self.is_cancelled() {
+                return;
+            }
+            notified.await;
+        }
+    }
 }
 
 impl Conn {
@@ -36,7 +71,7 @@ impl Conn {
             id,
             queue: Mutex::new(VecDeque::new()),
             ready: Notify::new(),
-            closing: CancellationToken::new(),
+            closing: Closing::default(),
         }
     }
 

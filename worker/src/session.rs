@@ -26,7 +26,7 @@ pub struct Session {
 
 struct Inner {
     /// Frontend server id the client is connected to.
-    sid: String,
+    sid: Arc<str>,
     /// Connection id on that frontend.
     conn_id: u64,
     /// Client's address.
@@ -63,7 +63,7 @@ impl std::fmt::Debug for Session {
 impl Session {
     /// A live frontend session for a new connection.
     pub(crate) fn frontend(app: &App, conn: Arc<Conn>, ip: String) -> Session {
-        let sid = app.id().to_string();
+        let sid = app.inner.sid.clone();
         let frontend = Arc::downgrade(&app.inner.frontend);
         Session {
             inner: Arc::new(Inner {
@@ -86,7 +86,7 @@ impl Session {
         };
         Session {
             inner: Arc::new(Inner {
-                sid: s.sid,
+                sid: s.sid.into(),
                 conn_id: s.conn_id,
                 ip: s.ip,
                 state: Mutex::new(State {
@@ -120,7 +120,7 @@ impl Session {
         };
         msg::Session {
             uid: st.uid,
-            sid: self.inner.sid.clone(),
+            sid: self.inner.sid.to_string(),
             conn_id: self.inner.conn_id,
             settings,
             ip: self.inner.ip.clone(),
