@@ -29,7 +29,10 @@ async fn get(port: u16, path: &str) -> std::io::Result<(String, String)> {
         s.read_to_end(&mut raw).await?;
         let raw = String::from_utf8_lossy(&raw).into_owned();
         let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-        Ok((head.lines().next().unwrap_or("").to_owned(), body.to_owned()))
+        Ok((
+            head.lines().next().unwrap_or("").to_owned(),
+            body.to_owned(),
+        ))
     })
     .await
     .unwrap_or_else(|_| panic!("GET {path} on port {port} timed out"))
@@ -101,7 +104,9 @@ async fn metrics_port_serves_states_resources_clients_and_rpc_counters() {
     })
     .expect("cluster boots");
     cluster
-        .wait_line(&format!("kennel: metrics on http://127.0.0.1:{port}/metrics"))
+        .wait_line(&format!(
+            "kennel: metrics on http://127.0.0.1:{port}/metrics"
+        ))
         .unwrap();
 
     // Every server running, resources sampled, the frontend reporting no client yet.
@@ -112,13 +117,22 @@ async fn metrics_port_serves_states_resources_clients_and_rpc_counters() {
             && sample(t, &format!("kennel_rpc_calls_total{{{CHAT1}}}")).is_some()
     })
     .await;
-    assert_eq!(sample(&text, "kennel_servers{state=\"crashloop\"}"), Some(0.0));
+    assert_eq!(
+        sample(&text, "kennel_servers{state=\"crashloop\"}"),
+        Some(0.0)
+    );
     assert_eq!(sample(&text, "kennel_cluster_ready"), Some(1.0));
     let rss = sample(&text, &format!("kennel_server_rss_bytes{{{CHAT1}}}")).unwrap();
     assert!(rss > 100_000.0, "rss {rss}");
-    assert_eq!(sample(&text, &format!("kennel_frontend_clients{{{C1}}}")), Some(0.0));
+    assert_eq!(
+        sample(&text, &format!("kennel_frontend_clients{{{C1}}}")),
+        Some(0.0)
+    );
     // Backends have no client count.
-    assert!(!text.contains("kennel_frontend_clients{server=\"chat"), "{text}");
+    assert!(
+        !text.contains("kennel_frontend_clients{server=\"chat"),
+        "{text}"
+    );
     assert!(text.contains("# TYPE kennel_rpc_call_duration_seconds histogram"));
     let calls_before = sample(&text, &format!("kennel_rpc_calls_total{{{CHAT1}}}")).unwrap();
 
@@ -194,7 +208,11 @@ async fn metrics_port_serves_states_resources_clients_and_rpc_counters() {
     let deadline = Instant::now() + TIMEOUT;
     let rows: Vec<Value> = loop {
         let out = cli(&cluster, &["list", "--json"]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let rows: Vec<Value> = serde_json::from_slice(&out.stdout).expect("list --json parses");
         let chat1 = rows.iter().find(|r| r["id"] == "chat-server-1").unwrap();
         if chat1["status"]["rooms"] == "1" {
@@ -232,7 +250,10 @@ async fn metrics_port_serves_states_resources_clients_and_rpc_counters() {
 /// Listening TCP sockets (IPv4 and IPv6) of process `pid`, as local ports.
 fn listening_ports(pid: i32) -> Vec<u16> {
     let mut inodes = std::collections::HashSet::new();
-    for fd in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().flatten() {
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+    {
         if let Ok(target) = std::fs::read_link(fd.path())
             && let Some(inode) = target
                 .to_str()

@@ -134,7 +134,10 @@ async fn scrape(State(events): State<mpsc::Sender<Event>>) -> Response {
     let asked = events.send(Event::List { reply }).await.is_ok();
     match tokio::time::timeout(SCRAPE_TIMEOUT, rx).await {
         Ok(Ok(list)) if asked => (
-            [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
             render(&list),
         )
             .into_response(),
@@ -387,7 +390,10 @@ mod tests {
             json!({"metrics": {"port": 1, "hots": "a"}}),
         ] {
             let e = MetricsConfig::of(&master(bad.clone())).unwrap_err();
-            assert!(e.to_string().starts_with("master.json metrics:"), "{bad}: {e}");
+            assert!(
+                e.to_string().starts_with("master.json metrics:"),
+                "{bad}: {e}"
+            );
         }
     }
 
@@ -452,7 +458,10 @@ mod tests {
             "kennel_server_state{server=\"chat\\\"1\",type=\"chat\",state=\"crashloop\"} 1"
                 .to_owned(),
         ] {
-            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
         }
         // A server that is not running has no uptime, rss or rpc sample.
         assert!(!text.contains("kennel_server_uptime_seconds{server=\"chat"));

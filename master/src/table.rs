@@ -240,7 +240,10 @@ mod tests {
         let rows = rows(&reply);
         let table = render_table(&rows);
         let lines: Vec<&str> = table.lines().collect();
-        assert!(lines[0].ends_with("CLIENTS  PLAYERS  ROOMS  ZONE"), "{table}");
+        assert!(
+            lines[0].ends_with("CLIENTS  PLAYERS  ROOMS  ZONE"),
+            "{table}"
+        );
         assert!(lines[1].ends_with("-        -        3      eu"), "{table}");
         assert!(lines[2].ends_with("-        12       -      -"), "{table}");
         let json = serde_json::to_value(&rows).unwrap();

@@ -177,7 +177,10 @@ mod tests {
         let s = Stats::default();
         s.call::<()>(Duration::from_micros(300), &Ok(()));
         s.call::<()>(Duration::from_millis(3), &Err(RpcError::Codec("x".into())));
-        s.call::<()>(Duration::from_secs(9), &Err(RpcError::LinkDropped("a".into())));
+        s.call::<()>(
+            Duration::from_secs(9),
+            &Err(RpcError::LinkDropped("a".into())),
+        );
         s.notify(&Err(RpcError::LinkDropped("a".into())));
         let r = s.rpc();
         assert_eq!(r.calls, 3);
