@@ -195,6 +195,19 @@ pub fn setup(app: &App) {
         );
     });
 
+    // `kennel list` shows each chat server's room and player counts as extra columns.
+    let r = rooms.clone();
+    app.status_fn(move |app: &App| {
+        if app.is_frontend() {
+            return Vec::new();
+        }
+        let r = r.lock().unwrap();
+        vec![
+            ("rooms".into(), r.rooms.len().to_string()),
+            ("players".into(), r.members.len().to_string()),
+        ]
+    });
+
     // `kennel send status`: rooms and players of a chat server, clients of a connector;
     // `kennel send echo ...` echoes; anything else is an error.
     let r = rooms.clone();

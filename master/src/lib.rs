@@ -41,12 +41,14 @@
 //!   process group): a hand-started copy is refused with a hint.
 //! - `kennel send` is forwarded as `Command` messages over the master links; the CLI task
 //!   waits for the `CommandReply`s (bounded), so the event loop never waits.
+//! - Metrics (`"metrics": {"port": N}` in master.json) are rendered at each scrape from the
+//!   same table `kennel list` gets; servers send cumulative RPC counters in their reports.
 //!
 //! Modules: `master` (event loop, stop sequence, CLI requests), `supervisor` (processes,
 //! policies, adoption), `launch` (local vs remote hosts, launcher templates), `policy`,
 //! `procfs` (pid files, `/proc`, pidfd), `sampler` (rss/cpu), `registry` (master links,
 //! reports, `send` commands), `listener` (accept + auth), `logs` (log files, rotation, echo),
-//! `client`, `table` (`list` output), `cli` (clap), `backoff`, `console` (stdout lines),
+//! `metrics` (the opt-in Prometheus listener), `client`, `table` (`list` output), `cli` (clap), `backoff`, `console` (stdout lines),
 //! `error`, `scaffold` (`kennel init`), `codegen` (`kennel cmd`).
 
 mod backoff;
@@ -59,6 +61,7 @@ mod launch;
 mod listener;
 mod logs;
 mod master;
+mod metrics;
 mod policy;
 mod procfs;
 mod registry;

@@ -250,7 +250,7 @@ async fn server_link(mut link: ServerLink, authenticated: String, shared: &Share
                 let ev = Event::Report {
                     id: id.clone(),
                     link_id,
-                    clients: r.clients,
+                    report: r,
                 };
                 if shared.events.send(ev).await.is_err() {
                     break;

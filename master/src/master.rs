@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kennel_config::{Project, Secrets, ServerConfig};
-use kennel_proto::msg::{FromMaster, ListReply, ServerInfo, ServerStatus};
+use kennel_proto::msg::{FromMaster, ListReply, Report, ServerInfo, ServerStatus};
 use nix::sys::signal::Signal;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -34,6 +34,7 @@ use crate::console::say;
 use crate::launch::{Launcher, ThisHost};
 use crate::listener::{self, Shared};
 use crate::logs;
+use crate::metrics::{self, MetricsConfig};
 use crate::policy::CrashLoop;
 use crate::procfs::RUN_DIR;
 use crate::registry::Answer;
@@ -138,11 +139,11 @@ pub(crate) enum Event {
         ids: Vec<String>,
         reply: oneshot::Sender<Result<String, String>>,
     },
-    /// A server reported its client count.
+    /// A server reported its client count, status columns and RPC counters.
     Report {
         id: String,
         link_id: u64,
-        clients: u32,
+        report: Report,
     },
     /// A server answered a `kennel send` command.
     CommandReply {
@@ -210,6 +211,10 @@ pub async fn run(
     let launcher = Launcher::of(&project.master)?;
     let crash_loop = CrashLoop::of(&project.master)?;
     let rotation = logs::Rotation::of(&project.master)?;
+    let metrics = match MetricsConfig::of(&project.master)? {
+        Some(m) => Some(m.bind().await?),
+        None => None,
+    };
     let logs_dir = project.dir.join(LOGS_DIR);
     let run_dir = project.dir.join(RUN_DIR);
     if launches.iter().any(|l| *l != Launch::External) {
@@ -243,6 +248,12 @@ pub async fn run(
         tracker: tracker.clone(),
     });
     tracker.spawn(listener::accept_loop(listener, shared));
+    if let Some(l) = metrics {
+        if let Ok(a) = l.local_addr() {
+            say(format_args!("kennel: metrics on http://{a}/metrics"));
+        }
+        tokio::spawn(metrics::serve(l, events_tx.clone(), conns.clone()));
+    }
     // Log rotation runs as long as the master does (it ends with the links).
     tokio::spawn(logs::rotate_loop(logs_dir.clone(), rotation, conns.clone()));
 
@@ -420,8 +431,8 @@ impl Core {
             Event::Report {
                 id,
                 link_id,
-                clients,
-            } => self.registry.report(&id, link_id, clients),
+                report,
+            } => self.registry.report(&id, link_id, report),
             Event::CommandReply {
                 id,
                 link_id,
@@ -805,6 +816,8 @@ impl Core {
                     rss_bytes: usage.rss,
                     cpu_percent: usage.cpu,
                     clients: link.and_then(|l| l.clients),
+                    status: link.map(|l| l.status.clone()).unwrap_or_default(),
+                    rpc: link.and_then(|l| l.rpc.clone()),
                     remote,
                     external: slot.launch == Launch::External,
                 }

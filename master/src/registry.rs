@@ -7,7 +7,7 @@
 //! master -> others : Add {info}
 //! ...
 //! server -> master : Ping {seq}        master -> server : Pong {seq}
-//! server -> master : Report {clients}   (every second)
+//! server -> master : Report {clients, status, rpc}   (every second)
 //! master -> server : Command {seq, args}   server -> master : CommandReply {seq, ..}
 //! (link drops)     master -> others : Remove {id}
 //! ```
@@ -19,7 +19,8 @@ use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use kennel_proto::msg::{
-    AddServer, Command, FromMaster, RemoveServer, ServerInfo, ServerList, from_master,
+    AddServer, Command, FromMaster, RemoveServer, Report, RpcStats, ServerInfo, ServerList,
+    from_master,
 };
 use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio::sync::oneshot;
@@ -42,6 +43,10 @@ pub(crate) struct Link {
     close: CancellationToken,
     /// Connected clients, as last reported by the server.
     pub(crate) clients: Option<u32>,
+    /// The app's own `list` columns, as last reported.
+    pub(crate) status: HashMap<String, String>,
+    /// RPC counters, as last reported.
+    pub(crate) rpc: Option<RpcStats>,
     /// `kennel send` commands waiting for this server's reply, by seq. Dropped (the waiter
     /// sees the link close) with the link.
     pending: HashMap<u64, oneshot::Sender<Result<String, String>>>,
@@ -91,10 +96,12 @@ impl Registry {
         self.ever.contains(id)
     }
 
-    /// Records the client count server `id` reported on link `link_id`.
-    pub(crate) fn report(&mut self, id: &str, link_id: u64, clients: u32) {
+    /// Records what server `id` reported on link `link_id`.
+    pub(crate) fn report(&mut self, id: &str, link_id: u64, report: Report) {
         if let Some(l) = self.links.get_mut(id).filter(|l| l.link_id == link_id) {
-            l.clients = Some(clients);
+            l.clients = Some(report.clients);
+            l.status = report.status;
+            l.rpc = report.rpc;
         }
     }
 
@@ -153,6 +160,8 @@ impl Registry {
                 tx,
                 close,
                 clients: None,
+                status: HashMap::new(),
+                rpc: None,
                 pending: HashMap::new(),
             },
         );

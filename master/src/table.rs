@@ -1,6 +1,8 @@
 //! `kennel list` output: [`ServerRow`] (one per server, also the `--json` shape) and the plain
 //! aligned text table.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use kennel_proto::msg::{ListReply, ServerStatus};
 use serde::Serialize;
 
@@ -42,6 +44,8 @@ pub struct ServerRow {
     pub frontend: bool,
     /// Client port (frontends).
     pub client_port: Option<u32>,
+    /// The app's own columns (`App::set_status` / `App::status_fn`), as last reported.
+    pub status: BTreeMap<String, String>,
 }
 
 impl From<&ServerStatus> for ServerRow {
@@ -65,6 +69,11 @@ impl From<&ServerStatus> for ServerRow {
             port: info.port,
             frontend: info.frontend,
             client_port: (info.client_port != 0).then_some(info.client_port),
+            status: s
+                .status
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
         }
     }
 }
@@ -103,11 +112,18 @@ pub fn format_bytes(bytes: u64) -> String {
 }
 
 /// The rows as an aligned text table with a header: id, type, state, pid (`pid@host` for a
-/// remote server), rss, cpu%, uptime, restarts, clients (frontends).
+/// remote server), rss, cpu%, uptime, restarts, clients (frontends), then the app's own
+/// columns (the union of every server's status keys, sorted; `-` where a server has none).
 pub fn render_table(rows: &[ServerRow]) -> String {
-    let header = [
+    let extra: BTreeSet<&str> = rows
+        .iter()
+        .flat_map(|r| r.status.keys().map(String::as_str))
+        .collect();
+    let extra_headers: Vec<String> = extra.iter().map(|k| k.to_uppercase()).collect();
+    let mut header = vec![
         "ID", "TYPE", "STATE", "PID", "RSS", "CPU%", "UPTIME", "RESTARTS", "CLIENTS",
     ];
+    header.extend(extra_headers.iter().map(String::as_str));
     let cells: Vec<[String; 9]> = rows
         .iter()
         .map(|r| {
@@ -136,7 +152,20 @@ pub fn render_table(rows: &[ServerRow]) -> String {
             ]
         })
         .collect();
-    let cells: Vec<Vec<String>> = cells.into_iter().map(Vec::from).collect();
+    let cells: Vec<Vec<String>> = cells
+        .into_iter()
+        .zip(rows)
+        .map(|(fixed, r)| {
+            let mut row = Vec::from(fixed);
+            row.extend(extra.iter().map(|k| {
+                r.status
+                    .get(*k)
+                    .filter(|v| !v.is_empty())
+                    .map_or_else(|| "-".to_owned(), |v| v.replace(['\n', '\t'], " "))
+            }));
+            row
+        })
+        .collect();
     let mut out = align(&header, &cells);
     if rows.iter().any(|r| r.adopted) {
         out.push_str("* adopted: started by an earlier master\n");
@@ -184,6 +213,42 @@ mod tests {
         assert_eq!(format_uptime(306_000), "5m06s");
         assert_eq!(format_uptime(3 * 3_600_000 + 4 * 60_000), "3h04m");
         assert_eq!(format_uptime(26 * 3_600_000), "1d02h");
+    }
+
+    #[test]
+    fn app_columns_are_the_union_of_keys() {
+        let server = |id: &str, status: &[(&str, &str)]| ServerStatus {
+            info: Some(ServerInfo {
+                id: id.into(),
+                server_type: "chat".into(),
+                ..Default::default()
+            }),
+            state: "running".into(),
+            status: status
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            ..Default::default()
+        };
+        let reply = ListReply {
+            servers: vec![
+                server("a", &[("rooms", "3"), ("zone", "eu")]),
+                server("b", &[("players", "12")]),
+            ],
+            ready: true,
+        };
+        let rows = rows(&reply);
+        let table = render_table(&rows);
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(
+            lines[0].ends_with("CLIENTS  PLAYERS  ROOMS  ZONE"),
+            "{table}"
+        );
+        assert!(lines[1].ends_with("-        -        3      eu"), "{table}");
+        assert!(lines[2].ends_with("-        12       -      -"), "{table}");
+        let json = serde_json::to_value(&rows).unwrap();
+        assert_eq!(json[0]["status"]["rooms"], "3");
+        assert_eq!(json[1]["status"], serde_json::json!({"players": "12"}));
     }
 
     #[test]

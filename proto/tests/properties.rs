@@ -171,6 +171,16 @@ fn cli_resp() -> impl Strategy<Value = CliResponse> {
             clients: rss.map(|r| (r % 1000) as u32),
             remote: pid % 3 == 0,
             external: pid % 5 == 0,
+            status: [("rooms".to_owned(), (pid % 100).to_string())].into(),
+            rpc: (pid % 4 == 0).then(|| msg::RpcStats {
+                calls: up,
+                notifies: u64::from(pid),
+                errors: [("timeout".to_owned(), up % 9)].into(),
+                latency_bounds: vec![0.001, 0.01, 0.1],
+                latency_counts: vec![1, 2, 3],
+                latency_count: 4,
+                latency_sum: cpu.unwrap_or(0.5),
+            }),
         });
     prop_oneof![
         proptest::collection::vec(status, 0..4).prop_map(|servers| cli_response::Msg::List(

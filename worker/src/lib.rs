@@ -35,6 +35,7 @@ mod peers;
 mod rpc;
 mod rpc_config;
 mod session;
+mod stats;
 
 pub use app::{App, BEFORE_EXIT_TIMEOUT, ServerInfo};
 pub use args::Args;
@@ -44,6 +45,7 @@ pub use handler::Reply;
 pub use rpc::{RemoteRoute, Rpc};
 pub use rpc_config::{Interval, RpcConfig};
 pub use session::Session;
+pub use stats::LATENCY_BUCKETS;
 
 /// Installs a tracing subscriber writing to stderr (level from `RUST_LOG`, default `info`).
 /// Called by [`App::from_args`]; harmless if a subscriber is already set.

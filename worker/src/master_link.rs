@@ -4,7 +4,7 @@
 //! server -> master : (auth, role SERVER) Register{info}
 //! master -> server : List{all live servers} | Error{reason}
 //! master -> server : Add{info} / Remove{id} as servers come and go
-//! server -> master : Report{clients}             every second while registered
+//! server -> master : Report{clients, status, rpc}  every second while registered
 //! master -> server : Command{seq, args}          (`kennel send`)
 //! server -> master : CommandReply{seq, reply|error}   from the App::on_cli_send handler
 //! ```
@@ -31,7 +31,7 @@ use tracing::{error, info, warn};
 
 use crate::{App, Error};
 
-/// How often a registered server reports its client count to the master.
+/// How often a registered server reports its clients, status columns and RPC counters.
 const REPORT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A `kennel send` handler: the command's arguments in, the text printed by the CLI out.
@@ -55,6 +55,16 @@ impl App {
             warn!("on_cli_send called twice; keeping the first handler");
         }
         self
+    }
+}
+
+/// This server's per-second report: client count, the app's status columns, RPC counters.
+fn self_report(app: &App) -> Report {
+    let stats = crate::stats::of(app.id());
+    Report {
+        clients: u32::try_from(app.inner.frontend.count()).unwrap_or(u32::MAX),
+        status: stats.status(app),
+        rpc: Some(stats.rpc()),
     }
 }
 
@@ -183,9 +193,7 @@ async fn session(app: &App, addr: &str, reconnect: bool) -> Result<(), LinkErr> 
                 None => break,
             },
             Some(r) = replies.recv() => to_master::Msg::CommandReply(r).into(),
-            _ = report.tick(), if registered => to_master::Msg::Report(Report {
-                clients: u32::try_from(app.inner.frontend.count()).unwrap_or(u32::MAX),
-            }).into(),
+            _ = report.tick(), if registered => to_master::Msg::Report(self_report(app)).into(),
         };
         let m = match out {
             Incoming::Send(msg) => {

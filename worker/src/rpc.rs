@@ -11,9 +11,12 @@
 //! time. A trait and a declarative macro were chosen over a proc-macro on a remote "service"
 //! trait: they keep remotes plain closures (like handlers), need no extra crate, and a route
 //! named by a type cannot be misspelled.
+//!
+//! Every call and notify is counted (with its errors by kind and, for calls, its latency) in
+//! [`crate::stats`], which the server reports to the master.
 
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use kennel_proto::msg::{RpcRequest, peer_msg};
@@ -22,6 +25,7 @@ use serde::de::DeserializeOwned;
 
 use crate::handler::{decode, encode};
 use crate::peers::msg;
+use crate::stats;
 use crate::{App, RpcError};
 
 /// A remote's route as a type, with its argument and result types; declare one with
@@ -99,9 +103,15 @@ impl Rpc {
         route: &str,
         args: &A,
     ) -> Result<R, RpcError> {
-        let args = encode(args).map_err(RpcError::Codec)?;
-        let raw = self.call_raw(route, args).await?;
-        decode(&raw).map_err(RpcError::Codec)
+        let started = Instant::now();
+        let result = async {
+            let args = encode(args).map_err(RpcError::Codec)?;
+            let raw = self.call_raw(route, args).await?;
+            decode(&raw).map_err(RpcError::Codec)
+        }
+        .await;
+        stats::of(self.app.id()).call(started.elapsed(), &result);
+        result
     }
 
     /// Calls a typed route (see [`crate::remote_route!`]).
@@ -129,7 +139,14 @@ impl Rpc {
         route: &str,
         args: &A,
     ) -> Result<(), RpcError> {
-        let args = encode(args).map_err(RpcError::Codec)?;
+        let args = match encode(args) {
+            Ok(a) => a,
+            Err(e) => {
+                let r = Err(RpcError::Codec(e));
+                stats::of(self.app.id()).notify(&r);
+                return r;
+            }
+        };
         if self.target == ALL {
             let server_type = route.split('.').next().unwrap_or_default();
             for s in self.app.servers_of_type(server_type) {
@@ -144,6 +161,12 @@ impl Rpc {
     }
 
     async fn notify_raw(&self, route: &str, args: Bytes) -> Result<(), RpcError> {
+        let result = self.notify_raw_uncounted(route, args).await;
+        stats::of(self.app.id()).notify(&result);
+        result
+    }
+
+    async fn notify_raw_uncounted(&self, route: &str, args: Bytes) -> Result<(), RpcError> {
         if self.target == self.app.id() {
             let app = self.app.clone();
             let route = route.to_string();

@@ -1,0 +1,470 @@
+//! Prometheus metrics: the opt-in HTTP listener (`"metrics": {"port": N, "host": "127.0.0.1"}`
+//! in the env's entry of master.json; absent, nothing listens) and the text exposition of the
+//! cluster.
+//!
+//! A scrape asks the event loop for the same [`ListReply`] `kennel list` gets and renders it:
+//! servers by state, restarts, rss, cpu, uptime, clients of frontends, and each server's RPC
+//! counters and call latency histogram as the server last reported them (cumulative since that
+//! server process started).
+//!
+//! Decisions: the text is rendered by hand from the reply (a few dozen lines) rather than
+//! through a global `metrics` recorder, because every value is a snapshot the master already
+//! holds (the servers send cumulative counters), so there is nothing to record between
+//! scrapes; `axum` (already in the workspace for chat-demo) serves `GET /metrics`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use kennel_config::MasterConfig;
+use kennel_proto::msg::ListReply;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use crate::MasterError;
+use crate::master::Event;
+
+/// Default address of the metrics listener.
+pub(crate) const DEFAULT_HOST: &str = "127.0.0.1";
+/// How long a scrape waits for the event loop.
+const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Every state a server can be in, so each has a `kennel_servers` sample (0 when none).
+const STATES: [&str; 10] = [
+    "starting",
+    "running",
+    "unlinked",
+    "stopping",
+    "restarting",
+    "exited",
+    "crashloop",
+    "removed",
+    "external",
+    "down",
+];
+
+/// Where the metrics listener binds (`"metrics"` in master.json).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct MetricsConfig {
+    /// Host or IP to bind.
+    pub(crate) host: String,
+    /// Port (0: any free port, printed at start).
+    pub(crate) port: u16,
+}
+
+impl MetricsConfig {
+    /// The `"metrics"` object of the master entry; `None` when absent.
+    pub(crate) fn of(master: &MasterConfig) -> Result<Option<MetricsConfig>, MasterError> {
+        let Some(v) = master.extra.get("metrics") else {
+            return Ok(None);
+        };
+        let bad = |what: &str| MasterError::Setting {
+            what: format!("master.json metrics: {what}"),
+        };
+        let obj = v.as_object().ok_or_else(|| {
+            bad("must be an object like {\"port\": 9100, \"host\": \"127.0.0.1\"}")
+        })?;
+        let mut config = MetricsConfig {
+            host: DEFAULT_HOST.to_owned(),
+            port: 0,
+        };
+        let mut port = None;
+        for (key, value) in obj {
+            match key.as_str() {
+                "port" => {
+                    port = Some(
+                        value
+                            .as_u64()
+                            .and_then(|p| u16::try_from(p).ok())
+                            .ok_or_else(|| bad("port must be an integer from 0 to 65535"))?,
+                    )
+                }
+                "host" => {
+                    config.host = value
+                        .as_str()
+                        .filter(|h| !h.is_empty())
+                        .ok_or_else(|| bad("host must be a non-empty string"))?
+                        .to_owned()
+                }
+                other => return Err(bad(&format!("unknown key {other:?} (port, host)"))),
+            }
+        }
+        config.port = port.ok_or_else(|| bad("port is required"))?;
+        Ok(Some(config))
+    }
+
+    /// Binds the listener.
+    pub(crate) async fn bind(&self) -> Result<TcpListener, MasterError> {
+        TcpListener::bind((self.host.as_str(), self.port))
+            .await
+            .map_err(|e| MasterError::Setting {
+                what: format!(
+                    "master.json metrics: cannot listen on {}:{}: {e}",
+                    self.host, self.port
+                ),
+            })
+    }
+}
+
+/// Serves `GET /metrics` on `listener` until `stop` is cancelled.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    events: mpsc::Sender<Event>,
+    stop: CancellationToken,
+) {
+    let app = Router::new()
+        .route("/metrics", get(scrape))
+        .with_state(events);
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(stop.cancelled_owned())
+        .await
+    {
+        warn!("metrics listener failed: {e}");
+    }
+}
+
+async fn scrape(State(events): State<mpsc::Sender<Event>>) -> Response {
+    let (reply, rx) = oneshot::channel();
+    let asked = events.send(Event::List { reply }).await.is_ok();
+    match tokio::time::timeout(SCRAPE_TIMEOUT, rx).await {
+        Ok(Ok(list)) if asked => (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            render(&list),
+        )
+            .into_response(),
+        _ => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the master is not answering (stopping?)\n",
+        )
+            .into_response(),
+    }
+}
+
+/// A label value with `\`, `"` and newlines escaped.
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Writes `# HELP` and `# TYPE` of one metric family.
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// The cluster in the Prometheus text format (version 0.0.4).
+pub(crate) fn render(list: &ListReply) -> String {
+    let mut out = String::new();
+    // (server label set, status) for each server with its info.
+    let servers: Vec<_> = list
+        .servers
+        .iter()
+        .map(|s| {
+            let info = s.info.clone().unwrap_or_default();
+            let labels = format!(
+                "server=\"{}\",type=\"{}\"",
+                escape(&info.id),
+                escape(&info.server_type)
+            );
+            (labels, info.frontend, s)
+        })
+        .collect();
+
+    family(
+        &mut out,
+        "kennel_cluster_ready",
+        "gauge",
+        "1 when every server the master starts has registered at least once.",
+    );
+    let _ = writeln!(out, "kennel_cluster_ready {}", u8::from(list.ready));
+
+    family(
+        &mut out,
+        "kennel_servers",
+        "gauge",
+        "Configured servers by state.",
+    );
+    let mut by_state: BTreeMap<&str, u64> = STATES.iter().map(|s| (*s, 0)).collect();
+    for s in &list.servers {
+        *by_state.entry(s.state.as_str()).or_default() += 1;
+    }
+    for state in STATES
+        .iter()
+        .copied()
+        .chain(by_state.keys().copied().filter(|k| !STATES.contains(k)))
+        .collect::<Vec<_>>()
+    {
+        let _ = writeln!(
+            out,
+            "kennel_servers{{state=\"{}\"}} {}",
+            escape(state),
+            by_state[state]
+        );
+    }
+
+    family(
+        &mut out,
+        "kennel_server_state",
+        "gauge",
+        "1 for each server, labelled with its current state.",
+    );
+    for (l, _, s) in &servers {
+        let _ = writeln!(
+            out,
+            "kennel_server_state{{{l},state=\"{}\"}} 1",
+            escape(&s.state)
+        );
+    }
+
+    family(
+        &mut out,
+        "kennel_server_restarts_total",
+        "counter",
+        "Restarts of the server by this master.",
+    );
+    for (l, _, s) in &servers {
+        let _ = writeln!(out, "kennel_server_restarts_total{{{l}}} {}", s.restarts);
+    }
+
+    family(
+        &mut out,
+        "kennel_server_uptime_seconds",
+        "gauge",
+        "Seconds since the server process started (running servers).",
+    );
+    for (l, _, s) in servers.iter().filter(|(_, _, s)| s.pid != 0) {
+        let _ = writeln!(
+            out,
+            "kennel_server_uptime_seconds{{{l}}} {}",
+            s.uptime_ms as f64 / 1000.0
+        );
+    }
+
+    family(
+        &mut out,
+        "kennel_server_rss_bytes",
+        "gauge",
+        "Resident memory of the server process (local servers, sampled every second).",
+    );
+    for (l, _, s) in &servers {
+        if let Some(rss) = s.rss_bytes {
+            let _ = writeln!(out, "kennel_server_rss_bytes{{{l}}} {rss}");
+        }
+    }
+
+    family(
+        &mut out,
+        "kennel_server_cpu_percent",
+        "gauge",
+        "CPU use of the server process over the last second (100 = one core).",
+    );
+    for (l, _, s) in &servers {
+        if let Some(cpu) = s.cpu_percent {
+            let _ = writeln!(out, "kennel_server_cpu_percent{{{l}}} {cpu}");
+        }
+    }
+
+    family(
+        &mut out,
+        "kennel_frontend_clients",
+        "gauge",
+        "Connected clients of a frontend, as it last reported.",
+    );
+    for (l, frontend, s) in &servers {
+        if let (true, Some(n)) = (frontend, s.clients) {
+            let _ = writeln!(out, "kennel_frontend_clients{{{l}}} {n}");
+        }
+    }
+
+    let rpc: Vec<_> = servers
+        .iter()
+        .filter_map(|(l, _, s)| s.rpc.as_ref().map(|r| (l, r)))
+        .collect();
+    family(
+        &mut out,
+        "kennel_rpc_calls_total",
+        "counter",
+        "RPC calls made by the server (Rpc::call), ok or not.",
+    );
+    for (l, r) in &rpc {
+        let _ = writeln!(out, "kennel_rpc_calls_total{{{l}}} {}", r.calls);
+    }
+    family(
+        &mut out,
+        "kennel_rpc_notifies_total",
+        "counter",
+        "RPC notifies sent by the server (Rpc::notify, once per target).",
+    );
+    for (l, r) in &rpc {
+        let _ = writeln!(out, "kennel_rpc_notifies_total{{{l}}} {}", r.notifies);
+    }
+    family(
+        &mut out,
+        "kennel_rpc_errors_total",
+        "counter",
+        "Failed RPC calls and notifies of the server, by kind.",
+    );
+    for (l, r) in &rpc {
+        let errors: BTreeMap<_, _> = r.errors.iter().collect();
+        for (kind, n) in errors {
+            let _ = writeln!(
+                out,
+                "kennel_rpc_errors_total{{{l},kind=\"{}\"}} {n}",
+                escape(kind)
+            );
+        }
+    }
+    family(
+        &mut out,
+        "kennel_rpc_call_duration_seconds",
+        "histogram",
+        "Latency of the server's RPC calls.",
+    );
+    for (l, r) in &rpc {
+        for (bound, n) in r.latency_bounds.iter().zip(&r.latency_counts) {
+            let _ = writeln!(
+                out,
+                "kennel_rpc_call_duration_seconds_bucket{{{l},le=\"{bound}\"}} {n}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "kennel_rpc_call_duration_seconds_bucket{{{l},le=\"+Inf\"}} {}",
+            r.latency_count
+        );
+        let _ = writeln!(
+            out,
+            "kennel_rpc_call_duration_seconds_sum{{{l}}} {}",
+            r.latency_sum
+        );
+        let _ = writeln!(
+            out,
+            "kennel_rpc_call_duration_seconds_count{{{l}}} {}",
+            r.latency_count
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kennel_proto::msg::{RpcStats, ServerInfo, ServerStatus};
+    use serde_json::json;
+
+    fn master(extra: serde_json::Value) -> MasterConfig {
+        MasterConfig {
+            id: "master".into(),
+            host: "127.0.0.1".into(),
+            port: 3005,
+            bin: None,
+            server_secret: None,
+            cli_secret: None,
+            extra: extra.as_object().cloned().unwrap_or_default(),
+        }
+    }
+
+    #[test]
+    fn config_is_opt_in_and_checked() {
+        assert_eq!(MetricsConfig::of(&master(json!({}))).unwrap(), None);
+        let c = MetricsConfig::of(&master(json!({"metrics": {"port": 9100}})))
+            .unwrap()
+            .unwrap();
+        assert_eq!((c.host.as_str(), c.port), ("127.0.0.1", 9100));
+        for bad in [
+            json!({"metrics": 9100}),
+            json!({"metrics": {}}),
+            json!({"metrics": {"port": 70000}}),
+            json!({"metrics": {"port": "x"}}),
+            json!({"metrics": {"port": 1, "host": ""}}),
+            json!({"metrics": {"port": 1, "hots": "a"}}),
+        ] {
+            let e = MetricsConfig::of(&master(bad.clone())).unwrap_err();
+            assert!(
+                e.to_string().starts_with("master.json metrics:"),
+                "{bad}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn renders_states_resources_and_histogram() {
+        let list = ListReply {
+            ready: true,
+            servers: vec![
+                ServerStatus {
+                    info: Some(ServerInfo {
+                        id: "connector-server-1".into(),
+                        server_type: "connector".into(),
+                        frontend: true,
+                        ..Default::default()
+                    }),
+                    state: "running".into(),
+                    pid: 10,
+                    uptime_ms: 1500,
+                    restarts: 2,
+                    rss_bytes: Some(4096),
+                    cpu_percent: Some(1.5),
+                    clients: Some(3),
+                    rpc: Some(RpcStats {
+                        calls: 5,
+                        notifies: 1,
+                        errors: [("timeout".to_owned(), 2)].into(),
+                        latency_bounds: vec![0.001, 0.01],
+                        latency_counts: vec![1, 3],
+                        latency_count: 5,
+                        latency_sum: 0.25,
+                    }),
+                    ..Default::default()
+                },
+                ServerStatus {
+                    info: Some(ServerInfo {
+                        id: "chat\"1".into(),
+                        server_type: "chat".into(),
+                        ..Default::default()
+                    }),
+                    state: "crashloop".into(),
+                    ..Default::default()
+                },
+            ],
+        };
+        let text = render(&list);
+        let c = "server=\"connector-server-1\",type=\"connector\"";
+        for line in [
+            "kennel_cluster_ready 1".to_owned(),
+            "kennel_servers{state=\"running\"} 1".to_owned(),
+            "kennel_servers{state=\"crashloop\"} 1".to_owned(),
+            "kennel_servers{state=\"removed\"} 0".to_owned(),
+            format!("kennel_server_restarts_total{{{c}}} 2"),
+            format!("kennel_server_rss_bytes{{{c}}} 4096"),
+            format!("kennel_server_cpu_percent{{{c}}} 1.5"),
+            format!("kennel_server_uptime_seconds{{{c}}} 1.5"),
+            format!("kennel_frontend_clients{{{c}}} 3"),
+            format!("kennel_rpc_calls_total{{{c}}} 5"),
+            format!("kennel_rpc_errors_total{{{c},kind=\"timeout\"}} 2"),
+            format!("kennel_rpc_call_duration_seconds_bucket{{{c},le=\"0.01\"}} 3"),
+            format!("kennel_rpc_call_duration_seconds_bucket{{{c},le=\"+Inf\"}} 5"),
+            format!("kennel_rpc_call_duration_seconds_sum{{{c}}} 0.25"),
+            "kennel_server_state{server=\"chat\\\"1\",type=\"chat\",state=\"crashloop\"} 1"
+                .to_owned(),
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
+        // A server that is not running has no uptime, rss or rpc sample.
+        assert!(!text.contains("kennel_server_uptime_seconds{server=\"chat"));
+        assert!(!text.contains("kennel_rpc_calls_total{server=\"chat"));
+    }
+}

@@ -1,0 +1,199 @@
+//! What a server reports about itself besides its client count: the app's own `kennel list`
+//! columns ([`App::set_status`], [`App::status_fn`]) and the counters of its outgoing RPC
+//! (calls, notifies, errors by kind, a call latency histogram with fixed buckets). The master
+//! link sends both in every per-second `Report`; the master shows the columns in `kennel list`
+//! and exports the counters as Prometheus metrics.
+//!
+//! The state lives in a process-wide table keyed by server id (a server process runs one
+//! `App`; tests that run several in one process still get one entry each).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::Duration;
+
+use kennel_proto::msg::RpcStats;
+
+use crate::{App, RpcError};
+
+/// Upper bounds (seconds) of the call latency histogram's buckets.
+pub const LATENCY_BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+/// Computes status columns when a report is sent.
+type StatusFn = Arc<dyn Fn(&App) -> Vec<(String, String)> + Send + Sync>;
+
+/// One server's counters and columns.
+#[derive(Default)]
+pub(crate) struct Stats {
+    calls: AtomicU64,
+    notifies: AtomicU64,
+    /// Per bucket of [`LATENCY_BUCKETS`]: calls that fell in it (not cumulative).
+    buckets: [AtomicU64; LATENCY_BUCKETS.len()],
+    /// Sum of call latencies in microseconds.
+    sum_us: AtomicU64,
+    errors: Mutex<HashMap<&'static str, u64>>,
+    status: Mutex<BTreeMap<String, String>>,
+    status_fns: Mutex<Vec<StatusFn>>,
+}
+
+static ALL: LazyLock<Mutex<HashMap<String, Arc<Stats>>>> = LazyLock::new(Default::default);
+
+/// The stats of server `id` (created on first use).
+pub(crate) fn of(id: &str) -> Arc<Stats> {
+    let mut all = ALL.lock().unwrap_or_else(|e| e.into_inner());
+    all.entry(id.to_owned()).or_default().clone()
+}
+
+/// The metric name of an RPC error's kind.
+fn kind(e: &RpcError) -> &'static str {
+    match e {
+        RpcError::UnknownServer(_) => "unknown_server",
+        RpcError::Timeout { .. } => "timeout",
+        RpcError::LinkDropped(_) => "link_dropped",
+        RpcError::NoRemote { .. } => "no_remote",
+        RpcError::Remote { .. } => "remote",
+        RpcError::Codec(_) => "codec",
+        RpcError::QueueFull { .. } => "queue_full",
+        RpcError::NoLink { .. } => "no_link",
+    }
+}
+
+impl Stats {
+    /// Counts one finished call that took `took`.
+    pub(crate) fn call<T>(&self, took: Duration, result: &Result<T, RpcError>) {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        let secs = took.as_secs_f64();
+        if let Some(i) = LATENCY_BUCKETS.iter().position(|b| secs <= *b) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+        if let Err(e) = result {
+            self.error(e);
+        }
+    }
+
+    /// Counts one notify sent (or failed with `result`'s error).
+    pub(crate) fn notify(&self, result: &Result<(), RpcError>) {
+        self.notifies.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = result {
+            self.error(e);
+        }
+    }
+
+    fn error(&self, e: &RpcError) {
+        let mut errors = self.errors.lock().unwrap_or_else(|e| e.into_inner());
+        *errors.entry(kind(e)).or_default() += 1;
+    }
+
+    /// The cumulative RPC counters, as the `Report` carries them.
+    pub(crate) fn rpc(&self) -> RpcStats {
+        let mut running = 0;
+        let latency_counts = self
+            .buckets
+            .iter()
+            .map(|b| {
+                running += b.load(Ordering::Relaxed);
+                running
+            })
+            .collect();
+        let calls = self.calls.load(Ordering::Relaxed);
+        RpcStats {
+            calls,
+            notifies: self.notifies.load(Ordering::Relaxed),
+            errors: self
+                .errors
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), *v))
+                .collect(),
+            latency_bounds: LATENCY_BUCKETS.to_vec(),
+            latency_counts,
+            latency_count: calls,
+            latency_sum: self.sum_us.load(Ordering::Relaxed) as f64 / 1e6,
+        }
+    }
+
+    /// The app's columns now: the values set with `set_status`, then those of the status
+    /// functions (which win on a shared key).
+    pub(crate) fn status(&self, app: &App) -> HashMap<String, String> {
+        let mut out: HashMap<String, String> = self
+            .status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .into_iter()
+            .collect();
+        let fns = self
+            .status_fns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        for f in fns {
+            out.extend(f(app));
+        }
+        out
+    }
+}
+
+impl App {
+    /// Sets one of this server's own `kennel list` columns (`key` is the column, shown for
+    /// every server; `-` where a server has no value). Sent to the master with the next
+    /// per-second report; `list --json` has them in `status`.
+    pub fn set_status(&self, key: impl Into<String>, value: impl ToString) -> &Self {
+        of(self.id())
+            .status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.into(), value.to_string());
+        self
+    }
+
+    /// Registers a function computing some of this server's `kennel list` columns, called
+    /// before each per-second report (e.g. `vec![("rooms".into(), n.to_string())]`). Keep it
+    /// quick: it runs on the master link's task.
+    pub fn status_fn<F>(&self, f: F) -> &Self
+    where
+        F: Fn(&App) -> Vec<(String, String)> + Send + Sync + 'static,
+    {
+        of(self.id())
+            .status_fns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Arc::new(f));
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_is_cumulative_and_errors_by_kind() {
+        let s = Stats::default();
+        s.call::<()>(Duration::from_micros(300), &Ok(()));
+        s.call::<()>(Duration::from_millis(3), &Err(RpcError::Codec("x".into())));
+        s.call::<()>(
+            Duration::from_secs(9),
+            &Err(RpcError::LinkDropped("a".into())),
+        );
+        s.notify(&Err(RpcError::LinkDropped("a".into())));
+        let r = s.rpc();
+        assert_eq!(r.calls, 3);
+        assert_eq!(r.notifies, 1);
+        assert_eq!(r.latency_count, 3);
+        assert_eq!(r.latency_bounds.len(), r.latency_counts.len());
+        // 0.3 ms is in every bucket; 3 ms from the 5 ms bucket on; 9 s in none (only +Inf).
+        assert_eq!(r.latency_counts[0], 1);
+        assert_eq!(r.latency_counts[2], 1);
+        assert_eq!(r.latency_counts[3], 2);
+        assert_eq!(*r.latency_counts.last().unwrap(), 2);
+        assert!((r.latency_sum - 9.0033).abs() < 1e-6, "{}", r.latency_sum);
+        assert_eq!(r.errors["link_dropped"], 2);
+        assert_eq!(r.errors["codec"], 1);
+    }
+}
