@@ -13,15 +13,9 @@ use serde_json::{Value, json};
 
 /// Logs in `uid` (room `room`) and joins the room; returns the login reply.
 async fn login_join(c: &mut Client, uid: u64, room: i64) -> Value {
-    let r = c
-        .request("connector.main.login", &json!({"uid": uid, "room": room}))
+    integration_tests::load::login_join(c, uid, room)
         .await
-        .unwrap();
-    assert_eq!(r["code"], 0, "login {uid}: {r}");
-    let j = c.request("chat.main.join", &json!({})).await.unwrap();
-    assert_eq!(j["code"], 0, "join {uid}: {j}");
-    assert_eq!(j["room"], json!(room));
-    r
+        .unwrap()
 }
 
 fn alive(pid: i32) -> bool {

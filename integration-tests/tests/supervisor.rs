@@ -254,25 +254,9 @@ impl Drop for Master {
     }
 }
 
-fn run_bounded(mut cmd: Command) -> Output {
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(TIMEOUT * 2) {
-        Ok(out) => out.unwrap(),
-        Err(_) => {
-            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
-            panic!("{cmd:?} did not finish in time");
-        }
-    }
+fn run_bounded(cmd: Command) -> Output {
+    let what = format!("{cmd:?}");
+    integration_tests::mydog::run_bounded(cmd, &what, TIMEOUT * 2).unwrap()
 }
 
 fn text(b: &[u8]) -> String {
@@ -302,13 +286,9 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 
 /// Logs in `uid` with `room` and joins it; returns the chat server it was given.
 async fn login_join(c: &mut Client, uid: u64, room: i64) -> String {
-    let r = c
-        .request("connector.main.login", &json!({"uid": uid, "room": room}))
+    let r = integration_tests::load::login_join(c, uid, room)
         .await
         .unwrap();
-    assert_eq!(r["code"], 0, "login {uid}: {r}");
-    let j = c.request("chat.main.join", &json!({})).await.unwrap();
-    assert_eq!(j["code"], 0, "join {uid}: {j}");
     r["chatServerId"].as_str().unwrap().to_owned()
 }
 

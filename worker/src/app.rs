@@ -157,6 +157,8 @@ pub(crate) struct Inner {
     added_at: Mutex<HashMap<String, Instant>>,
     /// Cancelled to stop the server (signal or [`App::shutdown`]).
     pub(crate) shutdown: CancellationToken,
+    /// RPC counters and the app's own `list` columns ([`crate::stats`]).
+    pub(crate) stats: crate::stats::Stats,
     /// The app's key/value store ([`App::set`]).
     store: Mutex<HashMap<String, Arc<dyn Any + Send + Sync>>>,
     /// The `kennel send` handler ([`App::on_cli_send`]).
@@ -223,6 +225,7 @@ impl App {
                 started_all: std::sync::atomic::AtomicBool::new(false),
                 added_at: Mutex::new(HashMap::new()),
                 shutdown: CancellationToken::new(),
+                stats: crate::stats::Stats::default(),
                 store: Mutex::new(HashMap::new()),
                 cli_send: OnceLock::new(),
             }),

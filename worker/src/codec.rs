@@ -100,7 +100,12 @@ impl Default for Codecs {
 impl Codecs {
     /// One encoded frame.
     pub(crate) fn frame(&self, f: OutFrame<'_>) -> Bytes {
-        let mut b = BytesMut::new();
+        // Room for PROTOCOL.md's header (4 + 1 + 2 bytes) and the body: one allocation.
+        let body = match f {
+            OutFrame::Handshake(b) | OutFrame::Message { body: b, .. } => b.len(),
+            OutFrame::Heartbeat => 0,
+        };
+        let mut b = BytesMut::with_capacity(8 + body);
         self.protocol.encode(f, &mut b);
         b.freeze()
     }

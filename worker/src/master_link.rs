@@ -60,7 +60,7 @@ impl App {
 
 /// This server's per-second report: client count, the app's status columns, RPC counters.
 fn self_report(app: &App) -> Report {
-    let stats = crate::stats::of(app.id());
+    let stats = &app.inner.stats;
     Report {
         clients: u32::try_from(app.inner.frontend.count()).unwrap_or(u32::MAX),
         status: stats.status(app),

@@ -374,23 +374,29 @@ async fn run_link(
         cfg.heartbeat,
     ));
 
-    // With heartbeats off a link is never closed for silence.
-    let silence = if cfg.heartbeat.is_zero() {
-        Duration::from_secs(100 * 365 * 86_400)
+    // Silence is checked once per heartbeat period (a timer per message would cost on every
+    // message): a link quiet past the timeout is closed. With heartbeats off, never.
+    let silence = cfg.heartbeat_timeout;
+    let mut check = tokio::time::interval(if cfg.heartbeat.is_zero() {
+        Duration::from_secs(3600)
     } else {
-        cfg.heartbeat_timeout
-    };
+        cfg.heartbeat
+    });
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_heard = tokio::time::Instant::now();
     loop {
         let m = tokio::select! {
             _ = link.closed.cancelled() => break,
-            m = tokio::time::timeout(silence, stream.next()) => match m {
-                Ok(m) => m,
-                Err(_) => {
+            _ = check.tick() => {
+                if !cfg.heartbeat.is_zero() && last_heard.elapsed() > silence {
                     warn!(%peer, "peer link silent for {silence:?} (heartbeat timeout): closing it");
                     break;
                 }
-            },
+                continue;
+            }
+            m = stream.next() => m,
         };
+        last_heard = tokio::time::Instant::now();
         match m {
             None => break,
             Some(Err(e)) => {
@@ -420,12 +426,31 @@ async fn write_loop<S>(
 ) where
     S: futures_util::Sink<PeerMsg> + Unpin,
 {
+    // One ticker for the heartbeat (not a timer per message): a tick after a period with
+    // nothing sent sends a ping.
     let mut seq = 0u64;
+    let mut tick = tokio::time::interval(if heartbeat.is_zero() {
+        Duration::from_secs(3600)
+    } else {
+        heartbeat
+    });
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await; // the first tick is immediate
+    let mut sent = false;
     loop {
         let first = tokio::select! {
-            m = rx.recv() => match m { Some(m) => m, None => break },
+            m = rx.recv() => match m {
+                Some(m) => {
+                    sent = true;
+                    m
+                }
+                None => break,
+            },
             _ = closed.cancelled() => break,
-            _ = tokio::time::sleep(heartbeat), if !heartbeat.is_zero() => {
+            _ = tick.tick(), if !heartbeat.is_zero() => {
+                if std::mem::take(&mut sent) {
+                    continue;
+                }
                 seq += 1;
                 msg(peer_msg::Msg::Ping(kennel_proto::msg::Ping { seq }))
             }

@@ -25,7 +25,6 @@ use serde::de::DeserializeOwned;
 
 use crate::handler::{decode, encode};
 use crate::peers::msg;
-use crate::stats;
 use crate::{App, RpcError};
 
 /// A remote's route as a type, with its argument and result types; declare one with
@@ -110,7 +109,7 @@ impl Rpc {
             decode(&raw).map_err(RpcError::Codec)
         }
         .await;
-        stats::of(self.app.id()).call(started.elapsed(), &result);
+        self.app.inner.stats.call(started.elapsed(), &result);
         result
     }
 
@@ -143,7 +142,7 @@ impl Rpc {
             Ok(a) => a,
             Err(e) => {
                 let r = Err(RpcError::Codec(e));
-                stats::of(self.app.id()).notify(&r);
+                self.app.inner.stats.notify(&r);
                 return r;
             }
         };
@@ -162,7 +161,7 @@ impl Rpc {
 
     async fn notify_raw(&self, route: &str, args: Bytes) -> Result<(), RpcError> {
         let result = self.notify_raw_uncounted(route, args).await;
-        stats::of(self.app.id()).notify(&result);
+        self.app.inner.stats.notify(&result);
         result
     }
 

@@ -30,7 +30,8 @@ pub struct RpcConfig {
     pub msg_cache_count: usize,
     /// A ping is sent on an idle link this often (`heartbeat`, default 10 s; 0 = off).
     pub heartbeat: Duration,
-    /// A link silent for this long is closed as dead (`heartbeatTimeout`, default 3x heartbeat).
+    /// A link silent for this long is closed as dead (`heartbeatTimeout`, default 3x heartbeat;
+    /// checked once per heartbeat period, so detection takes up to one period more).
     pub heartbeat_timeout: Duration,
     /// Delay before redialing a peer (`reconnectDelay`, default 0.5 s).
     pub reconnect_delay: Duration,

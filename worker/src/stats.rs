@@ -4,12 +4,11 @@
 //! link sends both in every per-second `Report`; the master shows the columns in `kennel list`
 //! and exports the counters as Prometheus metrics.
 //!
-//! The state lives in a process-wide table keyed by server id (a server process runs one
-//! `App`; tests that run several in one process still get one entry each).
+//! The state lives in the app (one per server), so counting a call is a few atomic adds.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kennel_proto::msg::RpcStats;
@@ -36,14 +35,6 @@ pub(crate) struct Stats {
     errors: Mutex<HashMap<&'static str, u64>>,
     status: Mutex<BTreeMap<String, String>>,
     status_fns: Mutex<Vec<StatusFn>>,
-}
-
-static ALL: LazyLock<Mutex<HashMap<String, Arc<Stats>>>> = LazyLock::new(Default::default);
-
-/// The stats of server `id` (created on first use).
-pub(crate) fn of(id: &str) -> Arc<Stats> {
-    let mut all = ALL.lock().unwrap_or_else(|e| e.into_inner());
-    all.entry(id.to_owned()).or_default().clone()
 }
 
 /// The metric name of an RPC error's kind.
@@ -144,7 +135,8 @@ impl App {
     /// every server; `-` where a server has no value). Sent to the master with the next
     /// per-second report; `list --json` has them in `status`.
     pub fn set_status(&self, key: impl Into<String>, value: impl ToString) -> &Self {
-        of(self.id())
+        self.inner
+            .stats
             .status
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -159,7 +151,8 @@ impl App {
     where
         F: Fn(&App) -> Vec<(String, String)> + Send + Sync + 'static,
     {
-        of(self.id())
+        self.inner
+            .stats
             .status_fns
             .lock()
             .unwrap_or_else(|e| e.into_inner())

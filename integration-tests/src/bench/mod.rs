@@ -93,6 +93,15 @@ impl Config {
     fn wants(&self, name: &str) -> bool {
         self.scenarios.iter().any(|s| s == name)
     }
+
+    /// The clusters each boot-per-run scenario starts: kennel, and mydog unless left out.
+    fn clusters(&self) -> Vec<System> {
+        let mut v = vec![System::Kennel];
+        if self.mydog {
+            v.push(System::Mydog);
+        }
+        v
+    }
 }
 
 /// Logs a line of progress to stderr.
@@ -193,11 +202,7 @@ pub fn run(cfg: &Config) -> Result<Results> {
         for &n in &cfg.boot_sizes {
             let label = format!("boot 1+{n}");
             for run in 1..=cfg.runs {
-                let mut boots = vec![System::Kennel];
-                if cfg.mydog {
-                    boots.push(System::Mydog);
-                }
-                for system in boots {
+                for system in cfg.clusters() {
                     let (t, times) = match system {
                         System::Kennel => Target::kennel(1, n, cfg.release)?,
                         _ => Target::mydog(1, n)?,
@@ -234,11 +239,7 @@ pub fn run(cfg: &Config) -> Result<Results> {
         for &n in &cfg.idle_sizes {
             let label = format!("idle connections {n}");
             for run in 1..=cfg.runs {
-                let mut boots = vec![System::Kennel];
-                if cfg.mydog {
-                    boots.push(System::Mydog);
-                }
-                for system in boots {
+                for system in cfg.clusters() {
                     // A fresh cluster per run: a connector that served connections before
                     // keeps freed memory and would hide the cost of new ones.
                     let t = match system {
