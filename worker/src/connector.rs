@@ -12,20 +12,21 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use kennel_proto::client::{self, Frame, HandshakeReply, HandshakeRequest};
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_util::codec::{Decoder, FramedRead};
+use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -156,7 +157,10 @@ pub(crate) async fn accept_loop(app: App, listener: TcpListener, shutdown: Cance
     }
 }
 
-/// Runs a TCP client.
+/// Runs a TCP client in one task that reads, routes and writes: the replies to the frames of
+/// one read are written together (one vectored write) once those frames are handled, and
+/// pushes from other tasks wake it through the connection's queue. One task (no separate
+/// writer) keeps an idle connection small and saves a cross-task wake-up per batch.
 async fn serve_tcp(
     app: App,
     stream: TcpStream,
@@ -164,13 +168,217 @@ async fn serve_tcp(
     cfg: Arc<ConnectorConfig>,
     _held: OpenGuard,
 ) {
-    let (rd, wr) = stream.into_split();
     // Small at first: most messages are; the buffer grows for larger frames.
-    let reader = TcpRead(FramedRead::with_capacity(rd, app.frame_decoder(), 64));
-    let ip = addr.ip().to_string();
-    if let Err(reason) = serve(app, reader, TcpWrite(wr), ip, &cfg).await {
+    let mut io = TcpIo {
+        stream,
+        rbuf: BytesMut::with_capacity(READ_MIN),
+        read_hint: READ_MIN,
+        codec: app.frame_decoder(),
+    };
+    let req = match handshake(&mut io, &cfg).await {
+        Ok(req) => req,
+        Err(reason) => {
+            let reason = rejected(addr, reason);
+            debug!(%addr, %reason, "client closed");
+            return;
+        }
+    };
+    io.codec.max_len = cfg.max_len;
+    let (conn, session) = open_session(&app, addr, &req, cfg.heartbeat).await;
+    let mut out = VecDeque::new();
+    let result = tcp_loop(&app, &session, &conn, &mut io, &mut out, &cfg).await;
+    close_session(&app, session, &conn).await;
+    if result.is_ok() || !out.is_empty() {
+        // What the connection still owes the client (e.g. the reason for a kick) is written
+        // within a bounded grace, then the socket is shut down.
+        conn.take(&mut out);
+        let flush = std::future::poll_fn(|cx| {
+            while !out.is_empty() {
+                std::task::ready!(poll_write_frames(Pin::new(&mut io.stream), cx, &mut out))?;
+            }
+            Poll::Ready(io::Result::Ok(()))
+        });
+        if let Ok(Ok(())) = tokio::time::timeout(FLUSH_GRACE, flush).await {
+            let _ = io.stream.shutdown().await;
+        }
+    }
+    if let Err(reason) = result {
         debug!(%addr, %reason, "client closed");
     }
+}
+
+/// A TCP client's socket and read side.
+struct TcpIo {
+    stream: TcpStream,
+    rbuf: BytesMut,
+    /// Free space wanted before a read: grows while reads fill the buffer (a busy client gets
+    /// few large reads), shrinks when they stop (an idle client keeps a small buffer).
+    read_hint: usize,
+    codec: FrameDecoder,
+}
+
+/// Smallest and largest read size a connection asks for.
+const READ_MIN: usize = 64;
+const READ_MAX: usize = 64 * 1024;
+
+impl TcpIo {
+    /// Adapts the read size to a read of `n` bytes into `spare` free bytes.
+    fn adapt(&mut self, n: usize, spare: usize) {
+        if n == spare {
+            self.read_hint = (self.read_hint * 2).min(READ_MAX);
+        } else if n < self.read_hint / 8 {
+            self.read_hint = (self.read_hint / 2).max(READ_MIN);
+        }
+    }
+}
+
+/// What woke a TCP connection's task.
+enum TcpEvent {
+    /// Bytes were read or written, or the queue/close signal fired.
+    Progress,
+    /// The client closed its side.
+    Eof,
+    /// No heartbeat within twice the interval.
+    Silent,
+}
+
+/// Frames written by one vectored write at most.
+const WRITE_SLICES: usize = 64;
+
+/// The TCP connection's loop until the client leaves, the server closes it, or an error.
+async fn tcp_loop(
+    app: &App,
+    session: &Session,
+    conn: &Conn,
+    io: &mut TcpIo,
+    out: &mut VecDeque<Bytes>,
+    cfg: &ConnectorConfig,
+) -> Result<(), String> {
+    let heartbeat = cfg.heartbeat;
+    let limit = Duration::from_secs(2 * heartbeat);
+    let silent = tokio::time::sleep(limit);
+    tokio::pin!(silent);
+    let queued = conn.queued();
+    tokio::pin!(queued);
+    // With an `interval`, frames are held this long before they are written.
+    let mut hold: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    loop {
+        // Frames already read are handled first, so their replies go out in one write.
+        loop {
+            let frame = match io.codec.decode(&mut io.rbuf) {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => {
+                    warn!(conn = conn.id, ip = session.ip(), cause = %e.0, "bad client frame: closing");
+                    return Err(e.0);
+                }
+            };
+            if handle_frame(app, session, conn, frame).await? && heartbeat > 0 {
+                silent.as_mut().reset(tokio::time::Instant::now() + limit);
+            }
+        }
+        if conn.closing.is_cancelled() {
+            return Ok(());
+        }
+        if out.len() < WRITE_SLICES {
+            let was_empty = out.is_empty();
+            conn.take(out);
+            if was_empty && !out.is_empty() && !cfg.interval.is_zero() {
+                hold = Some(Box::pin(tokio::time::sleep(cfg.interval)));
+            }
+        }
+        let event = std::future::poll_fn(|cx| {
+            if !out.is_empty() {
+                let held = hold
+                    .as_mut()
+                    .is_some_and(|h| h.as_mut().poll(cx).is_pending());
+                if !held {
+                    match poll_write_frames(Pin::new(&mut io.stream), cx, out) {
+                        Poll::Ready(Ok(())) => {
+                            if out.is_empty() {
+                                hold = None;
+                            }
+                            return Poll::Ready(Ok(TcpEvent::Progress));
+                        }
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                        Poll::Pending => {}
+                    }
+                }
+            }
+            let spare = io.rbuf.capacity() - io.rbuf.len();
+            if spare < io.read_hint {
+                io.rbuf.reserve(io.read_hint);
+            }
+            let spare = io.rbuf.capacity() - io.rbuf.len();
+            match tokio_util::io::poll_read_buf(Pin::new(&mut io.stream), cx, &mut io.rbuf) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Ok(TcpEvent::Eof)),
+                Poll::Ready(Ok(n)) => {
+                    io.adapt(n, spare);
+                    return Poll::Ready(Ok(TcpEvent::Progress));
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {}
+            }
+            if queued.as_mut().poll(cx).is_ready() {
+                queued.set(conn.queued());
+                return Poll::Ready(Ok(TcpEvent::Progress));
+            }
+            if heartbeat > 0 && silent.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Ok(TcpEvent::Silent));
+            }
+            Poll::Pending
+        })
+        .await;
+        match event {
+            Ok(TcpEvent::Progress) => {}
+            Ok(TcpEvent::Eof) => return Ok(()),
+            Ok(TcpEvent::Silent) => {
+                warn!(
+                    conn = conn.id,
+                    ip = session.ip(),
+                    "no heartbeat for {} s: closing",
+                    limit.as_secs()
+                );
+                return Err("heartbeat timeout".into());
+            }
+            Err(e) => {
+                // Nothing more can be written: queued frames are dropped with the socket.
+                out.clear();
+                return Err(format!("socket: {e}"));
+            }
+        }
+    }
+}
+
+/// Writes the front of `out` with one vectored write, dropping what was written (a partly
+/// written frame keeps its rest).
+fn poll_write_frames(
+    stream: Pin<&mut TcpStream>,
+    cx: &mut std::task::Context<'_>,
+    out: &mut VecDeque<Bytes>,
+) -> Poll<io::Result<()>> {
+    let written = {
+        let mut slices = [io::IoSlice::new(&[]); WRITE_SLICES];
+        let n = out
+            .iter()
+            .zip(slices.iter_mut())
+            .map(|(f, s)| *s = io::IoSlice::new(f))
+            .count();
+        std::task::ready!(stream.poll_write_vectored(cx, &slices[..n]))?
+    };
+    if written == 0 {
+        return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+    }
+    let mut left = written;
+    while let Some(front) = out.front_mut() {
+        if front.len() > left {
+            front.advance(left);
+            break;
+        }
+        left -= front.len();
+        out.pop_front();
+    }
+    Poll::Ready(Ok(()))
 }
 
 /// Runs a WebSocket client: the upgrade (within the handshake timeout), then frames in binary
@@ -200,8 +408,7 @@ async fn serve_ws(
                 buf: BytesMut::new(),
                 codec: app.frame_decoder(),
             };
-            let ip = addr.ip().to_string();
-            serve(app, reader, WsWrite(sink), ip, &cfg).await
+            serve_ws_frames(app, reader, WsWrite(sink), addr, &cfg).await
         }
         Ok(Err(e)) => {
             warn!(%addr, cause = %e, "websocket upgrade failed: closing");
@@ -241,48 +448,91 @@ pub(crate) trait FrameRead: Send {
     fn set_max_len(&mut self, max: usize);
 }
 
-/// Writes encoded frames to a transport.
-pub(crate) trait FrameWrite: Send + 'static {
-    /// Writes one buffer of whole frames.
-    fn write(&mut self, frames: Bytes) -> impl Future<Output = io::Result<()>> + Send;
-    /// Closes the transport's sending side.
-    fn shutdown(&mut self) -> impl Future<Output = ()> + Send;
-}
-
-/// Runs one client connection to its end. Returns why it closed.
-async fn serve<R: FrameRead, W: FrameWrite>(
+/// Runs a WebSocket client connection to its end: a reader (this task) and a writer task.
+/// Returns why it closed.
+async fn serve_ws_frames(
     app: App,
-    mut reader: R,
-    writer: W,
-    ip: String,
+    mut reader: WsRead,
+    writer: WsWrite,
+    addr: SocketAddr,
     cfg: &ConnectorConfig,
 ) -> Result<(), String> {
     let req = match handshake(&mut reader, cfg).await {
         Ok(req) => req,
-        Err(None) => return Err("closed before handshake".into()),
-        Err(Some(reason)) => {
-            warn!(%ip, %reason, "client rejected before its handshake: closing");
-            return Err(reason);
-        }
+        Err(reason) => return Err(rejected(addr, reason)),
     };
     reader.set_max_len(cfg.max_len);
-
-    let conn = Arc::new(Conn::new(app.inner.frontend.next_id()));
-    let session = Session::frontend(&app, conn.clone(), ip);
-    conn.send(handshake_reply(&app, &req, cfg.heartbeat));
+    let (conn, session) = open_session(&app, addr, &req, cfg.heartbeat).await;
     let writer = tokio::spawn(write_loop(writer, conn.clone(), cfg.interval));
-    app.inner.frontend.add(session.clone());
-    app.client_on(&session).await;
-
     let result = read_loop(&app, &session, &mut reader, cfg.heartbeat).await;
-
-    app.inner.frontend.remove(&session);
-    conn.close();
+    close_session(&app, session, &conn).await;
     drop(conn);
-    app.client_off(&session).await;
-    drop(session);
     let _ = writer.await;
     result
+}
+
+/// Creates the connection and its live session after a handshake: queues the handshake
+/// reply, registers the session and runs the `client on` callbacks.
+async fn open_session(
+    app: &App,
+    addr: SocketAddr,
+    req: &HandshakeRequest,
+    heartbeat: u64,
+) -> (Arc<Conn>, Session) {
+    let conn = Arc::new(Conn::new(app.inner.frontend.next_id()));
+    let session = Session::frontend(app, conn.clone(), addr.ip().to_string());
+    conn.send(handshake_reply(app, req, heartbeat));
+    app.inner.frontend.add(session.clone());
+    app.client_on(&session).await;
+    (conn, session)
+}
+
+/// Forgets a closed connection's session, signals its close and runs the `client off`
+/// callbacks.
+async fn close_session(app: &App, session: Session, conn: &Conn) {
+    app.inner.frontend.remove(&session);
+    conn.close();
+    app.client_off(&session).await;
+}
+
+/// Handles one client frame after the handshake: a heartbeat is answered (`Ok(true)`), a
+/// message routed. `Err` closes the connection.
+async fn handle_frame(
+    app: &App,
+    session: &Session,
+    conn: &Conn,
+    frame: Frame,
+) -> Result<bool, String> {
+    match frame {
+        Frame::Heartbeat => {
+            conn.send(app.codecs().frame(OutFrame::Heartbeat));
+            Ok(true)
+        }
+        Frame::Message { cmd, payload } => {
+            // Boxed: the routing future is large, and inline it would sit in every idle
+            // connection's task.
+            if let Err(e) = Box::pin(app.route_client_message(session, cmd, payload)).await {
+                warn!(conn = conn.id, ip = session.ip(), cmd, "{e}: closing");
+                return Err(e);
+            }
+            Ok(false)
+        }
+        Frame::Handshake(_) => {
+            warn!(conn = conn.id, "second handshake: closing");
+            Err("second handshake".into())
+        }
+    }
+}
+
+/// Logs a client that failed its handshake (`None`: it left quietly) and says why.
+fn rejected(addr: SocketAddr, reason: Option<String>) -> String {
+    match reason {
+        Some(reason) => {
+            warn!(ip = %addr.ip(), %reason, "client rejected before its handshake: closing");
+            reason
+        }
+        None => "closed before handshake".into(),
+    }
 }
 
 /// Reads and parses the handshake: before it, one frame of at most 50 bytes of body within
@@ -315,10 +565,12 @@ fn handshake_reply(app: &App, req: &HandshakeRequest, heartbeat: u64) -> Bytes {
     app.codecs().frame(OutFrame::Handshake(&body))
 }
 
-async fn read_loop<R: FrameRead>(
+/// The WebSocket reader's loop: frames to [`handle_frame`] until the client leaves, the
+/// server closes the connection, or an error.
+async fn read_loop(
     app: &App,
     session: &Session,
-    reader: &mut R,
+    reader: &mut WsRead,
     heartbeat: u64,
 ) -> Result<(), String> {
     let conn = session.conn().expect("frontend session").clone();
@@ -340,23 +592,10 @@ async fn read_loop<R: FrameRead>(
                 warn!(conn = conn.id, ip = session.ip(), cause = %e, "bad client frame: closing");
                 return Err(e);
             }
-            Some(Ok(Frame::Heartbeat)) => {
-                if heartbeat > 0 {
+            Some(Ok(frame)) => {
+                if handle_frame(app, session, &conn, frame).await? && heartbeat > 0 {
                     silent.as_mut().reset(tokio::time::Instant::now() + limit);
                 }
-                conn.send(app.codecs().frame(OutFrame::Heartbeat));
-            }
-            Some(Ok(Frame::Message { cmd, payload })) => {
-                // Boxed: the routing future is large, and inline it would sit in every idle
-                // connection's task.
-                if let Err(e) = Box::pin(app.route_client_message(session, cmd, payload)).await {
-                    warn!(conn = conn.id, ip = session.ip(), cmd, "{e}: closing");
-                    return Err(e);
-                }
-            }
-            Some(Ok(Frame::Handshake(_))) => {
-                warn!(conn = conn.id, "second handshake: closing");
-                return Err("second handshake".into());
             }
         }
     }
@@ -365,7 +604,7 @@ async fn read_loop<R: FrameRead>(
 /// Writes queued frames, coalescing whatever is queued into one write; with an `interval`,
 /// frames are held up to that long to batch more. On `closing` it writes what is still queued,
 /// then shuts the transport down.
-async fn write_loop<W: FrameWrite>(mut wr: W, conn: Arc<Conn>, interval: Duration) {
+async fn write_loop(mut wr: WsWrite, conn: Arc<Conn>, interval: Duration) {
     let closing = &conn.closing;
     let mut frames: VecDeque<Bytes> = VecDeque::new();
     let mut buf = BytesMut::new();
@@ -421,7 +660,7 @@ async fn write_loop<W: FrameWrite>(mut wr: W, conn: Arc<Conn>, interval: Duratio
             }
         };
         if !ok {
-            closing.cancel();
+            conn.close();
             return;
         }
     }
@@ -442,27 +681,28 @@ pub(crate) fn log_listening(app: &App, addr: &std::net::SocketAddr, transport: T
 
 // ---------------------------------------------------------------------- TCP
 
-struct TcpRead(FramedRead<OwnedReadHalf, FrameDecoder>);
-
-impl FrameRead for TcpRead {
+impl FrameRead for TcpIo {
     async fn next_frame(&mut self) -> Option<Result<Frame, String>> {
-        self.0.next().await.map(|r| r.map_err(|e| e.0))
+        loop {
+            match self.codec.decode(&mut self.rbuf) {
+                Ok(Some(f)) => return Some(Ok(f)),
+                Ok(None) => {}
+                Err(e) => return Some(Err(e.0)),
+            }
+            if self.rbuf.len() == self.rbuf.capacity() {
+                self.rbuf.reserve(64);
+            }
+            match self.stream.read_buf(&mut self.rbuf).await {
+                Ok(0) if self.rbuf.is_empty() => return None,
+                Ok(0) => return Some(Err("connection closed inside a frame".into())),
+                Ok(_) => {}
+                Err(e) => return Some(Err(e.to_string())),
+            }
+        }
     }
 
     fn set_max_len(&mut self, max: usize) {
-        self.0.decoder_mut().max_len = max;
-    }
-}
-
-struct TcpWrite(OwnedWriteHalf);
-
-impl FrameWrite for TcpWrite {
-    async fn write(&mut self, frames: Bytes) -> io::Result<()> {
-        self.0.write_all(&frames).await
-    }
-
-    async fn shutdown(&mut self) {
-        let _ = self.0.shutdown().await;
+        self.codec.max_len = max;
     }
 }
 
@@ -503,7 +743,7 @@ impl FrameRead for WsRead {
 
 struct WsWrite(SplitSink<WebSocketStream<TcpStream>, Message>);
 
-impl FrameWrite for WsWrite {
+impl WsWrite {
     async fn write(&mut self, frames: Bytes) -> io::Result<()> {
         self.0
             .send(Message::Binary(frames))

@@ -1,8 +1,9 @@
 //! The frontend's client registry: live connections by id, bound uids, and delivery of
 //! encoded frames to local clients (replies and pushes).
 //!
-//! Each connection has a bounded send queue drained by its writer task. A client that does not
-//! read fills its queue; the frontend then closes it rather than buffer without limit.
+//! Each connection has a bounded send queue drained by the task that writes to its socket. A
+//! client that does not read fills its queue; the frontend then closes it rather than buffer
+//! without limit.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -110,9 +111,11 @@ impl Conn {
         self.ready.notified().await
     }
 
-    /// Asks the connection to close after flushing its queue.
+    /// Asks the connection to close after flushing its queue. The queue's wake-up fires too,
+    /// so a connection task waiting only on [`Conn::queued`] sees the close.
     pub(crate) fn close(&self) {
         self.closing.cancel();
+        self.ready.notify_one();
     }
 }
 
