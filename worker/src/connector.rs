@@ -140,6 +140,11 @@ pub(crate) async fn accept_loop(app: App, listener: TcpListener, shutdown: Cance
     let cfg = Arc::new(app.connector_config());
     // Open sockets, handshaken or not (each task holds one count until it ends).
     let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    tokio::spawn(close_silent_loop(
+        app.clone(),
+        cfg.heartbeat,
+        shutdown.clone(),
+    ));
     while let Some((stream, addr)) = crate::listen::accept(&listener, &shutdown, "client").await {
         if open.load(std::sync::atomic::Ordering::Relaxed) >= cfg.max_connections {
             warn!(%addr, max = cfg.max_connections, "maxConnectionNum reached: closing new client");
@@ -151,9 +156,36 @@ pub(crate) async fn accept_loop(app: App, listener: TcpListener, shutdown: Cance
         let (app, cfg) = (app.clone(), cfg.clone());
         // One task per transport: a task is as large as its largest state, for its whole life.
         match cfg.transport {
-            Transport::Tcp => tokio::spawn(serve_tcp(app, stream, addr, cfg, held)),
+            Transport::Tcp => {
+                let io = TcpIo {
+                    stream,
+                    // Small at first: most messages are; the buffer grows for larger frames.
+                    rbuf: BytesMut::with_capacity(READ_MIN),
+                    read_hint: READ_MIN,
+                    codec: app.frame_decoder(),
+                };
+                tokio::spawn(serve_tcp(app, io, addr, cfg, held))
+            }
             Transport::WebSocket => tokio::spawn(serve_ws(app, stream, addr, cfg, held)),
         };
+    }
+}
+
+/// Closes clients silent for twice the heartbeat, checking once a second until `shutdown`.
+/// One sweep for all connections instead of a timer in each (which would cost every
+/// connection a timer entry and every heartbeat a timer reset).
+pub(crate) async fn close_silent_loop(app: App, heartbeat: u64, shutdown: CancellationToken) {
+    if heartbeat == 0 {
+        return;
+    }
+    let limit = Duration::from_secs(2 * heartbeat);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => app.inner.frontend.close_silent(limit),
+        }
     }
 }
 
@@ -161,49 +193,76 @@ pub(crate) async fn accept_loop(app: App, listener: TcpListener, shutdown: Cance
 /// one read are written together (one vectored write) once those frames are handled, and
 /// pushes from other tasks wake it through the connection's queue. One task (no separate
 /// writer) keeps an idle connection small and saves a cross-task wake-up per batch.
-async fn serve_tcp(
+///
+/// Written as a plain function returning an `async move` block: an `async fn` would keep its
+/// arguments and their moved copies side by side in every connection's task.
+fn serve_tcp(
     app: App,
-    stream: TcpStream,
+    mut io: TcpIo,
     addr: SocketAddr,
     cfg: Arc<ConnectorConfig>,
-    _held: OpenGuard,
-) {
-    // Small at first: most messages are; the buffer grows for larger frames.
-    let mut io = TcpIo {
-        stream,
-        rbuf: BytesMut::with_capacity(READ_MIN),
-        read_hint: READ_MIN,
-        codec: app.frame_decoder(),
-    };
-    let req = match handshake(&mut io, &cfg).await {
-        Ok(req) => req,
+    held: OpenGuard,
+) -> impl Future<Output = ()> + Send {
+    async move {
+        let _held = held;
+        // Boxed: the handshake's state is not kept for the connection's life.
+        let Some((conn, session)) = Box::pin(tcp_open(&app, &mut io, addr, &cfg)).await else {
+            return;
+        };
+        let mut out = VecDeque::new();
+        let result = tcp_loop(&app, &session, &conn, &mut io, &mut out, &cfg).await;
+        let conn_id = conn.id;
+        Box::pin(tcp_close(&app, session, conn, io, out, result.is_ok())).await;
+        if let Err(reason) = result {
+            debug!(conn = conn_id, %reason, "client closed");
+        }
+    }
+}
+
+/// A TCP client's handshake and session; `None` if the client failed its handshake.
+async fn tcp_open(
+    app: &App,
+    io: &mut TcpIo,
+    addr: SocketAddr,
+    cfg: &ConnectorConfig,
+) -> Option<(Arc<Conn>, Session)> {
+    match handshake(io, cfg).await {
+        Ok(req) => {
+            io.codec.max_len = cfg.max_len;
+            Some(open_session(app, addr, &req, cfg.heartbeat).await)
+        }
         Err(reason) => {
             let reason = rejected(addr, reason);
             debug!(%addr, %reason, "client closed");
-            return;
-        }
-    };
-    io.codec.max_len = cfg.max_len;
-    let (conn, session) = open_session(&app, addr, &req, cfg.heartbeat).await;
-    let mut out = VecDeque::new();
-    let result = tcp_loop(&app, &session, &conn, &mut io, &mut out, &cfg).await;
-    close_session(&app, session, &conn).await;
-    if result.is_ok() || !out.is_empty() {
-        // What the connection still owes the client (e.g. the reason for a kick) is written
-        // within a bounded grace, then the socket is shut down.
-        conn.take(&mut out);
-        let flush = std::future::poll_fn(|cx| {
-            while !out.is_empty() {
-                std::task::ready!(poll_write_frames(Pin::new(&mut io.stream), cx, &mut out))?;
-            }
-            Poll::Ready(io::Result::Ok(()))
-        });
-        if let Ok(Ok(())) = tokio::time::timeout(FLUSH_GRACE, flush).await {
-            let _ = io.stream.shutdown().await;
+            None
         }
     }
-    if let Err(reason) = result {
-        debug!(%addr, %reason, "client closed");
+}
+
+/// Ends a TCP client's session; unless the socket failed, what the connection still owes the
+/// client (e.g. the reason for a kick) is written within a bounded grace, then the socket is
+/// shut down.
+async fn tcp_close(
+    app: &App,
+    session: Session,
+    conn: Arc<Conn>,
+    mut io: TcpIo,
+    mut out: VecDeque<Bytes>,
+    flush: bool,
+) {
+    close_session(app, session, &conn).await;
+    if !flush {
+        return;
+    }
+    conn.take(&mut out);
+    let write = std::future::poll_fn(|cx| {
+        while !out.is_empty() {
+            std::task::ready!(poll_write_frames(Pin::new(&mut io.stream), cx, &mut out))?;
+        }
+        Poll::Ready(io::Result::Ok(()))
+    });
+    if let Ok(Ok(())) = tokio::time::timeout(FLUSH_GRACE, write).await {
+        let _ = io.stream.shutdown().await;
     }
 }
 
@@ -238,8 +297,6 @@ enum TcpEvent {
     Progress,
     /// The client closed its side.
     Eof,
-    /// No heartbeat within twice the interval.
-    Silent,
 }
 
 /// Frames written by one vectored write at most.
@@ -254,10 +311,6 @@ async fn tcp_loop(
     out: &mut VecDeque<Bytes>,
     cfg: &ConnectorConfig,
 ) -> Result<(), String> {
-    let heartbeat = cfg.heartbeat;
-    let limit = Duration::from_secs(2 * heartbeat);
-    let silent = tokio::time::sleep(limit);
-    tokio::pin!(silent);
     let queued = conn.queued();
     tokio::pin!(queued);
     // With an `interval`, frames are held this long before they are written.
@@ -273,9 +326,7 @@ async fn tcp_loop(
                     return Err(e.0);
                 }
             };
-            if handle_frame(app, session, conn, frame).await? && heartbeat > 0 {
-                silent.as_mut().reset(tokio::time::Instant::now() + limit);
-            }
+            handle_frame(app, session, conn, frame).await?;
         }
         if conn.closing.is_cancelled() {
             return Ok(());
@@ -323,24 +374,12 @@ async fn tcp_loop(
                 queued.set(conn.queued());
                 return Poll::Ready(Ok(TcpEvent::Progress));
             }
-            if heartbeat > 0 && silent.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Ok(TcpEvent::Silent));
-            }
             Poll::Pending
         })
         .await;
         match event {
             Ok(TcpEvent::Progress) => {}
             Ok(TcpEvent::Eof) => return Ok(()),
-            Ok(TcpEvent::Silent) => {
-                warn!(
-                    conn = conn.id,
-                    ip = session.ip(),
-                    "no heartbeat for {} s: closing",
-                    limit.as_secs()
-                );
-                return Err("heartbeat timeout".into());
-            }
             Err(e) => {
                 // Nothing more can be written: queued frames are dropped with the socket.
                 out.clear();
@@ -464,7 +503,7 @@ async fn serve_ws_frames(
     reader.set_max_len(cfg.max_len);
     let (conn, session) = open_session(&app, addr, &req, cfg.heartbeat).await;
     let writer = tokio::spawn(write_loop(writer, conn.clone(), cfg.interval));
-    let result = read_loop(&app, &session, &mut reader, cfg.heartbeat).await;
+    let result = read_loop(&app, &session, &mut reader).await;
     close_session(&app, session, &conn).await;
     drop(conn);
     let _ = writer.await;
@@ -495,18 +534,19 @@ async fn close_session(app: &App, session: Session, conn: &Conn) {
     app.client_off(&session).await;
 }
 
-/// Handles one client frame after the handshake: a heartbeat is answered (`Ok(true)`), a
+/// Handles one client frame after the handshake: a heartbeat is noted and answered, a
 /// message routed. `Err` closes the connection.
 async fn handle_frame(
     app: &App,
     session: &Session,
     conn: &Conn,
     frame: Frame,
-) -> Result<bool, String> {
+) -> Result<(), String> {
     match frame {
         Frame::Heartbeat => {
+            conn.heard();
             conn.send(app.codecs().frame(OutFrame::Heartbeat));
-            Ok(true)
+            Ok(())
         }
         Frame::Message { cmd, payload } => {
             // Boxed: the routing future is large, and inline it would sit in every idle
@@ -515,7 +555,7 @@ async fn handle_frame(
                 warn!(conn = conn.id, ip = session.ip(), cmd, "{e}: closing");
                 return Err(e);
             }
-            Ok(false)
+            Ok(())
         }
         Frame::Handshake(_) => {
             warn!(conn = conn.id, "second handshake: closing");
@@ -567,23 +607,11 @@ fn handshake_reply(app: &App, req: &HandshakeRequest, heartbeat: u64) -> Bytes {
 
 /// The WebSocket reader's loop: frames to [`handle_frame`] until the client leaves, the
 /// server closes the connection, or an error.
-async fn read_loop(
-    app: &App,
-    session: &Session,
-    reader: &mut WsRead,
-    heartbeat: u64,
-) -> Result<(), String> {
+async fn read_loop(app: &App, session: &Session, reader: &mut WsRead) -> Result<(), String> {
     let conn = session.conn().expect("frontend session").clone();
-    let limit = Duration::from_secs(2 * heartbeat);
-    let silent = tokio::time::sleep(limit);
-    tokio::pin!(silent);
     loop {
         let frame = tokio::select! {
             _ = conn.closing.cancelled() => return Ok(()),
-            _ = &mut silent, if heartbeat > 0 => {
-                warn!(conn = conn.id, ip = session.ip(), "no heartbeat for {} s: closing", limit.as_secs());
-                return Err("heartbeat timeout".into());
-            }
             f = reader.next_frame() => f,
         };
         match frame {
@@ -592,11 +620,7 @@ async fn read_loop(
                 warn!(conn = conn.id, ip = session.ip(), cause = %e, "bad client frame: closing");
                 return Err(e);
             }
-            Some(Ok(frame)) => {
-                if handle_frame(app, session, &conn, frame).await? && heartbeat > 0 {
-                    silent.as_mut().reset(tokio::time::Instant::now() + limit);
-                }
-            }
+            Some(Ok(frame)) => handle_frame(app, session, &conn, frame).await?,
         }
     }
 }

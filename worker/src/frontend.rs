@@ -6,8 +6,9 @@
 //! without limit.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{LazyLock, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::Notify;
@@ -28,6 +29,14 @@ pub(crate) struct Conn {
     /// Set to close the connection (by the server, or when the client leaves); the writer
     /// flushes what is queued first.
     pub(crate) closing: Closing,
+    /// When the client's last heartbeat arrived ([`now_ms`]).
+    heard: AtomicU64,
+}
+
+/// Milliseconds since the first call (the clock of heartbeat checks).
+fn now_ms() -> u64 {
+    static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+    EPOCH.elapsed().as_millis() as u64
 }
 
 /// A connection's close signal: a flag and a wake-up, inline in the connection (a
@@ -73,7 +82,13 @@ impl Conn {
             queue: Mutex::new(VecDeque::new()),
             ready: Notify::new(),
             closing: Closing::default(),
+            heard: AtomicU64::new(now_ms()),
         }
+    }
+
+    /// Records a heartbeat from the client.
+    pub(crate) fn heard(&self) {
+        self.heard.store(now_ms(), Ordering::Relaxed);
     }
 
     /// Queues one encoded frame; a full queue closes the connection.
@@ -182,6 +197,25 @@ impl FrontendState {
     /// Every live session.
     pub(crate) fn all(&self) -> Vec<Session> {
         self.conns.lock().unwrap().values().cloned().collect()
+    }
+
+    /// Closes every connection whose client sent no heartbeat for `limit` or longer.
+    pub(crate) fn close_silent(&self, limit: Duration) {
+        let now = now_ms();
+        let limit_ms = limit.as_millis() as u64;
+        for s in self.conns.lock().unwrap().values() {
+            let Some(c) = s.conn() else { continue };
+            let silent = now.saturating_sub(c.heard.load(Ordering::Relaxed));
+            if silent >= limit_ms && !c.closing.is_cancelled() {
+                let limit = limit.as_secs();
+                tracing::warn!(
+                    conn = c.id,
+                    ip = s.ip(),
+                    "no heartbeat for {limit} s: closing"
+                );
+                c.close();
+            }
+        }
     }
 
     /// Delivers one encoded frame to connections and to bound uids.
