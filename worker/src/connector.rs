@@ -196,6 +196,7 @@ pub(crate) async fn close_silent_loop(app: App, heartbeat: u64, shutdown: Cancel
 ///
 /// Written as a plain function returning an `async move` block: an `async fn` would keep its
 /// arguments and their moved copies side by side in every connection's task.
+#[allow(clippy::manual_async_fn)]
 fn serve_tcp(
     app: App,
     mut io: TcpIo,
