@@ -26,14 +26,7 @@ fn main() -> ExitCode {
             bin: std::env::current_exe().ok(),
         });
     }
-    let rt = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("chat-demo: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match rt.block_on(server()) {
+    match server() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("chat-demo: {e:#}");
@@ -42,12 +35,17 @@ fn main() -> ExitCode {
     }
 }
 
-async fn server() -> anyhow::Result<()> {
+/// Runs one server on the runtime its config asks for (`"threads"`, single-threaded by
+/// default).
+fn server() -> anyhow::Result<()> {
     let app = kennel::App::from_args()?;
     game::setup(&app);
-    if let Some(page) = web::WebConfig::from_app(&app)? {
-        web::start(page).await?;
-    }
-    app.run().await?;
-    Ok(())
+    let page = web::WebConfig::from_app(&app)?;
+    app.runtime()?.block_on(async {
+        if let Some(page) = page {
+            web::start(page).await?;
+        }
+        app.run().await?;
+        Ok(())
+    })
 }

@@ -232,6 +232,46 @@ impl App {
         })
     }
 
+    /// Builds the tokio runtime this server's entry in `servers.json` asks for with
+    /// `"threads": N`. Without the key (or with 1) the runtime is single-threaded, like a mydog
+    /// (Node) server: one core per server process, no work stealing or cross-thread wake-ups,
+    /// and the least memory; a cluster uses more cores by running more servers. A server that
+    /// needs more than one core (e.g. a busy frontend) sets `"threads": 2` or more.
+    ///
+    /// ```no_run
+    /// # fn main() -> anyhow::Result<()> {
+    /// let app = kennel::App::from_args()?;
+    /// // register handlers, remotes, ...
+    /// app.runtime()?.block_on(app.run())?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn runtime(&self) -> Result<tokio::runtime::Runtime, Error> {
+        let threads = match self.inner.me.extra.get("threads") {
+            None => 1,
+            Some(v) => match v.as_u64() {
+                Some(n @ 1..=1024) => n as usize,
+                _ => {
+                    return Err(Error::Setup(format!(
+                        "{}: threads must be an integer from 1 to 1024, not {v}",
+                        self.id()
+                    )));
+                }
+            },
+        };
+        let mut builder = if threads == 1 {
+            tokio::runtime::Builder::new_current_thread()
+        } else {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(threads);
+            b
+        };
+        builder
+            .enable_all()
+            .build()
+            .map_err(|e| Error::Setup(format!("cannot start the async runtime: {e}")))
+    }
+
     // ------------------------------------------------------------------ identity
 
     /// This server's id.

@@ -208,8 +208,9 @@ pub fn run(cfg: &Config) -> Result<Results> {
                         _ => Target::mydog(1, n)?,
                     };
                     let rss = procfs::total_rss(&t.pids) as f64 / 1048576.0;
+                    let pss = procfs::total_pss(&t.pids) as f64 / 1048576.0;
                     say(format!(
-                        "{label} run {run}/{}: {:<6} registered {:>6.0} ms, meshed {:>6.0} ms, {} processes, RSS {rss:.1} MiB",
+                        "{label} run {run}/{}: {:<6} registered {:>6.0} ms, meshed {:>6.0} ms, {} processes, RSS {rss:.1} MiB, PSS {pss:.1} MiB",
                         cfg.runs,
                         system.name(),
                         times.registered.as_secs_f64() * 1e3,
@@ -229,6 +230,7 @@ pub fn run(cfg: &Config) -> Result<Results> {
                         times.meshed.as_secs_f64() * 1e3,
                     );
                     results.add(&label, Metric::TotalRssMib, system, rss);
+                    results.add(&label, Metric::TotalPssMib, system, pss);
                     drop(t);
                 }
             }

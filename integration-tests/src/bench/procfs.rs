@@ -31,6 +31,20 @@ pub fn rss_bytes(pid: i32) -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// Proportional set size of `pid` in bytes (`Pss` of `smaps_rollup`: each shared page counts
+/// as its share among the processes mapping it; `None` once it is gone).
+pub fn pss_bytes(pid: i32) -> Option<u64> {
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    let line = rollup.lines().find(|l| l.starts_with("Pss:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Sum of [`pss_bytes`] over `pids`.
+pub fn total_pss(pids: &[i32]) -> u64 {
+    pids.iter().filter_map(|p| pss_bytes(*p)).sum()
+}
+
 /// Sum of [`rss_bytes`] over `pids`.
 pub fn total_rss(pids: &[i32]) -> u64 {
     pids.iter().filter_map(|p| rss_bytes(*p)).sum()

@@ -30,6 +30,9 @@ pub enum Metric {
     MeshedMs,
     /// RSS of every process of the cluster, MiB.
     TotalRssMib,
+    /// PSS of every process of the cluster, MiB: shared pages (the binary, libc) are divided
+    /// among the processes that map them, so the sum is the memory the cluster really uses.
+    TotalPssMib,
     /// Connector RSS per idle handshaken connection, bytes.
     RssPerConnBytes,
 }
@@ -48,6 +51,7 @@ impl Metric {
             Metric::RegisteredMs => "all registered ms",
             Metric::MeshedMs => "all meshed ms",
             Metric::TotalRssMib => "total RSS MiB",
+            Metric::TotalPssMib => "total PSS MiB",
             Metric::RssPerConnBytes => "RSS bytes/conn",
         }
     }
@@ -68,7 +72,7 @@ impl Metric {
             Metric::CpuPerOpUs => format!("{v:.2}"),
             Metric::ServerCpuPct | Metric::LoadgenCpuPct => format!("{v:.0}"),
             Metric::RegisteredMs | Metric::MeshedMs => format!("{v:.0}"),
-            Metric::TotalRssMib => format!("{v:.1}"),
+            Metric::TotalRssMib | Metric::TotalPssMib => format!("{v:.1}"),
         }
     }
 }
