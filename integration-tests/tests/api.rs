@@ -726,3 +726,59 @@ async fn session_ip_push_before_bind_lookup_and_close() {
         json!({"ok": true})
     );
 }
+
+/// `App::runtime` follows the entry's `threads`: single-threaded by default, N workers when
+/// asked, and a clear error naming the server and the key for a bad value.
+#[test]
+fn runtime_follows_the_threads_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let sys = dir.path().join("config/sys");
+    std::fs::create_dir_all(&sys).unwrap();
+    std::fs::write(
+        sys.join("master.json"),
+        json!({"test": {"id": "master-server-1", "host": "127.0.0.1", "port": free_port()}})
+            .to_string(),
+    )
+    .unwrap();
+    std::fs::write(
+        sys.join("servers.json"),
+        json!({"test": {"gate": [
+            {"id": "gate-1", "host": "127.0.0.1", "port": free_port(), "frontend": true, "clientPort": free_port()},
+        ], "game": [
+            {"id": "game-1", "host": "127.0.0.1", "port": free_port()},
+            {"id": "game-2", "host": "127.0.0.1", "port": free_port(), "threads": 3},
+            {"id": "game-3", "host": "127.0.0.1", "port": free_port(), "threads": 0},
+            {"id": "game-4", "host": "127.0.0.1", "port": free_port(), "threads": "many"},
+        ]}})
+        .to_string(),
+    )
+    .unwrap();
+    std::fs::write(sys.join("route.json"), json!(ROUTES).to_string()).unwrap();
+    let project = Project::load(dir.path(), "test").unwrap();
+    Secrets::resolve(&project, true).unwrap();
+    let app = |id: &str| {
+        App::new(Args {
+            id: id.into(),
+            env: "test".into(),
+            dir: dir.path().to_path_buf(),
+            rest: vec![],
+        })
+        .unwrap()
+    };
+    let workers = |id: &str| {
+        let rt = app(id).runtime().unwrap();
+        (rt.metrics().num_workers(), rt.handle().runtime_flavor())
+    };
+    assert_eq!(
+        workers("game-1"),
+        (1, tokio::runtime::RuntimeFlavor::CurrentThread)
+    );
+    assert_eq!(
+        workers("game-2"),
+        (3, tokio::runtime::RuntimeFlavor::MultiThread)
+    );
+    for bad in ["game-3", "game-4"] {
+        let err = app(bad).runtime().unwrap_err().to_string();
+        assert!(err.contains(bad) && err.contains("threads"), "{err}");
+    }
+}
