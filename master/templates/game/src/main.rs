@@ -31,8 +31,7 @@ kennel::remote_route!(
     RoomLeave = "room.remote.leave", fn(u64) -> ()
 );
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let app = App::from_args()?;
 
     // ---- gate (frontend)
@@ -101,6 +100,7 @@ async fn main() -> anyhow::Result<()> {
         Ok::<_, String>(())
     });
 
-    app.run().await?;
+    // One thread, like a mydog server, unless this server's entry says "threads": N.
+    app.runtime()?.block_on(app.run())?;
     Ok(())
 }
