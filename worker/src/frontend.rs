@@ -19,16 +19,16 @@ use crate::Session;
 pub(crate) const SEND_QUEUE: usize = 1024;
 
 /// One live client connection's sending side: a queue of encoded frames (a plain deque under
-/// a lock: an idle connection holds no queue memory) and the wake-up of its writer task.
+/// a lock: an idle connection holds no queue memory) and the wake-up of its task.
 pub(crate) struct Conn {
     /// Connection id (unique on this frontend).
     pub(crate) id: u64,
     queue: Mutex<VecDeque<Bytes>>,
     /// Signalled when the queue goes from empty to non-empty.
     ready: Notify,
-    /// Set to close the connection (by the server, or when the client leaves); the writer
-    /// flushes what is queued first.
-    pub(crate) closing: Closing,
+    /// Set to close the connection (by the server, or when the client leaves); what is
+    /// queued is still written first.
+    closing: AtomicBool,
     /// When the client's last heartbeat arrived ([`now_ms`]).
     heard: AtomicU64,
 }
@@ -39,49 +39,13 @@ fn now_ms() -> u64 {
     EPOCH.elapsed().as_millis() as u64
 }
 
-/// A connection's close signal: a flag and a wake-up, inline in the connection (a
-/// cancellation token would be one more allocation per connection).
-#[derive(Default)]
-pub(crate) struct Closing {
-    flag: AtomicBool,
-    wake: Notify,
-}
-
-impl Closing {
-    /// Signals close (once; later calls do nothing).
-    pub(crate) fn cancel(&self) {
-        if !self.flag.swap(true, Ordering::AcqRel) {
-            self.wake.notify_waiters();
-        }
-    }
-
-    /// Whether close was signalled.
-    pub(crate) fn is_cancelled(&self) -> bool {
-        self.flag.load(Ordering::Acquire)
-    }
-
-    /// Waits until close is signalled.
-    pub(crate) async fn cancelled(&self) {
-        loop {
-            let notified = self.wake.notified();
-            tokio::pin!(notified);
-            // Registered before the flag is checked, so a cancel in between is not missed.
-            notified.as_mut().enable();
-            if self.is_cancelled() {
-                return;
-            }
-            notified.await;
-        }
-    }
-}
-
 impl Conn {
     pub(crate) fn new(id: u64) -> Conn {
         Conn {
             id,
             queue: Mutex::new(VecDeque::new()),
             ready: Notify::new(),
-            closing: Closing::default(),
+            closing: AtomicBool::new(false),
             heard: AtomicU64::new(now_ms()),
         }
     }
@@ -111,7 +75,7 @@ impl Conn {
         }
     }
 
-    /// Moves every queued frame to the end of `out` (the writer's batch).
+    /// Moves every queued frame to the end of `out` (the next writes).
     pub(crate) fn take(&self, out: &mut VecDeque<Bytes>) {
         let mut q = self.queue.lock().unwrap();
         if out.is_empty() {
@@ -129,8 +93,14 @@ impl Conn {
     /// Asks the connection to close after flushing its queue. The queue's wake-up fires too,
     /// so a connection task waiting only on [`Conn::queued`] sees the close.
     pub(crate) fn close(&self) {
-        self.closing.cancel();
-        self.ready.notify_one();
+        if !self.closing.swap(true, Ordering::AcqRel) {
+            self.ready.notify_one();
+        }
+    }
+
+    /// Whether the connection was asked to close.
+    pub(crate) fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::Acquire)
     }
 }
 
@@ -206,7 +176,7 @@ impl FrontendState {
         for s in self.conns.lock().unwrap().values() {
             let Some(c) = s.conn() else { continue };
             let silent = now.saturating_sub(c.heard.load(Ordering::Relaxed));
-            if silent >= limit_ms && !c.closing.is_cancelled() {
+            if silent >= limit_ms && !c.is_closing() {
                 let limit = limit.as_secs();
                 tracing::warn!(
                     conn = c.id,

@@ -36,6 +36,7 @@ mod rpc;
 mod rpc_config;
 mod session;
 mod stats;
+mod wire;
 
 pub use app::{App, BEFORE_EXIT_TIMEOUT, ServerInfo};
 pub use args::Args;
