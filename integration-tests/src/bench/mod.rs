@@ -209,8 +209,9 @@ pub fn run(cfg: &Config) -> Result<Results> {
                     };
                     let rss = procfs::total_rss(&t.pids) as f64 / 1048576.0;
                     let pss = procfs::total_pss(&t.pids) as f64 / 1048576.0;
+                    let anon = procfs::total_anon(&t.pids) as f64 / 1048576.0;
                     say(format!(
-                        "{label} run {run}/{}: {:<6} registered {:>6.0} ms, meshed {:>6.0} ms, {} processes, RSS {rss:.1} MiB, PSS {pss:.1} MiB",
+                        "{label} run {run}/{}: {:<6} registered {:>6.0} ms, meshed {:>6.0} ms, {} processes, RSS {rss:.1} MiB, PSS {pss:.1} MiB, anon {anon:.1} MiB",
                         cfg.runs,
                         system.name(),
                         times.registered.as_secs_f64() * 1e3,
@@ -231,6 +232,7 @@ pub fn run(cfg: &Config) -> Result<Results> {
                     );
                     results.add(&label, Metric::TotalRssMib, system, rss);
                     results.add(&label, Metric::TotalPssMib, system, pss);
+                    results.add(&label, Metric::TotalAnonMib, system, anon);
                     drop(t);
                 }
             }

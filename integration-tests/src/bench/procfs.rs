@@ -25,10 +25,25 @@ pub fn cpu_secs(pid: i32) -> Option<f64> {
 
 /// Resident set size of `pid` in bytes (`VmRSS`; `None` once it is gone).
 pub fn rss_bytes(pid: i32) -> Option<u64> {
+    status_kb(pid, "VmRSS:").map(|kb| kb * 1024)
+}
+
+/// Anonymous resident memory of `pid` in bytes (`RssAnon`: heap, stacks; not the mapped
+/// binary and libraries; `None` once it is gone).
+pub fn anon_bytes(pid: i32) -> Option<u64> {
+    status_kb(pid, "RssAnon:").map(|kb| kb * 1024)
+}
+
+/// Sum of [`anon_bytes`] over `pids`.
+pub fn total_anon(pids: &[i32]) -> u64 {
+    pids.iter().filter_map(|p| anon_bytes(*p)).sum()
+}
+
+/// A `kB` field of `/proc/<pid>/status`.
+fn status_kb(pid: i32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Proportional set size of `pid` in bytes (`Pss` of `smaps_rollup`: each shared page counts

@@ -33,6 +33,9 @@ pub enum Metric {
     /// PSS of every process of the cluster, MiB: shared pages (the binary, libc) are divided
     /// among the processes that map them, so the sum is the memory the cluster really uses.
     TotalPssMib,
+    /// Anonymous (private, allocated) RSS of every process of the cluster, MiB: `RssAnon`,
+    /// the memory the processes allocated themselves, without the mapped binaries.
+    TotalAnonMib,
     /// Connector RSS per idle handshaken connection, bytes.
     RssPerConnBytes,
 }
@@ -52,6 +55,7 @@ impl Metric {
             Metric::MeshedMs => "all meshed ms",
             Metric::TotalRssMib => "total RSS MiB",
             Metric::TotalPssMib => "total PSS MiB",
+            Metric::TotalAnonMib => "total anon RSS MiB",
             Metric::RssPerConnBytes => "RSS bytes/conn",
         }
     }
@@ -72,7 +76,9 @@ impl Metric {
             Metric::CpuPerOpUs => format!("{v:.2}"),
             Metric::ServerCpuPct | Metric::LoadgenCpuPct => format!("{v:.0}"),
             Metric::RegisteredMs | Metric::MeshedMs => format!("{v:.0}"),
-            Metric::TotalRssMib | Metric::TotalPssMib => format!("{v:.1}"),
+            Metric::TotalRssMib | Metric::TotalPssMib | Metric::TotalAnonMib => {
+                format!("{v:.1}")
+            }
         }
     }
 }
