@@ -141,12 +141,7 @@ pub fn setup(app: &App) {
     app.handler(
         "chat.main.rpcEcho",
         |app: App, _: Session, msg: Value| async move {
-            let mut ids: Vec<String> = app
-                .servers_of_type("chat")
-                .into_iter()
-                .map(|s| s.id)
-                .collect();
-            ids.sort();
+            let ids = app.server_ids_of_type("chat");
             let target = match ids.iter().position(|i| i == app.id()) {
                 Some(i) if ids.len() > 1 => ids[(i + 1) % ids.len()].clone(),
                 _ => app.id().to_string(),

@@ -279,7 +279,8 @@ impl App {
         self.inner.peers.servers()
     }
 
-    /// Live servers of one type, sorted by id.
+    /// Live servers of one type, sorted by id (copies of their full info; to pick a server
+    /// per request, [`App::server_ids_of_type`] is cheaper).
     pub fn servers_of_type(&self, server_type: &str) -> Vec<ServerInfo> {
         let mut v: Vec<ServerInfo> = self
             .servers()
@@ -288,6 +289,13 @@ impl App {
             .collect();
         v.sort_by(|a, b| a.id.cmp(&b.id));
         v
+    }
+
+    /// Ids of the live servers of one type, sorted: the same servers as
+    /// [`App::servers_of_type`], as a shared list rebuilt only when a server joins or leaves,
+    /// so calling it per request costs a lock read and a reference count.
+    pub fn server_ids_of_type(&self, server_type: &str) -> Arc<[String]> {
+        self.inner.peers.ids_of_type(server_type)
     }
 
     // ------------------------------------------------------------------ registration
@@ -829,12 +837,12 @@ impl App {
         if let Some(f) = self.frozen().reg.route_fns.get(server_type) {
             return f(self, session);
         }
-        let list = self.servers_of_type(server_type);
+        let list = self.server_ids_of_type(server_type);
         if list.is_empty() {
             return None;
         }
         let key = session.uid().unwrap_or(session.conn_id());
-        Some(list[(key % list.len() as u64) as usize].id.clone())
+        Some(list[(key % list.len() as u64) as usize].clone())
     }
 
     /// Runs the local handler of `cmd` in arrival order and sends its reply to the client.

@@ -148,8 +148,8 @@ impl Rpc {
         };
         if self.target == ALL {
             let server_type = route.split('.').next().unwrap_or_default();
-            for s in self.app.servers_of_type(server_type) {
-                Rpc::new(self.app.clone(), s.id)
+            for id in self.app.server_ids_of_type(server_type).iter() {
+                Rpc::new(self.app.clone(), id.clone())
                     .timeout(self.timeout)
                     .notify_raw(route, args.clone())
                     .await?;
