@@ -935,7 +935,8 @@ impl App {
     pub(crate) async fn on_peer_msg(&self, link: &Arc<Link>, m: peer_msg::Msg) {
         match m {
             peer_msg::Msg::Client(req) => {
-                let session = Session::from_proto(self, req.session.unwrap_or_default());
+                let session =
+                    Session::from_proto(self, req.session.unwrap_or_default(), link.peer_sid());
                 let cmd = req.cmd as u16;
                 if (cmd as usize) >= self.inner.routes.len() {
                     warn!(

@@ -102,6 +102,8 @@ fn encode_frame(m: &PeerMsg, buf: &mut BytesMut) {
 pub(crate) struct Link {
     generation: u64,
     peer: String,
+    /// `peer` shared, for the sessions of the client messages it forwards.
+    peer_sid: Arc<str>,
     out: Outbox,
     /// Calls waiting for a reply on this link; failed when it drops.
     pending: Pending,
@@ -485,6 +487,7 @@ async fn run_link(
     *stream.read_buffer_mut() = parts.read_buf;
     let link = Arc::new(Link {
         generation: app.inner.peers.generation.fetch_add(1, Ordering::Relaxed),
+        peer_sid: peer.as_str().into(),
         peer: peer.clone(),
         out: Outbox::new(parts.write_buf),
         pending: Mutex::new(HashMap::new()),
@@ -618,6 +621,11 @@ impl Link {
     /// The peer's id.
     pub(crate) fn peer(&self) -> &str {
         &self.peer
+    }
+
+    /// The peer's id, shared.
+    pub(crate) fn peer_sid(&self) -> &Arc<str> {
+        &self.peer_sid
     }
 }
 

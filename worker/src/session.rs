@@ -43,11 +43,26 @@ struct Inner {
 #[derive(Default)]
 struct State {
     uid: Option<u64>,
-    settings: Map<String, Value>,
+    /// The settings; `None` until first read on a backend copy, whose settings are parsed
+    /// from `encoded` only if a handler looks at them.
+    settings: Option<Map<String, Value>>,
     /// Cached JSON of `settings`; `None` after a change.
     encoded: Option<Bytes>,
     /// Frontend-only settings.
     local: Map<String, Value>,
+}
+
+impl State {
+    /// The settings, parsed from `encoded` on first use.
+    fn settings(&mut self) -> &mut Map<String, Value> {
+        let encoded = &self.encoded;
+        self.settings.get_or_insert_with(|| {
+            encoded
+                .as_deref()
+                .and_then(|b| serde_json::from_slice(b).ok())
+                .unwrap_or_default()
+        })
+    }
 }
 
 impl std::fmt::Debug for Session {
@@ -78,20 +93,22 @@ impl Session {
         }
     }
 
-    /// A backend copy, from a forwarded message.
-    pub(crate) fn from_proto(app: &App, s: msg::Session) -> Session {
-        let settings = match serde_json::from_slice::<Map<String, Value>>(&s.settings) {
-            Ok(m) => m,
-            Err(_) => Map::new(),
+    /// A backend copy, from a forwarded message (its settings are parsed when first read).
+    /// `link_sid` is the forwarding frontend's id, shared when the session's is the same.
+    pub(crate) fn from_proto(app: &App, s: msg::Session, link_sid: &Arc<str>) -> Session {
+        let sid = if s.sid == **link_sid {
+            link_sid.clone()
+        } else {
+            s.sid.into()
         };
         Session {
             inner: Arc::new(Inner {
-                sid: s.sid.into(),
+                sid,
                 conn_id: s.conn_id,
                 ip: s.ip,
                 state: Mutex::new(State {
                     uid: s.uid,
-                    settings,
+                    settings: None,
                     encoded: if s.settings.is_empty() {
                         None
                     } else {
@@ -109,11 +126,12 @@ impl Session {
     /// The copy that travels with a forwarded message.
     pub(crate) fn to_proto(&self) -> msg::Session {
         let mut st = self.inner.state.lock().unwrap();
-        let settings = match &st.encoded {
-            Some(b) => b.clone(),
-            None if st.settings.is_empty() => Bytes::new(),
-            None => {
-                let b = Bytes::from(serde_json::to_vec(&st.settings).unwrap_or_default());
+        let settings = match (&st.encoded, &st.settings) {
+            (Some(b), _) => b.clone(),
+            (None, None) => Bytes::new(),
+            (None, Some(m)) if m.is_empty() => Bytes::new(),
+            (None, Some(m)) => {
+                let b = Bytes::from(serde_json::to_vec(m).unwrap_or_default());
                 st.encoded = Some(b.clone());
                 b
             }
@@ -166,22 +184,22 @@ impl Session {
 
     /// Reads a setting.
     pub fn get<T: DeserializeOwned>(&self, key: &str) -> Option<T> {
-        let st = self.inner.state.lock().unwrap();
-        st.settings.get(key).and_then(|v| T::deserialize(v).ok())
+        let mut st = self.inner.state.lock().unwrap();
+        st.settings().get(key).and_then(|v| T::deserialize(v).ok())
     }
 
     /// Sets a setting; it travels with every message this frontend forwards from now on.
     pub fn set<T: Serialize>(&self, key: &str, value: T) {
         let v = serde_json::to_value(value).unwrap_or(Value::Null);
         let mut st = self.inner.state.lock().unwrap();
-        st.settings.insert(key.to_string(), v);
+        st.settings().insert(key.to_string(), v);
         st.encoded = None;
     }
 
     /// Removes a setting.
     pub fn delete(&self, key: &str) {
         let mut st = self.inner.state.lock().unwrap();
-        if st.settings.remove(key).is_some() {
+        if st.settings().remove(key).is_some() {
             st.encoded = None;
         }
     }
@@ -226,7 +244,7 @@ impl Session {
             serde_json::from_slice(json)?
         };
         let mut st = self.inner.state.lock().unwrap();
-        st.settings = settings;
+        st.settings = Some(settings);
         st.encoded = None;
         Ok(())
     }
