@@ -167,7 +167,10 @@ pub fn setup(app: &App) {
         r.lock().unwrap().leave(uid);
         async {}
     });
-    app.remote("chat.main.echo", |_: App, msg: Box<RawValue>| async move { msg });
+    app.remote(
+        "chat.main.echo",
+        |_: App, msg: Box<RawValue>| async move { msg },
+    );
 
     // Only logged-in players may talk: a send from a session without a uid never reaches the
     // handler (runs on the chat server, before the handler).

@@ -35,7 +35,38 @@ const KEEP_BUFFER: usize = 1 << 20;
 /// How long authentication may take.
 const AUTH_TIMEOUT: Duration = Duration::from_secs(5);
 
-type Pending = Mutex<HashMap<u64, oneshot::Sender<Result<Bytes, RpcError>>>>;
+/// Calls waiting for replies, by call id (ids are a counter: hashed by identity).
+type Pending = Mutex<HashMap<u64, oneshot::Sender<Result<Bytes, RpcError>>, IdHash>>;
+
+/// Hashes a `u64` call id as itself: ids are unique sequential numbers, so the table's
+/// buckets spread them without a keyed hash.
+#[derive(Default, Clone, Copy)]
+struct IdHash;
+
+impl std::hash::BuildHasher for IdHash {
+    type Hasher = IdHasher;
+    fn build_hasher(&self) -> IdHasher {
+        IdHasher(0)
+    }
+}
+
+/// The hasher of [`IdHash`].
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        // Spread the bits (hashbrown takes the top 7 bits as a tag).
+        self.0.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 << 8) | u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
 
 /// A link's outgoing bytes: frames encoded by the senders, taken whole by the writer.
 struct Outbox {
@@ -64,23 +95,22 @@ impl Outbox {
         }
     }
 
-    /// Appends `m` as a frame unless the buffer is full (`Err` gives it back) or closed
-    /// (`Ok(false)`).
-    fn try_push(&self, m: PeerMsg) -> Result<bool, PeerMsg> {
+    /// Appends `m` as a frame unless the buffer is full or closed.
+    fn try_push(&self, m: PeerMsg) -> Pushed {
         let mut st = self.state.lock().unwrap();
         if st.closed {
-            return Ok(false);
+            return Pushed::Closed;
         }
         let was_empty = st.buf.is_empty();
         if !was_empty && st.buf.len() >= LINK_QUEUE_BYTES {
-            return Err(m);
+            return Pushed::Full(m);
         }
         encode_frame(&m, &mut st.buf);
         drop(st);
         if was_empty {
             self.ready.notify_one();
         }
-        Ok(true)
+        Pushed::Queued
     }
 
     /// Marks the outbox closed and wakes every sender waiting for room.
@@ -88,6 +118,15 @@ impl Outbox {
         self.state.lock().unwrap().closed = true;
         self.room.notify_waiters();
     }
+}
+
+/// What [`Outbox::try_push`] did with a message.
+enum Pushed {
+    Queued,
+    /// The link is gone.
+    Closed,
+    /// No room: the message back.
+    Full(PeerMsg),
 }
 
 /// Appends `[u32 big-endian length][protobuf]` (the framing of [`ProtoCodec`]).
@@ -114,17 +153,33 @@ pub(crate) struct Link {
 impl Link {
     /// Queues a message (waits while the link's buffer is full). False if the link is gone.
     pub(crate) async fn send(&self, m: PeerMsg) -> bool {
-        let mut m = match self.out.try_push(m) {
-            Ok(sent) => return sent,
-            Err(m) => m,
-        };
+        match self.out.try_push(m) {
+            Pushed::Queued => true,
+            Pushed::Closed => false,
+            // Boxed: the common case above keeps its callers' futures small.
+            Pushed::Full(m) => Box::pin(self.send_when_room(m)).await,
+        }
+    }
+
+    /// Queues a message now; when the buffer is full, a task waits for room to queue it (so
+    /// a reader never blocks on its own link's writer). Dropped if the link is gone.
+    pub(crate) fn send_now(self: &Arc<Self>, m: PeerMsg) {
+        if let Pushed::Full(m) = self.out.try_push(m) {
+            let link = self.clone();
+            tokio::spawn(async move { link.send(m).await });
+        }
+    }
+
+    /// Waits for room in the link's buffer, then queues `m`.
+    async fn send_when_room(&self, mut m: PeerMsg) -> bool {
         loop {
             let room = self.out.room.notified();
             tokio::pin!(room);
             room.as_mut().enable();
             m = match self.out.try_push(m) {
-                Ok(sent) => return sent,
-                Err(m) => m,
+                Pushed::Queued => return true,
+                Pushed::Closed => return false,
+                Pushed::Full(m) => m,
             };
             room.await;
         }
@@ -218,8 +273,24 @@ impl Peers {
         route: &str,
         timeout: Duration,
     ) -> Result<Arc<Link>, RpcError> {
-        let (mut rx, waiting) = match self.map.read().unwrap().get(id) {
-            None => return Err(RpcError::UnknownServer(id.to_string())),
+        match self.link_now(app, id)? {
+            Ok(link) => Ok(link),
+            // Boxed: the common case above keeps its callers' futures small.
+            Err((rx, waiting)) => {
+                Box::pin(wait_for_link(app, id, route, timeout, rx, waiting)).await
+            }
+        }
+    }
+
+    /// The link to a known server if it is up (`Ok(Ok)`), or what to wait on (`Ok(Err)`).
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn link_now(
+        &self,
+        app: &App,
+        id: &str,
+    ) -> Result<Result<Arc<Link>, (LinkWatch, Arc<AtomicUsize>)>, RpcError> {
+        match self.map.read().unwrap().get(id) {
+            None => Err(RpcError::UnknownServer(id.to_string())),
             Some(p) => {
                 if let Some(info) = &p.info
                     && !app
@@ -234,28 +305,10 @@ impl Peers {
                     });
                 }
                 match p.link.borrow().as_ref() {
-                    Some(l) => return Ok(l.clone()),
-                    None => (p.link.subscribe(), p.waiting.clone()),
+                    Some(l) => Ok(Ok(l.clone())),
+                    None => Ok(Err((p.link.subscribe(), p.waiting.clone()))),
                 }
             }
-        };
-        let limit = app.rpc_config().msg_cache_count;
-        if waiting.fetch_add(1, Ordering::AcqRel) >= limit {
-            waiting.fetch_sub(1, Ordering::AcqRel);
-            return Err(RpcError::QueueFull {
-                server: id.to_string(),
-                count: limit,
-            });
-        }
-        let r = tokio::time::timeout(timeout, rx.wait_for(|l| l.is_some())).await;
-        waiting.fetch_sub(1, Ordering::AcqRel);
-        match r {
-            Ok(Ok(l)) => Ok(l.clone().expect("waited for Some")),
-            Ok(Err(_)) => Err(RpcError::UnknownServer(id.to_string())),
-            Err(_) => Err(RpcError::Timeout {
-                server: id.to_string(),
-                route: route.to_string(),
-            }),
         }
     }
 
@@ -380,6 +433,38 @@ impl Peers {
     }
 }
 
+/// Watches a peer's current link.
+pub(crate) type LinkWatch = watch::Receiver<Option<Arc<Link>>>;
+
+/// Waits for a link that is not up yet (see [`Peers::wait_link`]).
+async fn wait_for_link(
+    app: &App,
+    id: &str,
+    route: &str,
+    timeout: Duration,
+    mut rx: LinkWatch,
+    waiting: Arc<AtomicUsize>,
+) -> Result<Arc<Link>, RpcError> {
+    let limit = app.rpc_config().msg_cache_count;
+    if waiting.fetch_add(1, Ordering::AcqRel) >= limit {
+        waiting.fetch_sub(1, Ordering::AcqRel);
+        return Err(RpcError::QueueFull {
+            server: id.to_string(),
+            count: limit,
+        });
+    }
+    let r = tokio::time::timeout(timeout, rx.wait_for(|l| l.is_some())).await;
+    waiting.fetch_sub(1, Ordering::AcqRel);
+    match r {
+        Ok(Ok(l)) => Ok(l.clone().expect("waited for Some")),
+        Ok(Err(_)) => Err(RpcError::UnknownServer(id.to_string())),
+        Err(_) => Err(RpcError::Timeout {
+            server: id.to_string(),
+            route: route.to_string(),
+        }),
+    }
+}
+
 /// Dials `info` until cancelled, keeping one link up; redials after `reconnect_delay`.
 async fn dial_loop(app: App, info: ServerInfo, cancel: CancellationToken) {
     let addr = format!("{}:{}", info.host, info.port);
@@ -490,7 +575,7 @@ async fn run_link(
         peer_sid: peer.as_str().into(),
         peer: peer.clone(),
         out: Outbox::new(parts.write_buf),
-        pending: Mutex::new(HashMap::new()),
+        pending: Mutex::new(HashMap::default()),
         closed: cancel.child_token(),
     });
     app.inner.peers.install(link.clone());
