@@ -822,8 +822,13 @@ impl App {
                 return Ok(());
             }
         };
+        let forward = if session.sid() == self.id() {
+            session.to_forward()
+        } else {
+            session.to_proto()
+        };
         let m = peers::msg(peer_msg::Msg::Client(ClientRequest {
-            session: Some(session.to_proto()),
+            session: Some(forward),
             cmd: cmd as u32,
             payload,
         }));

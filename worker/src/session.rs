@@ -94,9 +94,10 @@ impl Session {
     }
 
     /// A backend copy, from a forwarded message (its settings are parsed when first read).
-    /// `link_sid` is the forwarding frontend's id, shared when the session's is the same.
+    /// `link_sid` is the id of the server that forwarded it: the session's frontend when the
+    /// message leaves `sid` empty (see [`Session::to_forward`]).
     pub(crate) fn from_proto(app: &App, s: msg::Session, link_sid: &Arc<str>) -> Session {
-        let sid = if s.sid == **link_sid {
+        let sid = if s.sid.is_empty() || s.sid == **link_sid {
             link_sid.clone()
         } else {
             s.sid.into()
@@ -123,8 +124,18 @@ impl Session {
         }
     }
 
+    /// The copy that travels with a message its own frontend forwards: `sid` is left empty,
+    /// the receiver knows it from the link.
+    pub(crate) fn to_forward(&self) -> msg::Session {
+        self.proto(String::new())
+    }
+
     /// The copy that travels with a forwarded message.
     pub(crate) fn to_proto(&self) -> msg::Session {
+        self.proto(self.inner.sid.to_string())
+    }
+
+    fn proto(&self, sid: String) -> msg::Session {
         let mut st = self.inner.state.lock().unwrap();
         let settings = match (&st.encoded, &st.settings) {
             (Some(b), _) => b.clone(),
@@ -138,7 +149,7 @@ impl Session {
         };
         msg::Session {
             uid: st.uid,
-            sid: self.inner.sid.to_string(),
+            sid,
             conn_id: self.inner.conn_id,
             settings,
             ip: self.inner.ip.clone(),
@@ -233,7 +244,7 @@ impl Session {
 
     /// The complete settings as JSON (for `apply`).
     pub(crate) fn settings_json(&self) -> Bytes {
-        self.to_proto().settings
+        self.to_forward().settings
     }
 
     /// Replaces the settings (a backend's `apply`).
