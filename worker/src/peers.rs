@@ -589,8 +589,9 @@ async fn run_link(
         cfg.heartbeat,
     ));
 
-    // Silence is checked once per heartbeat period (a timer per message would cost on every
-    // message): a link quiet past the timeout is closed. With heartbeats off, never.
+    // Silence is checked once per heartbeat period (neither a timer nor a clock read per
+    // message): a period with traffic counts as heard at its end; a link quiet past the
+    // timeout is closed. With heartbeats off, never.
     let silence = cfg.heartbeat_timeout;
     let mut check = tokio::time::interval(if cfg.heartbeat.is_zero() {
         Duration::from_secs(3600)
@@ -599,19 +600,28 @@ async fn run_link(
     });
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_heard = tokio::time::Instant::now();
+    let mut heard = false;
+    // Registered once (not per message).
+    let closed = link.closed.clone();
+    let cancelled = closed.cancelled();
+    tokio::pin!(cancelled);
     loop {
+        // Messages first: the other branches are polled only when none is ready.
         let m = tokio::select! {
-            _ = link.closed.cancelled() => break,
+            biased;
+            m = stream.next() => m,
+            _ = &mut cancelled => break,
             _ = check.tick() => {
-                if !cfg.heartbeat.is_zero() && last_heard.elapsed() > silence {
+                if std::mem::take(&mut heard) {
+                    last_heard = tokio::time::Instant::now();
+                } else if !cfg.heartbeat.is_zero() && last_heard.elapsed() > silence {
                     warn!(%peer, "peer link silent for {silence:?} (heartbeat timeout): closing it");
                     break;
                 }
                 continue;
             }
-            m = stream.next() => m,
         };
-        last_heard = tokio::time::Instant::now();
+        heard = true;
         match m {
             None => break,
             Some(Err(e)) => {
