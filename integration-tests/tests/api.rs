@@ -442,6 +442,17 @@ async fn rpc_results_and_errors() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn removed_server_is_announced() {
     let mut rig = rig().await;
+    // The shared id list per type is the ids of servers_of_type, and follows membership.
+    let ids_of = |app: &App, t: &str| -> (Vec<String>, Vec<String>) {
+        let shared = app.server_ids_of_type(t).to_vec();
+        let full = app.servers_of_type(t).into_iter().map(|s| s.id).collect();
+        (shared, full)
+    };
+    let (shared, full) = ids_of(&rig.apps[0], "game");
+    assert_eq!(shared, ["game-1", "game-2"]);
+    assert_eq!(shared, full);
+    assert_eq!(rig.apps[0].server_ids_of_type("gate").to_vec(), ["gate-1"]);
+    assert!(rig.apps[0].server_ids_of_type("nosuchtype").is_empty());
     rig.apps[2].shutdown(); // game-2
     let mut told = Vec::new();
     while told.len() < 2 {
@@ -454,6 +465,9 @@ async fn removed_server_is_announced() {
     }
     told.sort();
     assert_eq!(told, ["game-1", "gate-1"]);
+    let (shared, full) = ids_of(&rig.apps[0], "game");
+    assert_eq!(shared, ["game-1"]);
+    assert_eq!(shared, full);
     // Its before-exit hook ran, while it still knew the cluster.
     let exit = tokio::time::timeout(TIMEOUT, rig.exits.recv())
         .await

@@ -25,11 +25,11 @@ use tracing::{debug, info, warn};
 
 use crate::codec::{Codecs, FrameDecoder, MessageCodec, ProtocolCodec};
 use crate::connector::{self, ConnectorConfig};
-use crate::dispatch::in_order;
+use crate::dispatch::poll_once;
 use crate::frontend::FrontendState;
 use crate::handler::{
-    self, AfterFn, AppCb, BeforeFn, GlobalFn, HandlerFn, RemoteFn, Reply, RouteFn, ServerCb,
-    SessionCb, SessionlessCb,
+    self, AfterFn, AppCb, BeforeFn, BoxFuture, GlobalFn, HandlerFn, RemoteFn, Reply, RouteFn,
+    ServerCb, SessionCb, SessionlessCb,
 };
 use crate::peers::{self, Link, Peers};
 use crate::{Args, Error, PushError, RemoteRoute, Rpc, RpcConfig, RpcError, Session, master_link};
@@ -319,7 +319,8 @@ impl App {
         self.inner.peers.servers()
     }
 
-    /// Live servers of one type, sorted by id.
+    /// Live servers of one type, sorted by id (copies of their full info; to pick a server
+    /// per request, [`App::server_ids_of_type`] is cheaper).
     pub fn servers_of_type(&self, server_type: &str) -> Vec<ServerInfo> {
         let mut v: Vec<ServerInfo> = self
             .servers()
@@ -328,6 +329,13 @@ impl App {
             .collect();
         v.sort_by(|a, b| a.id.cmp(&b.id));
         v
+    }
+
+    /// Ids of the live servers of one type, sorted: the same servers as
+    /// [`App::servers_of_type`], as a shared list rebuilt only when a server joins or leaves,
+    /// so calling it per request costs a lock read and a reference count.
+    pub fn server_ids_of_type(&self, server_type: &str) -> Arc<[String]> {
+        self.inner.peers.ids_of_type(server_type)
     }
 
     // ------------------------------------------------------------------ registration
@@ -854,8 +862,13 @@ impl App {
                 return Ok(());
             }
         };
+        let forward = if session.sid() == self.id() {
+            session.to_forward()
+        } else {
+            session.to_proto()
+        };
         let m = peers::msg(peer_msg::Msg::Client(ClientRequest {
-            session: Some(session.to_proto()),
+            session: Some(forward),
             cmd: cmd as u32,
             payload,
         }));
@@ -869,12 +882,12 @@ impl App {
         if let Some(f) = self.frozen().reg.route_fns.get(server_type) {
             return f(self, session);
         }
-        let list = self.servers_of_type(server_type);
+        let list = self.server_ids_of_type(server_type);
         if list.is_empty() {
             return None;
         }
         let key = session.uid().unwrap_or(session.conn_id());
-        Some(list[(key % list.len() as u64) as usize].id.clone())
+        Some(list[(key % list.len() as u64) as usize].clone())
     }
 
     /// Runs the local handler of `cmd` in arrival order and sends its reply to the client.
@@ -895,25 +908,64 @@ impl App {
                 return;
             }
         }
+        // The handler runs inline until it first waits; the rest is then its own task.
+        let mut fut = h(self.clone(), session.clone(), payload);
+        match poll_once(&mut fut).await {
+            Some(r) => self.handler_done(session, cmd, r),
+            None => {
+                let app = self.clone();
+                tokio::spawn(async move {
+                    let r = fut.await;
+                    app.handler_done(session, cmd, r);
+                });
+            }
+        }
+    }
+
+    /// Runs the after filters on a handler's result and queues its reply.
+    fn handler_done(&self, session: Session, cmd: u16, r: Result<Option<Bytes>, String>) {
+        let route = self.inner.routes[cmd as usize].name.as_str();
+        let reply = match r {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(route, uid = ?session.uid(), "handler failed: {e}");
+                None
+            }
+        };
+        for f in &self.frozen().reg.after {
+            f(self, &session, route, reply.as_deref());
+        }
+        if let Some(reply) = reply {
+            self.reply_now(session, cmd, reply);
+        }
+    }
+
+    /// Queues a reply without waiting: directly to a client of this frontend, or on the link
+    /// to the client's frontend when it is up with room; otherwise a task waits to send it.
+    fn reply_now(&self, session: Session, cmd: u16, payload: Bytes) {
+        if let Some(conn) = session.conn() {
+            if let Some(f) = self.client_frame(cmd, payload) {
+                conn.send(f);
+            }
+            return;
+        }
+        if session.sid() == self.id() {
+            if let Some(f) = self.client_frame(cmd, payload) {
+                self.inner.frontend.deliver(&f, &[session.conn_id()], &[]);
+            }
+            return;
+        }
+        if let Ok(Ok(link)) = self.inner.peers.link_now(self, session.sid()) {
+            link.send_now(peers::msg(peer_msg::Msg::Push(ClientPush {
+                cmd: cmd as u32,
+                payload,
+                conn_ids: vec![session.conn_id()],
+                uids: vec![],
+            })));
+            return;
+        }
         let app = self.clone();
-        let fut = h(app.clone(), session.clone(), payload);
-        in_order(async move {
-            let route = app.inner.routes[cmd as usize].name.as_str();
-            let reply = match fut.await {
-                Ok(r) => r,
-                Err(e) => {
-                    warn!(route, uid = ?session.uid(), "handler failed: {e}");
-                    None
-                }
-            };
-            for f in &app.frozen().reg.after {
-                f(&app, &session, route, reply.as_deref());
-            }
-            if let Some(reply) = reply {
-                app.reply(&session, cmd, reply).await;
-            }
-        })
-        .await;
+        tokio::spawn(async move { app.reply(&session, cmd, payload).await });
     }
 
     /// Sends an encoded reply to the session's client, directly or through its frontend.
@@ -967,7 +1019,8 @@ impl App {
     pub(crate) async fn on_peer_msg(&self, link: &Arc<Link>, m: peer_msg::Msg) {
         match m {
             peer_msg::Msg::Client(req) => {
-                let session = Session::from_proto(self, req.session.unwrap_or_default());
+                let session =
+                    Session::from_proto(self, req.session.unwrap_or_default(), link.peer_sid());
                 let cmd = req.cmd as u16;
                 if (cmd as usize) >= self.inner.routes.len() {
                     warn!(
@@ -984,37 +1037,25 @@ impl App {
                 }
             }
             peer_msg::Msg::Rpc(req) => {
-                let app = self.clone();
-                let link = link.clone();
-                in_order(async move {
-                    let r = app.run_remote(&req.route, req.args).await;
-                    if req.id == 0 {
-                        if let Err(e) = r {
-                            warn!(route = %req.route, from = link.peer(), "notify failed: {e}");
-                        }
-                        return;
+                // The remote runs inline until it first waits; the rest is then its own task.
+                let id = req.id;
+                let mut fut = match self.start_remote(&req.route, req.args) {
+                    Ok(fut) => fut,
+                    Err(e) => return remote_done(link, id, &req.route, Err(e)),
+                };
+                match poll_once(&mut fut).await {
+                    Some(r) => {
+                        let r = r.map_err(|m| self.remote_error(&req.route, m));
+                        remote_done(link, id, &req.route, r);
                     }
-                    let reply = match r {
-                        Ok(result) => RpcResponse {
-                            id: req.id,
-                            result,
-                            error: String::new(),
-                        },
-                        // The remote's own message travels; the caller adds server and route.
-                        Err(RpcError::Remote { message, .. }) => RpcResponse {
-                            id: req.id,
-                            result: Bytes::new(),
-                            error: message,
-                        },
-                        Err(e) => RpcResponse {
-                            id: req.id,
-                            result: Bytes::new(),
-                            error: e.to_string(),
-                        },
-                    };
-                    link.send(peers::msg(peer_msg::Msg::RpcReply(reply))).await;
-                })
-                .await;
+                    None => {
+                        let (app, link) = (self.clone(), link.clone());
+                        tokio::spawn(async move {
+                            let r = fut.await.map_err(|m| app.remote_error(&req.route, m));
+                            remote_done(&link, id, &req.route, r);
+                        });
+                    }
+                }
             }
             peer_msg::Msg::RpcReply(r) => {
                 let result = if r.error.is_empty() {
@@ -1072,19 +1113,33 @@ impl App {
 
     /// Runs a local remote.
     pub(crate) async fn run_remote(&self, route: &str, args: Bytes) -> Result<Bytes, RpcError> {
-        let Some(r) = self.frozen().reg.remotes.get(route).cloned() else {
-            return Err(RpcError::NoRemote {
+        let r = self.start_remote(route, args)?.await;
+        r.map_err(|message| self.remote_error(route, message))
+    }
+
+    /// Starts a local remote: its future (an `Err` is the remote's error text), or
+    /// `NoRemote`.
+    fn start_remote(
+        &self,
+        route: &str,
+        args: Bytes,
+    ) -> Result<BoxFuture<Result<Bytes, String>>, RpcError> {
+        match self.frozen().reg.remotes.get(route) {
+            Some(r) => Ok(r(self.clone(), args)),
+            None => Err(RpcError::NoRemote {
                 server: self.id().to_string(),
                 route: route.to_string(),
-            });
-        };
-        r(self.clone(), args)
-            .await
-            .map_err(|message| RpcError::Remote {
-                server: self.id().to_string(),
-                route: route.to_string(),
-                message,
-            })
+            }),
+        }
+    }
+
+    /// A local remote's failure.
+    fn remote_error(&self, route: &str, message: String) -> RpcError {
+        RpcError::Remote {
+            server: self.id().to_string(),
+            route: route.to_string(),
+            message,
+        }
     }
 
     // ------------------------------------------------------------------ RPC and push
@@ -1193,6 +1248,35 @@ impl App {
         self.reply(session, cmd, payload).await;
         Ok(())
     }
+}
+
+/// Answers a remote call (`id` 0 is a notify: a failure is logged, nothing goes back).
+fn remote_done(link: &Arc<Link>, id: u64, route: &str, r: Result<Bytes, RpcError>) {
+    if id == 0 {
+        if let Err(e) = r {
+            warn!(route, from = link.peer(), "notify failed: {e}");
+        }
+        return;
+    }
+    let reply = match r {
+        Ok(result) => RpcResponse {
+            id,
+            result,
+            error: String::new(),
+        },
+        // The remote's own message travels; the caller adds server and route.
+        Err(RpcError::Remote { message, .. }) => RpcResponse {
+            id,
+            result: Bytes::new(),
+            error: message,
+        },
+        Err(e) => RpcResponse {
+            id,
+            result: Bytes::new(),
+            error: e.to_string(),
+        },
+    };
+    link.send_now(peers::msg(peer_msg::Msg::RpcReply(reply)));
 }
 
 fn server_secret(project: &Project) -> Result<String, Error> {

@@ -2,23 +2,40 @@
 //! then continues as its own task. Messages of one connection or link therefore start in
 //! arrival order (as in mydog, where a handler runs synchronously until it awaits), while a
 //! handler that waits (an RPC, a timer) does not hold up the messages behind it.
+//!
+//! [`poll_once`] is the first step: the caller polls the (already boxed) work in place and
+//! spawns only what is left, so work that finishes at once costs no task and no extra box.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::task::Poll;
 
-/// Runs `fut` until it first yields; if it is not finished, spawns the rest.
-pub(crate) async fn in_order<F: Future<Output = ()> + Send + 'static>(fut: F) {
-    let mut fut = Box::pin(fut);
-    let done = std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx).is_ready())).await;
-    if !done {
-        tokio::spawn(fut);
-    }
+/// Polls `fut` once in the caller's context: its output if it finished, `None` if it waits
+/// (the caller then spawns the rest).
+pub(crate) async fn poll_once<T, F: Future<Output = T> + ?Sized>(
+    fut: &mut Pin<Box<F>>,
+) -> Option<T> {
+    std::future::poll_fn(|cx| {
+        Poll::Ready(match fut.as_mut().poll(cx) {
+            Poll::Ready(v) => Some(v),
+            Poll::Pending => None,
+        })
+    })
+    .await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};
+
+    /// What the app does with a message's work: poll in place, spawn the rest.
+    async fn in_order<F: Future<Output = ()> + Send + 'static>(fut: F) {
+        let mut fut = Box::pin(fut);
+        if poll_once(&mut fut).await.is_none() {
+            tokio::spawn(fut);
+        }
+    }
 
     #[tokio::test]
     async fn ready_work_runs_inline_in_order() {
@@ -28,6 +45,18 @@ mod tests {
             in_order(async move { log.lock().unwrap().push(i) }).await;
         }
         assert_eq!(*log.lock().unwrap(), vec![0, 1, 2, 3, 4]);
+    }
+
+    #[tokio::test]
+    async fn poll_once_gives_the_output_of_ready_work_only() {
+        let mut ready = Box::pin(async { 7 });
+        assert_eq!(poll_once(&mut ready).await, Some(7));
+        let (tx, rx) = tokio::sync::oneshot::channel::<u32>();
+        let mut waiting = Box::pin(async move { rx.await.unwrap() });
+        assert_eq!(poll_once(&mut waiting).await, None);
+        tx.send(9).unwrap();
+        let out = tokio::time::timeout(std::time::Duration::from_secs(5), waiting).await;
+        assert_eq!(out.unwrap(), 9);
     }
 
     #[tokio::test]

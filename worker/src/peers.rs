@@ -1,6 +1,8 @@
 //! The RPC mesh: every known server, and one authenticated TCP link per pair of servers (the
-//! smaller id dials, the larger accepts). A link is a writer task draining a bounded queue of
-//! [`PeerMsg`]s (coalescing them into few writes) and a reader loop dispatching what arrives.
+//! smaller id dials, the larger accepts). A sender encodes its [`PeerMsg`] straight into the
+//! link's outgoing buffer; the link's writer task takes the whole buffer and writes it at once
+//! (one wake-up and one write per batch, however many messages it holds). A reader loop
+//! dispatches what arrives.
 //!
 //! Calls in flight on a link are failed with [`RpcError::LinkDropped`] the moment it drops.
 //! A dialer redials after a delay for as long as the master lists the peer.
@@ -10,31 +12,138 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
+use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::StreamExt;
 use kennel_proto::auth;
 use kennel_proto::frame::{AUTH_MAX_FRAME, ProtoCodec, length_codec};
 use kennel_proto::msg::{PeerMsg, Role, peer_msg};
+use prost::Message;
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot, watch};
-use tokio_util::codec::Framed;
+use tokio::sync::{Notify, oneshot, watch};
+use tokio_util::codec::{Framed, FramedRead};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::{App, RpcError, ServerInfo};
 
-/// Messages queued per link before senders wait.
-const LINK_QUEUE: usize = 8192;
+/// Bytes queued per link before senders wait (a single larger message still goes out).
+const LINK_QUEUE_BYTES: usize = 4 << 20;
+/// A write buffer grown past this is not kept for the next batch.
+const KEEP_BUFFER: usize = 1 << 20;
 /// How long authentication may take.
 const AUTH_TIMEOUT: Duration = Duration::from_secs(5);
 
-type Pending = Mutex<HashMap<u64, oneshot::Sender<Result<Bytes, RpcError>>>>;
+/// Calls waiting for replies, by call id (ids are a counter: hashed by identity).
+type Pending = Mutex<HashMap<u64, oneshot::Sender<Result<Bytes, RpcError>>, IdHash>>;
+
+/// Hashes a `u64` call id as itself: ids are unique sequential numbers, so the table's
+/// buckets spread them without a keyed hash.
+#[derive(Default, Clone, Copy)]
+struct IdHash;
+
+impl std::hash::BuildHasher for IdHash {
+    type Hasher = IdHasher;
+    fn build_hasher(&self) -> IdHasher {
+        IdHasher(0)
+    }
+}
+
+/// The hasher of [`IdHash`].
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        // Spread the bits (hashbrown takes the top 7 bits as a tag).
+        self.0.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 << 8) | u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+/// A link's outgoing bytes: frames encoded by the senders, taken whole by the writer.
+struct Outbox {
+    state: Mutex<OutState>,
+    /// Wakes the writer (bytes were queued on an empty buffer).
+    ready: Notify,
+    /// Wakes senders waiting for room.
+    room: Notify,
+}
+
+struct OutState {
+    buf: BytesMut,
+    /// The writer has stopped: nothing more goes out.
+    closed: bool,
+}
+
+impl Outbox {
+    fn new(initial: BytesMut) -> Outbox {
+        Outbox {
+            state: Mutex::new(OutState {
+                buf: initial,
+                closed: false,
+            }),
+            ready: Notify::new(),
+            room: Notify::new(),
+        }
+    }
+
+    /// Appends `m` as a frame unless the buffer is full or closed.
+    fn try_push(&self, m: PeerMsg) -> Pushed {
+        let mut st = self.state.lock().unwrap();
+        if st.closed {
+            return Pushed::Closed;
+        }
+        let was_empty = st.buf.is_empty();
+        if !was_empty && st.buf.len() >= LINK_QUEUE_BYTES {
+            return Pushed::Full(m);
+        }
+        encode_frame(&m, &mut st.buf);
+        drop(st);
+        if was_empty {
+            self.ready.notify_one();
+        }
+        Pushed::Queued
+    }
+
+    /// Marks the outbox closed and wakes every sender waiting for room.
+    fn close(&self) {
+        self.state.lock().unwrap().closed = true;
+        self.room.notify_waiters();
+    }
+}
+
+/// What [`Outbox::try_push`] did with a message.
+enum Pushed {
+    Queued,
+    /// The link is gone.
+    Closed,
+    /// No room: the message back.
+    Full(PeerMsg),
+}
+
+/// Appends `[u32 big-endian length][protobuf]` (the framing of [`ProtoCodec`]).
+fn encode_frame(m: &PeerMsg, buf: &mut BytesMut) {
+    let len = m.encoded_len();
+    buf.reserve(4 + len);
+    buf.put_u32(len as u32);
+    m.encode(buf).expect("BytesMut grows as needed");
+}
 
 /// One live link to a peer.
 pub(crate) struct Link {
     generation: u64,
     peer: String,
-    tx: mpsc::Sender<PeerMsg>,
+    /// `peer` shared, for the sessions of the client messages it forwards.
+    peer_sid: Arc<str>,
+    out: Outbox,
     /// Calls waiting for a reply on this link; failed when it drops.
     pending: Pending,
     /// Cancelled when the link ends (either side), or to close it.
@@ -42,9 +151,38 @@ pub(crate) struct Link {
 }
 
 impl Link {
-    /// Queues a message (waits while the queue is full). False if the link is gone.
+    /// Queues a message (waits while the link's buffer is full). False if the link is gone.
     pub(crate) async fn send(&self, m: PeerMsg) -> bool {
-        self.tx.send(m).await.is_ok()
+        match self.out.try_push(m) {
+            Pushed::Queued => true,
+            Pushed::Closed => false,
+            // Boxed: the common case above keeps its callers' futures small.
+            Pushed::Full(m) => Box::pin(self.send_when_room(m)).await,
+        }
+    }
+
+    /// Queues a message now; when the buffer is full, a task waits for room to queue it (so
+    /// a reader never blocks on its own link's writer). Dropped if the link is gone.
+    pub(crate) fn send_now(self: &Arc<Self>, m: PeerMsg) {
+        if let Pushed::Full(m) = self.out.try_push(m) {
+            let link = self.clone();
+            tokio::spawn(async move { link.send(m).await });
+        }
+    }
+
+    /// Waits for room in the link's buffer, then queues `m`.
+    async fn send_when_room(&self, mut m: PeerMsg) -> bool {
+        loop {
+            let room = self.out.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            m = match self.out.try_push(m) {
+                Pushed::Queued => return true,
+                Pushed::Closed => return false,
+                Pushed::Full(m) => m,
+            };
+            room.await;
+        }
     }
 
     /// Sends a request and waits for its reply.
@@ -99,6 +237,29 @@ impl Peer {
 pub(crate) struct Peers {
     map: RwLock<HashMap<String, Peer>>,
     generation: AtomicU64,
+    /// Ids of the known servers by type, sorted; rebuilt when a server is added or removed,
+    /// so a lookup per request is a read lock and an `Arc` clone.
+    by_type: RwLock<HashMap<String, Arc<[String]>>>,
+}
+
+/// Builds the per-type id lists from the map.
+fn index_by_type(map: &HashMap<String, Peer>) -> HashMap<String, Arc<[String]>> {
+    let mut by_type: HashMap<String, Vec<String>> = HashMap::new();
+    for (id, p) in map {
+        if let Some(info) = &p.info {
+            by_type
+                .entry(info.server_type.clone())
+                .or_default()
+                .push(id.clone());
+        }
+    }
+    by_type
+        .into_iter()
+        .map(|(t, mut ids)| {
+            ids.sort();
+            (t, ids.into())
+        })
+        .collect()
 }
 
 impl Peers {
@@ -112,8 +273,24 @@ impl Peers {
         route: &str,
         timeout: Duration,
     ) -> Result<Arc<Link>, RpcError> {
-        let (mut rx, waiting) = match self.map.read().unwrap().get(id) {
-            None => return Err(RpcError::UnknownServer(id.to_string())),
+        match self.link_now(app, id)? {
+            Ok(link) => Ok(link),
+            // Boxed: the common case above keeps its callers' futures small.
+            Err((rx, waiting)) => {
+                Box::pin(wait_for_link(app, id, route, timeout, rx, waiting)).await
+            }
+        }
+    }
+
+    /// The link to a known server if it is up (`Ok(Ok)`), or what to wait on (`Ok(Err)`).
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn link_now(
+        &self,
+        app: &App,
+        id: &str,
+    ) -> Result<Result<Arc<Link>, (LinkWatch, Arc<AtomicUsize>)>, RpcError> {
+        match self.map.read().unwrap().get(id) {
+            None => Err(RpcError::UnknownServer(id.to_string())),
             Some(p) => {
                 if let Some(info) = &p.info
                     && !app
@@ -128,28 +305,10 @@ impl Peers {
                     });
                 }
                 match p.link.borrow().as_ref() {
-                    Some(l) => return Ok(l.clone()),
-                    None => (p.link.subscribe(), p.waiting.clone()),
+                    Some(l) => Ok(Ok(l.clone())),
+                    None => Ok(Err((p.link.subscribe(), p.waiting.clone()))),
                 }
             }
-        };
-        let limit = app.rpc_config().msg_cache_count;
-        if waiting.fetch_add(1, Ordering::AcqRel) >= limit {
-            waiting.fetch_sub(1, Ordering::AcqRel);
-            return Err(RpcError::QueueFull {
-                server: id.to_string(),
-                count: limit,
-            });
-        }
-        let r = tokio::time::timeout(timeout, rx.wait_for(|l| l.is_some())).await;
-        waiting.fetch_sub(1, Ordering::AcqRel);
-        match r {
-            Ok(Ok(l)) => Ok(l.clone().expect("waited for Some")),
-            Ok(Err(_)) => Err(RpcError::UnknownServer(id.to_string())),
-            Err(_) => Err(RpcError::Timeout {
-                server: id.to_string(),
-                route: route.to_string(),
-            }),
         }
     }
 
@@ -161,6 +320,15 @@ impl Peers {
             .values()
             .filter_map(|p| p.info.clone())
             .collect()
+    }
+
+    /// Ids of the known servers of one type, sorted (shared, not copied).
+    pub(crate) fn ids_of_type(&self, server_type: &str) -> Arc<[String]> {
+        static EMPTY: std::sync::OnceLock<Arc<[String]>> = std::sync::OnceLock::new();
+        match self.by_type.read().unwrap().get(server_type) {
+            Some(ids) => ids.clone(),
+            None => EMPTY.get_or_init(|| Arc::from(Vec::new())).clone(),
+        }
     }
 
     /// The type of a known server.
@@ -198,6 +366,10 @@ impl Peers {
         let id = info.id.clone();
         let entry = map.entry(id.clone()).or_insert_with(Peer::new);
         let new = entry.info.is_none();
+        let retyped = entry
+            .info
+            .as_ref()
+            .is_none_or(|old| old.server_type != info.server_type);
         entry.info = Some(info.clone());
         let may_link = app
             .rpc_config()
@@ -207,12 +379,20 @@ impl Peers {
             entry.dialer = Some(token.clone());
             tokio::spawn(dial_loop(app.clone(), info, token));
         }
+        if retyped {
+            *self.by_type.write().unwrap() = index_by_type(&map);
+        }
         new
     }
 
     /// Forgets a server: stops dialing it, closes its link and fails its calls.
     pub(crate) fn remove(&self, id: &str) -> Option<ServerInfo> {
-        let peer = self.map.write().unwrap().remove(id)?;
+        let peer = {
+            let mut map = self.map.write().unwrap();
+            let peer = map.remove(id)?;
+            *self.by_type.write().unwrap() = index_by_type(&map);
+            peer
+        };
         if let Some(d) = &peer.dialer {
             d.cancel();
         }
@@ -250,6 +430,38 @@ impl Peers {
                 }
             });
         }
+    }
+}
+
+/// Watches a peer's current link.
+pub(crate) type LinkWatch = watch::Receiver<Option<Arc<Link>>>;
+
+/// Waits for a link that is not up yet (see [`Peers::wait_link`]).
+async fn wait_for_link(
+    app: &App,
+    id: &str,
+    route: &str,
+    timeout: Duration,
+    mut rx: LinkWatch,
+    waiting: Arc<AtomicUsize>,
+) -> Result<Arc<Link>, RpcError> {
+    let limit = app.rpc_config().msg_cache_count;
+    if waiting.fetch_add(1, Ordering::AcqRel) >= limit {
+        waiting.fetch_sub(1, Ordering::AcqRel);
+        return Err(RpcError::QueueFull {
+            server: id.to_string(),
+            count: limit,
+        });
+    }
+    let r = tokio::time::timeout(timeout, rx.wait_for(|l| l.is_some())).await;
+    waiting.fetch_sub(1, Ordering::AcqRel);
+    match r {
+        Ok(Ok(l)) => Ok(l.clone().expect("waited for Some")),
+        Ok(Err(_)) => Err(RpcError::UnknownServer(id.to_string())),
+        Err(_) => Err(RpcError::Timeout {
+            server: id.to_string(),
+            route: route.to_string(),
+        }),
     }
 }
 
@@ -352,14 +564,18 @@ async fn run_link(
     cancel: CancellationToken,
 ) {
     let cfg = app.rpc_config().clone();
-    let framed = framed.map_codec(|_| ProtoCodec::<PeerMsg, PeerMsg>::new(cfg.max_len));
-    let (sink, mut stream) = framed.split();
-    let (tx, rx) = mpsc::channel::<PeerMsg>(LINK_QUEUE);
+    // Reader and writer own their halves of the socket (no lock between them); bytes the
+    // authentication step read ahead stay in the reader's buffer.
+    let parts = framed.into_parts();
+    let (read_half, write_half) = parts.io.into_split();
+    let mut stream = FramedRead::new(read_half, ProtoCodec::<PeerMsg, PeerMsg>::new(cfg.max_len));
+    *stream.read_buffer_mut() = parts.read_buf;
     let link = Arc::new(Link {
         generation: app.inner.peers.generation.fetch_add(1, Ordering::Relaxed),
+        peer_sid: peer.as_str().into(),
         peer: peer.clone(),
-        tx,
-        pending: Mutex::new(HashMap::new()),
+        out: Outbox::new(parts.write_buf),
+        pending: Mutex::new(HashMap::default()),
         closed: cancel.child_token(),
     });
     app.inner.peers.install(link.clone());
@@ -367,15 +583,15 @@ async fn run_link(
 
     let interval = cfg.interval.of(app.server_type());
     let writer = tokio::spawn(write_loop(
-        sink,
-        rx,
-        link.closed.clone(),
+        write_half,
+        link.clone(),
         interval,
         cfg.heartbeat,
     ));
 
-    // Silence is checked once per heartbeat period (a timer per message would cost on every
-    // message): a link quiet past the timeout is closed. With heartbeats off, never.
+    // Silence is checked once per heartbeat period (neither a timer nor a clock read per
+    // message): a period with traffic counts as heard at its end; a link quiet past the
+    // timeout is closed. With heartbeats off, never.
     let silence = cfg.heartbeat_timeout;
     let mut check = tokio::time::interval(if cfg.heartbeat.is_zero() {
         Duration::from_secs(3600)
@@ -384,19 +600,28 @@ async fn run_link(
     });
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_heard = tokio::time::Instant::now();
+    let mut heard = false;
+    // Registered once (not per message).
+    let closed = link.closed.clone();
+    let cancelled = closed.cancelled();
+    tokio::pin!(cancelled);
     loop {
+        // Messages first: the other branches are polled only when none is ready.
         let m = tokio::select! {
-            _ = link.closed.cancelled() => break,
+            biased;
+            m = stream.next() => m,
+            _ = &mut cancelled => break,
             _ = check.tick() => {
-                if !cfg.heartbeat.is_zero() && last_heard.elapsed() > silence {
+                if std::mem::take(&mut heard) {
+                    last_heard = tokio::time::Instant::now();
+                } else if !cfg.heartbeat.is_zero() && last_heard.elapsed() > silence {
                     warn!(%peer, "peer link silent for {silence:?} (heartbeat timeout): closing it");
                     break;
                 }
                 continue;
             }
-            m = stream.next() => m,
         };
-        last_heard = tokio::time::Instant::now();
+        heard = true;
         match m {
             None => break,
             Some(Err(e)) => {
@@ -414,18 +639,17 @@ async fn run_link(
     info!(%peer, "peer link down");
 }
 
-/// Drains a link's queue into its socket: whatever is queued goes out in one write; with an
-/// `interval`, messages are held up to that long to batch more. Sends a ping when the link has
-/// been idle for `heartbeat`.
-async fn write_loop<S>(
-    mut sink: S,
-    mut rx: mpsc::Receiver<PeerMsg>,
-    closed: CancellationToken,
+/// Writes a link's outbox to its socket: each wake-up takes every frame queued so far and
+/// writes them at once; with an `interval`, frames are held up to that long to batch more.
+/// Sends a ping when the link has been idle for `heartbeat`.
+async fn write_loop(
+    mut io: OwnedWriteHalf,
+    link: Arc<Link>,
     interval: Duration,
     heartbeat: Duration,
-) where
-    S: futures_util::Sink<PeerMsg> + Unpin,
-{
+) {
+    let out = &link.out;
+    let closed = &link.closed;
     // One ticker for the heartbeat (not a timer per message): a tick after a period with
     // nothing sent sends a ping.
     let mut seq = 0u64;
@@ -437,50 +661,47 @@ async fn write_loop<S>(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await; // the first tick is immediate
     let mut sent = false;
+    // The buffer being written; swapped with the outbox's so neither is reallocated.
+    let mut batch = BytesMut::new();
+    // Bytes queued before the writer started (from authentication) go out first.
+    out.ready.notify_one();
     loop {
-        let first = tokio::select! {
-            m = rx.recv() => match m {
-                Some(m) => {
-                    sent = true;
-                    m
-                }
-                None => break,
-            },
+        tokio::select! {
+            biased;
             _ = closed.cancelled() => break,
+            _ = out.ready.notified() => sent = true,
             _ = tick.tick(), if !heartbeat.is_zero() => {
                 if std::mem::take(&mut sent) {
                     continue;
                 }
                 seq += 1;
-                msg(peer_msg::Msg::Ping(kennel_proto::msg::Ping { seq }))
+                let ping = msg(peer_msg::Msg::Ping(kennel_proto::msg::Ping { seq }));
+                encode_frame(&ping, &mut out.state.lock().unwrap().buf);
             }
-        };
+        }
         if !interval.is_zero() {
             tokio::select! {
                 _ = tokio::time::sleep(interval) => {}
                 _ = closed.cancelled() => {}
             }
         }
-        if sink.feed(first).await.is_err() {
-            break;
-        }
-        let mut n = 0;
-        while n < 1024 {
-            match rx.try_recv() {
-                Ok(m) => {
-                    if sink.feed(m).await.is_err() {
-                        closed.cancel();
-                        return;
-                    }
-                    n += 1;
-                }
-                Err(_) => break,
+        {
+            let mut st = out.state.lock().unwrap();
+            if st.buf.is_empty() {
+                continue;
             }
+            std::mem::swap(&mut st.buf, &mut batch);
         }
-        if sink.flush().await.is_err() {
+        out.room.notify_waiters();
+        if io.write_all(&batch).await.is_err() {
             break;
+        }
+        batch.clear();
+        if batch.capacity() > KEEP_BUFFER {
+            batch = BytesMut::new();
         }
     }
+    out.close();
     closed.cancel();
 }
 
@@ -495,6 +716,11 @@ impl Link {
     /// The peer's id.
     pub(crate) fn peer(&self) -> &str {
         &self.peer
+    }
+
+    /// The peer's id, shared.
+    pub(crate) fn peer_sid(&self) -> &Arc<str> {
+        &self.peer_sid
     }
 }
 

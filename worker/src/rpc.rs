@@ -105,7 +105,7 @@ impl Rpc {
         let started = Instant::now();
         let result = async {
             let args = encode(args).map_err(RpcError::Codec)?;
-            let raw = self.call_raw(route, args).await?;
+            let raw = self.call_raw(route, args, started).await?;
             decode(&raw).map_err(RpcError::Codec)
         }
         .await;
@@ -148,8 +148,8 @@ impl Rpc {
         };
         if self.target == ALL {
             let server_type = route.split('.').next().unwrap_or_default();
-            for s in self.app.servers_of_type(server_type) {
-                Rpc::new(self.app.clone(), s.id)
+            for id in self.app.server_ids_of_type(server_type).iter() {
+                Rpc::new(self.app.clone(), id.clone())
                     .timeout(self.timeout)
                     .notify_raw(route, args.clone())
                     .await?;
@@ -192,7 +192,13 @@ impl Rpc {
         }
     }
 
-    async fn call_raw(&self, route: &str, args: Bytes) -> Result<Bytes, RpcError> {
+    /// Calls `route`; the timeout runs from `started`.
+    async fn call_raw(
+        &self,
+        route: &str,
+        args: Bytes,
+        started: Instant,
+    ) -> Result<Bytes, RpcError> {
         if self.target == ALL {
             return Err(RpcError::Codec(
                 "call to \"*\" has no single reply: use notify".into(),
@@ -201,7 +207,7 @@ impl Rpc {
         if self.target == self.app.id() {
             return self.app.run_remote(route, args).await;
         }
-        let deadline = tokio::time::Instant::now() + self.timeout;
+        let deadline = tokio::time::Instant::from_std(started) + self.timeout;
         let link = self
             .app
             .inner

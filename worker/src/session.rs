@@ -43,11 +43,26 @@ struct Inner {
 #[derive(Default)]
 struct State {
     uid: Option<u64>,
-    settings: Map<String, Value>,
+    /// The settings; `None` until first read on a backend copy, whose settings are parsed
+    /// from `encoded` only if a handler looks at them.
+    settings: Option<Map<String, Value>>,
     /// Cached JSON of `settings`; `None` after a change.
     encoded: Option<Bytes>,
     /// Frontend-only settings.
     local: Map<String, Value>,
+}
+
+impl State {
+    /// The settings, parsed from `encoded` on first use.
+    fn settings(&mut self) -> &mut Map<String, Value> {
+        let encoded = &self.encoded;
+        self.settings.get_or_insert_with(|| {
+            encoded
+                .as_deref()
+                .and_then(|b| serde_json::from_slice(b).ok())
+                .unwrap_or_default()
+        })
+    }
 }
 
 impl std::fmt::Debug for Session {
@@ -78,20 +93,23 @@ impl Session {
         }
     }
 
-    /// A backend copy, from a forwarded message.
-    pub(crate) fn from_proto(app: &App, s: msg::Session) -> Session {
-        let settings = match serde_json::from_slice::<Map<String, Value>>(&s.settings) {
-            Ok(m) => m,
-            Err(_) => Map::new(),
+    /// A backend copy, from a forwarded message (its settings are parsed when first read).
+    /// `link_sid` is the id of the server that forwarded it: the session's frontend when the
+    /// message leaves `sid` empty (see [`Session::to_forward`]).
+    pub(crate) fn from_proto(app: &App, s: msg::Session, link_sid: &Arc<str>) -> Session {
+        let sid = if s.sid.is_empty() || s.sid == **link_sid {
+            link_sid.clone()
+        } else {
+            s.sid.into()
         };
         Session {
             inner: Arc::new(Inner {
-                sid: s.sid.into(),
+                sid,
                 conn_id: s.conn_id,
                 ip: s.ip,
                 state: Mutex::new(State {
                     uid: s.uid,
-                    settings,
+                    settings: None,
                     encoded: if s.settings.is_empty() {
                         None
                     } else {
@@ -106,21 +124,32 @@ impl Session {
         }
     }
 
+    /// The copy that travels with a message its own frontend forwards: `sid` is left empty,
+    /// the receiver knows it from the link.
+    pub(crate) fn to_forward(&self) -> msg::Session {
+        self.proto(String::new())
+    }
+
     /// The copy that travels with a forwarded message.
     pub(crate) fn to_proto(&self) -> msg::Session {
+        self.proto(self.inner.sid.to_string())
+    }
+
+    fn proto(&self, sid: String) -> msg::Session {
         let mut st = self.inner.state.lock().unwrap();
-        let settings = match &st.encoded {
-            Some(b) => b.clone(),
-            None if st.settings.is_empty() => Bytes::new(),
-            None => {
-                let b = Bytes::from(serde_json::to_vec(&st.settings).unwrap_or_default());
+        let settings = match (&st.encoded, &st.settings) {
+            (Some(b), _) => b.clone(),
+            (None, None) => Bytes::new(),
+            (None, Some(m)) if m.is_empty() => Bytes::new(),
+            (None, Some(m)) => {
+                let b = Bytes::from(serde_json::to_vec(m).unwrap_or_default());
                 st.encoded = Some(b.clone());
                 b
             }
         };
         msg::Session {
             uid: st.uid,
-            sid: self.inner.sid.to_string(),
+            sid,
             conn_id: self.inner.conn_id,
             settings,
             ip: self.inner.ip.clone(),
@@ -166,22 +195,22 @@ impl Session {
 
     /// Reads a setting.
     pub fn get<T: DeserializeOwned>(&self, key: &str) -> Option<T> {
-        let st = self.inner.state.lock().unwrap();
-        st.settings.get(key).and_then(|v| T::deserialize(v).ok())
+        let mut st = self.inner.state.lock().unwrap();
+        st.settings().get(key).and_then(|v| T::deserialize(v).ok())
     }
 
     /// Sets a setting; it travels with every message this frontend forwards from now on.
     pub fn set<T: Serialize>(&self, key: &str, value: T) {
         let v = serde_json::to_value(value).unwrap_or(Value::Null);
         let mut st = self.inner.state.lock().unwrap();
-        st.settings.insert(key.to_string(), v);
+        st.settings().insert(key.to_string(), v);
         st.encoded = None;
     }
 
     /// Removes a setting.
     pub fn delete(&self, key: &str) {
         let mut st = self.inner.state.lock().unwrap();
-        if st.settings.remove(key).is_some() {
+        if st.settings().remove(key).is_some() {
             st.encoded = None;
         }
     }
@@ -215,7 +244,7 @@ impl Session {
 
     /// The complete settings as JSON (for `apply`).
     pub(crate) fn settings_json(&self) -> Bytes {
-        self.to_proto().settings
+        self.to_forward().settings
     }
 
     /// Replaces the settings (a backend's `apply`).
@@ -226,7 +255,7 @@ impl Session {
             serde_json::from_slice(json)?
         };
         let mut st = self.inner.state.lock().unwrap();
-        st.settings = settings;
+        st.settings = Some(settings);
         st.encoded = None;
         Ok(())
     }
