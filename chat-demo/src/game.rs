@@ -5,7 +5,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use kennel::{App, Session};
-use serde_json::value::{RawValue, to_raw_value};
 use serde_json::{Value, json};
 
 /// Room state of one chat server: room -> {frontend id: [uids]} (the shape `send_by_group`
@@ -134,15 +133,14 @@ pub fn setup(app: &App) {
         },
     );
 
-    // The echoes pass the message through as raw JSON (checked, never built into a tree).
     app.handler(
         "chat.main.echo",
-        |_: App, _: Session, msg: Box<RawValue>| async move { Some(msg) },
+        |_: App, _: Session, msg: Value| async move { Some(msg) },
     );
 
     app.handler(
         "chat.main.rpcEcho",
-        |app: App, _: Session, msg: Box<RawValue>| async move {
+        |app: App, _: Session, msg: Value| async move {
             let ids = app.server_ids_of_type("chat");
             let target = match ids.iter().position(|i| i == app.id()) {
                 Some(i) if ids.len() > 1 => ids[(i + 1) % ids.len()].clone(),
@@ -151,12 +149,11 @@ pub fn setup(app: &App) {
             Some(
                 match app
                     .rpc(&target)
-                    .call::<_, Box<RawValue>>("chat.main.echo", &msg)
+                    .call::<_, Value>("chat.main.echo", &msg)
                     .await
                 {
                     Ok(v) => v,
-                    Err(e) => to_raw_value(&json!({"code": 1, "err": e.to_string()}))
-                        .expect("a JSON value encodes"),
+                    Err(e) => json!({"code": 1, "err": e.to_string()}),
                 },
             )
         },
@@ -167,10 +164,7 @@ pub fn setup(app: &App) {
         r.lock().unwrap().leave(uid);
         async {}
     });
-    app.remote(
-        "chat.main.echo",
-        |_: App, msg: Box<RawValue>| async move { msg },
-    );
+    app.remote("chat.main.echo", |_: App, msg: Value| async move { msg });
 
     // Only logged-in players may talk: a send from a session without a uid never reaches the
     // handler (runs on the chat server, before the handler).
