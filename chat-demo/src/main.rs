@@ -14,9 +14,6 @@ use std::process::ExitCode;
 mod game;
 mod web;
 
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     // A server is started with flags only (`--id x --env e`); `chat-demo send --id x ...` is
     // the CLI.
