@@ -22,7 +22,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, oneshot, watch};
-use tokio_util::codec::{Framed, FramedRead};
+use tokio_util::codec::{Framed, FramedParts, FramedRead};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -32,6 +32,8 @@ use crate::{App, RpcError, ServerInfo};
 const LINK_QUEUE_BYTES: usize = 4 << 20;
 /// A write buffer grown past this is not kept for the next batch.
 const KEEP_BUFFER: usize = 1 << 20;
+/// Initial read buffer of a link (it grows with the link's traffic).
+const LINK_READ_BUFFER: usize = 256;
 /// How long authentication may take.
 const AUTH_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -547,7 +549,13 @@ pub(crate) async fn accept_loop(app: App, listener: TcpListener, shutdown: Cance
             match tokio::time::timeout(AUTH_TIMEOUT, auth::accept(&mut framed, app.id(), admit))
                 .await
             {
-                Ok(Ok(hello)) => run_link(app, hello.id, framed, shutdown).await,
+                Ok(Ok(mut hello)) => {
+                    // The rest of the hello may hold slices of the authentication's read
+                    // buffer: dropped now, not when the link ends.
+                    let peer = std::mem::take(&mut hello.id);
+                    drop(hello);
+                    run_link(app, peer, framed, shutdown).await
+                }
                 Ok(Err(e)) => warn!(%addr, cause = %e, "peer link refused"),
                 Err(_) => warn!(%addr, "peer link authentication timed out"),
             }
@@ -566,15 +574,30 @@ async fn run_link(
     let cfg = app.rpc_config().clone();
     // Reader and writer own their halves of the socket (no lock between them); bytes the
     // authentication step read ahead stay in the reader's buffer.
-    let parts = framed.into_parts();
-    let (read_half, write_half) = parts.io.into_split();
-    let mut stream = FramedRead::new(read_half, ProtoCodec::<PeerMsg, PeerMsg>::new(cfg.max_len));
-    *stream.read_buffer_mut() = parts.read_buf;
+    // Both buffers start small (the authentication step's 8 KiB ones are dropped unless they
+    // hold bytes): most links of a large mesh are idle, and a busy link's buffers grow to its
+    // traffic.
+    let FramedParts {
+        io,
+        read_buf: auth_read,
+        write_buf: auth_write,
+        ..
+    } = framed.into_parts();
+    let (read_half, write_half) = io.into_split();
+    let mut stream = FramedRead::with_capacity(
+        read_half,
+        ProtoCodec::<PeerMsg, PeerMsg>::new(cfg.max_len),
+        LINK_READ_BUFFER,
+    );
+    stream.read_buffer_mut().extend_from_slice(&auth_read);
+    let write_buf = BytesMut::from(&auth_write[..]);
+    // Freed now, not when the link ends.
+    drop((auth_read, auth_write));
     let link = Arc::new(Link {
         generation: app.inner.peers.generation.fetch_add(1, Ordering::Relaxed),
         peer_sid: peer.as_str().into(),
         peer: peer.clone(),
-        out: Outbox::new(parts.write_buf),
+        out: Outbox::new(write_buf),
         pending: Mutex::new(HashMap::default()),
         closed: cancel.child_token(),
     });
