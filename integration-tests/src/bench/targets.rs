@@ -69,13 +69,24 @@ impl Target {
     ///
     /// Frontends get `"threads": 2`, as a studio would give a busy gate: a Node process cannot
     /// use a second core, a kennel frontend can. Chat servers keep the default single thread.
-    /// Server CPU time per request is the like-for-like figure either way.
+    /// Server CPU time per request is the like-for-like figure either way. The environment
+    /// variables `KENNEL_BENCH_FRONTEND_THREADS` and `KENNEL_BENCH_CHAT_THREADS` change both.
     pub fn kennel(
         connectors: u16,
         chats: u16,
         release: Option<bool>,
     ) -> Result<(Target, BootTimes)> {
-        let mut opts = ClusterOptions::new(connectors, 0, chats).connector_key("threads", json!(2));
+        let threads = |var: &str, default: u64| {
+            std::env::var(var)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(default)
+        };
+        let mut opts = ClusterOptions::new(connectors, 0, chats).connector_key(
+            "threads",
+            json!(threads("KENNEL_BENCH_FRONTEND_THREADS", 2)),
+        );
+        opts.chat_extra = json!({"threads": threads("KENNEL_BENCH_CHAT_THREADS", 1)});
         opts.release = release;
         let cluster = Cluster::start_opts(&opts)?;
         let registered = cluster.spawned_at().elapsed();
