@@ -9,6 +9,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -86,8 +87,9 @@ where
 {
     Arc::new(move |app, session, payload| match decode::<Req>(&payload) {
         Ok(req) => {
-            let fut = f(app, session, req);
-            Box::pin(async move { fut.await.into_reply() })
+            // `map`, not `async move { fut.await... }`: an async block would hold the handler's
+            // future twice (captured, then awaited), doubling every boxed handler.
+            Box::pin(f(app, session, req).map(Reply::into_reply))
         }
         Err(e) => Box::pin(std::future::ready(Err(e))),
     })
@@ -105,10 +107,7 @@ where
     Fut: Future<Output = Out> + Send + 'static,
 {
     Arc::new(move |app, payload| match decode::<Args>(&payload) {
-        Ok(args) => {
-            let fut = f(app, args);
-            Box::pin(async move { finish(fut.await) })
-        }
+        Ok(args) => Box::pin(f(app, args).map(finish)),
         Err(e) => Box::pin(std::future::ready(Err(e))),
     })
 }
