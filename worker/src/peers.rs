@@ -8,6 +8,7 @@
 //! A dialer redials after a delay for as long as the master lists the peer.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -154,12 +155,22 @@ pub(crate) struct Link {
 
 impl Link {
     /// Queues a message (waits while the link's buffer is full). False if the link is gone.
-    pub(crate) async fn send(&self, m: PeerMsg) -> bool {
-        match self.out.try_push(m) {
-            Pushed::Queued => true,
-            Pushed::Closed => false,
-            // Boxed: the common case above keeps its callers' futures small.
-            Pushed::Full(m) => Box::pin(self.send_when_room(m)).await,
+    ///
+    /// The message is queued (or refused) when `send` is called; the future only waits when
+    /// the buffer is full. A plain fn, not an `async fn`: the future does not hold the message
+    /// (twice) for its callers, so an RPC call's future stays small.
+    pub(crate) fn send(&self, m: PeerMsg) -> impl Future<Output = bool> + Send + '_ {
+        let wait = match self.out.try_push(m) {
+            Pushed::Queued => Ok(true),
+            Pushed::Closed => Ok(false),
+            // Boxed: the common cases above keep their callers' futures small.
+            Pushed::Full(m) => Err(Box::pin(self.send_when_room(m))),
+        };
+        async move {
+            match wait {
+                Ok(sent) => sent,
+                Err(waiting) => waiting.await,
+            }
         }
     }
 
@@ -188,18 +199,22 @@ impl Link {
     }
 
     /// Sends a request and waits for its reply.
-    pub(crate) async fn call(
+    pub(crate) fn call(
         &self,
         id: u64,
         m: PeerMsg,
-    ) -> Result<oneshot::Receiver<Result<Bytes, RpcError>>, RpcError> {
+    ) -> impl Future<Output = Result<oneshot::Receiver<Result<Bytes, RpcError>>, RpcError>> + Send + '_
+    {
         let (tx, rx) = oneshot::channel();
         self.pending.lock().unwrap().insert(id, tx);
-        if !self.send(m).await {
-            self.pending.lock().unwrap().remove(&id);
-            return Err(RpcError::LinkDropped(self.peer.clone()));
+        let sent = self.send(m);
+        async move {
+            if !sent.await {
+                self.pending.lock().unwrap().remove(&id);
+                return Err(RpcError::LinkDropped(self.peer.clone()));
+            }
+            Ok(rx)
         }
-        Ok(rx)
     }
 
     pub(crate) fn forget(&self, id: u64) {
