@@ -173,18 +173,30 @@ impl FrontendState {
     pub(crate) fn close_silent(&self, limit: Duration) {
         let now = now_ms();
         let limit_ms = limit.as_millis() as u64;
-        for s in self.conns.lock().unwrap().values() {
+        // Collected under the lock, logged and closed after it: a mass timeout (a network
+        // cut) must not hold up deliveries while thousands of lines are written.
+        let silent: Vec<Session> = self
+            .conns
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|s| {
+                s.conn().is_some_and(|c| {
+                    !c.is_closing()
+                        && now.saturating_sub(c.heard.load(Ordering::Relaxed)) >= limit_ms
+                })
+            })
+            .cloned()
+            .collect();
+        for s in silent {
             let Some(c) = s.conn() else { continue };
-            let silent = now.saturating_sub(c.heard.load(Ordering::Relaxed));
-            if silent >= limit_ms && !c.is_closing() {
-                let limit = limit.as_secs();
-                tracing::warn!(
-                    conn = c.id,
-                    ip = s.ip(),
-                    "no heartbeat for {limit} s: closing"
-                );
-                c.close();
-            }
+            let limit = limit.as_secs();
+            tracing::warn!(
+                conn = c.id,
+                ip = s.ip(),
+                "no heartbeat for {limit} s: closing"
+            );
+            c.close();
         }
     }
 
