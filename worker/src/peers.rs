@@ -11,30 +11,29 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::task::{Poll, ready};
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use futures_util::StreamExt;
 use kennel_proto::auth;
-use kennel_proto::frame::{AUTH_MAX_FRAME, ProtoCodec, length_codec};
+use kennel_proto::frame::{AUTH_MAX_FRAME, LinkError, ProtoCodec, length_codec};
 use kennel_proto::msg::{PeerMsg, Role, peer_msg};
 use prost::Message;
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, oneshot, watch};
-use tokio_util::codec::{Framed, FramedParts, FramedRead};
+use tokio_util::codec::{Decoder, Framed, FramedParts};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::wire::AdaptiveRead;
 use crate::{App, RpcError, ServerInfo};
 
 /// Bytes queued per link before senders wait (a single larger message still goes out).
 const LINK_QUEUE_BYTES: usize = 4 << 20;
 /// A write buffer grown past this is not kept for the next batch.
 const KEEP_BUFFER: usize = 1 << 20;
-/// Initial read buffer of a link (it grows with the link's traffic).
-const LINK_READ_BUFFER: usize = 256;
 /// How long authentication may take.
 const AUTH_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -599,12 +598,12 @@ async fn run_link(
         ..
     } = framed.into_parts();
     let (read_half, write_half) = io.into_split();
-    let mut stream = FramedRead::with_capacity(
-        read_half,
-        ProtoCodec::<PeerMsg, PeerMsg>::new(cfg.max_len),
-        LINK_READ_BUFFER,
-    );
-    stream.read_buffer_mut().extend_from_slice(&auth_read);
+    let mut stream = LinkReader {
+        io: read_half,
+        buf: BytesMut::from(&auth_read[..]),
+        read: AdaptiveRead::new(),
+        codec: ProtoCodec::new(cfg.max_len),
+    };
     let write_buf = BytesMut::from(&auth_write[..]);
     // Freed now, not when the link ends.
     drop((auth_read, auth_write));
@@ -675,6 +674,44 @@ async fn run_link(
     link.fail_pending();
     let _ = writer.await;
     info!(%peer, "peer link down");
+}
+
+/// The reading side of a link: frames decoded from a buffer filled by reads of an adaptive
+/// size (an idle link holds a few dozen bytes, a busy one reads up to 64 KiB at once).
+struct LinkReader {
+    io: OwnedReadHalf,
+    buf: BytesMut,
+    read: AdaptiveRead,
+    codec: ProtoCodec<PeerMsg, PeerMsg>,
+}
+
+impl LinkReader {
+    /// The next message; `None` when the peer closed the link between messages. Cancel-safe:
+    /// bytes read stay in the buffer.
+    async fn next(&mut self) -> Option<Result<PeerMsg, LinkError>> {
+        std::future::poll_fn(|cx| {
+            loop {
+                match self.codec.decode(&mut self.buf) {
+                    Ok(Some(m)) => return Poll::Ready(Some(Ok(m))),
+                    Ok(None) => {}
+                    Err(e) => return Poll::Ready(Some(Err(e))),
+                }
+                match ready!(self.read.poll_read(&mut self.io, cx, &mut self.buf)) {
+                    Ok(0) if self.buf.is_empty() => return Poll::Ready(None),
+                    Ok(0) => {
+                        let e = std::io::Error::new(
+                            std::io::ErrorKind::UnexpectedEof,
+                            "link closed in the middle of a message",
+                        );
+                        return Poll::Ready(Some(Err(e.into())));
+                    }
+                    Ok(_) => {}
+                    Err(e) => return Poll::Ready(Some(Err(e.into()))),
+                }
+            }
+        })
+        .await
+    }
 }
 
 /// Writes a link's outbox to its socket: each wake-up takes every frame queued so far and
@@ -765,4 +802,75 @@ impl Link {
 /// A `PeerMsg` from its variant.
 pub(crate) fn msg(m: peer_msg::Msg) -> PeerMsg {
     PeerMsg { msg: Some(m) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    /// A link reader on one end of a loopback TCP pair, and the other end's writer.
+    async fn reader() -> (LinkReader, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (b, _) = l.accept().await.unwrap();
+        let (rd, _wr) = b.into_split();
+        let r = LinkReader {
+            io: rd,
+            buf: BytesMut::new(),
+            read: AdaptiveRead::new(),
+            codec: ProtoCodec::new(1 << 20),
+        };
+        (r, a)
+    }
+
+    fn ping(seq: u64) -> PeerMsg {
+        msg(peer_msg::Msg::Ping(kennel_proto::msg::Ping { seq }))
+    }
+
+    #[tokio::test]
+    async fn reads_every_message_of_a_burst_in_order_then_the_end() {
+        let (mut r, mut w) = reader().await;
+        let mut bytes = BytesMut::new();
+        for seq in 0..20_000 {
+            encode_frame(&ping(seq), &mut bytes);
+        }
+        // Written in uneven pieces, so frames straddle reads.
+        let writer = tokio::spawn(async move {
+            for chunk in bytes.chunks(777) {
+                w.write_all(chunk).await.unwrap();
+            }
+        });
+        for seq in 0..20_000 {
+            let m = tokio::time::timeout(Duration::from_secs(10), r.next())
+                .await
+                .unwrap();
+            assert_eq!(m.unwrap().unwrap(), ping(seq));
+        }
+        writer.await.unwrap();
+        let end = tokio::time::timeout(Duration::from_secs(10), r.next()).await;
+        assert!(
+            end.unwrap().is_none(),
+            "a close between messages ends the link"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_close_in_the_middle_of_a_message_is_an_error() {
+        let (mut r, mut w) = reader().await;
+        let mut bytes = BytesMut::new();
+        encode_frame(&ping(1), &mut bytes);
+        w.write_all(&bytes[..bytes.len() - 1]).await.unwrap();
+        drop(w);
+        let m = tokio::time::timeout(Duration::from_secs(10), r.next()).await;
+        assert!(matches!(m.unwrap(), Some(Err(LinkError::Io(_)))));
+    }
+
+    #[tokio::test]
+    async fn an_oversized_frame_is_an_error() {
+        let (mut r, mut w) = reader().await;
+        w.write_all(&(2u32 << 20).to_be_bytes()).await.unwrap();
+        let m = tokio::time::timeout(Duration::from_secs(10), r.next()).await;
+        assert!(matches!(m.unwrap(), Some(Err(_))));
+    }
 }

@@ -11,7 +11,7 @@ use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::{Sink, Stream};
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -62,19 +62,48 @@ const READ_MAX: usize = 64 * 1024;
 
 // ---------------------------------------------------------------------- TCP
 
+/// Reads of an adaptive size into a `BytesMut`: the free space wanted before a read grows
+/// while reads fill the buffer (a busy stream gets few large reads) and shrinks when they stop
+/// (an idle stream keeps a small buffer). Used by client connections and peer links.
+pub(crate) struct AdaptiveRead(usize);
+
+impl AdaptiveRead {
+    pub(crate) const fn new() -> AdaptiveRead {
+        AdaptiveRead(READ_MIN)
+    }
+
+    /// Reads what `io` has into `buf`; `Ok(0)` at the end of the stream.
+    pub(crate) fn poll_read<R: AsyncRead + Unpin>(
+        &mut self,
+        io: &mut R,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+    ) -> Poll<io::Result<usize>> {
+        if buf.capacity() - buf.len() < self.0 {
+            buf.reserve(self.0);
+        }
+        let spare = buf.capacity() - buf.len();
+        let n = ready!(tokio_util::io::poll_read_buf(Pin::new(io), cx, buf))?;
+        if n == spare {
+            self.0 = (self.0 * 2).min(READ_MAX);
+        } else if n < self.0 / 8 {
+            self.0 = (self.0 / 2).max(READ_MIN);
+        }
+        Poll::Ready(Ok(n))
+    }
+}
+
 /// A TCP client: frames straight on the stream.
 pub(crate) struct TcpWire {
     stream: TcpStream,
-    /// Free space wanted before a read: grows while reads fill the buffer (a busy client gets
-    /// few large reads), shrinks when they stop (an idle client keeps a small buffer).
-    read_hint: usize,
+    read: AdaptiveRead,
 }
 
 impl TcpWire {
     pub(crate) fn new(stream: TcpStream) -> TcpWire {
         TcpWire {
             stream,
-            read_hint: READ_MIN,
+            read: AdaptiveRead::new(),
         }
     }
 }
@@ -85,24 +114,8 @@ impl Wire for TcpWire {
         cx: &mut Context<'_>,
         buf: &mut BytesMut,
     ) -> Poll<io::Result<Option<usize>>> {
-        if buf.capacity() - buf.len() < self.read_hint {
-            buf.reserve(self.read_hint);
-        }
-        let spare = buf.capacity() - buf.len();
-        let n = ready!(tokio_util::io::poll_read_buf(
-            Pin::new(&mut self.stream),
-            cx,
-            buf
-        ))?;
-        if n == 0 {
-            return Poll::Ready(Ok(None));
-        }
-        if n == spare {
-            self.read_hint = (self.read_hint * 2).min(READ_MAX);
-        } else if n < self.read_hint / 8 {
-            self.read_hint = (self.read_hint / 2).max(READ_MIN);
-        }
-        Poll::Ready(Ok(Some(n)))
+        let n = ready!(self.read.poll_read(&mut self.stream, cx, buf))?;
+        Poll::Ready(Ok((n != 0).then_some(n)))
     }
 
     fn write_pending(&self, out: &VecDeque<Bytes>) -> bool {
@@ -226,5 +239,57 @@ impl Wire for WsWire {
 
     async fn shutdown(&mut self) {
         let _ = self.ws.close(None).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpListener;
+
+    /// A connected pair of TCP streams on loopback.
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (b, _) = l.accept().await.unwrap();
+        (a, b)
+    }
+
+    #[tokio::test]
+    async fn a_busy_stream_is_read_in_large_reads_and_an_idle_one_shrinks_back() {
+        let (mut tx, mut rx) = pair().await;
+        const TOTAL: usize = 4 << 20;
+        let writer = tokio::spawn(async move {
+            tx.write_all(&vec![7u8; TOTAL]).await.unwrap();
+            tx
+        });
+        let mut read = AdaptiveRead::new();
+        let mut buf = BytesMut::new();
+        let (mut got, mut reads) = (0, 0);
+        while got < TOTAL {
+            let n = std::future::poll_fn(|cx| read.poll_read(&mut rx, cx, &mut buf))
+                .await
+                .unwrap();
+            assert!(n > 0, "stream ended early");
+            got += n;
+            reads += 1;
+            buf.clear();
+        }
+        // Reads of the minimum size would take 65,536 reads; growing to 64 KiB takes ~100.
+        assert!(reads < 1_000, "{reads} reads for {TOTAL} bytes");
+        assert_eq!(read.0, READ_MAX, "the read size grew to the maximum");
+
+        // Small messages afterwards shrink it back.
+        let mut tx = writer.await.unwrap();
+        for _ in 0..20 {
+            tx.write_all(b"hi").await.unwrap();
+            let n = std::future::poll_fn(|cx| read.poll_read(&mut rx, cx, &mut buf))
+                .await
+                .unwrap();
+            assert!(n > 0);
+            buf.clear();
+        }
+        assert_eq!(read.0, READ_MIN, "an idle stream's read size shrank back");
     }
 }
