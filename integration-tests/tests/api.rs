@@ -114,6 +114,10 @@ fn handlers(
         },
     );
     app.remote("game.remote.echo", |_: App, v: Value| async move { v });
+    app.remote("game.remote.slow", |_: App, ms: u64| async move {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        ms
+    });
     app.handler(
         "gate.main.blocked",
         |_: App, _: Session, _: Value| async move { Some(json!("must not run")) },
@@ -131,6 +135,11 @@ fn handlers(
                 app.rpc(&target)
                     .call("game.remote.hello", &"not a tuple")
                     .await
+            } else if let Some(ms) = v["timeoutMs"].as_u64() {
+                app.rpc(&target)
+                    .timeout(Duration::from_millis(ms))
+                    .call("game.remote.slow", &v["slowMs"])
+                    .await
             } else {
                 app.rpc(&target).call("game.remote.echo", &v["body"]).await
             };
@@ -138,6 +147,9 @@ fn handlers(
                 Ok(v) => json!({"ok": v}),
                 Err(RpcError::UnknownServer(s)) => json!({"unknown": s}),
                 Err(RpcError::Remote { message, .. }) => json!({"remote": message}),
+                Err(RpcError::Timeout { server, route }) => {
+                    json!({"timeout": {"server": server, "route": route}})
+                }
                 Err(e) => json!({"other": e.to_string()}),
             })
         },
@@ -437,6 +449,34 @@ async fn rpc_results_and_errors() {
         "{r}"
     );
     assert!(started.elapsed() < Duration::from_secs(5));
+
+    // A remote slower than the call's timeout: the call fails with a timeout naming the server
+    // and the route, not before the timeout and soon after it.
+    let started = std::time::Instant::now();
+    let r = c
+        .request(
+            "game.main.rpc",
+            &json!({"target": "game-2", "timeoutMs": 300, "slowMs": 3000}),
+        )
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(
+        r,
+        json!({"timeout": {"server": "game-2", "route": "game.remote.slow"}})
+    );
+    assert!(took >= Duration::from_millis(300), "{took:?}");
+    assert!(took < Duration::from_millis(2500), "{took:?}");
+    // Within its timeout the same remote answers; the late reply of the first call is
+    // ignored, and the link keeps working.
+    let r = c
+        .request(
+            "game.main.rpc",
+            &json!({"target": "game-2", "timeoutMs": 5000, "slowMs": 10}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r, json!({"ok": 10}));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -667,6 +667,7 @@ impl App {
             peer_listener,
             shutdown.clone(),
         ));
+        tokio::spawn(peers::expire_calls(self.clone(), shutdown.clone()));
         if let (true, Some(port)) = (me.frontend, me.client_port) {
             let addr = format!("{}:{}", me.host, port);
             let l = TcpListener::bind(&addr)

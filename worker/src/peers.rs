@@ -12,7 +12,7 @@ use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Poll, ready};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use kennel_proto::auth;
@@ -38,7 +38,18 @@ const KEEP_BUFFER: usize = 1 << 20;
 const AUTH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Calls waiting for replies, by call id (ids are a counter: hashed by identity).
-type Pending = Mutex<HashMap<u64, oneshot::Sender<Result<Bytes, RpcError>>, IdHash>>;
+type Pending = Mutex<HashMap<u64, PendingCall, IdHash>>;
+
+/// How often calls past their deadline are failed with [`RpcError::Timeout`]: a call times
+/// out between its timeout and this much later. One sweep per server instead of a timer per
+/// call, and only while calls are waiting.
+pub(crate) const CALL_SWEEP: Duration = Duration::from_millis(50);
+
+/// A call waiting for its reply.
+struct PendingCall {
+    tx: oneshot::Sender<Result<Bytes, RpcError>>,
+    deadline: Instant,
+}
 
 /// Hashes a `u64` call id as itself: ids are unique sequential numbers, so the table's
 /// buckets spread them without a keyed hash.
@@ -148,6 +159,8 @@ pub(crate) struct Link {
     out: Outbox,
     /// Calls waiting for a reply on this link; failed when it drops.
     pending: Pending,
+    /// Wakes the timeout sweep ([`expire_calls`]) when a call starts waiting on an idle link.
+    calls_waiting: Arc<Notify>,
     /// Cancelled when the link ends (either side), or to close it.
     closed: CancellationToken,
 }
@@ -197,15 +210,24 @@ impl Link {
         }
     }
 
-    /// Sends a request and waits for its reply.
+    /// Sends a request; the receiver gets its reply, or [`RpcError::Timeout`] (with an empty
+    /// route) once `deadline` has passed, or [`RpcError::LinkDropped`].
     pub(crate) fn call(
         &self,
         id: u64,
         m: PeerMsg,
+        deadline: Instant,
     ) -> impl Future<Output = Result<oneshot::Receiver<Result<Bytes, RpcError>>, RpcError>> + Send + '_
     {
         let (tx, rx) = oneshot::channel();
-        self.pending.lock().unwrap().insert(id, tx);
+        let first = {
+            let mut pending = self.pending.lock().unwrap();
+            pending.insert(id, PendingCall { tx, deadline });
+            pending.len() == 1
+        };
+        if first {
+            self.calls_waiting.notify_one();
+        }
         let sent = self.send(m);
         async move {
             if !sent.await {
@@ -216,15 +238,30 @@ impl Link {
         }
     }
 
-    pub(crate) fn forget(&self, id: u64) {
-        self.pending.lock().unwrap().remove(&id);
-    }
-
     fn fail_pending(&self) {
         let pending = std::mem::take(&mut *self.pending.lock().unwrap());
-        for (_, tx) in pending {
-            let _ = tx.send(Err(RpcError::LinkDropped(self.peer.clone())));
+        for (_, c) in pending {
+            let _ = c.tx.send(Err(RpcError::LinkDropped(self.peer.clone())));
         }
+    }
+
+    /// Fails the calls whose deadline is at or before `now`; how many are still waiting.
+    fn expire(&self, now: Instant) -> usize {
+        let (expired, left): (Vec<PendingCall>, usize) = {
+            let mut pending = self.pending.lock().unwrap();
+            if pending.is_empty() {
+                return 0;
+            }
+            let expired = pending.extract_if(|_, c| c.deadline <= now).map(|(_, c)| c);
+            (expired.collect(), pending.len())
+        };
+        for c in expired {
+            let _ = c.tx.send(Err(RpcError::Timeout {
+                server: self.peer.clone(),
+                route: String::new(),
+            }));
+        }
+        left
     }
 }
 
@@ -256,6 +293,31 @@ pub(crate) struct Peers {
     /// Ids of the known servers by type, sorted; rebuilt when a server is added or removed,
     /// so a lookup per request is a read lock and an `Arc` clone.
     by_type: RwLock<HashMap<String, Arc<[String]>>>,
+    /// Notified when a call starts waiting on a link that had none (see [`expire_calls`]).
+    calls_waiting: Arc<Notify>,
+}
+
+/// Fails calls past their deadline, every [`CALL_SWEEP`] while any call waits; sleeps
+/// otherwise. Runs until `shutdown`.
+pub(crate) async fn expire_calls(app: App, shutdown: CancellationToken) {
+    let peers = &app.inner.peers;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = peers.calls_waiting.notified() => {}
+        }
+        // A call that starts waiting after a sweep found none leaves a permit in the
+        // `Notify`, so it is never missed.
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(CALL_SWEEP) => {}
+            }
+            if peers.expire(Instant::now()) == 0 {
+                break;
+            }
+        }
+    }
 }
 
 /// Builds the per-type id lists from the map.
@@ -279,6 +341,18 @@ fn index_by_type(map: &HashMap<String, Peer>) -> HashMap<String, Arc<[String]>> 
 }
 
 impl Peers {
+    /// Fails every call past its deadline; how many calls are still waiting.
+    fn expire(&self, now: Instant) -> usize {
+        let links: Vec<Arc<Link>> = self
+            .map
+            .read()
+            .unwrap()
+            .values()
+            .filter_map(|p| p.link.borrow().clone())
+            .collect();
+        links.iter().map(|l| l.expire(now)).sum()
+    }
+
     /// The link to a known server, waiting up to `timeout` while it is not connected yet
     /// (booting, reconnecting). `route` names what waits, for the timeout error. At most
     /// `rpcMsgCacheCount` waiters per peer; pairs of types in `noRpcMatrix` fail at once.
@@ -613,6 +687,7 @@ async fn run_link(
         peer: peer.clone(),
         out: Outbox::new(write_buf),
         pending: Mutex::new(HashMap::default()),
+        calls_waiting: app.inner.peers.calls_waiting.clone(),
         closed: cancel.child_token(),
     });
     app.inner.peers.install(link.clone());
@@ -784,7 +859,7 @@ impl Link {
     /// Delivers an RPC reply to its waiting caller.
     pub(crate) fn complete(&self, id: u64, r: Result<Bytes, RpcError>) {
         if let Some(tx) = self.pending.lock().unwrap().remove(&id) {
-            let _ = tx.send(r);
+            let _ = tx.tx.send(r);
         }
     }
 

@@ -207,7 +207,7 @@ impl Rpc {
         if self.target == self.app.id() {
             return self.app.run_remote(route, args).await;
         }
-        let deadline = tokio::time::Instant::from_std(started) + self.timeout;
+        let deadline = started + self.timeout;
         let link = self
             .app
             .inner
@@ -220,24 +220,24 @@ impl Rpc {
             route: route.to_string(),
             args,
         }));
-        let rx = link.call(id, m).await?;
-        match tokio::time::timeout_at(deadline, rx).await {
-            Ok(Ok(Err(RpcError::Remote {
+        // No timer per call: the server's sweep fails it past its deadline
+        // (`peers::expire_calls`), with the route filled in here.
+        let rx = link.call(id, m, deadline).await?;
+        drop(link);
+        match rx.await {
+            Ok(Err(RpcError::Remote {
                 server, message, ..
-            }))) => Err(RpcError::Remote {
+            })) => Err(RpcError::Remote {
                 server,
                 route: route.to_string(),
                 message,
             }),
-            Ok(Ok(r)) => r,
-            Ok(Err(_)) => Err(RpcError::LinkDropped(self.target.clone())),
-            Err(_) => {
-                link.forget(id);
-                Err(RpcError::Timeout {
-                    server: self.target.clone(),
-                    route: route.to_string(),
-                })
-            }
+            Ok(Err(RpcError::Timeout { server, .. })) => Err(RpcError::Timeout {
+                server,
+                route: route.to_string(),
+            }),
+            Ok(r) => r,
+            Err(_) => Err(RpcError::LinkDropped(self.target.clone())),
         }
     }
 }

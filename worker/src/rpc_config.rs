@@ -23,6 +23,8 @@ use serde::Deserialize;
 #[derive(Debug, Clone, PartialEq)]
 pub struct RpcConfig {
     /// How long a call waits for its reply, link wait included (`timeout`, default 10 s).
+    /// Expired calls are failed by a sweep every 50 ms, so a call fails at most that much
+    /// after its timeout.
     pub timeout: Duration,
     /// Calls and forwarded messages that may wait for one peer whose link is not up yet
     /// (`rpcMsgCacheCount`, default 5000); beyond it a call fails with
