@@ -16,7 +16,11 @@ use std::env;
 use std::process::Command;
 
 fn main() {
-    println!("cargo:rustc-link-arg-bins=-no-pie");
+    // With `+crt-static` rustc links a static PIE, which `-no-pie` would break.
+    let features = env::var("CARGO_CFG_TARGET_FEATURE").unwrap_or_default();
+    if !features.split(',').any(|f| f == "crt-static") {
+        println!("cargo:rustc-link-arg-bins=-no-pie");
+    }
 
     println!("cargo:rerun-if-changed=symbol-order.txt");
     println!("cargo:rerun-if-env-changed=KENNEL_NO_SYMBOL_ORDER");
