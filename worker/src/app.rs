@@ -770,6 +770,7 @@ impl App {
             for cb in &self.frozen().reg.on_start_all {
                 cb(self.clone());
             }
+            release_free_heap();
         }
     }
 
@@ -1290,6 +1291,17 @@ fn server_secret(project: &Project) -> Result<String, Error> {
     match &project.master.server_secret {
         Some(s) if !s.is_empty() => Ok(s.clone()),
         _ => Ok(Secrets::resolve(project, false)?.server),
+    }
+}
+
+/// Start-up is over (config parsing, registration): hands the whole free pages of the heap back
+/// to the kernel. glibc returns only the top of the heap by itself; the start-up's garbage in
+/// the middle (about 100-200 KB per server) would stay resident for the server's lifetime.
+fn release_free_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory and is thread-safe.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
