@@ -35,15 +35,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// `pow`, from the `libm` crate (a port of musl's): tokio's multi-threaded scheduler (its
-/// poll-time average) is the only caller of a libm function in this binary, and defining it
-/// here lets the linker leave libm.so out, which every server process would otherwise map
-/// (about 0.3 MB RSS each, most of it libm's start-up IFUNC resolvers).
-#[unsafe(no_mangle)]
-pub extern "C" fn pow(x: f64, y: f64) -> f64 {
-    libm::pow(x, y)
-}
-
 /// Runs one server on the runtime its config asks for (`"threads"`, single-threaded by
 /// default).
 fn server() -> anyhow::Result<()> {
