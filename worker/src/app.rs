@@ -25,7 +25,7 @@ use tracing::{debug, info, warn};
 
 use crate::codec::{Codecs, FrameDecoder, MessageCodec, ProtocolCodec};
 use crate::connector::{self, ConnectorConfig};
-use crate::dispatch::poll_once;
+use crate::dispatch::poll_now;
 use crate::frontend::FrontendState;
 use crate::handler::{
     self, AfterFn, AppCb, BeforeFn, BoxFuture, GlobalFn, HandlerFn, RemoteFn, Reply, RouteFn,
@@ -839,7 +839,7 @@ impl App {
             return Ok(());
         };
         if server_type == self.server_type() {
-            self.run_handler(session.clone(), cmd, payload).await;
+            self.run_handler(session.clone(), cmd, payload);
             return Ok(());
         }
         let Some(target) = self.pick_server(server_type, session) else {
@@ -893,7 +893,7 @@ impl App {
     }
 
     /// Runs the local handler of `cmd` in arrival order and sends its reply to the client.
-    async fn run_handler(&self, session: Session, cmd: u16, payload: Bytes) {
+    fn run_handler(&self, session: Session, cmd: u16, payload: Bytes) {
         let Some(h) = self
             .frozen()
             .handlers
@@ -912,7 +912,7 @@ impl App {
         }
         // The handler runs inline until it first waits; the rest is then its own task.
         let mut fut = h(self.clone(), session.clone(), payload);
-        match poll_once(&mut fut).await {
+        match poll_now(&mut fut) {
             Some(r) => self.handler_done(session, cmd, r),
             None => {
                 let app = self.clone();
@@ -1018,7 +1018,7 @@ impl App {
     }
 
     /// Handles one message from a peer link.
-    pub(crate) async fn on_peer_msg(&self, link: &Arc<Link>, m: peer_msg::Msg) {
+    pub(crate) fn on_peer_msg(&self, link: &Arc<Link>, m: peer_msg::Msg) {
         match m {
             peer_msg::Msg::Client(req) => {
                 let session =
@@ -1031,7 +1031,7 @@ impl App {
                     );
                     return;
                 }
-                self.run_handler(session, cmd, req.payload).await;
+                self.run_handler(session, cmd, req.payload);
             }
             peer_msg::Msg::Push(p) => {
                 if let Some(f) = self.client_frame(p.cmd as u16, p.payload) {
@@ -1045,7 +1045,7 @@ impl App {
                     Ok(fut) => fut,
                     Err(e) => return remote_done(link, id, &req.route, Err(e)),
                 };
-                match poll_once(&mut fut).await {
+                match poll_now(&mut fut) {
                     Some(r) => {
                         let r = r.map_err(|m| self.remote_error(&req.route, m));
                         remote_done(link, id, &req.route, r);

@@ -3,25 +3,23 @@
 //! arrival order (as in mydog, where a handler runs synchronously until it awaits), while a
 //! handler that waits (an RPC, a timer) does not hold up the messages behind it.
 //!
-//! [`poll_once`] is the first step: the caller polls the (already boxed) work in place and
+//! [`poll_now`] is the first step: the caller polls the (already boxed) work in place and
 //! spawns only what is left, so work that finishes at once costs no task and no extra box.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::task::Poll;
+use std::task::{Context, Poll, Waker};
 
-/// Polls `fut` once in the caller's context: its output if it finished, `None` if it waits
-/// (the caller then spawns the rest).
-pub(crate) async fn poll_once<T, F: Future<Output = T> + ?Sized>(
-    fut: &mut Pin<Box<F>>,
-) -> Option<T> {
-    std::future::poll_fn(|cx| {
-        Poll::Ready(match fut.as_mut().poll(cx) {
-            Poll::Ready(v) => Some(v),
-            Poll::Pending => None,
-        })
-    })
-    .await
+/// Polls `fut` once, right now: its output if it finished, `None` if it waits (the caller then
+/// spawns the rest). The poll uses a no-op waker: what `fut` waits for is registered again
+/// by the spawned task's first poll, which sees anything that happened in between (every
+/// future checks its condition when polled). So dispatching needs no `.await`, and the
+/// caller's own future holds no state for it.
+pub(crate) fn poll_now<T, F: Future<Output = T> + ?Sized>(fut: &mut Pin<Box<F>>) -> Option<T> {
+    match fut.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(v) => Some(v),
+        Poll::Pending => None,
+    }
 }
 
 #[cfg(test)]
@@ -30,9 +28,9 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     /// What the app does with a message's work: poll in place, spawn the rest.
-    async fn in_order<F: Future<Output = ()> + Send + 'static>(fut: F) {
+    fn in_order<F: Future<Output = ()> + Send + 'static>(fut: F) {
         let mut fut = Box::pin(fut);
-        if poll_once(&mut fut).await.is_none() {
+        if poll_now(&mut fut).is_none() {
             tokio::spawn(fut);
         }
     }
@@ -42,18 +40,18 @@ mod tests {
         let log = Arc::new(Mutex::new(Vec::new()));
         for i in 0..5 {
             let log = log.clone();
-            in_order(async move { log.lock().unwrap().push(i) }).await;
+            in_order(async move { log.lock().unwrap().push(i) });
         }
         assert_eq!(*log.lock().unwrap(), vec![0, 1, 2, 3, 4]);
     }
 
     #[tokio::test]
-    async fn poll_once_gives_the_output_of_ready_work_only() {
+    async fn poll_now_gives_the_output_of_ready_work_only() {
         let mut ready = Box::pin(async { 7 });
-        assert_eq!(poll_once(&mut ready).await, Some(7));
+        assert_eq!(poll_now(&mut ready), Some(7));
         let (tx, rx) = tokio::sync::oneshot::channel::<u32>();
         let mut waiting = Box::pin(async move { rx.await.unwrap() });
-        assert_eq!(poll_once(&mut waiting).await, None);
+        assert_eq!(poll_now(&mut waiting), None);
         tx.send(9).unwrap();
         let out = tokio::time::timeout(std::time::Duration::from_secs(5), waiting).await;
         assert_eq!(out.unwrap(), 9);
@@ -68,10 +66,9 @@ mod tests {
             l1.lock().unwrap().push("first starts");
             rx.await.unwrap();
             l1.lock().unwrap().push("first ends");
-        })
-        .await;
+        });
         let l2 = log.clone();
-        in_order(async move { l2.lock().unwrap().push("second") }).await;
+        in_order(async move { l2.lock().unwrap().push("second") });
         tx.send(()).unwrap();
         tokio::time::timeout(std::time::Duration::from_secs(5), async {
             while log.lock().unwrap().len() < 3 {

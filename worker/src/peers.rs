@@ -659,7 +659,11 @@ async fn run_link(
     framed: Framed<TcpStream, tokio_util::codec::LengthDelimitedCodec>,
     cancel: CancellationToken,
 ) {
-    let cfg = app.rpc_config().clone();
+    // The settings it needs, not a copy of the whole config held for the link's life.
+    let (max_len, heartbeat, silence) = {
+        let cfg = app.rpc_config();
+        (cfg.max_len, cfg.heartbeat, cfg.heartbeat_timeout)
+    };
     // Reader and writer own their halves of the socket (no lock between them); bytes the
     // authentication step read ahead stay in the reader's buffer.
     // Both buffers start small (the authentication step's 8 KiB ones are dropped unless they
@@ -676,7 +680,7 @@ async fn run_link(
         io: read_half,
         buf: BytesMut::from(&auth_read[..]),
         read: AdaptiveRead::new(),
-        codec: ProtoCodec::new(cfg.max_len),
+        codec: ProtoCodec::new(max_len),
     };
     let write_buf = BytesMut::from(&auth_write[..]);
     // Freed now, not when the link ends.
@@ -693,22 +697,21 @@ async fn run_link(
     app.inner.peers.install(link.clone());
     info!(%peer, "peer link up");
 
-    let interval = cfg.interval.of(app.server_type());
+    let interval = app.rpc_config().interval.of(app.server_type());
     let writer = tokio::spawn(write_loop(
         write_half,
         link.clone(),
         interval,
-        cfg.heartbeat,
+        heartbeat,
     ));
 
     // Silence is checked once per heartbeat period (neither a timer nor a clock read per
     // message): a period with traffic counts as heard at its end; a link quiet past the
     // timeout is closed. With heartbeats off, never.
-    let silence = cfg.heartbeat_timeout;
-    let mut check = tokio::time::interval(if cfg.heartbeat.is_zero() {
+    let mut check = tokio::time::interval(if heartbeat.is_zero() {
         Duration::from_secs(3600)
     } else {
-        cfg.heartbeat
+        heartbeat
     });
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_heard = tokio::time::Instant::now();
@@ -726,7 +729,7 @@ async fn run_link(
             _ = check.tick() => {
                 if std::mem::take(&mut heard) {
                     last_heard = tokio::time::Instant::now();
-                } else if !cfg.heartbeat.is_zero() && last_heard.elapsed() > silence {
+                } else if !heartbeat.is_zero() && last_heard.elapsed() > silence {
                     warn!(%peer, "peer link silent for {silence:?} (heartbeat timeout): closing it");
                     break;
                 }
@@ -740,7 +743,7 @@ async fn run_link(
                 warn!(%peer, cause = %e, "bad message on peer link: closing it");
                 break;
             }
-            Some(Ok(PeerMsg { msg: Some(m) })) => app.on_peer_msg(&link, m).await,
+            Some(Ok(PeerMsg { msg: Some(m) })) => app.on_peer_msg(&link, m),
             Some(Ok(PeerMsg { msg: None })) => {}
         }
     }
