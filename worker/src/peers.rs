@@ -560,7 +560,9 @@ async fn dial_loop(app: App, info: ServerInfo, cancel: CancellationToken) {
     let addr = format!("{}:{}", info.host, info.port);
     let mut logged = false;
     loop {
-        let attempt = async {
+        // Boxed: the dial and authentication state is freed before the link runs, not
+        // kept in this task for the link's life.
+        let attempt = Box::pin(async {
             let stream = TcpStream::connect(&addr).await.map_err(|e| e.to_string())?;
             let _ = stream.set_nodelay(app.rpc_config().no_delay);
             let mut framed = Framed::new(stream, length_codec(AUTH_MAX_FRAME));
@@ -578,7 +580,7 @@ async fn dial_loop(app: App, info: ServerInfo, cancel: CancellationToken) {
             .map_err(|_| "authentication timed out".to_string())?
             .map_err(|e| e.to_string())?;
             Ok::<_, String>(framed)
-        };
+        });
         let result = tokio::select! {
             _ = cancel.cancelled() => return,
             r = attempt => r,
@@ -607,47 +609,64 @@ pub(crate) async fn accept_loop(app: App, listener: TcpListener, shutdown: Cance
         let app = app.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            let _ = stream.set_nodelay(app.rpc_config().no_delay);
-            let mut framed = Framed::new(stream, length_codec(AUTH_MAX_FRAME));
-            let me = app.id().to_string();
-            let secret = app.inner.secret.clone();
-            let admit = |h: &kennel_proto::msg::Hello| {
-                if h.role != Role::Peer as i32 {
-                    return Err("this port takes peer links only".to_string());
-                }
-                if h.target != me {
-                    return Err(format!("this is {me}, not {}", h.target));
-                }
-                if h.id.as_str() >= me.as_str() {
-                    return Err(format!(
-                        "{} must wait for {me} to dial (the smaller id dials)",
-                        h.id
-                    ));
-                }
-                if let Some(t) = app.inner.peers.type_of(&h.id)
-                    && !app.rpc_config().may_link(&t, app.server_type())
-                {
-                    return Err(format!(
-                        "noRpcMatrix: no links between {t} and {} servers",
-                        app.server_type()
-                    ));
-                }
-                Ok(secret.clone())
-            };
-            match tokio::time::timeout(AUTH_TIMEOUT, auth::accept(&mut framed, app.id(), admit))
-                .await
-            {
-                Ok(Ok(mut hello)) => {
-                    // The rest of the hello may hold slices of the authentication's read
-                    // buffer: dropped now, not when the link ends.
-                    let peer = std::mem::take(&mut hello.id);
-                    drop(hello);
-                    run_link(app, peer, framed, shutdown).await
-                }
-                Ok(Err(e)) => warn!(%addr, cause = %e, "peer link refused"),
-                Err(_) => warn!(%addr, "peer link authentication timed out"),
+            // Boxed: the authentication state is freed before the link runs, not kept in this
+            // task for the link's life.
+            if let Some((peer, framed)) = Box::pin(authenticate_inbound(&app, stream, addr)).await {
+                run_link(app, peer, framed, shutdown).await
             }
         });
+    }
+}
+
+/// Authenticates an inbound peer link: the peer's id and the framed stream, or `None` (logged)
+/// when it is refused or too slow.
+async fn authenticate_inbound(
+    app: &App,
+    stream: TcpStream,
+    addr: std::net::SocketAddr,
+) -> Option<(
+    String,
+    Framed<TcpStream, tokio_util::codec::LengthDelimitedCodec>,
+)> {
+    let _ = stream.set_nodelay(app.rpc_config().no_delay);
+    let mut framed = Framed::new(stream, length_codec(AUTH_MAX_FRAME));
+    let me = app.id().to_string();
+    let secret = app.inner.secret.clone();
+    let admit = |h: &kennel_proto::msg::Hello| {
+        if h.role != Role::Peer as i32 {
+            return Err("this port takes peer links only".to_string());
+        }
+        if h.target != me {
+            return Err(format!("this is {me}, not {}", h.target));
+        }
+        if h.id.as_str() >= me.as_str() {
+            return Err(format!(
+                "{} must wait for {me} to dial (the smaller id dials)",
+                h.id
+            ));
+        }
+        if let Some(t) = app.inner.peers.type_of(&h.id)
+            && !app.rpc_config().may_link(&t, app.server_type())
+        {
+            return Err(format!(
+                "noRpcMatrix: no links between {t} and {} servers",
+                app.server_type()
+            ));
+        }
+        Ok(secret.clone())
+    };
+    match tokio::time::timeout(AUTH_TIMEOUT, auth::accept(&mut framed, app.id(), admit)).await {
+        // The rest of the hello may hold slices of the authentication's read buffer: dropped
+        // now, not when the link ends.
+        Ok(Ok(hello)) => Some((hello.id, framed)),
+        Ok(Err(e)) => {
+            warn!(%addr, cause = %e, "peer link refused");
+            None
+        }
+        Err(_) => {
+            warn!(%addr, "peer link authentication timed out");
+            None
+        }
     }
 }
 
@@ -698,12 +717,7 @@ async fn run_link(
     info!(%peer, "peer link up");
 
     let interval = app.rpc_config().interval.of(app.server_type());
-    let writer = tokio::spawn(write_loop(
-        write_half,
-        link.clone(),
-        interval,
-        heartbeat,
-    ));
+    let writer = tokio::spawn(write_loop(write_half, link.clone(), interval, heartbeat));
 
     // Silence is checked once per heartbeat period (neither a timer nor a clock read per
     // message): a period with traffic counts as heard at its end; a link quiet past the
