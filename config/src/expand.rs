@@ -62,10 +62,10 @@ pub(crate) fn entry_label(server_type: &str, index: usize, entry: &Value) -> Str
 pub(crate) fn expand_all(
     file: &SourceFile,
     env: &str,
-    groups: &Map<String, Value>,
+    groups: &[(&String, &Value)],
 ) -> Result<Vec<Placed>, ConfigError> {
     let mut out = Vec::new();
-    for (server_type, entries) in groups {
+    for &(server_type, entries) in groups {
         if server_type.is_empty() || server_type.contains('.') {
             return Err(file.invalid(
                 env,

@@ -20,14 +20,15 @@ pub(crate) fn load(dir: &Path, env: &str) -> Result<Project, ConfigError> {
     )?;
 
     let servers_doc = parse(&servers_file, env)?;
-    let groups = select_env(&servers_file, &servers_doc, env)?;
-    let placed = expand::expand_all(&servers_file, env, groups)?;
+    // Validates the environment; its entries are then taken in file order.
+    select_env(&servers_file, &servers_doc, env)?;
+    let placed = expand::expand_all(&servers_file, env, &servers_doc.env_entries(env))?;
     validate::check_cluster(&master_file, &servers_file, env, &master, &placed)?;
     let servers: Vec<_> = placed.into_iter().map(|p| p.config).collect();
 
     let route_doc = parse(&route_file, env)?;
     let (routes, route_notes): (Vec<String>, Vec<Option<String>>) =
-        route::routes(&route_file, env, &route_doc)?
+        route::routes(&route_file, env, &route_doc.value)?
             .into_iter()
             .unzip();
     route::check_routes(&route_file, env, &routes, &servers)?;

@@ -1,12 +1,15 @@
 //! Finding and parsing the files of `config/sys/`: `<name>.json` or `<name>.toml` (never both),
-//! parsed into an order-preserving `serde_json::Value`, and picking one environment out of a
-//! file.
+//! parsed into a [`Doc`] (a `serde_json::Value` and the file order of its environments and of
+//! each environment's keys), and picking one environment out of a file.
 //!
-//! Files are parsed directly with serde_json / toml rather than through figment because
-//! figment's dictionaries are sorted, and the order of server types and entries matters.
+//! The order of server types and entries matters, and `serde_json`'s maps are sorted (kennel
+//! does not turn on its `preserve_order` feature, which would slow every game's `Value`), so
+//! the key order of the first two levels is read beside the value. Files are parsed directly
+//! with serde_json / toml rather than through figment, whose dictionaries are sorted too.
 
 use std::path::{Path, PathBuf};
 
+use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
 use crate::error::{ConfigError, Format, Problem, describe};
@@ -65,8 +68,122 @@ pub(crate) fn locate(dir: &Path, name: &'static str, env: &str) -> Result<Source
     }
 }
 
+/// A parsed config file.
+#[derive(Debug)]
+pub(crate) struct Doc {
+    /// The file's content (objects with sorted keys).
+    pub value: Value,
+    /// The top-level keys (environments) in file order, each with its value's keys in file
+    /// order (empty when the value is not a table).
+    order: Vec<(String, Vec<String>)>,
+}
+
+impl Doc {
+    /// The entries of environment `env`'s table in file order (empty if it is not a table).
+    pub(crate) fn env_entries<'a>(&'a self, env: &str) -> Vec<(&'a String, &'a Value)> {
+        let Some(Value::Object(map)) = self.value.get(env) else {
+            return Vec::new();
+        };
+        let keys = self
+            .order
+            .iter()
+            .find(|(k, _)| k == env)
+            .map(|(_, keys)| keys.as_slice())
+            .unwrap_or_default();
+        let mut out: Vec<_> = keys
+            .iter()
+            .filter_map(|k| map.get_key_value(k.as_str()))
+            .collect();
+        // Keys the order does not know (none when both come from one parse) go last, sorted.
+        out.extend(map.iter().filter(|(k, _)| !keys.contains(k)));
+        out
+    }
+}
+
+/// The key order of a document's first two object levels, read by serde alongside the value.
+struct KeyOrder(Vec<(String, Vec<String>)>);
+
+/// The keys of one object in order; empty for anything else.
+struct Keys(Vec<String>);
+
+impl<'de> Deserialize<'de> for KeyOrder {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = KeyOrder;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a table")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<KeyOrder, A::Error> {
+                let mut out = Vec::new();
+                while let Some(k) = m.next_key::<String>()? {
+                    out.push((k, m.next_value::<Keys>()?.0));
+                }
+                Ok(KeyOrder(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for Keys {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Keys;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("any value")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Keys, A::Error> {
+                let mut out = Vec::new();
+                while let Some(k) = m.next_key::<String>()? {
+                    m.next_value::<IgnoredAny>()?;
+                    out.push(k);
+                }
+                Ok(Keys(out))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> Result<Keys, A::Error> {
+                while s.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Keys(Vec::new()))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Keys, E> {
+                Ok(Keys(Vec::new()))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Keys, E> {
+                Ok(Keys(Vec::new()))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Keys, E> {
+                Ok(Keys(Vec::new()))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Keys, E> {
+                Ok(Keys(Vec::new()))
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Keys, E> {
+                Ok(Keys(Vec::new()))
+            }
+            fn visit_unit<E>(self) -> Result<Keys, E> {
+                Ok(Keys(Vec::new()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// The key order of a TOML table's first two levels (toml's tables keep file order).
+fn toml_order(t: &toml::Table) -> Vec<(String, Vec<String>)> {
+    t.iter()
+        .map(|(k, v)| {
+            let keys = match v {
+                toml::Value::Table(inner) => inner.keys().cloned().collect(),
+                _ => Vec::new(),
+            };
+            (k.clone(), keys)
+        })
+        .collect()
+}
+
 /// Reads and parses a file (`env` is only for error messages).
-pub(crate) fn parse(file: &SourceFile, env: &str) -> Result<Value, ConfigError> {
+pub(crate) fn parse(file: &SourceFile, env: &str) -> Result<Doc, ConfigError> {
     let text = std::fs::read_to_string(&file.path).map_err(|source| ConfigError::Io {
         file: file.path.clone(),
         action: "read",
@@ -75,7 +192,7 @@ pub(crate) fn parse(file: &SourceFile, env: &str) -> Result<Value, ConfigError> 
     parse_str(file, env, &text)
 }
 
-fn parse_str(file: &SourceFile, env: &str, text: &str) -> Result<Value, ConfigError> {
+fn parse_str(file: &SourceFile, env: &str, text: &str) -> Result<Doc, ConfigError> {
     let malformed = |message: String| ConfigError::Malformed {
         file: file.path.clone(),
         env: env.to_owned(),
@@ -83,15 +200,28 @@ fn parse_str(file: &SourceFile, env: &str, text: &str) -> Result<Value, ConfigEr
         message,
     };
     match file.format {
-        Format::Json => serde_json::from_str(text).map_err(|e| malformed(e.to_string())),
-        Format::Toml => text
-            .parse::<toml::Table>()
-            .map(|t| toml_to_json(toml::Value::Table(t)))
-            .map_err(|e| malformed(e.to_string().trim_end().to_owned())),
+        Format::Json => {
+            let value: Value = serde_json::from_str(text).map_err(|e| malformed(e.to_string()))?;
+            // A document that is not a table has no order to keep (and is reported as such).
+            let order = serde_json::from_str::<KeyOrder>(text)
+                .map(|o| o.0)
+                .unwrap_or_default();
+            Ok(Doc { value, order })
+        }
+        Format::Toml => {
+            let table = text
+                .parse::<toml::Table>()
+                .map_err(|e| malformed(e.to_string().trim_end().to_owned()))?;
+            let order = toml_order(&table);
+            Ok(Doc {
+                value: toml_to_json(toml::Value::Table(table)),
+                order,
+            })
+        }
     }
 }
 
-/// Converts a TOML value to JSON, keeping table order; datetimes become strings.
+/// Converts a TOML value to JSON; datetimes become strings.
 fn toml_to_json(v: toml::Value) -> Value {
     match v {
         toml::Value::String(s) => Value::String(s),
@@ -111,11 +241,11 @@ fn toml_to_json(v: toml::Value) -> Value {
 /// The environment names of a per-environment file, in file order.
 pub(crate) fn environments(
     file: &SourceFile,
-    doc: &Value,
+    doc: &Doc,
     env: &str,
 ) -> Result<Vec<String>, ConfigError> {
-    match doc {
-        Value::Object(map) => Ok(map.keys().cloned().collect()),
+    match &doc.value {
+        Value::Object(_) => Ok(doc.order.iter().map(|(k, _)| k.clone()).collect()),
         other => Err(file.invalid(
             env,
             None,
@@ -131,11 +261,11 @@ pub(crate) fn environments(
 /// Picks environment `env` out of a per-environment file; it must be a table.
 pub(crate) fn select_env<'a>(
     file: &SourceFile,
-    doc: &'a Value,
+    doc: &'a Doc,
     env: &str,
 ) -> Result<&'a Map<String, Value>, ConfigError> {
     let available = environments(file, doc, env)?;
-    match doc.get(env) {
+    match doc.value.get(env) {
         None => Err(ConfigError::UnknownEnv {
             file: file.path.clone(),
             env: env.to_owned(),
@@ -168,27 +298,37 @@ mod tests {
     #[test]
     fn toml_tables_keep_document_order() {
         let text = "[dev]\nzeta = 1\nalpha = 2\n[[dev.z]]\nid = \"a\"\n[[dev.a]]\nid = \"b\"\n";
-        let v = parse_str(&file(Format::Toml), "dev", text).unwrap();
-        let keys: Vec<_> = v["dev"].as_object().unwrap().keys().cloned().collect();
+        let doc = parse_str(&file(Format::Toml), "dev", text).unwrap();
+        let keys: Vec<_> = doc.env_entries("dev").into_iter().map(|(k, _)| k).collect();
         assert_eq!(keys, ["zeta", "alpha", "z", "a"]);
+        assert_eq!(doc.env_entries("dev")[0].1, &Value::from(1));
     }
 
     #[test]
     fn json_objects_keep_document_order() {
-        let v = parse_str(
+        let doc = parse_str(
             &file(Format::Json),
             "dev",
-            r#"{"dev": {"zeta": 1, "alpha": 2}}"#,
+            r#"{"prod": [1, {"x": 2}], "dev": {"zeta": 1, "alpha": {"b": 1, "a": 2}, "mid": []}}"#,
         )
         .unwrap();
-        let keys: Vec<_> = v["dev"].as_object().unwrap().keys().cloned().collect();
-        assert_eq!(keys, ["zeta", "alpha"]);
+        let keys: Vec<_> = doc.env_entries("dev").into_iter().map(|(k, _)| k).collect();
+        assert_eq!(keys, ["zeta", "alpha", "mid"]);
+        assert_eq!(
+            doc.env_entries("dev")[1].1,
+            &serde_json::json!({"a": 2, "b": 1})
+        );
+        assert_eq!(
+            environments(&file(Format::Json), &doc, "dev").unwrap(),
+            ["prod", "dev"]
+        );
+        assert!(doc.env_entries("prod").is_empty(), "not a table");
     }
 
     #[test]
     fn toml_datetime_becomes_string() {
-        let v = parse_str(&file(Format::Toml), "dev", "d = 1979-05-27T07:32:00Z\n").unwrap();
-        assert_eq!(v["d"], Value::String("1979-05-27T07:32:00Z".into()));
+        let doc = parse_str(&file(Format::Toml), "dev", "d = 1979-05-27T07:32:00Z\n").unwrap();
+        assert_eq!(doc.value["d"], Value::String("1979-05-27T07:32:00Z".into()));
     }
 
     #[test]
