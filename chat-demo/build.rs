@@ -48,24 +48,18 @@ fn lld_is_default() -> bool {
         return false;
     }
     let rustc = env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
-    let Ok(out) = Command::new(rustc).arg("-V").output() else {
-        return false;
-    };
     // "rustc 1.95.0 (59807616e 2026-04-14)"
-    let version = String::from_utf8_lossy(&out.stdout);
-    let mut parts = version
-        .split_whitespace()
-        .nth(1)
-        .unwrap_or("")
-        .split('.')
-        .map(|p| p.parse::<u32>().unwrap_or(0));
-    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-    (major, minor) >= (1, 90)
+    version_at_least(&rustc, &["-V"], (1, 90))
 }
 
 /// Whether the build host's glibc is 2.36 or later (`getconf GNU_LIBC_VERSION`: "glibc 2.36").
 fn glibc_has_relr() -> bool {
-    let Ok(out) = Command::new("getconf").arg("GNU_LIBC_VERSION").output() else {
+    version_at_least("getconf", &["GNU_LIBC_VERSION"], (2, 36))
+}
+
+/// Whether `program args` prints "<name> <major>.<minor>..." with a version of at least `min`.
+fn version_at_least(program: &str, args: &[&str], min: (u32, u32)) -> bool {
+    let Ok(out) = Command::new(program).args(args).output() else {
         return false;
     };
     let text = String::from_utf8_lossy(&out.stdout);
@@ -75,5 +69,5 @@ fn glibc_has_relr() -> bool {
         .unwrap_or("")
         .split('.')
         .map(|p| p.parse::<u32>().unwrap_or(0));
-    (v.next().unwrap_or(0), v.next().unwrap_or(0)) >= (2, 36)
+    (v.next().unwrap_or(0), v.next().unwrap_or(0)) >= min
 }

@@ -903,9 +903,7 @@ mod tests {
 
     /// A link reader on one end of a loopback TCP pair, and the other end's writer.
     async fn reader() -> (LinkReader, TcpStream) {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let a = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
-        let (b, _) = l.accept().await.unwrap();
+        let (a, b) = crate::wire::tcp_pair().await;
         let (rd, _wr) = b.into_split();
         let r = LinkReader {
             io: rd,

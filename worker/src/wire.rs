@@ -242,23 +242,23 @@ impl Wire for WsWire {
     }
 }
 
+/// A connected pair of TCP streams on loopback, for tests.
+#[cfg(test)]
+pub(crate) async fn tcp_pair() -> (TcpStream, TcpStream) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let a = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+    let (b, _) = l.accept().await.unwrap();
+    (a, b)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use tokio::io::AsyncWriteExt;
-    use tokio::net::TcpListener;
-
-    /// A connected pair of TCP streams on loopback.
-    async fn pair() -> (TcpStream, TcpStream) {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let a = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
-        let (b, _) = l.accept().await.unwrap();
-        (a, b)
-    }
 
     #[tokio::test]
     async fn a_busy_stream_is_read_in_large_reads_and_an_idle_one_shrinks_back() {
-        let (mut tx, mut rx) = pair().await;
+        let (mut tx, mut rx) = tcp_pair().await;
         const TOTAL: usize = 4 << 20;
         let writer = tokio::spawn(async move {
             tx.write_all(&vec![7u8; TOTAL]).await.unwrap();
