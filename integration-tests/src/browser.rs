@@ -1,7 +1,7 @@
 //! Support for the browser tests (`tests/browser.rs`): finds `node` and Debian's Chromium,
 //! gives the Node scripts of `integration-tests/browser/` their pinned `playwright-core`
 //! (installed once into `<target>/browser-cache/playwright-core-<version>/`, the same place
-//! `.ci/run` fills), and runs those scripts with a deadline.
+//! `test.sh` fills), and runs those scripts with a deadline.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -85,7 +85,7 @@ pub fn skip_without_tools(need_chromium: bool) -> bool {
         return true;
     }
     panic!(
-        "the browser test needs node, npm and Debian's chromium: {why}. `.ci/run` installs \
+        "the browser test needs node, npm and Debian's chromium: {why}. `./test.sh` installs \
          them; set {SKIP_ENV}=1 to skip this test where they cannot be installed"
     );
 }

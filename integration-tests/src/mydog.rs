@@ -167,6 +167,14 @@ fn install_node_modules(app_root: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Fills the `node_modules` cache of the peer (what [`MydogPeer::start`] copies from), so
+/// tests do not pay for `npm install` inside their timed budgets; does nothing when filled.
+pub fn prepare_cache() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    copy_dir(&peer_source()?, dir.path(), &["node_modules"])?;
+    install_node_modules(dir.path())
+}
+
 /// A running mydog chat peer (master plus every server, one process group).
 pub struct MydogPeer {
     /// The scratch copy of the peer.
