@@ -902,13 +902,9 @@ async fn remove(
 async fn start_ids(target: TargetArgs, ids: Vec<String>, defaults: &Defaults) -> Result<ExitCode> {
     let ids = expand_ids(&ids)?;
     let mut master = connect(&target, defaults).await?;
+    // The master answers once every process is spawned (or says why one is not).
     let ack = master.start(&ids).await?;
     out(&format!("kennel: {ack}\n"));
-    wait_rows(&mut master, STOP_WAIT, "starting", |rows| {
-        ids.iter()
-            .all(|id| rows.iter().any(|r| r.id == *id && r.pid.is_some()))
-    })
-    .await?;
     Ok(ExitCode::SUCCESS)
 }
 

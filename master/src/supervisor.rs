@@ -677,7 +677,14 @@ impl Supervisor {
                 slot.recent.clear();
                 slot.backoff = Backoff::default();
                 self.spawn(i);
-                Ok(format!("starting {id}"))
+                // The spawn is synchronous: the answer says whether a process exists now, so
+                // the CLI need not catch a short-lived (crashing) process in a `list`.
+                match self.slots[i].proc {
+                    Proc::Running { pid, .. } => Ok(format!("started {id} (pid {pid})")),
+                    _ => Err(format!(
+                        "cannot start {id} now; the master retries with backoff (see logs/master.log)"
+                    )),
+                }
             }
         }
     }
