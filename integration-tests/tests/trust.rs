@@ -4,19 +4,29 @@
 //!   SIGKILLed and a fake listener on its port refusing every `Hello` (no MAC, anyone can send
 //!   that), every server keeps running with the same pid, players keep chatting, and a real
 //!   master started afterwards adopts the same pids.
+//! - The master survives losing its terminal: its stdout and stderr go to a pipe whose reader
+//!   exits (`kennel start |& head`), then a server is SIGKILLed (the master must restart it,
+//!   writing to the dead pipe all along), then SIGINT or SIGHUP stops the whole cluster: the
+//!   master exits 0, no server survives, and `logs/master.log` has the stop.
 
 use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use integration_tests::TIMEOUT;
-use integration_tests::cluster::Cluster;
+use integration_tests::cluster::{Cluster, ROUTES, bin, free_port};
 use integration_tests::load::Witness;
 use kennel_proto::frame::{AUTH_MAX_FRAME, length_codec};
 use kennel_proto::msg::{Challenge, Hello};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
 use prost::Message;
+use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::codec::Framed;
 
@@ -145,4 +155,212 @@ async fn an_unauthenticated_refusal_on_the_master_port_stops_no_server() {
         "spoofed refusals for {SPOOF_FOR:?}: {refused:?}; {rounds} chat rounds in both rooms meanwhile; \
          the new master adopted the same 4 pids"
     );
+}
+
+/// Server processes (id -> pid) running in project `dir`, found by their working directory.
+fn servers_in(dir: &Path) -> HashMap<String, i32> {
+    let dir = dir.canonicalize().unwrap();
+    let mut out = HashMap::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if std::fs::read_link(e.path().join("cwd")).ok().as_deref() != Some(dir.as_path()) {
+            continue;
+        }
+        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        if let Some(id) = args
+            .iter()
+            .position(|a| a == "--id")
+            .and_then(|i| args.get(i + 1))
+        {
+            out.insert(id.clone(), pid);
+        }
+    }
+    out
+}
+
+/// Polls `cond` every 20 ms until it holds; panics with `what()` after [`TIMEOUT`].
+fn wait_until(what: impl Fn() -> String, mut cond: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !cond() {
+        assert!(t0.elapsed() < TIMEOUT, "timed out waiting until {}", what());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A master whose stdout and stderr are a pipe read only until the cluster is ready, then
+/// closed (the `| head`, or the `tee` that a Ctrl-C killed first). Kills whatever is left
+/// when dropped.
+struct Headless {
+    dir: tempfile::TempDir,
+    master: Child,
+}
+
+impl Headless {
+    /// One TCP frontend and one chat server; returns once both registered and the pipe's
+    /// reader has exited.
+    fn start() -> Headless {
+        let dir = tempfile::tempdir().unwrap();
+        let sys = dir.path().join("config/sys");
+        std::fs::create_dir_all(&sys).unwrap();
+        let master =
+            json!({"test": {"id": "master-server-1", "host": "127.0.0.1", "port": free_port()}});
+        let servers = json!({"test": {
+            "connector": [{"id": "connector-server-1", "host": "127.0.0.1", "port": free_port(),
+                           "frontend": true, "clientPort": free_port()}],
+            "chat": [{"id": "chat-server-1", "host": "127.0.0.1", "port": free_port()}],
+        }});
+        std::fs::write(sys.join("master.json"), master.to_string()).unwrap();
+        std::fs::write(sys.join("servers.json"), servers.to_string()).unwrap();
+        std::fs::write(sys.join("route.json"), json!(ROUTES).to_string()).unwrap();
+
+        let (reader, writer) = std::io::pipe().unwrap();
+        let master = Command::new(bin("chat-demo"))
+            .args(["start", "-e", "test", "--dir"])
+            .arg(dir.path())
+            .stdin(Stdio::null())
+            .stdout(writer.try_clone().unwrap())
+            .stderr(writer)
+            .spawn()
+            .unwrap();
+        // The reader: echoes lines until the cluster is ready, then exits, closing the pipe.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(reader).lines().map_while(Result::ok) {
+                eprintln!("{line}");
+                if line.contains("kennel: cluster ready") {
+                    let _ = tx.send(());
+                    return;
+                }
+            }
+        });
+        let h = Headless { dir, master };
+        rx.recv_timeout(TIMEOUT)
+            .expect("the master never printed `kennel: cluster ready`");
+        for id in ["connector-server-1", "chat-server-1"] {
+            wait_until(
+                || format!("{id} knows every server:\n{}", h.log(id)),
+                || h.log(id).contains("every configured server has registered"),
+            );
+        }
+        h
+    }
+
+    fn log(&self, id: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("logs/{id}.log"))).unwrap_or_default()
+    }
+
+    /// Panics (with its exit status and log) if the master has exited.
+    fn assert_master_alive(&mut self, when: &str) {
+        if let Some(status) = self.master.try_wait().unwrap() {
+            panic!(
+                "the master died {when} ({status}) with its output pipe closed; servers left \
+                 running: {:?}; logs/master.log:\n{}",
+                servers_in(self.dir.path()),
+                self.log("master")
+            );
+        }
+    }
+
+    /// SIGKILLs chat-server-1 and waits until the master has started a new one that
+    /// registered: the master logs all along, into the closed pipe.
+    fn crash_and_wait_for_restart(&mut self) {
+        let old = servers_in(self.dir.path())["chat-server-1"];
+        kill(Pid::from_raw(old), Signal::SIGKILL).unwrap();
+        let t0 = Instant::now();
+        loop {
+            self.assert_master_alive("after a server crash");
+            let restarted = servers_in(self.dir.path())
+                .get("chat-server-1")
+                .is_some_and(|p| *p != old)
+                && self
+                    .log("chat-server-1")
+                    .matches("registered with the master")
+                    .count()
+                    >= 2;
+            if restarted {
+                return;
+            }
+            assert!(
+                t0.elapsed() < TIMEOUT,
+                "chat-server-1 was not restarted:\n{}",
+                self.log("chat-server-1")
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends `sig` to the master and checks it stops the cluster in order and exits 0.
+    fn stop_with(&mut self, sig: Signal) {
+        kill(Pid::from_raw(self.master.id() as i32), sig).unwrap();
+        let t0 = Instant::now();
+        let status = loop {
+            if let Some(s) = self.master.try_wait().unwrap() {
+                break s;
+            }
+            assert!(
+                t0.elapsed() < TIMEOUT,
+                "the master did not exit within {TIMEOUT:?} of {sig}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let left = servers_in(self.dir.path());
+        assert!(
+            left.is_empty(),
+            "{sig}: the master exited ({status}) leaving servers running: {left:?}; \
+             logs/master.log:\n{}",
+            self.log("master")
+        );
+        assert!(
+            status.success(),
+            "{sig}: the master exited with {status}; logs/master.log:\n{}",
+            self.log("master")
+        );
+        let log = self.log("master");
+        for needle in [
+            format!("{sig} received: stopping the cluster"),
+            "server exited server=chat-server-1".to_string(),
+            "kennel: cluster stopped".to_string(),
+        ] {
+            assert!(
+                log.contains(&needle),
+                "logs/master.log lacks {needle:?}:\n{log}"
+            );
+        }
+        println!(
+            "{sig} with the output pipe closed: cluster stopped in {:?}, no server left",
+            t0.elapsed()
+        );
+    }
+}
+
+impl Drop for Headless {
+    fn drop(&mut self) {
+        for pid in servers_in(self.dir.path()).values() {
+            let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
+        }
+        let _ = self.master.kill();
+        let _ = self.master.wait();
+    }
+}
+
+#[test]
+fn sigint_stops_the_cluster_after_the_masters_output_pipe_closed() {
+    let mut h = Headless::start();
+    h.crash_and_wait_for_restart();
+    h.stop_with(Signal::SIGINT);
+}
+
+#[test]
+fn sighup_stops_the_cluster_after_the_masters_output_pipe_closed() {
+    let mut h = Headless::start();
+    h.crash_and_wait_for_restart();
+    h.stop_with(Signal::SIGHUP);
 }

@@ -24,7 +24,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::sync::CancellationToken;
 
-use crate::console::say;
+use crate::console::server_line;
 
 /// How often the master looks at the log files' sizes.
 pub(crate) const ROTATE_INTERVAL: Duration = Duration::from_secs(1);
@@ -329,7 +329,7 @@ impl Tail {
         while let Some(rest) = line.strip_suffix(b"\n") {
             line = rest.strip_suffix(b"\r").unwrap_or(rest);
         }
-        say(format_args!(
+        server_line(format_args!(
             "{}{}",
             self.prefix,
             String::from_utf8_lossy(line)
