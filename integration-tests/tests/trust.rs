@@ -8,6 +8,9 @@
 //!   exits (`kennel start |& head`), then a server is SIGKILLed (the master must restart it,
 //!   writing to the dead pipe all along), then SIGINT or SIGHUP stops the whole cluster: the
 //!   master exits 0, no server survives, and `logs/master.log` has the stop.
+//! - Secrets that are hard to leak: the CLI takes its secret from a private file
+//!   (`--token-file`, `KENNEL_CLI_SECRET_FILE`) and refuses one others may read; every log
+//!   file is created 0640.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -363,4 +366,135 @@ fn sighup_stops_the_cluster_after_the_masters_output_pipe_closed() {
     let mut h = Headless::start();
     h.crash_and_wait_for_restart();
     h.stop_with(Signal::SIGHUP);
+}
+
+/// Runs the `kennel` CLI in `cwd` (no project there) with no secret or master address from the
+/// test's environment.
+fn kennel(cwd: &Path, args: &[&str], env: &[(&str, &Path)]) -> std::process::Output {
+    let mut cmd = Command::new(bin("kennel"));
+    cmd.args(args).current_dir(cwd).stdin(Stdio::null());
+    for var in [
+        "KENNEL_CLI_SECRET",
+        "KENNEL_CLI_SECRET_FILE",
+        "KENNEL_MASTER_HOST",
+        "KENNEL_MASTER_PORT",
+    ] {
+        cmd.env_remove(var);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+/// Writes `text` to `path` with `mode`.
+fn write_mode(path: &Path, text: &str, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+#[test]
+fn the_cli_reads_its_secret_from_a_private_file_and_logs_are_0640() {
+    use std::os::unix::fs::PermissionsExt;
+    let cluster = Cluster::start(1, 1).unwrap();
+    let stored: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(cluster.dir.path().join(".kennel/secrets.json")).unwrap(),
+    )
+    .unwrap();
+    let cli = stored["cli"].as_str().unwrap();
+    // Somewhere else, with no project: the address by flags, the secret from a file.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let file = elsewhere.path().join("cli-secret");
+    write_mode(&file, &format!("{cli}\n"), 0o600);
+    let port = cluster.master_port.to_string();
+    let target = [
+        "list",
+        "--json",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        port.as_str(),
+    ];
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+
+    let by_flag = kennel(
+        elsewhere.path(),
+        &[&target[..], &["--token-file", file.to_str().unwrap()]].concat(),
+        &[],
+    );
+    let by_env = kennel(
+        elsewhere.path(),
+        &target,
+        &[("KENNEL_CLI_SECRET_FILE", file.as_path())],
+    );
+    for (how, out) in [
+        ("--token-file", &by_flag),
+        ("KENNEL_CLI_SECRET_FILE", &by_env),
+    ] {
+        assert!(
+            out.status.success(),
+            "{how}: {}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let mut ids: Vec<&str> = rows
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|r| r["id"].as_str())
+            .collect();
+        ids.sort();
+        assert_eq!(
+            ids,
+            ["chat-server-1", "connector-server-1"],
+            "{how}: {rows}"
+        );
+    }
+
+    // A wrong secret in the file, a file others may read, the secret given twice: one clear
+    // line each, exit 1.
+    let wrong = elsewhere.path().join("wrong");
+    write_mode(&wrong, "not-the-secret\n", 0o600);
+    let open = elsewhere.path().join("open");
+    write_mode(&open, &format!("{cli}\n"), 0o644);
+    let chmod = format!("chmod 600 {}", open.display());
+    for (args, needle) in [
+        (
+            vec!["--token-file", wrong.to_str().unwrap()],
+            "does not accept this CLI secret",
+        ),
+        (vec!["--token-file", open.to_str().unwrap()], chmod.as_str()),
+        (
+            vec!["--token-file", file.to_str().unwrap(), "--token", cli],
+            "given twice",
+        ),
+    ] {
+        let out = kennel(elsewhere.path(), &[&target[..], &args[..]].concat(), &[]);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.starts_with("kennel: ") && err.contains(needle) && err.lines().count() == 1,
+            "{args:?}: {err}"
+        );
+    }
+
+    // Every log file (the master's own included) is readable by owner and group only.
+    let logs = cluster.dir.path().join("logs");
+    let mut seen = Vec::new();
+    for e in std::fs::read_dir(&logs).unwrap().flatten() {
+        let mode = e.metadata().unwrap().permissions().mode() & 0o777;
+        let name = e.file_name().into_string().unwrap();
+        assert!(
+            mode & 0o007 == 0 && mode & 0o600 == 0o600 && mode & !0o640 == 0,
+            "logs/{name} has mode {mode:04o}, want 0640"
+        );
+        seen.push(name);
+    }
+    seen.sort();
+    assert_eq!(
+        seen,
+        ["chat-server-1.log", "connector-server-1.log", "master.log"]
+    );
 }

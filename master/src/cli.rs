@@ -227,9 +227,27 @@ struct MasterArgs {
     /// Master port [default: the project's master port]
     #[arg(long, env = "KENNEL_MASTER_PORT")]
     port: Option<u16>,
-    /// CLI secret [default: resolved from the project: cliSecret or .kennel/secrets.json]
+    /// CLI secret [default: resolved from the project: cliSecret or .kennel/secrets.json].
+    /// Prefer --token-file: a flag's value shows in `ps`
     #[arg(long, env = "KENNEL_CLI_SECRET", hide_env_values = true)]
     token: Option<String>,
+    /// File holding the CLI secret (one trailing newline ignored; mode 0600 or tighter)
+    #[arg(long, value_name = "FILE", env = "KENNEL_CLI_SECRET_FILE")]
+    token_file: Option<PathBuf>,
+}
+
+impl MasterArgs {
+    /// The CLI secret the flags (or their variables) give, if any.
+    fn secret(&self) -> Result<Option<String>> {
+        match (&self.token, &self.token_file) {
+            (Some(_), Some(_)) => anyhow::bail!(
+                "the CLI secret is given twice: pass --token (KENNEL_CLI_SECRET) or --token-file (KENNEL_CLI_SECRET_FILE), not both"
+            ),
+            (Some(t), None) => Ok(Some(t.clone())),
+            (None, Some(f)) => Ok(Some(kennel_config::read_secret_file(f)?)),
+            (None, None) => Ok(None),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -287,6 +305,7 @@ fn main_with(defaults: Option<Defaults>) -> ExitCode {
                 host: None,
                 port: None,
                 token: None,
+                token_file: None,
             },
         }),
         (None, false) => {
@@ -722,11 +741,8 @@ fn host_port(host: &str, port: u16) -> String {
 /// Dials and authenticates to the master `target` names (loading the project only for what
 /// the flags leave out).
 async fn connect(target: &TargetArgs, defaults: &Defaults) -> Result<MasterClient> {
-    let project = match (
-        &target.master.host,
-        target.master.port,
-        &target.master.token,
-    ) {
+    let given = target.master.secret()?;
+    let project = match (&target.master.host, target.master.port, &given) {
         (Some(_), Some(_), Some(_)) => None,
         _ => Some(load_project(&target.project, defaults)?),
     };
@@ -745,11 +761,11 @@ async fn connect(target: &TargetArgs, defaults: &Defaults) -> Result<MasterClien
     let addr = host_port(&host, port);
     // Connect before looking for the secret: "no master" is the likelier problem.
     let stream = MasterClient::dial(&addr).await?;
-    let secret = match (&target.master.token, &project) {
-        (Some(t), _) => t.clone(),
+    let secret = match (given, &project) {
+        (Some(t), _) => t,
         (None, Some(p)) => {
             Secrets::resolve(p, false)
-                .context("cannot find the CLI secret (pass --token or set KENNEL_CLI_SECRET)")?
+                .context("cannot find the CLI secret (pass --token-file or --token, or set KENNEL_CLI_SECRET_FILE or KENNEL_CLI_SECRET)")?
                 .cli
         }
         (None, None) => unreachable!("the project is loaded when no token is given"),
