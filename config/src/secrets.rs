@@ -12,7 +12,8 @@
 //!    (directory mode 0700, file mode 0600, atomically; `.kennel/.gitignore` holds `*`).
 //!
 //! Empty secrets are rejected wherever they come from. A file holding secrets (2, 4) is
-//! refused when its group or others have any access, as ssh refuses a private key. In
+//! refused when its group or others have any access, as ssh refuses a private key (except in
+//! systemd's `$CREDENTIALS_DIRECTORY`, private to the unit). In
 //! `production` a secret under [`MIN_SECRET_BITS`] of estimated strength ([`secret_bits`]) is
 //! refused, with a command that makes a good one.
 
@@ -311,11 +312,19 @@ fn shortest_period(s: &[char]) -> usize {
     }
 }
 
+/// The directory systemd puts a unit's credentials in (`LoadCredential=`).
+const CREDENTIALS_DIRECTORY_ENV: &str = "CREDENTIALS_DIRECTORY";
+
 /// Opens a file that holds secrets, refusing it when its group or others have any access.
+/// Files in systemd's `$CREDENTIALS_DIRECTORY` are taken as they are: that directory is
+/// private to the unit, and a credential readable by the unit's `User=` through an ACL shows
+/// the ACL mask as group bits (mode 0440).
 fn open_private(path: &Path) -> std::io::Result<Result<fs::File, ConfigError>> {
     let file = fs::File::open(path)?;
+    let from_systemd = std::env::var_os(CREDENTIALS_DIRECTORY_ENV)
+        .is_some_and(|dir| !dir.is_empty() && path.starts_with(dir));
     #[cfg(unix)]
-    {
+    if !from_systemd {
         use std::os::unix::fs::PermissionsExt;
         let mode = file.metadata()?.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {

@@ -172,3 +172,36 @@ fn production_needs_explicit_secrets() {
     );
     assert_eq!(s.server, strong_s);
 }
+
+#[test]
+fn secret_files_from_systemd_credentials_may_show_group_bits() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = project(&[]);
+    let creds = dir.path().join("credentials/game-master.service");
+    std::fs::create_dir_all(&creds).unwrap();
+    let file = creds.join("server-secret");
+    std::fs::write(&file, "3b5d5c3712955042212316173ccf37be").unwrap();
+    // What systemd leaves when the unit has a User=: 0400 plus an ACL for that user, whose
+    // mask shows as the group bits.
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o440)).unwrap();
+    let path = file.to_str().unwrap();
+    let resolve = |vars: &[(&str, &str)]| {
+        with_env(vars, || {
+            let p = load(dir.path()).unwrap();
+            Secrets::resolve(&p, false)
+        })
+    };
+    let err = resolve(&[
+        ("KENNEL_SERVER_SECRET_FILE", path),
+        ("KENNEL_CLI_SECRET", "c"),
+    ])
+    .unwrap_err();
+    assert!(err.to_string().contains("chmod 600"), "{err}");
+    let s = resolve(&[
+        ("KENNEL_SERVER_SECRET_FILE", path),
+        ("KENNEL_CLI_SECRET", "c"),
+        ("CREDENTIALS_DIRECTORY", creds.to_str().unwrap()),
+    ])
+    .unwrap();
+    assert_eq!(s.server, "3b5d5c3712955042212316173ccf37be");
+}
