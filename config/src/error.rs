@@ -132,6 +132,31 @@ pub enum ConfigError {
         /// Which secret.
         secret: SecretKind,
     },
+    /// In `production`, a secret whose estimated strength ([`crate::secret_bits`]) is under
+    /// [`crate::MIN_SECRET_BITS`].
+    #[error(
+        "environment \"{env}\": the {secret} secret from {origin} is too weak for production (about {bits} bits, at least {} needed): make one with `openssl rand -hex 16` (or `head -c16 /dev/urandom | xxd -p`)",
+        crate::MIN_SECRET_BITS
+    )]
+    WeakSecret {
+        /// Where it came from, e.g. `KENNEL_SERVER_SECRET`.
+        origin: String,
+        /// The environment being loaded (`production`).
+        env: String,
+        /// Which secret.
+        secret: SecretKind,
+        /// Its estimated strength.
+        bits: u32,
+    },
+    /// A file holding secrets (`.kennel/secrets.json`, a `KENNEL_*_SECRET_FILE`) is unusable:
+    /// accessible by group or others (as ssh refuses a private key), unreadable, or empty.
+    #[error("{file}: {reason}")]
+    SecretFile {
+        /// The file.
+        file: PathBuf,
+        /// What is wrong, with the way out (e.g. `run chmod 600 <file>`).
+        reason: String,
+    },
     /// A secret was found but is unusable (empty, not UTF-8, not a string).
     #[error("environment \"{env}\": the {secret} secret from {origin} {reason}")]
     BadSecret {

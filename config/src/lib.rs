@@ -27,7 +27,10 @@ use std::path::{Path, PathBuf};
 
 pub use error::{ConfigError, Format, Problem};
 pub use master::{DEFAULT_HOST, MASTER_HOST_ENV, MASTER_PORT_ENV};
-pub use secrets::{CLI_SECRET_ENV, PRODUCTION_ENV, SECRETS_FILE, SERVER_SECRET_ENV, SecretKind};
+pub use secrets::{
+    CLI_SECRET_ENV, CLI_SECRET_FILE_ENV, MIN_SECRET_BITS, PRODUCTION_ENV, SECRETS_FILE,
+    SERVER_SECRET_ENV, SERVER_SECRET_FILE_ENV, SecretKind, read_secret_file, secret_bits,
+};
 pub use source::SYS_DIR;
 
 /// The default environment name.

@@ -118,12 +118,90 @@ fn production_needs_explicit_secrets() {
     assert!(err.to_string().contains("KENNEL_SERVER_SECRET"), "{err}");
     assert!(!dir.path().join(".kennel").exists());
 
+    // `openssl rand -hex 16`, twice.
+    let (strong_s, strong_c) = (
+        "3b5d5c3712955042212316173ccf37be",
+        "a87ff679a2f3e71d9181a67b7542122c",
+    );
     let s = with_env(
-        &[("KENNEL_SERVER_SECRET", "s"), ("KENNEL_CLI_SECRET", "c")],
+        &[
+            ("KENNEL_SERVER_SECRET", strong_s),
+            ("KENNEL_CLI_SECRET", strong_c),
+        ],
         || {
             let p = Project::load(dir.path(), "production").unwrap();
             Secrets::resolve(&p, true).unwrap()
         },
     );
-    assert_eq!((s.server.as_str(), s.cli.as_str()), ("s", "c"));
+    assert_eq!((s.server.as_str(), s.cli.as_str()), (strong_s, strong_c));
+
+    // Explicit but weak: refused, saying how to make a good one.
+    let err = with_env(
+        &[
+            ("KENNEL_SERVER_SECRET", strong_s),
+            ("KENNEL_CLI_SECRET", "letmein"),
+        ],
+        || {
+            let p = Project::load(dir.path(), "production").unwrap();
+            Secrets::resolve(&p, true).unwrap_err()
+        },
+    );
+    assert!(matches!(err, ConfigError::WeakSecret { .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("CLI secret from KENNEL_CLI_SECRET is too weak")
+            && msg.contains("openssl rand -hex 16"),
+        "{msg}"
+    );
+
+    // From a file (systemd LoadCredential style), mode 0400.
+    let file = dir.path().join("server-secret");
+    std::fs::write(&file, format!("{strong_s}\n")).unwrap();
+    let mut perms = std::fs::metadata(&file).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o400);
+    std::fs::set_permissions(&file, perms).unwrap();
+    let s = with_env(
+        &[
+            ("KENNEL_SERVER_SECRET_FILE", file.to_str().unwrap()),
+            ("KENNEL_CLI_SECRET", strong_c),
+        ],
+        || {
+            let p = Project::load(dir.path(), "production").unwrap();
+            Secrets::resolve(&p, true).unwrap()
+        },
+    );
+    assert_eq!(s.server, strong_s);
+}
+
+#[test]
+fn secret_files_from_systemd_credentials_may_show_group_bits() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = project(&[]);
+    let creds = dir.path().join("credentials/game-master.service");
+    std::fs::create_dir_all(&creds).unwrap();
+    let file = creds.join("server-secret");
+    std::fs::write(&file, "3b5d5c3712955042212316173ccf37be").unwrap();
+    // What systemd leaves when the unit has a User=: 0400 plus an ACL for that user, whose
+    // mask shows as the group bits.
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o440)).unwrap();
+    let path = file.to_str().unwrap();
+    let resolve = |vars: &[(&str, &str)]| {
+        with_env(vars, || {
+            let p = load(dir.path()).unwrap();
+            Secrets::resolve(&p, false)
+        })
+    };
+    let err = resolve(&[
+        ("KENNEL_SERVER_SECRET_FILE", path),
+        ("KENNEL_CLI_SECRET", "c"),
+    ])
+    .unwrap_err();
+    assert!(err.to_string().contains("chmod 600"), "{err}");
+    let s = resolve(&[
+        ("KENNEL_SERVER_SECRET_FILE", path),
+        ("KENNEL_CLI_SECRET", "c"),
+        ("CREDENTIALS_DIRECTORY", creds.to_str().unwrap()),
+    ])
+    .unwrap();
+    assert_eq!(s.server, "3b5d5c3712955042212316173ccf37be");
 }

@@ -3,7 +3,7 @@
 //! [`cli_main`] and [`cli_main_with`]; tracing setup. This is the binary's logic, so it uses
 //! `anyhow`; every failure ends as one `kennel: ...` line on stderr and exit code 1.
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -27,7 +27,7 @@ const STOP_WAIT: Duration = Duration::from_secs(60);
 const POLL: Duration = Duration::from_millis(100);
 /// `list --watch` redraw period.
 const WATCH_PERIOD: Duration = Duration::from_secs(1);
-/// The daemon master's own log, in the logs directory.
+/// The master's own log, in the logs directory.
 const MASTER_LOG: &str = "master.log";
 
 /// Defaults an application binary gives the master CLI (see [`cli_main_with`]).
@@ -227,9 +227,27 @@ struct MasterArgs {
     /// Master port [default: the project's master port]
     #[arg(long, env = "KENNEL_MASTER_PORT")]
     port: Option<u16>,
-    /// CLI secret [default: resolved from the project: cliSecret or .kennel/secrets.json]
+    /// CLI secret [default: resolved from the project: cliSecret or .kennel/secrets.json].
+    /// Prefer --token-file: a flag's value shows in `ps`
     #[arg(long, env = "KENNEL_CLI_SECRET", hide_env_values = true)]
     token: Option<String>,
+    /// File holding the CLI secret (one trailing newline ignored; mode 0600 or tighter)
+    #[arg(long, value_name = "FILE", env = "KENNEL_CLI_SECRET_FILE")]
+    token_file: Option<PathBuf>,
+}
+
+impl MasterArgs {
+    /// The CLI secret the flags (or their variables) give, if any.
+    fn secret(&self) -> Result<Option<String>> {
+        match (&self.token, &self.token_file) {
+            (Some(_), Some(_)) => anyhow::bail!(
+                "the CLI secret is given twice: pass --token (KENNEL_CLI_SECRET) or --token-file (KENNEL_CLI_SECRET_FILE), not both"
+            ),
+            (Some(t), None) => Ok(Some(t.clone())),
+            (None, Some(f)) => Ok(Some(kennel_config::read_secret_file(f)?)),
+            (None, None) => Ok(None),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -287,6 +305,7 @@ fn main_with(defaults: Option<Defaults>) -> ExitCode {
                 host: None,
                 port: None,
                 token: None,
+                token_file: None,
             },
         }),
         (None, false) => {
@@ -307,7 +326,7 @@ fn main_with(defaults: Option<Defaults>) -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("kennel: cannot start the async runtime: {e}");
+            crate::console::err(&format!("kennel: cannot start the async runtime: {e}\n"));
             return ExitCode::FAILURE;
         }
     };
@@ -317,20 +336,35 @@ fn main_with(defaults: Option<Defaults>) -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("kennel: {e:#}");
+            crate::console::err(&format!("kennel: {e:#}\n"));
             ExitCode::FAILURE
         }
     }
 }
 
-/// Installs a tracing subscriber on stderr; `RUST_LOG` overrides `default`.
+/// Installs a tracing subscriber on stderr, and on `logs/master.log` once a foreground master
+/// opens it ([`crate::console::log_to`]); `RUST_LOG` overrides `default`. Neither writer ever
+/// fails, so a closed stderr never panics (tracing-subscriber's own report of a failed write
+/// is `eprintln!`, turned off here too).
 fn init_logging(default: &str) {
+    use tracing_subscriber::prelude::*;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+    let stderr = tracing_subscriber::fmt::layer()
+        .with_writer(|| crate::console::Stderr)
         .with_ansi(std::io::stderr().is_terminal())
+        .log_internal_errors(false);
+    let master_log = tracing_subscriber::fmt::layer()
+        .with_writer(|| crate::console::MasterLog)
+        .with_ansi(false)
+        .log_internal_errors(false)
+        .with_filter(tracing_subscriber::filter::filter_fn(|_| {
+            crate::console::MasterLog::active()
+        }));
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(stderr)
+        .with(master_log)
         .try_init();
 }
 
@@ -437,10 +471,12 @@ fn load_project(args: &ProjectArgs, defaults: &Defaults) -> Result<Project> {
 }
 
 async fn start(args: StartArgs, defaults: &Defaults) -> Result<ExitCode> {
-    // Registered first: from here on SIGINT/SIGTERM stop the cluster instead of killing the
-    // master (a signal arriving during startup is kept and acted on once running).
+    // Registered first: from here on SIGINT/SIGTERM/SIGHUP stop the cluster instead of killing
+    // the master (a signal arriving during startup is kept and acted on once running). SIGHUP
+    // is the terminal going away: the servers must not outlive their master.
     let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut sighup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
 
     let project = load_project(&args.project, defaults)?;
     let secrets = Secrets::resolve(&project, true).context("cannot resolve the secrets")?;
@@ -452,6 +488,18 @@ async fn start(args: StartArgs, defaults: &Defaults) -> Result<ExitCode> {
     let listener = TcpListener::bind((host.as_str(), port))
         .await
         .with_context(|| format!("cannot listen on {}", host_port(&host, port)))?;
+    if !args.detached {
+        // In the foreground the master also logs to logs/master.log, so losing the terminal
+        // (or the pipe it prints into) loses none of its log. Detached, its stdout and stderr
+        // are that file already.
+        let logs_dir = project.dir.join(LOGS_DIR);
+        std::fs::create_dir_all(&logs_dir)
+            .with_context(|| format!("cannot create {}", logs_dir.display()))?;
+        let path = logs_dir.join(MASTER_LOG);
+        let log = crate::logs::open_log(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        crate::console::log_to(log);
+    }
 
     let shutdown = CancellationToken::new();
     let token = shutdown.clone();
@@ -459,14 +507,16 @@ async fn start(args: StartArgs, defaults: &Defaults) -> Result<ExitCode> {
         let name = tokio::select! {
             _ = sigint.recv() => "SIGINT",
             _ = sigterm.recv() => "SIGTERM",
+            _ = sighup.recv() => "SIGHUP",
         };
-        info!("{name} received: stopping the cluster");
         token.cancel();
+        info!("{name} received: stopping the cluster");
         // Keep handling them: a second Ctrl-C must not kill the master mid-stop.
         loop {
             tokio::select! {
                 s = sigint.recv() => if s.is_none() { break },
                 s = sigterm.recv() => if s.is_none() { break },
+                s = sighup.recv() => if s.is_none() { break },
             }
             info!("already stopping");
         }
@@ -670,10 +720,10 @@ async fn send(
         out(&text);
     }
     if failed > 0 {
-        eprintln!(
-            "kennel: {failed} of {} servers did not answer successfully",
+        crate::console::err(&format!(
+            "kennel: {failed} of {} servers did not answer successfully\n",
             reply.results.len()
-        );
+        ));
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
@@ -691,11 +741,8 @@ fn host_port(host: &str, port: u16) -> String {
 /// Dials and authenticates to the master `target` names (loading the project only for what
 /// the flags leave out).
 async fn connect(target: &TargetArgs, defaults: &Defaults) -> Result<MasterClient> {
-    let project = match (
-        &target.master.host,
-        target.master.port,
-        &target.master.token,
-    ) {
+    let given = target.master.secret()?;
+    let project = match (&target.master.host, target.master.port, &given) {
         (Some(_), Some(_), Some(_)) => None,
         _ => Some(load_project(&target.project, defaults)?),
     };
@@ -714,11 +761,11 @@ async fn connect(target: &TargetArgs, defaults: &Defaults) -> Result<MasterClien
     let addr = host_port(&host, port);
     // Connect before looking for the secret: "no master" is the likelier problem.
     let stream = MasterClient::dial(&addr).await?;
-    let secret = match (&target.master.token, &project) {
-        (Some(t), _) => t.clone(),
+    let secret = match (given, &project) {
+        (Some(t), _) => t,
         (None, Some(p)) => {
             Secrets::resolve(p, false)
-                .context("cannot find the CLI secret (pass --token or set KENNEL_CLI_SECRET)")?
+                .context("cannot find the CLI secret (pass --token-file or --token, or set KENNEL_CLI_SECRET_FILE or KENNEL_CLI_SECRET)")?
                 .cli
         }
         (None, None) => unreachable!("the project is loaded when no token is given"),
@@ -728,9 +775,7 @@ async fn connect(target: &TargetArgs, defaults: &Defaults) -> Result<MasterClien
 
 /// Writes `text` to stdout; a closed stdout is not an error worth a panic.
 fn out(text: &str) {
-    let mut stdout = std::io::stdout().lock();
-    let _ = stdout.write_all(text.as_bytes());
-    let _ = stdout.flush();
+    crate::console::out(text);
 }
 
 async fn list(
@@ -1044,7 +1089,7 @@ async fn stop(target: TargetArgs, yes: bool, defaults: &Defaults) -> Result<Exit
     if !yes && std::io::stdin().is_terminal() {
         let question = format!("Stop every server of the cluster at {addr}? [y/N] ");
         let answer = tokio::task::spawn_blocking(move || {
-            eprint!("{question}");
+            crate::console::err(&question);
             let mut line = String::new();
             std::io::stdin().read_line(&mut line).map(|_| line)
         })
@@ -1052,7 +1097,7 @@ async fn stop(target: TargetArgs, yes: bool, defaults: &Defaults) -> Result<Exit
         .context("reading the answer")?
         .context("reading the answer")?;
         if !matches!(answer.trim(), "y" | "Y" | "yes") {
-            eprintln!("kennel: not stopped");
+            crate::console::err("kennel: not stopped\n");
             return Ok(ExitCode::FAILURE);
         }
     }

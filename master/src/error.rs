@@ -67,7 +67,7 @@ pub enum ClientError {
     },
     /// The master's proof did not match our secret: the CLI secret is wrong.
     #[error(
-        "the master at {addr} does not accept this CLI secret (check --token, KENNEL_CLI_SECRET or the project's .kennel/secrets.json)"
+        "the master at {addr} does not accept this CLI secret (check --token-file, --token, KENNEL_CLI_SECRET_FILE, KENNEL_CLI_SECRET or the project's .kennel/secrets.json)"
     )]
     WrongSecret {
         /// `host:port` dialed.

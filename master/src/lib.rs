@@ -48,7 +48,7 @@
 //! policies, adoption), `launch` (local vs remote hosts, launcher templates), `policy`,
 //! `procfs` (pid files, `/proc`, pidfd), `sampler` (rss/cpu), `registry` (master links,
 //! reports, `send` commands), `listener` (accept + auth), `logs` (log files, rotation, echo),
-//! `metrics` (the opt-in Prometheus listener), `client`, `table` (`list` output), `cli` (clap), `backoff`, `console` (stdout lines),
+//! `metrics` (the opt-in Prometheus listener), `client`, `table` (`list` output), `cli` (clap), `backoff`, `console` (stdout, stderr and `logs/master.log` writes that never fail),
 //! `error`, `scaffold` (`kennel init`), `codegen` (`kennel cmd`).
 
 mod backoff;

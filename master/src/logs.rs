@@ -24,7 +24,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::sync::CancellationToken;
 
-use crate::console::say;
+use crate::console::server_line;
 
 /// How often the master looks at the log files' sizes.
 pub(crate) const ROTATE_INTERVAL: Duration = Duration::from_secs(1);
@@ -110,7 +110,12 @@ pub(crate) fn rotate_if_full(path: &Path, rotation: Rotation) -> io::Result<bool
 fn copy_truncate(path: &Path, to: &Path) -> io::Result<()> {
     use std::io::Seek;
     let mut src = OpenOptions::new().read(true).write(true).open(path)?;
-    let mut dst = File::create(to)?;
+    let mut dst = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(LOG_MODE)
+        .open(to)?;
     let mut copied = 0u64;
     loop {
         src.seek(SeekFrom::Start(copied))?;
@@ -173,12 +178,16 @@ pub(crate) fn log_path(logs_dir: &Path, id: &str) -> PathBuf {
     logs_dir.join(format!("{id}.log"))
 }
 
-/// Opens (creating it, mode 0644) a log file for appending.
+/// The mode of log files and their rotated copies: logs may hold player ids, addresses and
+/// whatever a game logs, so others cannot read them (the group can, e.g. `adm`).
+pub(crate) const LOG_MODE: u32 = 0o640;
+
+/// Opens (creating it, mode [`LOG_MODE`]) a log file for appending.
 pub(crate) fn open_log(path: &Path) -> io::Result<File> {
     OpenOptions::new()
         .append(true)
         .create(true)
-        .mode(0o644)
+        .mode(LOG_MODE)
         .open(path)
 }
 
@@ -329,7 +338,7 @@ impl Tail {
         while let Some(rest) = line.strip_suffix(b"\n") {
             line = rest.strip_suffix(b"\r").unwrap_or(rest);
         }
-        say(format_args!(
+        server_line(format_args!(
             "{}{}",
             self.prefix,
             String::from_utf8_lossy(line)
@@ -416,5 +425,25 @@ mod tests {
             keep: 2,
         };
         assert!(!rotate_if_full(&path, off).unwrap());
+    }
+
+    #[test]
+    fn log_files_and_their_copies_are_not_world_readable() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("chat-server-1.log");
+        let mut w = open_log(&path).unwrap();
+        writeln!(w, "a line").unwrap();
+        let rot = Rotation {
+            max_bytes: 1,
+            keep: 2,
+        };
+        assert!(rotate_if_full(&path, rot).unwrap());
+        for p in [path.clone(), rotated(&path, 1)] {
+            let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+            // 0640, less whatever the umask takes away.
+            assert_eq!(mode & !LOG_MODE, 0, "{} has mode {mode:04o}", p.display());
+            assert_eq!(mode & 0o600, 0o600, "{} has mode {mode:04o}", p.display());
+        }
     }
 }

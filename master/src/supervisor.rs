@@ -31,7 +31,8 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use kennel_config::{
-    CLI_SECRET_ENV, MASTER_HOST_ENV, MASTER_PORT_ENV, Project, SERVER_SECRET_ENV, ServerConfig,
+    CLI_SECRET_ENV, CLI_SECRET_FILE_ENV, MASTER_HOST_ENV, MASTER_PORT_ENV, Project,
+    SERVER_SECRET_ENV, SERVER_SECRET_FILE_ENV, ServerConfig,
 };
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
@@ -410,7 +411,9 @@ impl Supervisor {
         };
         cmd.current_dir(&env.dir)
             .env(SERVER_SECRET_ENV, &env.server_secret)
+            .env_remove(SERVER_SECRET_FILE_ENV)
             .env_remove(CLI_SECRET_ENV)
+            .env_remove(CLI_SECRET_FILE_ENV)
             // Servers dial the address this master really listens on.
             .env(MASTER_HOST_ENV, &env.master_host)
             .env(MASTER_PORT_ENV, env.master_port.to_string())

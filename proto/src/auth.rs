@@ -11,6 +11,11 @@
 //!
 //! MACs are compared in constant time. Both functions run on a `Framed` with the small
 //! [`crate::frame::AUTH_MAX_FRAME`] limit; callers bound them with a timeout.
+//!
+//! Only what follows the acceptor's verified MAC comes from someone who knows the secret: a
+//! `Challenge` with `refused` set carries no MAC, so anyone who can answer the port can send
+//! one. The dialer reports it as [`AuthError::Refused`], which is never a verdict (retry); a
+//! refusal of the proof by an acceptor whose MAC verified is [`AuthError::Rejected`].
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
@@ -42,9 +47,16 @@ pub enum AuthError {
     /// The other side's MAC is wrong: it does not know the secret (or replayed an old answer).
     #[error("authentication failed: wrong secret")]
     BadMac,
-    /// The acceptor refused the dialer, with its reason.
+    /// Refused before the other side proved it knows the secret: the acceptor's `Challenge`
+    /// said `refused` (or named another acceptor than the one dialed), or, on the acceptor
+    /// side, `admit` refused the dialer. Anyone who can answer the port can send this, so a
+    /// dialer treats it as a transient failure, never as a verdict.
     #[error("refused: {0}")]
     Refused(String),
+    /// The acceptor proved it knows the secret (its MAC verified), then refused this dialer's
+    /// proof, with its reason.
+    #[error("rejected by the authenticated acceptor: {0}")]
+    Rejected(String),
 }
 
 type Link<S> = Framed<S, LengthDelimitedCodec>;
@@ -147,7 +159,7 @@ pub async fn dial<S: AsyncRead + AsyncWrite + Unpin>(
     if res.ok {
         Ok(ch.id)
     } else {
-        Err(AuthError::Refused(res.error))
+        Err(AuthError::Rejected(res.error))
     }
 }
 
@@ -279,6 +291,48 @@ mod tests {
             AuthError::Refused(r) => assert!(r.contains("unknown server id x")),
             e => panic!("unexpected {e:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn only_a_refusal_after_the_acceptors_proof_is_rejected() {
+        // A refusal in the challenge carries no MAC: `Refused`, whatever its reason says.
+        let (mut d, mut a) = pair();
+        let (rd, _) = tokio::join!(
+            dial(&mut d, b"k", Role::Server, "chat-1", ""),
+            accept(&mut a, "master", |_| Err("already registered".to_string()))
+        );
+        assert!(matches!(rd, Err(AuthError::Refused(_))), "{rd:?}");
+
+        // An acceptor that proves the secret, then refuses the proof: `Rejected`.
+        let (mut d, mut a) = pair();
+        let acceptor = async {
+            let hello: Hello = recv(&mut a).await.unwrap();
+            let nonce_a = nonce();
+            let ch = Challenge {
+                id: "master".into(),
+                nonce: nonce_a.clone().into(),
+                mac: mac(
+                    b"k",
+                    b"acceptor",
+                    Role::Server,
+                    &hello.id,
+                    "master",
+                    &hello.nonce,
+                    &nonce_a,
+                )
+                .into(),
+                ..Default::default()
+            };
+            send(&mut a, &ch).await.unwrap();
+            let _: Proof = recv(&mut a).await.unwrap();
+            let no = AuthResult {
+                ok: false,
+                error: "no".into(),
+            };
+            send(&mut a, &no).await.unwrap();
+        };
+        let (rd, ()) = tokio::join!(dial(&mut d, b"k", Role::Server, "chat-1", ""), acceptor);
+        assert!(matches!(rd, Err(AuthError::Rejected(_))), "{rd:?}");
     }
 
     #[test]

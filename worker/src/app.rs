@@ -1288,6 +1288,13 @@ fn server_secret(project: &Project) -> Result<String, Error> {
         Ok(s) if !s.is_empty() => return Ok(s),
         _ => {}
     }
+    if let Some(file) =
+        std::env::var_os(SecretKind::Server.file_env_var()).filter(|f| !f.is_empty())
+    {
+        return Ok(kennel_config::read_secret_file(std::path::Path::new(
+            &file,
+        ))?);
+    }
     match &project.master.server_secret {
         Some(s) if !s.is_empty() => Ok(s.clone()),
         _ => Ok(Secrets::resolve(project, false)?.server),

@@ -49,7 +49,9 @@ pub use session::Session;
 pub use stats::LATENCY_BUCKETS;
 
 /// Installs a tracing subscriber writing to stderr (level from `RUST_LOG`, default `info`).
-/// Called by [`App::from_args`]; harmless if a subscriber is already set.
+/// Called by [`App::from_args`]; harmless if a subscriber is already set. A failed write (a
+/// full disk under the log file, a closed pipe) drops the line: tracing-subscriber's own
+/// report of it would be an `eprintln!` to the same stderr, which panics.
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -57,6 +59,7 @@ pub fn init_logging() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(false)
+        .log_internal_errors(false)
         .try_init();
 }
 

@@ -10,7 +10,13 @@
 //! ```
 //! The server dials until the master answers and redials when the link drops, keeping its peers
 //! meanwhile. After re-registering it waits a grace period (`rpc.reconcileGrace`, mydog's 5 s by default), then forgets peers the
-//! master no longer lists. A refused registration (duplicate or unknown id) ends the process.
+//! master no longer lists.
+//!
+//! Only the master's answer to `Register` (a `RegisterError`: duplicate or unknown id), sent
+//! on a link where the master has proven it knows the server secret, ends the process. A
+//! refusal during authentication carries no proof (anyone who can answer the master port can
+//! send one, e.g. while the master is down), so it is logged and retried with backoff like any
+//! other failure to reach the master.
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -88,14 +94,15 @@ async fn answer(app: App, seq: u64, args: Vec<String>) -> CommandReply {
     }
 }
 
-/// Keeps this server registered until `shutdown`. Returns an error only if the master refused
-/// the registration.
+/// Keeps this server registered until `shutdown`. Returns an error only if the master, having
+/// proven it knows the secret, refused the registration.
 pub(crate) async fn run(app: App, shutdown: CancellationToken) -> Result<(), Error> {
     let m = &app.inner.project.master;
     let addr = format!("{}:{}", m.host, m.port);
     let mut delay = Duration::from_millis(100);
     let mut registered_before = false;
-    let mut warned = false;
+    // The last failure logged: each new kind of failure is logged once, not every retry.
+    let mut last_logged: Option<String> = None;
     loop {
         let r = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
@@ -106,13 +113,20 @@ pub(crate) async fn run(app: App, shutdown: CancellationToken) -> Result<(), Err
                 warn!(master = %addr, "master link dropped; serving on, redialing");
                 registered_before = true;
                 delay = Duration::from_millis(100);
+                last_logged = None;
             }
             Err(LinkErr::Refused(e)) => return Err(Error::Refused(e)),
+            Err(LinkErr::Untrusted(e)) => {
+                if last_logged.as_deref() != Some(e.as_str()) {
+                    warn!(master = %addr, cause = %e, "the master port refused this server before proving it knows the secret: not trusted, retrying");
+                    last_logged = Some(e);
+                }
+            }
             Err(LinkErr::Other(e, registered)) => {
                 registered_before |= registered;
-                if !warned {
+                if last_logged.as_deref() != Some(e.as_str()) {
                     warn!(master = %addr, cause = %e, "cannot register with the master yet; retrying");
-                    warned = true;
+                    last_logged = Some(e);
                 }
             }
         }
@@ -143,7 +157,11 @@ impl From<to_master::Msg> for Incoming {
 }
 
 enum LinkErr {
+    /// The master's `RegisterError`, after it proved it knows the secret: ends the server.
     Refused(String),
+    /// A refusal from whoever answered the master port without proving the secret (or a
+    /// rejection of this server's proof): retried.
+    Untrusted(String),
     /// Failure, and whether registration had succeeded before it.
     Other(String, bool),
 }
@@ -169,7 +187,9 @@ async fn session(app: &App, addr: &str, reconnect: bool) -> Result<(), LinkErr> 
     .await
     {
         Err(_) => return Err(other("authentication timed out".into())),
-        Ok(Err(auth::AuthError::Refused(r))) => return Err(LinkErr::Refused(r)),
+        Ok(Err(auth::AuthError::Refused(r) | auth::AuthError::Rejected(r))) => {
+            return Err(LinkErr::Untrusted(r));
+        }
         Ok(Err(e)) => return Err(other(e.to_string())),
         Ok(Ok(_)) => {}
     }

@@ -563,7 +563,9 @@ async fn dial_loop(app: App, info: ServerInfo, cancel: CancellationToken) {
         // Boxed: the dial and authentication state is freed before the link runs, not
         // kept in this task for the link's life.
         let attempt = Box::pin(async {
-            let stream = TcpStream::connect(&addr).await.map_err(|e| e.to_string())?;
+            let stream = TcpStream::connect(&addr)
+                .await
+                .map_err(|e| (false, e.to_string()))?;
             let _ = stream.set_nodelay(app.rpc_config().no_delay);
             let mut framed = Framed::new(stream, length_codec(AUTH_MAX_FRAME));
             tokio::time::timeout(
@@ -577,9 +579,17 @@ async fn dial_loop(app: App, info: ServerInfo, cancel: CancellationToken) {
                 ),
             )
             .await
-            .map_err(|_| "authentication timed out".to_string())?
-            .map_err(|e| e.to_string())?;
-            Ok::<_, String>(framed)
+            .map_err(|_| (false, "authentication timed out".to_string()))?
+            .map_err(|e| {
+                // A refusal without the peer's proof of the secret is anyone's to send: never
+                // a verdict, the dial goes on like after any other failure.
+                let untrusted = matches!(
+                    e,
+                    auth::AuthError::Refused(_) | auth::AuthError::Rejected(_)
+                );
+                (untrusted, e.to_string())
+            })?;
+            Ok::<_, (bool, String)>(framed)
         });
         let result = tokio::select! {
             _ = cancel.cancelled() => return,
@@ -590,7 +600,11 @@ async fn dial_loop(app: App, info: ServerInfo, cancel: CancellationToken) {
                 logged = false;
                 run_link(app.clone(), info.id.clone(), framed, cancel.clone()).await;
             }
-            Err(e) if !logged => {
+            Err((true, e)) if !logged => {
+                warn!(peer = %info.id, %addr, cause = %e, "peer port refused this link before proving it knows the secret: not trusted, retrying");
+                logged = true;
+            }
+            Err((false, e)) if !logged => {
                 debug!(peer = %info.id, %addr, cause = %e, "cannot reach peer yet; retrying");
                 logged = true;
             }
