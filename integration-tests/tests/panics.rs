@@ -231,7 +231,7 @@ async fn a_panicking_frontend_handler_fails_only_its_request() {
     for when in ["inline", "later"] {
         let msg = format!("boom in connector.boom.handler ({when})");
         let uid = uid_field(PANICKER);
-        let parts = ["panicked", &msg, "route=connector.boom.handler", &uid];
+        let parts = ["panicked", &msg, "route=\"connector.boom.handler\"", &uid];
         logged(&g, "connector-server-1", &parts).unwrap();
     }
     panics_counted(
@@ -264,7 +264,7 @@ async fn a_panicking_backend_handler_fails_only_its_request() {
         logged(
             &g,
             CHAT,
-            &["panicked", &msg, "route=chat.boom.handler", &uid],
+            &["panicked", &msg, "route=\"chat.boom.handler\"", &uid],
         )
         .unwrap();
     }
@@ -310,19 +310,19 @@ async fn a_panicking_remote_is_an_rpc_error_at_once_not_a_timeout() {
     logged(
         &g,
         "chat-server-1",
-        &["panicked", "(inline)", "route=chat.boom.remote"],
+        &["panicked", "(inline)", "route=\"chat.boom.remote\""],
     )
     .unwrap();
     logged(
         &g,
         "chat-server-1",
-        &["panicked", "(later)", "route=chat.boom.remote"],
+        &["panicked", "(later)", "route=\"chat.boom.remote\""],
     )
     .unwrap();
     logged(
         &g,
         CHAT,
-        &["panicked", "(inline)", "route=chat.boom.remote"],
+        &["panicked", "(inline)", "route=\"chat.boom.remote\""],
     )
     .unwrap();
     panics_counted(&g, "chat-server-1", "chat", "chat.boom.remote", 2)
@@ -351,7 +351,7 @@ async fn a_panicking_before_filter_fails_only_its_request() {
         (CHAT, "chat.boom.filtered"),
     ] {
         let msg = format!("boom in a before filter on {route}");
-        let label = format!("route={route}");
+        let label = format!("route=\"{route}\"");
         logged(&g, server, &["panicked", &msg, &label, &uid]).unwrap();
     }
     panics_counted(
@@ -398,7 +398,7 @@ async fn a_panicking_route_function_fails_only_its_message() {
     let parts = [
         "panicked",
         "boom in the chat route function",
-        "route=chat.main.echo",
+        "route=\"chat.main.echo\"",
         &uid,
     ];
     logged(&g, "connector-server-1", &parts).unwrap();
@@ -440,7 +440,7 @@ async fn a_panicking_on_client_off_still_ends_the_session() {
     let parts = [
         "panicked",
         "boom in on_client_off of uid Some(10)",
-        "route=on_client_off",
+        "route=\"on_client_off\"",
         &uid,
     ];
     logged(&g, "connector-server-1", &parts).unwrap();
