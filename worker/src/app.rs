@@ -912,9 +912,14 @@ impl App {
             self.run_handler(session.clone(), cmd, payload);
             return Ok(());
         }
-        let Some(target) = self.pick_server(server_type, &route.name, session) else {
-            warn!(route = %route.name, uid = ?session.uid(), "no {server_type} server to route to; message dropped");
-            return Ok(());
+        let target = match self.pick_server(server_type, &route.name, session) {
+            Ok(Some(target)) => target,
+            Ok(None) => {
+                warn!(route = %route.name, uid = ?session.uid(), "no {server_type} server to route to; message dropped");
+                return Ok(());
+            }
+            // Reported: the message is dropped.
+            Err(_) => return Ok(()),
         };
         if !self.inner.peers.is_of_type(&target, server_type) {
             warn!(route = %route.name, server = %target, "route function picked a server that is not a live {server_type} server; message dropped");
@@ -950,21 +955,23 @@ impl App {
         Ok(())
     }
 
-    /// The server of `server_type` that handles `route` for `session` (the route function's
-    /// pick, behind a panic boundary: a panic drops the message).
-    fn pick_server(&self, server_type: &str, route: &str, session: &Session) -> Option<String> {
+    /// The server of `server_type` that handles `route` for `session`: the route function's
+    /// pick (behind a panic boundary), or one by uid (connection id) modulo the servers.
+    fn pick_server(
+        &self,
+        server_type: &str,
+        route: &str,
+        session: &Session,
+    ) -> Result<Option<String>, Panic> {
         if let Some(f) = self.frozen().reg.route_fns.get(server_type) {
-            return self
-                .guard("route function", route, Some(session), || f(self, session))
-                .ok()
-                .flatten();
+            return self.guard("route function", route, Some(session), || f(self, session));
         }
         let list = self.server_ids_of_type(server_type);
         if list.is_empty() {
-            return None;
+            return Ok(None);
         }
         let key = session.uid().unwrap_or(session.conn_id());
-        Some(list[(key % list.len() as u64) as usize].clone())
+        Ok(Some(list[(key % list.len() as u64) as usize].clone()))
     }
 
     /// Runs the local handler of `cmd` in arrival order and sends its reply to the client.

@@ -297,7 +297,6 @@ fn serve<W: Wire>(
             Ok(None) => return,
             Err(p) => return connection_panicked(&app, None, addr, &p),
         };
-        app.client_on(&live.session).await;
         let mut out = VecDeque::new();
         let (session, conn) = (&live.session, &live.conn);
         let result = guarded(conn_loop(&app, session, conn, &mut io, &mut out, &cfg)).await;
@@ -361,9 +360,9 @@ impl Drop for Live {
 }
 
 /// A client's handshake (before it, one frame of at most 50 bytes of body within the
-/// handshake timeout), then its connection and live session: the handshake reply is queued
-/// and the session registered (the caller runs the `client on` callbacks). `None` if the
-/// handshake failed.
+/// handshake timeout), then its connection and live session: the handshake reply is queued,
+/// the session registered (from then on [`Live`] ends it) and the `client on` callbacks run.
+/// `None` if the handshake failed.
 async fn open<W: Wire>(
     app: &App,
     io: &mut ClientIo<W>,
@@ -389,12 +388,14 @@ async fn open<W: Wire>(
     let session = Session::frontend(app, conn.clone(), addr.ip().to_string());
     conn.send(handshake_reply(app, &req, cfg.heartbeat));
     app.inner.frontend.add(session.clone());
-    Some(Live {
+    let live = Live {
         app: app.clone(),
         session,
         conn,
         ended: false,
-    })
+    };
+    app.client_on(&live.session).await;
+    Some(live)
 }
 
 /// Reads and parses the handshake. `Err(None)`: the client left quietly.

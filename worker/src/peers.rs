@@ -1012,6 +1012,46 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_link_is_closed_uninstalled_and_its_calls_failed_when_its_reader_panics() {
+        let peers = Peers::default();
+        let link = Arc::new(Link {
+            generation: 1,
+            peer: "p".into(),
+            peer_sid: "p".into(),
+            out: Outbox::new(BytesMut::new()),
+            pending: Mutex::new(HashMap::default()),
+            calls_waiting: Arc::new(Notify::new()),
+            closed: CancellationToken::new(),
+        });
+        peers.install(link.clone());
+        let (tx, rx) = oneshot::channel();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        link.pending
+            .lock()
+            .unwrap()
+            .insert(7, PendingCall { tx, deadline });
+        let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _installed = Installed {
+                peers: &peers,
+                link: &link,
+            };
+            panic!("a bug in the reader");
+        }));
+        assert!(read.is_err());
+        assert!(link.closed.is_cancelled());
+        assert!(peers.map.read().unwrap()["p"].link.borrow().is_none());
+        let call = tokio::time::timeout(Duration::from_secs(5), rx).await;
+        assert_eq!(
+            call.unwrap().unwrap(),
+            Err(RpcError::LinkDropped("p".into()))
+        );
+        // The writer's guard closes the outbox: nothing more is queued.
+        let link2 = link.clone();
+        drop(CloseOnDrop(link2));
+        assert!(matches!(link.out.try_push(ping(1)), Pushed::Closed));
+    }
+
+    #[tokio::test]
     async fn an_oversized_frame_is_an_error() {
         let (mut r, mut w) = reader().await;
         w.write_all(&(2u32 << 20).to_be_bytes()).await.unwrap();
