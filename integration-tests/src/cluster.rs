@@ -1,7 +1,8 @@
 //! Boots the real chat-demo cluster for a test: a temp project dir with a config on free
 //! ports, the master started as `chat-demo start --dir <tmp>` (it spawns the same binary for
-//! every server), readiness read from the master's stdout, and helpers to find, kill and reap
-//! the servers. Dropping a [`Cluster`] kills whatever is left (by process group).
+//! every server; or `kennel start` with another game binary as master.json's `bin`, see
+//! [`ClusterOptions::game`]), readiness read from the master's stdout, and helpers to find, kill
+//! and reap the servers. Dropping a [`Cluster`] kills whatever is left (by process group).
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -122,6 +123,12 @@ pub struct ClusterOptions {
     pub ws_extra: Value,
     /// Extra keys of every chat entry.
     pub chat_extra: Value,
+    /// The server binary (a game on the kennel library playing chat-demo's chat, e.g. the
+    /// `panic-game` test game), run by the `kennel` master through master.json's `bin`;
+    /// `None`: chat-demo, which is its own master.
+    pub game: Option<PathBuf>,
+    /// Routes appended to [`ROUTES`] in route.json (the chat routes keep their cmds).
+    pub extra_routes: Vec<String>,
 }
 
 impl ClusterOptions {
@@ -252,6 +259,8 @@ impl Cluster {
             connector_extra,
             ws_extra,
             chat_extra,
+            game,
+            extra_routes,
         } = opts.clone();
         let bin_dir = match release {
             Some(release) => bin_dir_for(release),
@@ -285,20 +294,33 @@ impl Cluster {
             .collect();
         let env = "test";
         let mut master = json!({"id": "master-server-1", "host": "127.0.0.1", "port": master_port});
+        if let Some(game) = &game {
+            master["bin"] = json!(game);
+        }
         merge(&mut master, &master_extra);
         std::fs::write(sys.join("master.json"), json!({env: master}).to_string())?;
         std::fs::write(
             sys.join("servers.json"),
             json!({env: {"connector": connector, "chat": chat}}).to_string(),
         )?;
-        std::fs::write(sys.join("route.json"), json!(ROUTES).to_string())?;
+        let routes: Vec<&str> = ROUTES
+            .iter()
+            .copied()
+            .chain(extra_routes.iter().map(String::as_str))
+            .collect();
+        std::fs::write(sys.join("route.json"), json!(routes).to_string())?;
         let ids = frontends
             .iter()
             .map(|(id, _)| id.clone())
             .chain((1..=chats).map(|i| format!("chat-server-{i}")))
             .collect();
+        let master_bin = if game.is_some() {
+            "kennel"
+        } else {
+            "chat-demo"
+        };
         let cmd = MasterCommand {
-            program: bin_dir.join("chat-demo"),
+            program: bin_dir.join(master_bin),
             args: vec![
                 "start".into(),
                 "-e".into(),

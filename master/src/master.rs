@@ -818,6 +818,7 @@ impl Core {
                     clients: link.and_then(|l| l.clients),
                     status: link.map(|l| l.status.clone()).unwrap_or_default(),
                     rpc: link.and_then(|l| l.rpc.clone()),
+                    panics: link.map(|l| l.panics.clone()).unwrap_or_default(),
                     remote,
                     external: slot.launch == Launch::External,
                 }

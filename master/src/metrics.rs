@@ -4,8 +4,9 @@
 //!
 //! A scrape asks the event loop for the same [`ListReply`] `kennel list` gets and renders it:
 //! servers by state, restarts, rss, cpu, uptime, clients of frontends, and each server's RPC
-//! counters and call latency histogram as the server last reported them (cumulative since that
-//! server process started).
+//! counters and call latency histogram, and the panics caught in its game code by route
+//! (`kennel_panics_total`), as the server last reported them (cumulative since that server
+//! process started).
 //!
 //! Decisions: the text is rendered by hand from the reply (a few dozen lines) rather than
 //! through a global `metrics` recorder, because every value is a snapshot the master already
@@ -326,6 +327,22 @@ pub(crate) fn render(list: &ListReply) -> String {
     }
     family(
         &mut out,
+        "kennel_panics_total",
+        "counter",
+        "Panics caught in the server's game code, by route (or callback name, e.g. on_client_off); each failed only its own request or call.",
+    );
+    for (l, _, s) in &servers {
+        let panics: BTreeMap<_, _> = s.panics.iter().collect();
+        for (route, n) in panics {
+            let _ = writeln!(
+                out,
+                "kennel_panics_total{{{l},route=\"{}\"}} {n}",
+                escape(route)
+            );
+        }
+    }
+    family(
+        &mut out,
         "kennel_rpc_call_duration_seconds",
         "histogram",
         "Latency of the server's RPC calls.",
@@ -425,6 +442,7 @@ mod tests {
                         latency_count: 5,
                         latency_sum: 0.25,
                     }),
+                    panics: [("connector.main.boom".to_owned(), 3)].into(),
                     ..Default::default()
                 },
                 ServerStatus {
@@ -452,6 +470,7 @@ mod tests {
             format!("kennel_frontend_clients{{{c}}} 3"),
             format!("kennel_rpc_calls_total{{{c}}} 5"),
             format!("kennel_rpc_errors_total{{{c},kind=\"timeout\"}} 2"),
+            format!("kennel_panics_total{{{c},route=\"connector.main.boom\"}} 3"),
             format!("kennel_rpc_call_duration_seconds_bucket{{{c},le=\"0.01\"}} 3"),
             format!("kennel_rpc_call_duration_seconds_bucket{{{c},le=\"+Inf\"}} 5"),
             format!("kennel_rpc_call_duration_seconds_sum{{{c}}} 0.25"),

@@ -7,7 +7,7 @@
 //! master -> others : Add {info}
 //! ...
 //! server -> master : Ping {seq}        master -> server : Pong {seq}
-//! server -> master : Report {clients, status, rpc}   (every second)
+//! server -> master : Report {clients, status, rpc, panics}   (every second)
 //! master -> server : Command {seq, args}   server -> master : CommandReply {seq, ..}
 //! (link drops)     master -> others : Remove {id}
 //! ```
@@ -47,6 +47,8 @@ pub(crate) struct Link {
     pub(crate) status: HashMap<String, String>,
     /// RPC counters, as last reported.
     pub(crate) rpc: Option<RpcStats>,
+    /// Panics caught in the server's game code by route, as last reported.
+    pub(crate) panics: HashMap<String, u64>,
     /// `kennel send` commands waiting for this server's reply, by seq. Dropped (the waiter
     /// sees the link close) with the link.
     pending: HashMap<u64, oneshot::Sender<Result<String, String>>>,
@@ -102,6 +104,7 @@ impl Registry {
             l.clients = Some(report.clients);
             l.status = report.status;
             l.rpc = report.rpc;
+            l.panics = report.panics;
         }
     }
 
@@ -162,6 +165,7 @@ impl Registry {
                 clients: None,
                 status: HashMap::new(),
                 rpc: None,
+                panics: HashMap::new(),
                 pending: HashMap::new(),
             },
         );

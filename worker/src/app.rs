@@ -5,12 +5,18 @@
 //! It also owns routing: a client message's `cmd` picks a route; a route of this server's type
 //! runs the local handler, any other goes to the backend the route function picks, with a copy
 //! of the session; the handler's reply travels back to the client with the request's `cmd`.
+//!
+//! Every piece of game code it calls runs behind a panic boundary ([`crate::dispatch`]): a
+//! panic is logged ([`App::panicked`]: server, route, uid, message), counted by route, and fails
+//! only that piece of work. A client request that panics gets no reply (the client protocol has
+//! no error frame); an RPC call gets [`RpcError::Remote`] with `panicked: <message>`.
 
 use std::any::Any;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, OnceLock};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -21,11 +27,11 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::codec::{Codecs, FrameDecoder, MessageCodec, ProtocolCodec};
 use crate::connector::{self, ConnectorConfig};
-use crate::dispatch::poll_now;
+use crate::dispatch::{self, Panic, poll_now, spawn_rest};
 use crate::frontend::FrontendState;
 use crate::handler::{
     self, AfterFn, AppCb, BeforeFn, BoxFuture, GlobalFn, HandlerFn, RemoteFn, Reply, RouteFn,
@@ -566,7 +572,10 @@ impl App {
     /// A reply/push frame for clients of this frontend from a JSON body; `None` (logged) when
     /// the message codec cannot encode it.
     pub(crate) fn client_frame(&self, cmd: u16, json: Bytes) -> Option<Bytes> {
-        match self.codecs().message(cmd, json) {
+        let encoded = self.guard("message codec", self.route_name(cmd), None, || {
+            self.codecs().message(cmd, json)
+        });
+        match encoded.ok()? {
             Ok(f) => Some(f),
             Err(e) => {
                 warn!(
@@ -703,7 +712,9 @@ impl App {
         // master refusal), bounded in time.
         let hooks = async {
             for cb in &self.frozen().reg.before_exit {
-                cb(self.clone()).await;
+                if let Err(p) = dispatch::guarded(async { cb(self.clone()).await }).await {
+                    self.panicked("on_before_exit", "on_before_exit", None, &p);
+                }
             }
         };
         if tokio::time::timeout(BEFORE_EXIT_TIMEOUT, hooks)
@@ -746,7 +757,9 @@ impl App {
                 info!(server = %id, "server added");
             }
             for cb in &self.frozen().reg.on_add {
-                cb(self.clone(), info.clone());
+                let _ = self.guard("on_add_server", "on_add_server", None, || {
+                    cb(self.clone(), info.clone())
+                });
             }
         }
         self.check_start_all();
@@ -768,7 +781,7 @@ impl App {
         if all && !self.inner.started_all.swap(true, Ordering::AcqRel) {
             info!("every configured server has registered");
             for cb in &self.frozen().reg.on_start_all {
-                cb(self.clone());
+                let _ = self.guard("on_start_all", "on_start_all", None, || cb(self.clone()));
             }
             release_free_heap();
         }
@@ -781,7 +794,9 @@ impl App {
         if let Some(info) = self.inner.peers.remove(id) {
             info!(server = %id, "server removed");
             for cb in &self.frozen().reg.on_remove {
-                cb(self.clone(), info.clone());
+                let _ = self.guard("on_remove_server", "on_remove_server", None, || {
+                    cb(self.clone(), info.clone())
+                });
             }
         }
     }
@@ -797,16 +812,63 @@ impl App {
 
     // ------------------------------------------------------------------ clients
 
+    /// Runs the `client on` callbacks, each behind a panic boundary (one that panics is
+    /// reported; the others still run and the connection goes on).
     pub(crate) async fn client_on(&self, s: &Session) {
         for cb in &self.frozen().reg.client_on {
-            cb(self.clone(), s.clone()).await;
+            if let Err(p) = dispatch::guarded(async { cb(self.clone(), s.clone()).await }).await {
+                self.panicked("on_client_on", "on_client_on", s.uid(), &p);
+            }
         }
     }
 
+    /// Runs the `client off` callbacks, each behind a panic boundary (one that panics is
+    /// reported; the others still run).
     pub(crate) async fn client_off(&self, s: &Session) {
         for cb in &self.frozen().reg.client_off {
-            cb(self.clone(), s.clone()).await;
+            if let Err(p) = dispatch::guarded(async { cb(self.clone(), s.clone()).await }).await {
+                self.panicked("on_client_off", "on_client_off", s.uid(), &p);
+            }
         }
+    }
+
+    // ------------------------------------------------------------------ panic boundaries
+
+    /// Runs game code `f` behind a panic boundary: a panic is reported ([`App::panicked`]) and
+    /// returned. `what` names the code in the log; `route` (a route, or a callback's name) is
+    /// the counter's label; the uid is read from `session` only when `f` panics.
+    pub(crate) fn guard<R>(
+        &self,
+        what: &'static str,
+        route: &str,
+        session: Option<&Session>,
+        f: impl FnOnce() -> R,
+    ) -> Result<R, Panic> {
+        dispatch::catch(f)
+            .inspect_err(|p| self.panicked(what, route, session.and_then(Session::uid), p))
+    }
+
+    /// Reports a panic caught in game code: an error line with this server's id, the route
+    /// (or callback), the uid (`-` when there is none) and the panic's message (Rust's panic
+    /// hook has printed where it happened just before), and one more in
+    /// `kennel_panics_total{route}`.
+    pub(crate) fn panicked(&self, what: &str, route: &str, uid: Option<u64>, p: &Panic) {
+        error!(
+            server = self.id(),
+            route,
+            uid = %Uid(uid),
+            "{what} panicked: {}; only that call failed, the server goes on",
+            p.message()
+        );
+        self.inner.stats.panic(route);
+    }
+
+    /// The name of route `cmd` (`-` outside the route list).
+    fn route_name(&self, cmd: u16) -> &str {
+        self.inner
+            .routes
+            .get(cmd as usize)
+            .map_or("-", |r| r.name.as_str())
     }
 
     /// Routes one client message (frontend). An error closes the connection.
@@ -822,17 +884,25 @@ impl App {
                 self.inner.routes.len()
             ));
         };
-        for f in &self.frozen().reg.global_before {
-            if !f(self, session, cmd, &payload) {
+        let filters = &self.frozen().reg.global_before;
+        if !filters.is_empty() {
+            let pass = self.guard("global_before filter", &route.name, Some(session), || {
+                filters.iter().all(|f| f(self, session, cmd, &payload))
+            });
+            if !matches!(pass, Ok(true)) {
                 return Ok(());
             }
         }
-        let payload = match self.codecs().message.decode(cmd, payload) {
-            Ok(p) => p,
-            Err(e) => {
+        let decoded = self.guard("message codec", &route.name, Some(session), || {
+            self.codecs().message.decode(cmd, payload)
+        });
+        let payload = match decoded {
+            Ok(Ok(p)) => p,
+            Ok(Err(e)) => {
                 warn!(route = %route.name, conn = session.conn_id(), "message codec cannot decode the client's message: {e}; dropped");
                 return Ok(());
             }
+            Err(_) => return Ok(()),
         };
         let Some(server_type) = &route.server_type else {
             warn!(route = %route.name, "client sent a push-only route; ignored");
@@ -842,9 +912,14 @@ impl App {
             self.run_handler(session.clone(), cmd, payload);
             return Ok(());
         }
-        let Some(target) = self.pick_server(server_type, session) else {
-            warn!(route = %route.name, uid = ?session.uid(), "no {server_type} server to route to; message dropped");
-            return Ok(());
+        let target = match self.pick_server(server_type, &route.name, session) {
+            Ok(Some(target)) => target,
+            Ok(None) => {
+                warn!(route = %route.name, uid = ?session.uid(), "no {server_type} server to route to; message dropped");
+                return Ok(());
+            }
+            // Reported: the message is dropped.
+            Err(_) => return Ok(()),
         };
         if !self.inner.peers.is_of_type(&target, server_type) {
             warn!(route = %route.name, server = %target, "route function picked a server that is not a live {server_type} server; message dropped");
@@ -880,16 +955,23 @@ impl App {
         Ok(())
     }
 
-    fn pick_server(&self, server_type: &str, session: &Session) -> Option<String> {
+    /// The server of `server_type` that handles `route` for `session`: the route function's
+    /// pick (behind a panic boundary), or one by uid (connection id) modulo the servers.
+    fn pick_server(
+        &self,
+        server_type: &str,
+        route: &str,
+        session: &Session,
+    ) -> Result<Option<String>, Panic> {
         if let Some(f) = self.frozen().reg.route_fns.get(server_type) {
-            return f(self, session);
+            return self.guard("route function", route, Some(session), || f(self, session));
         }
         let list = self.server_ids_of_type(server_type);
         if list.is_empty() {
-            return None;
+            return Ok(None);
         }
         let key = session.uid().unwrap_or(session.conn_id());
-        Some(list[(key % list.len() as u64) as usize].clone())
+        Ok(Some(list[(key % list.len() as u64) as usize].clone()))
     }
 
     /// Runs the local handler of `cmd` in arrival order and sends its reply to the client.
@@ -905,20 +987,30 @@ impl App {
         };
         let frozen = self.frozen();
         let route = self.inner.routes[cmd as usize].name.as_str();
-        for f in &frozen.reg.before {
-            if !f(self, &session, route, &payload) {
+        let filters = &frozen.reg.before;
+        if !filters.is_empty() {
+            let pass = self.guard("before filter", route, Some(&session), || {
+                filters.iter().all(|f| f(self, &session, route, &payload))
+            });
+            if !matches!(pass, Ok(true)) {
                 return;
             }
         }
-        // The handler runs inline until it first waits; the rest is then its own task.
-        let mut fut = h(self.clone(), session.clone(), payload);
+        // The handler runs inline until it first waits; the rest is then its own task. A panic
+        // anywhere in it fails this request only (no reply).
+        let Ok(mut fut) = self.guard("handler", route, Some(&session), || {
+            h(self.clone(), session.clone(), payload)
+        }) else {
+            return;
+        };
         match poll_now(&mut fut) {
-            Some(r) => self.handler_done(session, cmd, r),
-            None => {
+            Poll::Ready(Ok(r)) => self.handler_done(session, cmd, r),
+            Poll::Ready(Err(p)) => self.panicked("handler", route, session.uid(), &p),
+            Poll::Pending => {
                 let app = self.clone();
-                tokio::spawn(async move {
-                    let r = fut.await;
-                    app.handler_done(session, cmd, r);
+                spawn_rest(fut, move |r| match r {
+                    Ok(r) => app.handler_done(session, cmd, r),
+                    Err(p) => app.panicked("handler", app.route_name(cmd), session.uid(), &p),
                 });
             }
         }
@@ -934,8 +1026,13 @@ impl App {
                 None
             }
         };
-        for f in &self.frozen().reg.after {
-            f(self, &session, route, reply.as_deref());
+        let filters = &self.frozen().reg.after;
+        if !filters.is_empty() {
+            let _ = self.guard("after filter", route, Some(&session), || {
+                for f in filters {
+                    f(self, &session, route, reply.as_deref());
+                }
+            });
         }
         if let Some(reply) = reply {
             self.reply_now(session, cmd, reply);
@@ -1039,21 +1136,28 @@ impl App {
                 }
             }
             peer_msg::Msg::Rpc(req) => {
-                // The remote runs inline until it first waits; the rest is then its own task.
+                // The remote runs inline until it first waits; the rest is then its own task. A
+                // panic anywhere in it is the call's error.
                 let id = req.id;
-                let mut fut = match self.start_remote(&req.route, req.args) {
-                    Ok(fut) => fut,
-                    Err(e) => return remote_done(link, id, &req.route, Err(e)),
+                let mut fut = match self.guard("remote", &req.route, None, || {
+                    self.start_remote(&req.route, req.args)
+                }) {
+                    Ok(Ok(fut)) => fut,
+                    Ok(Err(e)) => return remote_done(link, id, &req.route, Err(e)),
+                    Err(p) => {
+                        let e = self.remote_panic(&req.route, &p);
+                        return remote_done(link, id, &req.route, Err(e));
+                    }
                 };
                 match poll_now(&mut fut) {
-                    Some(r) => {
-                        let r = r.map_err(|m| self.remote_error(&req.route, m));
+                    Poll::Ready(r) => {
+                        let r = self.remote_finished(&req.route, r);
                         remote_done(link, id, &req.route, r);
                     }
-                    None => {
+                    Poll::Pending => {
                         let (app, link) = (self.clone(), link.clone());
-                        tokio::spawn(async move {
-                            let r = fut.await.map_err(|m| app.remote_error(&req.route, m));
+                        spawn_rest(fut, move |r| {
+                            let r = app.remote_finished(&req.route, r);
                             remote_done(&link, id, &req.route, r);
                         });
                     }
@@ -1113,10 +1217,14 @@ impl App {
         }
     }
 
-    /// Runs a local remote.
+    /// Runs a local remote (behind a panic boundary: a panic is the call's error).
     pub(crate) async fn run_remote(&self, route: &str, args: Bytes) -> Result<Bytes, RpcError> {
-        let r = self.start_remote(route, args)?.await;
-        r.map_err(|message| self.remote_error(route, message))
+        let fut = match self.guard("remote", route, None, || self.start_remote(route, args)) {
+            Ok(fut) => fut?,
+            Err(p) => return Err(self.remote_panic(route, &p)),
+        };
+        let r = dispatch::guarded(fut).await;
+        self.remote_finished(route, r)
     }
 
     /// Starts a local remote: its future (an `Err` is the remote's error text), or
@@ -1133,6 +1241,26 @@ impl App {
                 route: route.to_string(),
             }),
         }
+    }
+
+    /// What a remote's work ended with: its result, its error, or its panic (reported).
+    fn remote_finished(
+        &self,
+        route: &str,
+        r: Result<Result<Bytes, String>, Panic>,
+    ) -> Result<Bytes, RpcError> {
+        match r {
+            Ok(r) => r.map_err(|m| self.remote_error(route, m)),
+            Err(p) => {
+                self.panicked("remote", route, None, &p);
+                Err(self.remote_panic(route, &p))
+            }
+        }
+    }
+
+    /// The error a caller gets from a remote that panicked.
+    fn remote_panic(&self, route: &str, p: &Panic) -> RpcError {
+        self.remote_error(route, format!("panicked: {}", p.message()))
     }
 
     /// A local remote's failure.
@@ -1249,6 +1377,18 @@ impl App {
         let payload = Bytes::from(serde_json::to_vec(msg)?);
         self.reply(session, cmd, payload).await;
         Ok(())
+    }
+}
+
+/// A uid in a log line: the number, or `-` for a session not bound (or no session).
+pub(crate) struct Uid(pub(crate) Option<u64>);
+
+impl std::fmt::Display for Uid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(uid) => write!(f, "{uid}"),
+            None => f.write_str("-"),
+        }
     }
 }
 

@@ -4,6 +4,12 @@
 //! callbacks, unbind), one task per connection. The lifecycle is written once over
 //! [`Wire`]; the transport adapters (`wire.rs`) only move bytes.
 //!
+//! Game code called from a connection (filters, codecs, route functions, handlers, client
+//! on/off callbacks) runs behind panic boundaries in routing (`app.rs`). Should anything else
+//! panic inside a connection's task, the connection is closed and its session still ended: the
+//! task's loop runs behind a boundary too, and a drop guard ([`Live`]) forgets the session,
+//! unbinds its uid and runs the `client off` callbacks on every exit path.
+//!
 //! Over WebSocket each binary message carries one or more whole frames (batched sends put
 //! several frames in one message). The WebSocket upgrade has the same handshake timeout, and
 //! its message and frame limits follow `maxLen`.
@@ -28,6 +34,7 @@ use tracing::{debug, info, warn};
 
 use crate::App;
 use crate::codec::{FrameDecoder, OutFrame};
+use crate::dispatch::{Panic, guarded};
 use crate::frontend::Conn;
 use crate::session::Session;
 use crate::wire::{TcpWire, Wire, WsWire, write_all};
@@ -284,28 +291,84 @@ fn serve<W: Wire>(
     async move {
         let _held = held;
         // Boxed: the handshake's state is not kept for the connection's life.
-        let Some((conn, session)) = Box::pin(open(&app, &mut io, addr, &cfg)).await else {
-            return;
+        let opened = guarded(Box::pin(open(&app, &mut io, addr, &cfg))).await;
+        let live = match opened {
+            Ok(Some(live)) => live,
+            Ok(None) => return,
+            Err(p) => return connection_panicked(&app, None, addr, &p),
         };
         let mut out = VecDeque::new();
-        let result = conn_loop(&app, &session, &conn, &mut io, &mut out, &cfg).await;
+        let (session, conn) = (&live.session, &live.conn);
+        let result = guarded(conn_loop(&app, session, conn, &mut io, &mut out, &cfg)).await;
+        let result = result.unwrap_or_else(|p| {
+            connection_panicked(&app, Some(session), addr, &p);
+            Err(format!("panic in the connection's task: {}", p.message()))
+        });
         let conn_id = conn.id;
-        Box::pin(close(&app, session, conn, io.wire, out, result.is_ok())).await;
+        Box::pin(close(&app, live, io.wire, out, result.is_ok())).await;
         if let Err(reason) = result {
             debug!(conn = conn_id, %reason, "client closed");
         }
     }
 }
 
+/// Reports a panic that escaped every boundary of a connection's task (kennel's code, or the
+/// app's protocol codec): the connection is closed (its session still ended, see [`Live`]).
+fn connection_panicked(app: &App, session: Option<&Session>, addr: SocketAddr, p: &Panic) {
+    tracing::error!(
+        server = app.id(),
+        ip = %addr.ip(),
+        uid = %crate::app::Uid(session.and_then(Session::uid)),
+        "panic in a client connection's task: {}; closing that connection",
+        p.message()
+    );
+    app.inner.stats.panic("connection");
+}
+
+/// A client session registered with the frontend, ended on every exit path of its task:
+/// [`close`] ends it in order; dropped without that (a panic, the task dropped) it still
+/// forgets the session, unbinds its uid and runs the `client off` callbacks in a new task.
+struct Live {
+    app: App,
+    session: Session,
+    conn: Arc<Conn>,
+    /// Set once [`close`] has taken over.
+    ended: bool,
+}
+
+impl Live {
+    /// Forgets the session (unbinding its uid) and signals its close; the `client off`
+    /// callbacks are the caller's to run.
+    fn end(&mut self) {
+        self.ended = true;
+        self.app.inner.frontend.remove(&self.session);
+        self.conn.close();
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        if self.ended {
+            return;
+        }
+        self.end();
+        let (app, session) = (self.app.clone(), self.session.clone());
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move { app.client_off(&session).await });
+        }
+    }
+}
+
 /// A client's handshake (before it, one frame of at most 50 bytes of body within the
 /// handshake timeout), then its connection and live session: the handshake reply is queued,
-/// the session registered and the `client on` callbacks run. `None` if the handshake failed.
+/// the session registered (from then on [`Live`] ends it) and the `client on` callbacks run.
+/// `None` if the handshake failed.
 async fn open<W: Wire>(
     app: &App,
     io: &mut ClientIo<W>,
     addr: SocketAddr,
     cfg: &ConnectorConfig,
-) -> Option<(Arc<Conn>, Session)> {
+) -> Option<Live> {
     let req = match handshake(io, cfg).await {
         Ok(req) => req,
         Err(reason) => {
@@ -325,8 +388,14 @@ async fn open<W: Wire>(
     let session = Session::frontend(app, conn.clone(), addr.ip().to_string());
     conn.send(handshake_reply(app, &req, cfg.heartbeat));
     app.inner.frontend.add(session.clone());
-    app.client_on(&session).await;
-    Some((conn, session))
+    let live = Live {
+        app: app.clone(),
+        session,
+        conn,
+        ended: false,
+    };
+    app.client_on(&live.session).await;
+    Some(live)
 }
 
 /// Reads and parses the handshake. `Err(None)`: the client left quietly.
@@ -487,15 +556,14 @@ async fn handle_frame(
 /// reason for a kick) is written within a bounded grace, then the transport is closed.
 async fn close<W: Wire>(
     app: &App,
-    session: Session,
-    conn: Arc<Conn>,
+    mut live: Live,
     mut wire: W,
     mut out: VecDeque<Bytes>,
     flush: bool,
 ) {
-    app.inner.frontend.remove(&session);
-    conn.close();
-    app.client_off(&session).await;
+    live.end();
+    let conn = &live.conn;
+    app.client_off(&live.session).await;
     if !flush {
         return;
     }

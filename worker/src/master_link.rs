@@ -4,7 +4,7 @@
 //! server -> master : (auth, role SERVER) Register{info}
 //! master -> server : List{all live servers} | Error{reason}
 //! master -> server : Add{info} / Remove{id} as servers come and go
-//! server -> master : Report{clients, status, rpc}  every second while registered
+//! server -> master : Report{clients, status, rpc, panics}  every second while registered
 //! master -> server : Command{seq, args}          (`kennel send`)
 //! server -> master : CommandReply{seq, reply|error}   from the App::on_cli_send handler
 //! ```
@@ -64,20 +64,28 @@ impl App {
     }
 }
 
-/// This server's per-second report: client count, the app's status columns, RPC counters.
+/// This server's per-second report: client count, the app's status columns, RPC and panic
+/// counters.
 fn self_report(app: &App) -> Report {
     let stats = &app.inner.stats;
     Report {
         clients: u32::try_from(app.inner.frontend.count()).unwrap_or(u32::MAX),
         status: stats.status(app),
         rpc: Some(stats.rpc()),
+        panics: stats.panics(),
     }
 }
 
 /// Runs the `kennel send` handler for `args` (an error when there is none).
 async fn answer(app: App, seq: u64, args: Vec<String>) -> CommandReply {
     let result = match app.inner.cli_send.get().cloned() {
-        Some(cb) => cb(app, args).await,
+        Some(cb) => match crate::dispatch::guarded(async { cb(app.clone(), args).await }).await {
+            Ok(r) => r,
+            Err(p) => {
+                app.panicked("on_cli_send", "on_cli_send", None, &p);
+                Err(format!("the on_cli_send handler panicked: {}", p.message()))
+            }
+        },
         None => Err("this server has no `kennel send` handler (App::on_cli_send)".to_owned()),
     };
     match result {

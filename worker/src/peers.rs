@@ -6,6 +6,12 @@
 //!
 //! Calls in flight on a link are failed with [`RpcError::LinkDropped`] the moment it drops.
 //! A dialer redials after a delay for as long as the master lists the peer.
+//!
+//! Game code run for a message (handlers, remotes, codecs) is behind panic boundaries in
+//! routing (`app.rs`). Should anything else panic in a link's reader or writer, the link is
+//! closed, not left installed but dead: the reader loop runs behind a boundary, and drop guards
+//! ([`Installed`], [`CloseOnDrop`]) uninstall it and fail its calls on every exit path, so the
+//! dialer redials.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -27,6 +33,7 @@ use tokio_util::codec::{Decoder, Framed, FramedParts};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::dispatch::guarded;
 use crate::wire::AdaptiveRead;
 use crate::{App, RpcError, ServerInfo};
 
@@ -728,10 +735,22 @@ async fn run_link(
         closed: cancel.child_token(),
     });
     app.inner.peers.install(link.clone());
+    // From here on every exit path closes and uninstalls the link and fails its calls.
+    let installed = Installed {
+        peers: &app.inner.peers,
+        link: &link,
+    };
     info!(%peer, "peer link up");
 
     let interval = app.rpc_config().interval.of(app.server_type());
-    let writer = tokio::spawn(write_loop(write_half, link.clone(), interval, heartbeat));
+    let writer = tokio::spawn({
+        let closes = CloseOnDrop(link.clone());
+        let link = link.clone();
+        async move {
+            write_loop(write_half, link, interval, heartbeat).await;
+            drop(closes);
+        }
+    });
 
     // Silence is checked once per heartbeat period (neither a timer nor a clock read per
     // message): a period with traffic counts as heard at its end; a link quiet past the
@@ -748,38 +767,74 @@ async fn run_link(
     let closed = link.closed.clone();
     let cancelled = closed.cancelled();
     tokio::pin!(cancelled);
-    loop {
-        // Messages first: the other branches are polled only when none is ready.
-        let m = tokio::select! {
-            biased;
-            m = stream.next() => m,
-            _ = &mut cancelled => break,
-            _ = check.tick() => {
-                if std::mem::take(&mut heard) {
-                    last_heard = tokio::time::Instant::now();
-                } else if !heartbeat.is_zero() && last_heard.elapsed() > silence {
-                    warn!(%peer, "peer link silent for {silence:?} (heartbeat timeout): closing it");
+    // Behind a panic boundary: a panic here closes the link (the dialer redials).
+    let read = guarded(async {
+        loop {
+            // Messages first: the other branches are polled only when none is ready.
+            let m = tokio::select! {
+                biased;
+                m = stream.next() => m,
+                _ = &mut cancelled => break,
+                _ = check.tick() => {
+                    if std::mem::take(&mut heard) {
+                        last_heard = tokio::time::Instant::now();
+                    } else if !heartbeat.is_zero() && last_heard.elapsed() > silence {
+                        warn!(%peer, "peer link silent for {silence:?} (heartbeat timeout): closing it");
+                        break;
+                    }
+                    continue;
+                }
+            };
+            heard = true;
+            match m {
+                None => break,
+                Some(Err(e)) => {
+                    warn!(%peer, cause = %e, "bad message on peer link: closing it");
                     break;
                 }
-                continue;
+                Some(Ok(PeerMsg { msg: Some(m) })) => app.on_peer_msg(&link, m),
+                Some(Ok(PeerMsg { msg: None })) => {}
             }
-        };
-        heard = true;
-        match m {
-            None => break,
-            Some(Err(e)) => {
-                warn!(%peer, cause = %e, "bad message on peer link: closing it");
-                break;
-            }
-            Some(Ok(PeerMsg { msg: Some(m) })) => app.on_peer_msg(&link, m),
-            Some(Ok(PeerMsg { msg: None })) => {}
         }
+    });
+    if let Err(p) = read.await {
+        tracing::error!(
+            server = app.id(),
+            %peer,
+            "panic in a peer link's reader: {}; closing the link",
+            p.message()
+        );
+        app.inner.stats.panic("peer link");
     }
-    link.closed.cancel();
-    app.inner.peers.uninstall(&link);
-    link.fail_pending();
+    drop(installed);
     let _ = writer.await;
     info!(%peer, "peer link down");
+}
+
+/// An installed link, closed and uninstalled (its calls failed) when dropped: on every exit
+/// path of its reader, so no link stays installed with nobody reading it.
+struct Installed<'a> {
+    peers: &'a Peers,
+    link: &'a Arc<Link>,
+}
+
+impl Drop for Installed<'_> {
+    fn drop(&mut self) {
+        self.link.closed.cancel();
+        self.peers.uninstall(self.link);
+        self.link.fail_pending();
+    }
+}
+
+/// Closes a link when dropped: held by its writer task, so a writer that ends in any way
+/// (even a panic) ends the link and wakes its reader.
+struct CloseOnDrop(Arc<Link>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.out.close();
+        self.0.closed.cancel();
+    }
 }
 
 /// The reading side of a link: frames decoded from a buffer filled by reads of an adaptive
@@ -968,6 +1023,46 @@ mod tests {
         drop(w);
         let m = tokio::time::timeout(Duration::from_secs(10), r.next()).await;
         assert!(matches!(m.unwrap(), Some(Err(LinkError::Io(_)))));
+    }
+
+    #[tokio::test]
+    async fn a_link_is_closed_uninstalled_and_its_calls_failed_when_its_reader_panics() {
+        let peers = Peers::default();
+        let link = Arc::new(Link {
+            generation: 1,
+            peer: "p".into(),
+            peer_sid: "p".into(),
+            out: Outbox::new(BytesMut::new()),
+            pending: Mutex::new(HashMap::default()),
+            calls_waiting: Arc::new(Notify::new()),
+            closed: CancellationToken::new(),
+        });
+        peers.install(link.clone());
+        let (tx, rx) = oneshot::channel();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        link.pending
+            .lock()
+            .unwrap()
+            .insert(7, PendingCall { tx, deadline });
+        let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _installed = Installed {
+                peers: &peers,
+                link: &link,
+            };
+            panic!("a bug in the reader");
+        }));
+        assert!(read.is_err());
+        assert!(link.closed.is_cancelled());
+        assert!(peers.map.read().unwrap()["p"].link.borrow().is_none());
+        let call = tokio::time::timeout(Duration::from_secs(5), rx).await;
+        assert_eq!(
+            call.unwrap().unwrap(),
+            Err(RpcError::LinkDropped("p".into()))
+        );
+        // The writer's guard closes the outbox: nothing more is queued.
+        let link2 = link.clone();
+        drop(CloseOnDrop(link2));
+        assert!(matches!(link.out.try_push(ping(1)), Pushed::Closed));
     }
 
     #[tokio::test]

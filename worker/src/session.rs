@@ -7,7 +7,7 @@
 //! Local settings ([`Session::set_local`]) never leave the frontend. A backend changes its copy
 //! and calls [`Session::apply`] to update the frontend's live session.
 
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
 use bytes::Bytes;
 use serde::Serialize;
@@ -76,6 +76,16 @@ impl std::fmt::Debug for Session {
 }
 
 impl Session {
+    /// The session's state. A panic while it was locked (a game type's `Deserialize` in
+    /// [`Session::get`]) leaves nothing half-written, so the lock is taken even if poisoned:
+    /// the session stays usable and can still be ended.
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// A live frontend session for a new connection.
     pub(crate) fn frontend(app: &App, conn: Arc<Conn>, ip: String) -> Session {
         let sid = app.inner.sid.clone();
@@ -136,7 +146,7 @@ impl Session {
     }
 
     fn proto(&self, sid: String) -> msg::Session {
-        let mut st = self.inner.state.lock().unwrap();
+        let mut st = self.state();
         let settings = match (&st.encoded, &st.settings) {
             (Some(b), _) => b.clone(),
             (None, None) => Bytes::new(),
@@ -158,7 +168,7 @@ impl Session {
 
     /// The bound user id, if any.
     pub fn uid(&self) -> Option<u64> {
-        self.inner.state.lock().unwrap().uid
+        self.state().uid
     }
 
     /// The id of the frontend server the client is connected to (mydog's `sid`).
@@ -182,7 +192,7 @@ impl Session {
         let Some(frontend) = self.inner.frontend.upgrade() else {
             return false;
         };
-        let mut st = self.inner.state.lock().unwrap();
+        let mut st = self.state();
         if st.uid.is_some() {
             return false;
         }
@@ -195,21 +205,21 @@ impl Session {
 
     /// Reads a setting.
     pub fn get<T: DeserializeOwned>(&self, key: &str) -> Option<T> {
-        let mut st = self.inner.state.lock().unwrap();
+        let mut st = self.state();
         st.settings().get(key).and_then(|v| T::deserialize(v).ok())
     }
 
     /// Sets a setting; it travels with every message this frontend forwards from now on.
     pub fn set<T: Serialize>(&self, key: &str, value: T) {
         let v = serde_json::to_value(value).unwrap_or(Value::Null);
-        let mut st = self.inner.state.lock().unwrap();
+        let mut st = self.state();
         st.settings().insert(key.to_string(), v);
         st.encoded = None;
     }
 
     /// Removes a setting.
     pub fn delete(&self, key: &str) {
-        let mut st = self.inner.state.lock().unwrap();
+        let mut st = self.state();
         if st.settings().remove(key).is_some() {
             st.encoded = None;
         }
@@ -217,24 +227,19 @@ impl Session {
 
     /// Reads a frontend-only setting.
     pub fn get_local<T: DeserializeOwned>(&self, key: &str) -> Option<T> {
-        let st = self.inner.state.lock().unwrap();
+        let st = self.state();
         st.local.get(key).and_then(|v| T::deserialize(v).ok())
     }
 
     /// Sets a frontend-only setting: it never travels with forwarded messages.
     pub fn set_local<T: Serialize>(&self, key: &str, value: T) {
         let v = serde_json::to_value(value).unwrap_or(Value::Null);
-        self.inner
-            .state
-            .lock()
-            .unwrap()
-            .local
-            .insert(key.to_string(), v);
+        self.state().local.insert(key.to_string(), v);
     }
 
     /// Removes a frontend-only setting.
     pub fn delete_local(&self, key: &str) {
-        self.inner.state.lock().unwrap().local.remove(key);
+        self.state().local.remove(key);
     }
 
     /// Whether this is the live session on the client's frontend (not a backend copy).
@@ -254,7 +259,7 @@ impl Session {
         } else {
             serde_json::from_slice(json)?
         };
-        let mut st = self.inner.state.lock().unwrap();
+        let mut st = self.state();
         st.settings = Some(settings);
         st.encoded = None;
         Ok(())

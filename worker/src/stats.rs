@@ -4,6 +4,9 @@
 //! link sends both in every per-second `Report`; the master shows the columns in `kennel list`
 //! and exports the counters as Prometheus metrics.
 //!
+//! It also counts panics caught in game code, by route ([`Stats::panic`]), reported the same
+//! way and exported as `kennel_panics_total{route}`.
+//!
 //! The state lives in the app (one per server), so counting a call is a few atomic adds.
 
 use std::collections::{BTreeMap, HashMap};
@@ -33,6 +36,8 @@ pub(crate) struct Stats {
     /// Sum of call latencies in microseconds.
     sum_us: AtomicU64,
     errors: Mutex<HashMap<&'static str, u64>>,
+    /// Panics caught in game code, by route (or callback name); touched only when one happens.
+    panics: Mutex<BTreeMap<String, u64>>,
     status: Mutex<BTreeMap<String, String>>,
     status_fns: Mutex<Vec<StatusFn>>,
 }
@@ -77,6 +82,24 @@ impl Stats {
     fn error(&self, e: &RpcError) {
         let mut errors = self.errors.lock().unwrap_or_else(|e| e.into_inner());
         *errors.entry(kind(e)).or_default() += 1;
+    }
+
+    /// Counts a panic caught in game code of `route` (a route of the route list, a remote's
+    /// route, or a callback's name: a bounded set of labels).
+    pub(crate) fn panic(&self, route: &str) {
+        let mut panics = self.panics.lock().unwrap_or_else(|e| e.into_inner());
+        match panics.get_mut(route) {
+            Some(n) => *n += 1,
+            None => {
+                panics.insert(route.to_owned(), 1);
+            }
+        }
+    }
+
+    /// The cumulative panic counts by route, as the `Report` carries them.
+    pub(crate) fn panics(&self) -> HashMap<String, u64> {
+        let panics = self.panics.lock().unwrap_or_else(|e| e.into_inner());
+        panics.iter().map(|(k, v)| (k.clone(), *v)).collect()
     }
 
     /// The cumulative RPC counters, as the `Report` carries them.
@@ -124,7 +147,9 @@ impl Stats {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         for f in fns {
-            out.extend(f(app));
+            if let Ok(columns) = app.guard("status_fn", "status_fn", None, || f(app)) {
+                out.extend(columns);
+            }
         }
         out
     }
@@ -188,5 +213,18 @@ mod tests {
         assert!((r.latency_sum - 9.0033).abs() < 1e-6, "{}", r.latency_sum);
         assert_eq!(r.errors["link_dropped"], 2);
         assert_eq!(r.errors["codec"], 1);
+    }
+
+    #[test]
+    fn panics_are_counted_by_route() {
+        let s = Stats::default();
+        assert!(s.panics().is_empty());
+        s.panic("chat.main.send");
+        s.panic("chat.main.send");
+        s.panic("on_client_off");
+        let p = s.panics();
+        assert_eq!(p.len(), 2);
+        assert_eq!(p["chat.main.send"], 2);
+        assert_eq!(p["on_client_off"], 1);
     }
 }
