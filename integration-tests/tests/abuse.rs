@@ -353,6 +353,11 @@ async fn huge_frames_unknown_cmds_and_bad_payloads() {
                 .unwrap(),
             json!({"valid": transport})
         );
+        for route in ["connector.main.echo", "chat.main.echo"] {
+            c.expect_none(route, Duration::from_millis(500))
+                .await
+                .unwrap();
+        }
         cluster
             .wait_log(log, "handler failed: cannot decode")
             .unwrap();
