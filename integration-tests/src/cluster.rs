@@ -691,3 +691,65 @@ impl Drop for Cluster {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_line_times_parse() {
+        let t = line_time("2026-12-01T23:26:44.197155Z  INFO kennel_master::master: x").unwrap();
+        let d = t.duration_since(UNIX_EPOCH).unwrap();
+        // date -u -d 2026-12-01T23:26:44Z +%s
+        assert_eq!(d.as_secs(), 1_796_167_604);
+        assert_eq!(d.subsec_micros(), 197_155);
+        assert!(line_time("kennel: cluster ready").is_none());
+        let text = "2026-12-01T23:26:44.1Z a\nno time a\n2026-12-01T23:26:45Z a\n";
+        let times = times_of(text, " a");
+        assert_eq!(times.len(), 2);
+        assert!((secs_between(times[0], times[1]) - 0.9).abs() < 1e-6);
+        assert!((secs_between(times[1], times[0]) + 0.9).abs() < 1e-6);
+    }
+
+    /// A server whose port another process holds: the boot fails at once with [`PortTaken`]
+    /// (not after the ready timeout), so callers can boot again on fresh ports.
+    #[test]
+    fn a_taken_port_fails_the_boot_fast_with_port_taken() {
+        let squatter = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let taken = squatter.local_addr().unwrap().port();
+        let dir = tempfile::tempdir().unwrap();
+        let sys = dir.path().join("config/sys");
+        std::fs::create_dir_all(&sys).unwrap();
+        let master_port = free_port();
+        let connector = json!([{"id": "connector-server-1", "host": "127.0.0.1",
+            "port": free_port(), "frontend": true, "clientPort": free_port()}]);
+        let chat = json!([{"id": "chat-server-1", "host": "127.0.0.1", "port": taken}]);
+        let master = json!({"id": "master-server-1", "host": "127.0.0.1", "port": master_port});
+        std::fs::write(sys.join("master.json"), json!({"test": master}).to_string()).unwrap();
+        std::fs::write(
+            sys.join("servers.json"),
+            json!({"test": {"connector": connector, "chat": chat}}).to_string(),
+        )
+        .unwrap();
+        std::fs::write(sys.join("route.json"), json!(ROUTES).to_string()).unwrap();
+        let cmd = MasterCommand {
+            program: bin("chat-demo"),
+            args: vec![
+                "start".into(),
+                "-e".into(),
+                "test".into(),
+                "--dir".into(),
+                dir.path().into(),
+            ],
+        };
+        let ids = vec!["connector-server-1".into(), "chat-server-1".into()];
+        let t0 = Instant::now();
+        let err = Cluster::launch(dir, cmd, vec![], master_port, ids)
+            .err()
+            .expect("the boot fails");
+        assert!(is_port_taken(&err), "{err:#}");
+        assert!(err.to_string().contains("chat-server-1"), "{err:#}");
+        assert!(t0.elapsed() < TIMEOUT, "took {:?}", t0.elapsed());
+        drop(squatter);
+    }
+}
