@@ -153,6 +153,15 @@ impl Client {
         Ok(())
     }
 
+    /// Sends `payload` (these bytes) as a message to `route` without waiting for anything.
+    pub async fn send_raw_message(&mut self, route: &str, payload: &[u8]) -> Result<()> {
+        let cmd = self.cmd(route)?;
+        let mut b = BytesMut::new();
+        put_message(&mut b, cmd, payload);
+        self.io.write(&b).await?;
+        Ok(())
+    }
+
     /// Sends a request and waits for the message carrying the same cmd.
     pub async fn request(&mut self, route: &str, msg: &Value) -> Result<Value> {
         let cmd = self.cmd(route)?;
@@ -163,11 +172,8 @@ impl Client {
     /// Sends `payload` (these bytes, e.g. JSON text with a chosen key order) as a request to
     /// `route` and returns the reply's payload as received.
     pub async fn request_raw(&mut self, route: &str, payload: &[u8]) -> Result<Bytes> {
-        let cmd = self.cmd(route)?;
-        let mut b = BytesMut::new();
-        put_message(&mut b, cmd, payload);
-        self.io.write(&b).await?;
-        self.wait_cmd(cmd).await
+        self.send_raw_message(route, payload).await?;
+        self.wait_cmd(self.cmd(route)?).await
     }
 
     /// Waits for the next push of `route` (or takes it from the inbox).
