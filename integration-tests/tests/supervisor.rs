@@ -1016,7 +1016,7 @@ async fn start_logs_and_config_run_against_chat_demo() {
     // logs -f follows what the server appends: `remove` makes it log its stop, and it is not
     // restarted.
     let mut follow = p
-        .cmd(&["logs", "chat-server-3", "-f", "-n", "0"])
+        .cmd(&["logs", "chat-server-3", "-f", "-n", "1"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -1032,22 +1032,13 @@ async fn start_logs_and_config_run_against_chat_demo() {
             s.push('\n');
         }
     });
-    // -f prints the file's end first (none with -n 0), then follows: wait until it is
-    // following, i.e. the follower has the file open.
-    let follower = follow.id() as i32;
-    let log_path = p
-        .path()
-        .join("logs/chat-server-3.log")
-        .canonicalize()
-        .unwrap();
+    // -f notes the file's length, prints its last line, then follows from that length: once
+    // that line is out, whatever the server appends is followed.
+    let seen = followed.clone();
     let q = p.clone();
     blocking(move || {
-        wait_until("logs -f to open the log", || {
-            std::fs::read_dir(format!("/proc/{follower}/fd"))
-                .ok()?
-                .flatten()
-                .any(|e| std::fs::read_link(e.path()).is_ok_and(|l| l == log_path))
-                .then_some(())
+        wait_until("logs -f to print the last line", || {
+            seen.lock().unwrap().contains('\n').then_some(())
         });
         let out = q.run(&["remove", "chat-server-3"]);
         assert!(out.status.success(), "remove: {}", text(&out.stderr));
