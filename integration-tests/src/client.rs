@@ -1,8 +1,10 @@
 //! A minimal game client speaking PROTOCOL.md over TCP or WebSocket: handshake, requests
-//! (matched by cmd), pushes, heartbeats, and raw bytes for abuse tests. Every wait is bounded by
+//! (matched by cmd), pushes, heartbeats, raw bytes for abuse tests and raw payloads for byte
+//! comparisons, and [`Client::expect_none`] for "no reply". Every wait is bounded by
 //! [`crate::TIMEOUT`].
 
 use std::collections::VecDeque;
+use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use bytes::{Bytes, BytesMut};
@@ -74,8 +76,10 @@ pub struct Client {
     pub routes: Vec<String>,
     /// The server's handshake reply.
     pub handshake: HandshakeReply,
-    /// Messages received while waiting for something else.
-    inbox: VecDeque<(u16, Value)>,
+    /// The handshake reply's body as received.
+    pub handshake_raw: Bytes,
+    /// Messages (cmd, payload as received) that arrived while waiting for something else.
+    inbox: VecDeque<(u16, Bytes)>,
 }
 
 impl Client {
@@ -114,8 +118,8 @@ impl Client {
         let first = timeout(TIMEOUT, io.next())
             .await
             .context("handshake reply timed out")?;
-        let handshake: HandshakeReply = match first {
-            Some(Ok(Frame::Handshake(body))) => serde_json::from_slice(&body)?,
+        let (handshake, handshake_raw): (HandshakeReply, Bytes) = match first {
+            Some(Ok(Frame::Handshake(body))) => (serde_json::from_slice(&body)?, body),
             other => bail!("expected a handshake reply, got {other:?}"),
         };
         let routes = handshake
@@ -126,6 +130,7 @@ impl Client {
             io,
             routes,
             handshake,
+            handshake_raw,
             inbox: VecDeque::new(),
         })
     }
@@ -148,43 +153,99 @@ impl Client {
         Ok(())
     }
 
+    /// Sends `payload` (these bytes) as a message to `route` without waiting for anything.
+    pub async fn send_raw_message(&mut self, route: &str, payload: &[u8]) -> Result<()> {
+        let cmd = self.cmd(route)?;
+        let mut b = BytesMut::new();
+        put_message(&mut b, cmd, payload);
+        self.io.write(&b).await?;
+        Ok(())
+    }
+
     /// Sends a request and waits for the message carrying the same cmd.
     pub async fn request(&mut self, route: &str, msg: &Value) -> Result<Value> {
         let cmd = self.cmd(route)?;
         self.send(route, msg).await?;
-        self.wait_cmd(cmd).await
+        parse(&self.wait_cmd(cmd).await?)
+    }
+
+    /// Sends `payload` (these bytes, e.g. JSON text with a chosen key order) as a request to
+    /// `route` and returns the reply's payload as received.
+    pub async fn request_raw(&mut self, route: &str, payload: &[u8]) -> Result<Bytes> {
+        self.send_raw_message(route, payload).await?;
+        self.wait_cmd(self.cmd(route)?).await
     }
 
     /// Waits for the next push of `route` (or takes it from the inbox).
     pub async fn expect_push(&mut self, route: &str) -> Result<Value> {
+        parse(&self.expect_push_raw(route).await?)
+    }
+
+    /// Like [`Client::expect_push`], the payload as received.
+    pub async fn expect_push_raw(&mut self, route: &str) -> Result<Bytes> {
         let cmd = self.cmd(route)?;
         self.wait_cmd(cmd).await
     }
 
-    async fn wait_cmd(&mut self, cmd: u16) -> Result<Value> {
+    /// Checks that no message of `route` arrives within `within`, nor is already waiting:
+    /// the assertion behind "no reply". Messages of other routes are kept for later; the
+    /// connection closing is an error too.
+    pub async fn expect_none(&mut self, route: &str, within: Duration) -> Result<()> {
+        let cmd = self.cmd(route)?;
+        if let Some((_, p)) = self.inbox.iter().find(|(c, _)| *c == cmd) {
+            bail!(
+                "expected no {route} message, but one was waiting: {}",
+                String::from_utf8_lossy(p)
+            );
+        }
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let f = match tokio::time::timeout_at(deadline, self.io.next()).await {
+                Err(_) => return Ok(()),
+                Ok(None) => bail!("connection closed while checking that no {route} arrives"),
+                Ok(Some(f)) => f?,
+            };
+            match f {
+                Frame::Message { cmd: c, payload } if c == cmd => bail!(
+                    "expected no {route} message within {within:?}, got {}",
+                    String::from_utf8_lossy(&payload)
+                ),
+                Frame::Message { cmd: c, payload } => self.inbox.push_back((c, payload)),
+                Frame::Heartbeat => {}
+                Frame::Handshake(_) => bail!("unexpected handshake frame"),
+            }
+        }
+    }
+
+    async fn wait_cmd(&mut self, cmd: u16) -> Result<Bytes> {
         if let Some(i) = self.inbox.iter().position(|(c, _)| *c == cmd) {
             return Ok(self.inbox.remove(i).unwrap().1);
         }
         loop {
-            let (c, v) = self.next_message().await?;
+            let (c, p) = self.next_raw().await?;
             if c == cmd {
-                return Ok(v);
+                return Ok(p);
             }
-            self.inbox.push_back((c, v));
+            self.inbox.push_back((c, p));
         }
     }
 
-    /// The next message frame (heartbeat replies skipped).
+    /// The next message frame from the connection, parsed (heartbeat replies skipped; the
+    /// inbox is not consulted).
     pub async fn next_message(&mut self) -> Result<(u16, Value)> {
+        let (cmd, payload) = self.next_raw().await?;
+        Ok((cmd, parse(&payload)?))
+    }
+
+    /// Like [`Client::next_message`], the payload as received.
+    pub async fn next_raw(&mut self) -> Result<(u16, Bytes)> {
         loop {
             let f = timeout(TIMEOUT, self.io.next())
                 .await
                 .context("timed out waiting for a message")?
                 .ok_or_else(|| anyhow!("connection closed"))??;
             match f {
-                Frame::Message { cmd, payload } => {
-                    return Ok((cmd, serde_json::from_slice(&payload)?));
-                }
+                Frame::Message { cmd, payload } => return Ok((cmd, payload)),
                 Frame::Heartbeat => continue,
                 Frame::Handshake(_) => bail!("unexpected handshake frame"),
             }
@@ -206,6 +267,12 @@ impl Client {
             Ok(Some(Ok(f))) => bail!("expected close, got {f:?}"),
         }
     }
+}
+
+/// A payload as JSON (the error names the text).
+fn parse(payload: &[u8]) -> Result<Value> {
+    serde_json::from_slice(payload)
+        .with_context(|| format!("payload is not JSON: {}", String::from_utf8_lossy(payload)))
 }
 
 /// Bytes of one raw frame with an arbitrary declared length and type.

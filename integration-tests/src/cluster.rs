@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 use nix::sys::signal::{Signal, kill, killpg};
@@ -81,22 +81,83 @@ pub fn bin(name: &str) -> PathBuf {
     bin_dir().join(name)
 }
 
-/// A free TCP port on 127.0.0.1 (bound, then released), never the same one twice in this
-/// process: the OS may hand a just-released port out again, and two servers of one test config
-/// on the same port would collide.
-pub fn free_port() -> u16 {
-    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
-    loop {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut given = GIVEN.lock().unwrap();
-        if !given.contains(&port) {
-            given.push(port);
-            return port;
-        }
+pub use crate::ports::{free_port, free_ports};
+
+/// Environment variables that would point a kennel process at another cluster or give it
+/// other secrets; every process these fixtures start runs without them (the project's own
+/// `.kennel/secrets.json` and config decide).
+pub const KENNEL_ENV: [&str; 4] = [
+    "KENNEL_SERVER_SECRET",
+    "KENNEL_CLI_SECRET",
+    "KENNEL_MASTER_HOST",
+    "KENNEL_MASTER_PORT",
+];
+
+/// The error [`Cluster::launch`] fails with when the master or a server could not bind its
+/// port because another process took it meanwhile: the caller may retry on fresh ports.
+#[derive(Debug)]
+pub struct PortTaken(pub String);
+
+impl std::fmt::Display for PortTaken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "a port of the test config was taken: {}", self.0)
+    }
+}
+
+impl std::error::Error for PortTaken {}
+
+/// Whether `e` is (or wraps) a [`PortTaken`].
+pub fn is_port_taken(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<PortTaken>().is_some()
+}
+
+/// How many times [`Cluster::start_opts`] boots a cluster on fresh ports when a port was
+/// taken.
+pub const PORT_ATTEMPTS: usize = 3;
+
+/// The text a failed bind leaves in a log (`std::io::ErrorKind::AddrInUse`'s message).
+const ADDR_IN_USE: &str = "Address already in use";
+
+/// The time at the start of a log line (tracing's `2026-12-01T23:26:44.197155Z ...`, UTC).
+pub fn line_time(line: &str) -> Option<SystemTime> {
+    let ts = line.split_whitespace().next()?.strip_suffix('Z')?;
+    let (date, time) = ts.split_once('T')?;
+    let mut d = date.splitn(3, '-').map(|x| x.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let (hms, frac) = time.split_once('.').unwrap_or((time, ""));
+    let mut t = hms.splitn(3, ':').map(|x| x.parse::<u64>().ok());
+    let (h, min, sec) = (t.next()??, t.next()??, t.next()??);
+    let nanos: u32 = if frac.is_empty() {
+        0
+    } else {
+        format!("{frac:0<9}").get(..9)?.parse().ok()?
+    };
+    // Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's days_from_civil).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = u64::try_from(era * 146_097 + doe - 719_468).ok()?;
+    let secs = days * 86_400 + h * 3600 + min * 60 + sec;
+    Some(UNIX_EPOCH + Duration::new(secs, nanos))
+}
+
+/// The times of the lines of `text` that contain `needle`, in order (lines without a
+/// timestamp are skipped).
+pub fn times_of(text: &str, needle: &str) -> Vec<SystemTime> {
+    text.lines()
+        .filter(|l| l.contains(needle))
+        .filter_map(line_time)
+        .collect()
+}
+
+/// `later - earlier` as signed seconds (log times and the test's clock are one clock, but a
+/// log line may carry a time a moment before an instant the test took after the event).
+pub fn secs_between(earlier: SystemTime, later: SystemTime) -> f64 {
+    match later.duration_since(earlier) {
+        Ok(d) => d.as_secs_f64(),
+        Err(e) => -e.duration().as_secs_f64(),
     }
 }
 
@@ -170,14 +231,18 @@ pub struct MasterCommand {
     pub args: Vec<OsString>,
 }
 
-/// Spawns the master; its stdout and stderr lines go to `lines` and `tx` (stderr is echoed to
-/// the test's stderr too).
+/// Spawns the master (without [`KENNEL_ENV`]); its stdout and stderr lines go to `lines` and
+/// `tx` (stderr is echoed to the test's stderr too).
 fn spawn_master(
     cmd: &MasterCommand,
     lines: &Arc<Mutex<Vec<String>>>,
     tx: &mpsc::Sender<String>,
 ) -> Result<Child> {
-    let mut child = Command::new(&cmd.program)
+    let mut command = Command::new(&cmd.program);
+    for var in KENNEL_ENV {
+        command.env_remove(var);
+    }
+    let mut child = command
         .args(&cmd.args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -248,8 +313,24 @@ impl Cluster {
         })
     }
 
-    /// Boots the cluster `opts` describes and waits until every server knows the others.
+    /// Boots the cluster `opts` describes and waits until every server knows the others. A
+    /// boot that lost a port to another process ([`PortTaken`]) is retried on fresh ports, up
+    /// to [`PORT_ATTEMPTS`] times.
     pub fn start_opts(opts: &ClusterOptions) -> Result<Cluster> {
+        let mut attempt = 1;
+        loop {
+            match Cluster::start_once(opts) {
+                Err(e) if is_port_taken(&e) && attempt < PORT_ATTEMPTS => {
+                    eprintln!("cluster fixture: {e:#}; booting again on fresh ports");
+                    attempt += 1;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    /// One boot of [`Cluster::start_opts`].
+    fn start_once(opts: &ClusterOptions) -> Result<Cluster> {
         let ClusterOptions {
             tcp,
             ws,
@@ -334,6 +415,8 @@ impl Cluster {
 
     /// Runs the master of the project in `dir` and waits until it prints that the cluster is
     /// ready and every server in `ids` knows the others. `frontends` lists (id, client address).
+    /// Fails at once with [`PortTaken`] when the master or a server logs that its address is in
+    /// use (a caller that picked the ports may retry on fresh ones).
     pub fn launch(
         dir: tempfile::TempDir,
         master_cmd: MasterCommand,
@@ -357,13 +440,54 @@ impl Cluster {
             spawned_at,
             server_ids: ids,
         };
-        c.wait_line("kennel: cluster ready")?;
+        c.wait_ready()?;
         // The master is ready once everyone registered; each server learns of the others a
         // moment later (a login in between would see no chat server). Wait for every server.
         for id in c.server_ids.clone() {
             c.wait_log(&id, "every configured server has registered")?;
         }
         Ok(c)
+    }
+
+    /// Waits for the master's `kennel: cluster ready` line; fails early (with [`PortTaken`]
+    /// when a bind lost its port) if the master exits or a server log shows a taken address.
+    fn wait_ready(&mut self) -> Result<()> {
+        const READY: &str = "kennel: cluster ready";
+        let deadline = Instant::now() + TIMEOUT * 2;
+        loop {
+            let printed = self.lines.lock().unwrap().join("\n");
+            if printed.contains(READY) {
+                return Ok(());
+            }
+            if let Some(l) = printed.lines().find(|l| l.contains(ADDR_IN_USE)) {
+                return Err(PortTaken(format!("the master printed: {l}")).into());
+            }
+            for id in &self.server_ids {
+                if let Some(l) = self.log(id).lines().find(|l| l.contains(ADDR_IN_USE)) {
+                    return Err(PortTaken(format!("logs/{id}.log: {l}")).into());
+                }
+            }
+            let exited = match self.master.as_mut() {
+                Some(m) => m.try_wait()?,
+                None => None,
+            };
+            if let Some(status) = exited {
+                // Its last lines may still be in the pipe readers.
+                std::thread::sleep(Duration::from_millis(100));
+                let printed = self.lines.lock().unwrap().join("\n");
+                if let Some(l) = printed.lines().find(|l| l.contains(ADDR_IN_USE)) {
+                    return Err(PortTaken(format!("the master printed: {l}")).into());
+                }
+                bail!("the master exited ({status}) before {READY:?}; it printed:\n{printed}");
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                bail!("master never printed {READY:?}; it printed:\n{printed}");
+            }
+            let _ = self
+                .line_rx
+                .recv_timeout(left.min(Duration::from_millis(100)));
+        }
     }
 
     /// When the master process was spawned.
@@ -587,5 +711,67 @@ impl Drop for Cluster {
             let _ = m.kill();
             let _ = m.wait();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_line_times_parse() {
+        let t = line_time("2026-12-01T23:26:44.197155Z  INFO kennel_master::master: x").unwrap();
+        let d = t.duration_since(UNIX_EPOCH).unwrap();
+        // date -u -d 2026-12-01T23:26:44Z +%s
+        assert_eq!(d.as_secs(), 1_796_167_604);
+        assert_eq!(d.subsec_micros(), 197_155);
+        assert!(line_time("kennel: cluster ready").is_none());
+        let text = "2026-12-01T23:26:44.1Z a\nno time a\n2026-12-01T23:26:45Z a\n";
+        let times = times_of(text, " a");
+        assert_eq!(times.len(), 2);
+        assert!((secs_between(times[0], times[1]) - 0.9).abs() < 1e-6);
+        assert!((secs_between(times[1], times[0]) + 0.9).abs() < 1e-6);
+    }
+
+    /// A server whose port another process holds: the boot fails at once with [`PortTaken`]
+    /// (not after the ready timeout), so callers can boot again on fresh ports.
+    #[test]
+    fn a_taken_port_fails_the_boot_fast_with_port_taken() {
+        let squatter = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let taken = squatter.local_addr().unwrap().port();
+        let dir = tempfile::tempdir().unwrap();
+        let sys = dir.path().join("config/sys");
+        std::fs::create_dir_all(&sys).unwrap();
+        let master_port = free_port();
+        let connector = json!([{"id": "connector-server-1", "host": "127.0.0.1",
+            "port": free_port(), "frontend": true, "clientPort": free_port()}]);
+        let chat = json!([{"id": "chat-server-1", "host": "127.0.0.1", "port": taken}]);
+        let master = json!({"id": "master-server-1", "host": "127.0.0.1", "port": master_port});
+        std::fs::write(sys.join("master.json"), json!({"test": master}).to_string()).unwrap();
+        std::fs::write(
+            sys.join("servers.json"),
+            json!({"test": {"connector": connector, "chat": chat}}).to_string(),
+        )
+        .unwrap();
+        std::fs::write(sys.join("route.json"), json!(ROUTES).to_string()).unwrap();
+        let cmd = MasterCommand {
+            program: bin("chat-demo"),
+            args: vec![
+                "start".into(),
+                "-e".into(),
+                "test".into(),
+                "--dir".into(),
+                dir.path().into(),
+            ],
+        };
+        let ids = vec!["connector-server-1".into(), "chat-server-1".into()];
+        let t0 = Instant::now();
+        let err = Cluster::launch(dir, cmd, vec![], master_port, ids)
+            .err()
+            .expect("the boot fails");
+        assert!(is_port_taken(&err), "{err:#}");
+        assert!(err.to_string().contains("chat-server-1"), "{err:#}");
+        assert!(t0.elapsed() < TIMEOUT, "took {:?}", t0.elapsed());
+        drop(squatter);
     }
 }

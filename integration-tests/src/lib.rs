@@ -1,7 +1,8 @@
 //! Support for kennel's integration tests: a game client speaking PROTOCOL.md ([`client`]), a
-//! fixture that boots the real chat-demo cluster in a temp dir on free ports ([`cluster`]), chat
-//! load for abuse, fault and soak tests ([`load`]), the mydog peer ([`mydog`]), the benchmark
-//! harness ([`bench`]) and the headless-Chromium tooling of the chat page ([`browser`]).
+//! fixture that boots the real chat-demo cluster in a temp dir on free ports ([`cluster`],
+//! [`ports`]), chat load for abuse, fault and soak tests ([`load`]), the mydog peer
+//! ([`mydog`]), the benchmark harness ([`bench`]) and the headless-Chromium tooling of the chat
+//! page ([`browser`]).
 
 pub mod bench;
 pub mod browser;
@@ -9,6 +10,7 @@ pub mod client;
 pub mod cluster;
 pub mod load;
 pub mod mydog;
+pub mod ports;
 
 use std::time::Duration;
 

@@ -1,6 +1,6 @@
 //! Chat load for abuse, fault and soak tests: logging players into rooms, a [`Witness`] pair
 //! that keeps heartbeating and proves on demand that chat still works, and helpers to read a
-//! process's resident memory.
+//! process's resident memory (now and peak), open fds, and unread TCP bytes.
 
 use std::time::Duration;
 
@@ -108,4 +108,80 @@ pub fn rss_kib(pid: i32) -> Option<u64> {
 /// Number of open file descriptors of process `pid` (entries of `/proc/<pid>/fd`).
 pub fn fd_count(pid: i32) -> Option<usize> {
     Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
+}
+
+/// Peak resident memory of process `pid` in KiB (`VmHWM` of `/proc/<pid>/status`), since it
+/// started or since [`reset_peak_rss`].
+pub fn peak_rss_kib(pid: i32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// Resets the peak resident memory of `pid` to its current RSS (writes `5` to
+/// `/proc/<pid>/clear_refs`; Linux 4.0+, needs the right to ptrace the process).
+pub fn reset_peak_rss(pid: i32) -> std::io::Result<()> {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5")
+}
+
+/// One TCP socket of a process, from `/proc/<pid>/net/tcp{,6}`.
+#[derive(Debug, Clone)]
+struct TcpSocket {
+    /// Local address as the kernel prints it (hex `ip:port`).
+    local: String,
+    /// Remote address, likewise.
+    remote: String,
+    /// Bytes received and not yet read by the process.
+    rx_queue: u64,
+}
+
+/// The TCP sockets process `pid` holds (its fds matched to the kernel's socket table).
+fn tcp_sockets(pid: i32) -> Vec<TcpSocket> {
+    let inodes: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let link = std::fs::read_link(e.path()).ok()?;
+            let l = link.to_string_lossy();
+            Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
+        })
+        .collect();
+    let mut out = Vec::new();
+    for table in ["tcp", "tcp6"] {
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 10 || !inodes.contains(f[9]) {
+                continue;
+            }
+            let rx = f[4]
+                .split_once(':')
+                .and_then(|(_, rx)| u64::from_str_radix(rx, 16).ok())
+                .unwrap_or(0);
+            out.push(TcpSocket {
+                local: f[1].to_string(),
+                remote: f[2].to_string(),
+                rx_queue: rx,
+            });
+        }
+    }
+    out
+}
+
+/// Bytes that process `reader` has received from process `peer` over TCP and not read yet
+/// (e.g. RPCs sent to a SIGSTOPped server): the receive queues of `reader`'s sockets whose
+/// other end is one of `peer`'s.
+pub fn unread_from(reader: i32, peer: i32) -> u64 {
+    let theirs: std::collections::HashSet<String> =
+        tcp_sockets(peer).into_iter().map(|s| s.local).collect();
+    tcp_sockets(reader)
+        .into_iter()
+        .filter(|s| theirs.contains(&s.remote))
+        .map(|s| s.rx_queue)
+        .sum()
 }

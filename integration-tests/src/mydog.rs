@@ -167,9 +167,9 @@ fn install_node_modules(app_root: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Fills the `node_modules` cache of the peer (what [`MydogPeer::start`] copies from), so
-/// tests do not pay for `npm install` inside their timed budgets; does nothing when filled.
-pub fn prepare_cache() -> Result<()> {
+/// Installs the peer's `node_modules` into the cache (`npm install` on first use), so a later
+/// [`MydogPeer::start`] only copies them: lets a test keep the install out of what it times.
+pub fn prepare() -> Result<()> {
     let dir = tempfile::tempdir()?;
     copy_dir(&peer_source()?, dir.path(), &["node_modules"])?;
     install_node_modules(dir.path())

@@ -20,7 +20,9 @@ use futures_util::{SinkExt, StreamExt};
 use integration_tests::TIMEOUT;
 use integration_tests::client::{Client, raw_frame};
 use integration_tests::cluster::Cluster;
-use integration_tests::load::{Witness, fd_count, login_join, rss_kib};
+use integration_tests::load::{
+    Witness, fd_count, login_join, peak_rss_kib, reset_peak_rss, rss_kib,
+};
 use kennel_config::Project;
 use kennel_proto::auth;
 use kennel_proto::client::{TYPE_HANDSHAKE, put_frame, put_message};
@@ -353,6 +355,11 @@ async fn huge_frames_unknown_cmds_and_bad_payloads() {
                 .unwrap(),
             json!({"valid": transport})
         );
+        for route in ["connector.main.echo", "chat.main.echo"] {
+            c.expect_none(route, Duration::from_millis(500))
+                .await
+                .unwrap();
+        }
         cluster
             .wait_log(log, "handler failed: cannot decode")
             .unwrap();
@@ -363,12 +370,19 @@ async fn huge_frames_unknown_cmds_and_bad_payloads() {
     }
 }
 
+/// The connector's per-connection send queue, in frames (README "Slow clients").
+const SEND_QUEUE_FRAMES: u64 = 1024;
+/// Memory the never-reading client may cost beyond its queued replies.
+const RSS_SLACK_KIB: u64 = 8 * 1024;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_reads_is_closed_and_memory_stays_bounded() {
     let cluster = Cluster::start(1, 1).unwrap();
     let addr = cluster.client_addr(0).to_string();
     let witness = witness(&cluster, Witness::tcp(&addr, 50, 5).await);
     let pid = cluster.server_pids()["connector-server-1"];
+    // The peak is what buffering costs (freed memory may go back to the OS before the end).
+    reset_peak_rss(pid).expect("reset the frontend's peak RSS");
     let rss_before = rss_kib(pid).unwrap();
     let fds_before = fd_count(pid).unwrap();
 
@@ -388,6 +402,17 @@ async fn a_client_that_never_reads_is_closed_and_memory_stays_bounded() {
         }
         sent += 1;
     }
+    // Bounded by the queue: at most SEND_QUEUE_FRAMES replies of one frame each are held, plus
+    // slack for the read buffer, requests being decoded and allocator overhead. Buffering every
+    // reply (3000 x 16 KiB = 48 MiB) would pass the bound by more than 20 MiB.
+    let reply_kib = (frame.len() as u64).div_ceil(1024);
+    let bound = SEND_QUEUE_FRAMES * reply_kib + RSS_SLACK_KIB;
+    let peak = peak_rss_kib(pid).unwrap();
+    assert!(
+        peak < rss_before + bound,
+        "frontend RSS peaked at {peak} KiB from {rss_before} KiB after {sent} requests: more than \
+         {SEND_QUEUE_FRAMES} replies of {reply_kib} KiB plus {RSS_SLACK_KIB} KiB"
+    );
     cluster
         .wait_log(
             "connector-server-1",
@@ -423,12 +448,19 @@ async fn a_client_that_never_reads_is_closed_and_memory_stays_bounded() {
         "every request was answered: the queue cap did not act"
     );
     let rss_after = rss_kib(pid).unwrap();
+    let peak = peak_rss_kib(pid).unwrap();
     println!(
         "never-reading client: sent {sent} x 16 KiB requests, {replies} replies reached it; \
-         frontend RSS {rss_before} KiB -> {rss_after} KiB"
+         frontend RSS {rss_before} KiB -> peak {peak} KiB (+{} KiB, bound +{bound} KiB) -> {rss_after} KiB",
+        peak.saturating_sub(rss_before)
     );
     assert!(
-        rss_after < rss_before + 64 * 1024,
+        peak < rss_before + bound,
+        "frontend RSS peaked at {peak} KiB from {rss_before} KiB: more than {SEND_QUEUE_FRAMES} \
+         replies of {reply_kib} KiB plus {RSS_SLACK_KIB} KiB"
+    );
+    assert!(
+        rss_after < rss_before + bound,
         "frontend RSS grew from {rss_before} KiB to {rss_after} KiB"
     );
     witness.check("after the hog").await.unwrap();

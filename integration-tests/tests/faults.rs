@@ -4,16 +4,44 @@
 //! every phase and prints it (`cargo test --test faults -- --nocapture`).
 
 use std::collections::HashSet;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::future::join_all;
 use integration_tests::TIMEOUT;
 use integration_tests::client::Client;
-use integration_tests::cluster::{Cluster, ClusterOptions};
-use integration_tests::load::login_join;
+use integration_tests::cluster::{Cluster, ClusterOptions, secs_between, times_of};
+use integration_tests::load::{login_join, unread_from};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::{Value, json};
+
+/// How soon an RPC is answered when its target is dead (the RPC timeout is 10 s): an error
+/// from the link dropping, or an answer from the survivor.
+const FAST: Duration = Duration::from_secs(2);
+
+/// How long a restart may take past the master's backoff, from the kill to the frontends
+/// hearing of the new process (spawn, bind, register, announce on a loaded 2-core machine).
+const RESTART_SLACK: f64 = 1.5;
+
+/// The longest a server waits between two dials of a lost master (`master_link`).
+const REDIAL_CAP_MS: u64 = 2000;
+
+/// The backoff (s) the master logged for restarting `id` (`server exited; restarting in 0.5 s`).
+fn restart_delay(cluster: &Cluster, id: &str) -> f64 {
+    let lines = cluster.lines.lock().unwrap();
+    let line = lines
+        .iter()
+        .rev()
+        .find(|l| {
+            l.contains("server exited; restarting in") && l.contains(&format!("server={id} "))
+        })
+        .unwrap_or_else(|| panic!("the master logged no restart of {id}"));
+    line.split("restarting in ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no delay in {line:?}"))
+}
 
 /// One logged-in player.
 struct Player {
@@ -128,15 +156,58 @@ async fn sigkill_a_backend_while_100_players_chat() {
     let pids = cluster.server_pids();
     let frontends = (pids["connector-server-1"], pids["connector-server-2"]);
     let victim = pids["chat-server-1"];
-    let killed = Instant::now();
-    kill(Pid::from_raw(victim), Signal::SIGKILL).unwrap();
-
-    // RPC to the dead server fails fast with a clear error: players of chat-server-2 call
-    // chat.main.rpcEcho, which chat-server-2 forwards to chat-server-1.
+    let caller = pids["chat-server-2"];
+    // Players of chat-server-2 call chat.main.rpcEcho, which chat-server-2 forwards to
+    // chat-server-1.
     let odd: Vec<usize> = (0..ps.len())
         .filter(|i| ps[*i].room % 2 == 1)
         .take(10)
         .collect();
+    // RPCs in flight when their target dies fail fast with a clear error. To have them in
+    // flight, the victim is frozen a moment first: each call is sent once the previous one
+    // has reached the victim's socket (the link is idle otherwise: one answered call just
+    // before means no heartbeat ping is due on it for a whole period).
+    let warm = ps[odd[0]]
+        .c
+        .request("chat.main.rpcEcho", &json!({"warm": 1}))
+        .await
+        .unwrap();
+    assert_eq!(warm, json!({"warm": 1}));
+    kill(Pid::from_raw(victim), Signal::SIGSTOP).unwrap();
+    for i in &odd {
+        let unread = unread_from(victim, caller);
+        ps[*i]
+            .c
+            .send("chat.main.rpcEcho", &json!({"n": i}))
+            .await
+            .unwrap();
+        until("the call reaches the frozen chat-server-1", || {
+            unread_from(victim, caller) > unread
+        })
+        .await;
+    }
+    let killed_at = SystemTime::now();
+    let killed = Instant::now();
+    kill(Pid::from_raw(victim), Signal::SIGKILL).unwrap();
+    let mut in_flight_slowest = Duration::ZERO;
+    for i in &odd {
+        let r = ps[*i].c.expect_push("chat.main.rpcEcho").await.unwrap();
+        let took = killed.elapsed();
+        assert_eq!(r["code"], 1, "call {i} in flight at the kill: {r}");
+        let err = r["err"].as_str().unwrap_or_default();
+        assert!(
+            err.contains("chat-server-1") && err.contains("dropped"),
+            "unclear error: {r}"
+        );
+        assert!(
+            took < FAST,
+            "in-flight call {i} failed {took:?} after the kill"
+        );
+        in_flight_slowest = in_flight_slowest.max(took);
+    }
+
+    // Calls made after the kill are answered as fast: by the survivor (once chat-server-2
+    // knows chat-server-1 is gone, rpcEcho targets itself) or with the same clear error.
     let mut errors = 0;
     let mut slowest = Duration::ZERO;
     for i in &odd {
@@ -147,7 +218,7 @@ async fn sigkill_a_backend_while_100_players_chat() {
             .await
             .unwrap();
         let took = t0.elapsed();
-        assert!(took < Duration::from_secs(5), "rpc answered after {took:?}");
+        assert!(took < FAST, "rpc answered after {took:?}");
         slowest = slowest.max(took);
         if r != json!({"n": i}) {
             errors += 1;
@@ -162,14 +233,26 @@ async fn sigkill_a_backend_while_100_players_chat() {
     let during = round(&mut ps, "during", odd_room, odd_room, TIMEOUT).await;
     assert_eq!(during.lost, 0, "{during:?}");
 
-    // The master restarts it; both frontends learn it is back.
-    let restart = until("chat-server-1 is back on both frontends", || {
+    // The master restarts it after its backoff; both frontends learn it is back. Timed from
+    // the frontends' log lines (when each heard), not from this test's polling.
+    until("chat-server-1 is back on both frontends", || {
         ["connector-server-1", "connector-server-2"]
             .iter()
             .all(|id| count(&cluster.log(id), "server added server=chat-server-1") >= 2)
     })
     .await;
-    let restart = restart.max(killed.elapsed());
+    let back = ["connector-server-1", "connector-server-2"]
+        .iter()
+        .map(|id| {
+            let added = times_of(&cluster.log(id), "server added server=chat-server-1");
+            secs_between(killed_at, added[1])
+        })
+        .fold(0.0, f64::max);
+    let backoff = restart_delay(&cluster, "chat-server-1");
+    assert!(
+        back >= backoff && back < backoff + RESTART_SLACK,
+        "chat-server-1 back on both frontends {back:.3} s after the kill (backoff {backoff} s)"
+    );
     assert_ne!(cluster.server_pids().get("chat-server-1"), Some(&victim));
 
     // Its rooms were in its memory: players re-join, then messages reach it again.
@@ -196,9 +279,11 @@ async fn sigkill_a_backend_while_100_players_chat() {
         frontends
     );
     println!(
-        "backend SIGKILL, 100 players: before {before:?}; rpc to the dead server: {errors}/{} failed with a clear error, slowest answer {slowest:?}; \
-         during (surviving rooms) {during:?}; restarted and re-announced in {restart:?}; after re-join {after:?}",
-        odd.len()
+        "backend SIGKILL, 100 players: before {before:?}; {n} rpcs in flight at the kill: {n}/{n} failed with a clear error, \
+         slowest {in_flight_slowest:?} after the kill; {n} rpcs after it: {errors}/{n} a clear error, the rest answered by \
+         the survivor, slowest {slowest:?}; during (surviving rooms) {during:?}; back on both frontends {back:.3} s after \
+         the kill (backoff {backoff} s); after re-join {after:?}",
+        n = odd.len()
     );
 }
 
@@ -212,6 +297,7 @@ async fn sigkill_a_frontend_while_players_chat() {
 
     let pids = cluster.server_pids();
     let victim = pids["connector-server-1"];
+    let killed_at = SystemTime::now();
     let killed = Instant::now();
     kill(Pid::from_raw(victim), Signal::SIGKILL).unwrap();
 
@@ -239,7 +325,16 @@ async fn sigkill_a_frontend_while_players_chat() {
             }
         }
     };
-    let restart = killed.elapsed();
+    // Timed from its own log: when the new process started accepting (the test's connect
+    // retries would add their polling).
+    let accepting = times_of(&cluster.log("connector-server-1"), "accepting game clients");
+    assert_eq!(accepting.len(), 2, "one listening line per process");
+    let restart = secs_between(killed_at, accepting[1]);
+    let backoff = restart_delay(&cluster, "connector-server-1");
+    assert!(
+        restart >= backoff && restart < backoff + RESTART_SLACK,
+        "connector-server-1 accepting again {restart:.3} s after the kill (backoff {backoff} s)"
+    );
     // Wait until the restarted frontend knows the chat server (it registers, then hears).
     until("the restarted frontend knows chat-server-1", || {
         count(
@@ -263,7 +358,7 @@ async fn sigkill_a_frontend_while_players_chat() {
     );
     println!(
         "frontend SIGKILL: before {before:?}; 30 players disconnected, the other 30 during {during:?}; \
-         accepting again {restart:?} after the kill; after {after:?}"
+         accepting again {restart:.3} s after the kill (backoff {backoff} s); after {after:?}"
     );
 }
 
@@ -290,15 +385,25 @@ async fn sigstop_and_sigkill_the_master_while_players_chat() {
 
     // A new master adopts the running servers; they re-register and reconcile.
     let mark = cluster.lines.lock().unwrap().len();
-    let t0 = Instant::now();
     cluster.restart_master().unwrap();
     cluster
         .wait_line_after(mark, "adopted 4 running servers")
         .unwrap();
-    cluster
+    // "registered in N ms", by the new master's clock from its start (no spawn time): the
+    // servers redial a lost master with a backoff capped at 2 s, so all are back within it.
+    let ready_line = cluster
         .wait_line_after(mark, "kennel: cluster ready")
         .unwrap();
-    let ready = t0.elapsed();
+    let ready_ms: u64 = ready_line
+        .split("registered in ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no time in {ready_line:?}"));
+    assert!(
+        ready_ms < REDIAL_CAP_MS + 1000,
+        "the new master was ready {ready_ms} ms after its start: {ready_line}"
+    );
     assert_eq!(
         cluster.server_pids(),
         pids,
@@ -337,16 +442,21 @@ async fn sigstop_and_sigkill_the_master_while_players_chat() {
     }
     println!(
         "master SIGSTOP: {stopped:?}, resumed {resumed:?}; master SIGKILL: {dead:?}; new master adopted \
-         4 servers and was ready in {ready:?}; then {back:?}; after a backend restart under it {supervised:?}"
+         4 servers and was ready {ready_ms} ms after its start; then {back:?}; after a backend restart under it {supervised:?}"
     );
 }
+
+/// `rpc.heartbeat` (s) of the SIGSTOP test.
+const PERIOD: f64 = 1.0;
+/// `rpc.heartbeatTimeout` (s) of the SIGSTOP test.
+const SILENCE: f64 = 3.0;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigstop_a_server_past_the_heartbeat_timeout() {
     let cluster = Cluster::start_opts(&ClusterOptions {
         tcp: 1,
         chats: 2,
-        master_extra: serde_json::json!({"rpc": {"heartbeat": 1, "heartbeatTimeout": 3}}),
+        master_extra: serde_json::json!({"rpc": {"heartbeat": PERIOD, "heartbeatTimeout": SILENCE}}),
         ..ClusterOptions::default()
     })
     .unwrap();
@@ -358,14 +468,30 @@ async fn sigstop_a_server_past_the_heartbeat_timeout() {
     let frozen = Pid::from_raw(pids["chat-server-1"]);
 
     // Frozen: its sockets stay open (no FIN), so only heartbeats can tell it is gone.
+    let stopped_at = SystemTime::now();
     kill(frozen, Signal::SIGSTOP).unwrap();
     let t0 = Instant::now();
-    let detect = until("the frontend drops the frozen chat-server-1", || {
-        let log = cluster.log("connector-server-1");
-        count(&log, "peer link down peer=chat-server-1") >= 1
-            || count(&log, "server removed server=chat-server-1") >= 1
+    until("the frontend drops the frozen chat-server-1", || {
+        count(
+            &cluster.log("connector-server-1"),
+            "peer link down peer=chat-server-1",
+        ) >= 1
     })
     .await;
+    // By the heartbeat, timed from the frontend's log line: the link is silent from the stop
+    // (or up to one period before it, the last ping), the silence is checked once per period,
+    // so the line comes after timeout - period and by timeout + 2 periods (load allowance).
+    let timeouts = times_of(
+        &cluster.log("connector-server-1"),
+        "(heartbeat timeout): closing it peer=chat-server-1",
+    );
+    assert_eq!(timeouts.len(), 1, "the heartbeat-timeout line, once");
+    let detect = secs_between(stopped_at, timeouts[0]);
+    let (timeout, period) = (SILENCE, PERIOD);
+    assert!(
+        detect > timeout - period && detect <= timeout + 2.0 * period + 0.5,
+        "frozen chat-server-1 dropped {detect:.3} s after the stop (timeout {timeout} s, period {period} s)"
+    );
     // Players of the other backend chat on meanwhile.
     let odd = |p: &Player| p.room == 1;
     let during = round(&mut ps, "during", odd, odd, TIMEOUT).await;
@@ -387,7 +513,8 @@ async fn sigstop_a_server_past_the_heartbeat_timeout() {
     let after = round(&mut ps, "after", all, all, TIMEOUT).await;
     assert_eq!(after.lost, 0, "{after:?}");
     println!(
-        "SIGSTOP past the heartbeat: detected after {detect:?} (since stop {:?}); during {during:?}; after {after:?}",
+        "SIGSTOP past the heartbeat: heartbeat-timeout line {detect:.3} s after the stop (test saw it after {:?}); \
+         during {during:?}; after {after:?}",
         t0.elapsed()
     );
 }

@@ -41,7 +41,7 @@ fn prepare() -> Result<()> {
                     mydog::SKIP_ENV
                 )
             })?;
-        mydog::prepare_cache().context("installing the mydog peer's node_modules")?;
+        mydog::prepare().context("installing the mydog peer's node_modules")?;
     }
     Ok(())
 }

@@ -29,20 +29,11 @@ sleep 1000 &
 wait $!
 "#;
 
-/// A port nothing listens on right now.
-/// Never the same port twice in this process (the OS may reuse a just-released one).
-pub fn free_port() -> u16 {
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    loop {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = l.local_addr().unwrap().port();
-        let mut given = GIVEN.lock().unwrap();
-        if !given.contains(&port) {
-            given.push(port);
-            return port;
-        }
-    }
-}
+/// Ports for the master (which binds them itself), outside the ephemeral range and reserved
+/// across processes: the integration tests' allocator, shared as source.
+#[path = "../../../integration-tests/src/ports.rs"]
+mod ports;
+pub use ports::{free_port, free_ports};
 
 /// A project in a temp dir: master on `master_port`, servers `servers` (the JSON object of
 /// the development environment), route list with one route per type, `bin/server.sh`.
@@ -84,7 +75,7 @@ pub fn project_with(master_port: u16, servers: &str, master_extra: &str) -> Temp
 /// One frontend (`connector-server-1`) and two backends (`chat-server-1`, `chat-server-2`).
 pub fn three_servers() -> String {
     // The stand-in servers listen on nothing: the ports only need to be distinct.
-    let (c, cp, a) = (free_port(), free_port(), free_port());
+    let (c, cp, a) = (free_port(), free_port(), free_ports(2));
     format!(
         r#"{{"connector": [{{"id": "connector-server-1", "host": "127.0.0.1", "port": {c}, "frontend": true, "clientPort": {cp}}}],
             "chat": [{{"id": "chat-server-", "idStart": 1, "host": "127.0.0.1", "port": [{a}, {}]}}]}}"#,
