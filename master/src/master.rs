@@ -734,6 +734,11 @@ impl Core {
 
     /// The state `kennel list` shows for slot `i` (`linked`: its master link is live).
     fn state_of(&self, i: usize, linked: bool) -> &'static str {
+        let silent = linked
+            && self
+                .registry
+                .get(&self.supervisor.slots[i].config.id)
+                .is_some_and(|l| l.silent());
         match self.supervisor.slots[i].proc {
             Proc::Running {
                 registered,
@@ -742,6 +747,8 @@ impl Core {
             } => {
                 if signalled {
                     "stopping"
+                } else if silent {
+                    "unreachable"
                 } else if linked {
                     "running"
                 } else if registered {
@@ -754,6 +761,7 @@ impl Core {
             Proc::Exited => "exited",
             Proc::CrashLoop => "crashloop",
             Proc::Removed => "removed",
+            Proc::Unmanaged if silent => "unreachable",
             Proc::Unmanaged if linked => "external",
             Proc::Unmanaged => "down",
         }
@@ -818,6 +826,7 @@ impl Core {
                     clients: link.and_then(|l| l.clients),
                     status: link.map(|l| l.status.clone()).unwrap_or_default(),
                     rpc: link.and_then(|l| l.rpc.clone()),
+                    dropped: link.map(|l| l.dropped.clone()).unwrap_or_default(),
                     remote,
                     external: slot.launch == Launch::External,
                 }

@@ -851,16 +851,17 @@ impl App {
             return Ok(());
         }
         // A known server not linked yet (booting, reconnecting) is waited for, which also holds
-        // this connection's later messages back, keeping their order.
+        // this connection's later messages back, keeping their order; at most `rpc.timeout`
+        // after its link went down, in total (then forwards to it fail at once).
         let link = match self
             .inner
             .peers
-            .wait_link(self, &target, &route.name, self.rpc_timeout())
+            .forward_link(self, &target, &route.name, self.rpc_timeout())
             .await
         {
             Ok(l) => l,
             Err(e) => {
-                warn!(route = %route.name, server = %target, "cannot forward: {e}; message dropped");
+                self.forward_refused(&route.name, session, &target, &e.to_string());
                 return Ok(());
             }
         };
@@ -874,10 +875,28 @@ impl App {
             cmd: cmd as u32,
             payload,
         }));
-        if !link.send(m).await {
-            warn!(route = %route.name, server = %target, "link dropped; message lost");
+        // Never waits for room: a full or congested link refuses the message at once, so the
+        // connection goes on answering its client (heartbeats, frontend routes).
+        if let Err(e) = link.forward(m) {
+            let why = e.describe(&target, self.rpc_timeout());
+            self.forward_refused(&route.name, session, &target, &why);
         }
         Ok(())
+    }
+
+    /// Counts a client message that could not be forwarded and logs it (one line a second
+    /// at most, with how many were held back).
+    fn forward_refused(&self, route: &str, session: &Session, target: &str, why: &str) {
+        self.inner
+            .stats
+            .drops
+            .dropped(crate::stats::Dropped::Forward);
+        if let Some(more) = self.inner.peers.refusal_log.tick() {
+            let uid = session
+                .uid()
+                .map_or_else(|| "-".to_string(), |u| u.to_string());
+            warn!(route, %uid, conn = session.conn_id(), server = %target, more, "cannot forward: {why}; message dropped");
+        }
     }
 
     fn pick_server(&self, server_type: &str, session: &Session) -> Option<String> {
@@ -1014,7 +1033,13 @@ impl App {
             conn_ids,
             uids,
         }));
-        link.send(m).await;
+        if let Err(e) = link.send(m).await {
+            warn!(
+                frontend = sid,
+                "cannot push: {}; dropped",
+                e.describe(sid, self.rpc_timeout())
+            );
+        }
     }
 
     /// Handles one message from a peer link.
@@ -1107,7 +1132,10 @@ impl App {
             .await
         {
             Ok(link) => {
-                link.send(peers::msg(peer_msg::Msg::Apply(apply))).await;
+                if let Err(e) = link.send(peers::msg(peer_msg::Msg::Apply(apply))).await {
+                    let why = e.describe(s.sid(), self.rpc_timeout());
+                    warn!(frontend = s.sid(), "session apply not delivered: {why}");
+                }
             }
             Err(e) => warn!(frontend = s.sid(), "session apply not delivered: {e}"),
         }

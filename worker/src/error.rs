@@ -84,6 +84,10 @@ pub enum RpcError {
         /// The limit reached.
         count: usize,
     },
+    /// The link to the server is congested: it took nothing for `rpc.timeout` while messages
+    /// waited for room (the server stopped reading), so the call is refused at once.
+    #[error("link to {0} is congested (it reads nothing): call refused")]
+    Congested(String),
     /// `noRpcMatrix` forbids links between this server's type and the target's.
     #[error(
         "no rpc link between {from_type} and {to_type} servers (noRpcMatrix): cannot reach {server}"

@@ -33,8 +33,9 @@ pub(crate) struct Conn {
     heard: AtomicU64,
 }
 
-/// Milliseconds since the first call (the clock of heartbeat checks).
-fn now_ms() -> u64 {
+/// Milliseconds since the first call (the clock of heartbeat checks, rate limits and log
+/// throttles).
+pub(crate) fn now_ms() -> u64 {
     static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
     EPOCH.elapsed().as_millis() as u64
 }

@@ -65,6 +65,7 @@ fn self_report(app: &App) -> Report {
         clients: u32::try_from(app.inner.frontend.count()).unwrap_or(u32::MAX),
         status: stats.status(app),
         rpc: Some(stats.rpc()),
+        dropped: stats.drops.snapshot(),
     }
 }
 
