@@ -429,3 +429,82 @@ async fn a_stopped_backend_never_freezes_the_player_who_floods_it() {
         "players of the other backend: p99 {p99:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_declared_dead_fails_the_calls_waiting_on_it_at_once() {
+    // Calls may wait 20 s; the link is declared dead after 3 s of silence.
+    const CALLS: usize = 40;
+    let cluster = Cluster::start_opts(&ClusterOptions {
+        tcp: 1,
+        chats: 2,
+        master_extra: json!({"rpc": {"timeout": 20, "heartbeat": 1, "heartbeatTimeout": 3}}),
+        ..ClusterOptions::default()
+    })
+    .unwrap();
+    let addr = cluster.client_addr(0).to_string();
+    // A player of chat-server-2, whose chat.main.rpcEcho calls chat-server-1.
+    let mut p = RawPlayer::login(&addr, 300, 1).await;
+    let frozen = Pid::from_raw(cluster.server_pids()["chat-server-1"]);
+    kill(frozen, Signal::SIGSTOP).unwrap();
+    let t0 = Instant::now();
+
+    // 40 calls of 1 MiB fill chat-server-2's link to the frozen server (socket buffers, then
+    // the link's own): the later ones wait for room.
+    let big = RawPlayer::frame("chat.main.rpcEcho", &json!({"pad": "x".repeat(1 << 20)}));
+    for _ in 0..CALLS {
+        p.w.write_all(&big).await.unwrap();
+    }
+    let rpc_echo = cmd("chat.main.rpcEcho");
+    let mut answers = Vec::new();
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while answers.len() < CALLS {
+        match tokio::time::timeout_at(deadline, p.seen.recv()).await {
+            Ok(Some(Seen::Message(at, c, v))) if c == rpc_echo => answers.push((at - t0, v)),
+            Ok(Some(Seen::Closed(_))) | Ok(None) => panic!("the player was closed"),
+            Ok(Some(_)) => {}
+            Err(_) => panic!(
+                "{} of {CALLS} calls to the frozen server answered within {TIMEOUT:?}: the others \
+                 still wait on a link declared dead: {answers:?}\n{}\n{}",
+                answers.len(),
+                cluster.log("connector-server-1"),
+                cluster.log("chat-server-2")
+            ),
+        }
+    }
+    let last = answers.iter().map(|(t, _)| *t).max().unwrap();
+    for (_, v) in &answers {
+        assert_eq!(v["code"], 1, "{v}");
+        let err = v["err"].as_str().unwrap_or_default();
+        assert!(err.contains("chat-server-1"), "unclear error: {v}");
+    }
+    cluster
+        .wait_log("chat-server-2", "peer link silent")
+        .unwrap();
+    // Declared dead within heartbeatTimeout + one heartbeat period; its calls fail then, not at
+    // their 20 s timeout.
+    assert!(
+        last < Duration::from_secs(8),
+        "the last call to the frozen server failed {last:?} after the stop"
+    );
+    let errors: std::collections::BTreeSet<String> = answers
+        .iter()
+        .map(|(_, v)| v["err"].as_str().unwrap_or_default().to_owned())
+        .collect();
+
+    kill(frozen, Signal::SIGCONT).unwrap();
+    let resumed = Instant::now();
+    loop {
+        let r = p.request("chat.main.rpcEcho", &json!({"n": 1})).await;
+        if r == json!({"n": 1}) {
+            break;
+        }
+        assert!(resumed.elapsed() < TIMEOUT, "rpc never worked again: {r}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!(
+        "link declared dead: {CALLS} calls of 1 MiB to the stopped server all failed within \
+         {last:?} of the stop (rpc timeout 20 s, heartbeat timeout 3 s): {errors:?}; rpc works \
+         again {:?} after SIGCONT",
+        resumed.elapsed()
+    );
+}

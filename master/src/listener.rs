@@ -35,6 +35,8 @@ use crate::master::Event;
 pub(crate) const AUTH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bound on the wait for a server's `Register` after authentication.
 pub(crate) const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
+/// `TCP_USER_TIMEOUT` of every link on the master port.
+const LINK_USER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Capacity of a server link's outgoing queue.
 const LINK_QUEUE: usize = 1024;
 /// Largest CLI request accepted.
@@ -106,6 +108,9 @@ fn admit(shared: &Shared, hello: &Hello) -> Result<Vec<u8>, String> {
 
 async fn connection(stream: TcpStream, shared: Arc<Shared>, permit: OwnedSemaphorePermit) {
     let _ = stream.set_nodelay(true);
+    // The kernel gives up on a peer that acknowledges nothing for this long (a host gone
+    // without a FIN), as the servers' side of the link does.
+    kennel_proto::net::set_user_timeout(&stream, LINK_USER_TIMEOUT);
     let mut framed = Framed::new(stream, length_codec(AUTH_MAX_FRAME));
     let accepted = tokio::select! {
         _ = shared.conns.cancelled() => return,

@@ -875,9 +875,10 @@ impl App {
             cmd: cmd as u32,
             payload,
         }));
-        // Never waits for room: a full or congested link refuses the message at once, so the
-        // connection goes on answering its client (heartbeats, frontend routes).
-        if let Err(e) = link.forward(m) {
+        // Waits only when the link holds 8 MiB already, and never past the moment it counts as
+        // congested (then every forward fails at once): a stopped backend holds this
+        // connection at most `rpc.timeout` in all.
+        if let Err(e) = link.forward(m).await {
             let why = e.describe(&target, self.rpc_timeout());
             self.forward_refused(&route.name, session, &target, &why);
         }

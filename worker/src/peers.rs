@@ -7,15 +7,16 @@
 //! Calls in flight on a link are failed with [`RpcError::LinkDropped`] the moment it drops.
 //! A dialer redials after a delay for as long as the master lists the peer.
 //!
-//! A peer that stops reading (a hung process, a host gone silent) fills its link. Senders that
-//! may wait (RPC calls and notifies, pushes, session applies: tasks of their own) wait for room
-//! while the buffer holds [`LINK_QUEUE_BYTES`]; a client message forwarded by a frontend never
-//! waits (the connection task must keep answering its client): it is queued up to
-//! [`FORWARD_QUEUE_BYTES`] and refused beyond. Once senders have found no room for `rpc.timeout`
-//! (the writer took nothing in that time), the link is *congested*: every send to it fails at
-//! once until the writer makes progress again or the link is declared dead (heartbeat
-//! timeout, or the kernel's `TCP_USER_TIMEOUT`), which fails every waiting sender and call at
-//! once (the writer's write is raced with the link's close).
+//! A peer that stops reading (a hung process, a host gone silent) fills its link. Senders
+//! wait for room while the buffer holds [`LINK_QUEUE_BYTES`]; a client message forwarded by a
+//! frontend (whose connection task must go on answering its client) is queued at once up to
+//! [`FORWARD_QUEUE_BYTES`] and only waits beyond. Once senders have found no room for
+//! `rpc.timeout` (the writer took nothing in that time), the link is *congested*: every send
+//! to it fails at once, waiting ones included, until the writer makes progress again or the
+//! link is declared dead (heartbeat timeout, or the kernel's `TCP_USER_TIMEOUT`), which fails
+//! every waiting sender and call at once (the writer's write is raced with the link's close).
+//! A slow peer loses nothing (its senders are held back); a stopped one holds a sender, and so
+//! a client connection, at most `rpc.timeout` in all.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -178,8 +179,6 @@ enum Pushed {
 pub(crate) enum SendError {
     /// The link is closed (dropped, or declared dead).
     Closed,
-    /// A forward found [`FORWARD_QUEUE_BYTES`] queued (it does not wait for room).
-    Full,
     /// Nothing was written to the link for `rpc.timeout` while senders waited for room.
     Congested,
 }
@@ -189,7 +188,7 @@ impl SendError {
     pub(crate) fn rpc_error(self, peer: &str) -> RpcError {
         match self {
             SendError::Closed => RpcError::LinkDropped(peer.to_string()),
-            SendError::Full | SendError::Congested => RpcError::Congested(peer.to_string()),
+            SendError::Congested => RpcError::Congested(peer.to_string()),
         }
     }
 
@@ -197,10 +196,6 @@ impl SendError {
     pub(crate) fn describe(self, peer: &str, congest_after: Duration) -> String {
         match self {
             SendError::Closed => format!("the link to {peer} dropped"),
-            SendError::Full => format!(
-                "the link to {peer} already holds {} MiB (the peer reads too slowly)",
-                FORWARD_QUEUE_BYTES >> 20
-            ),
             SendError::Congested => {
                 format!("the link to {peer} is congested (nothing written for {congest_after:?})")
             }
@@ -251,7 +246,7 @@ impl Link {
             Pushed::Closed => Ok(Err(SendError::Closed)),
             Pushed::Congested => Ok(Err(SendError::Congested)),
             // Boxed: the common cases above keep their callers' futures small.
-            Pushed::Full(m, _) => Err(Box::pin(self.send_when_room(m, None))),
+            Pushed::Full(m, _) => Err(Box::pin(self.wait_for_room(m, LINK_QUEUE_BYTES, None))),
         };
         async move {
             match wait {
@@ -261,14 +256,27 @@ impl Link {
         }
     }
 
-    /// Queues a client message forwarded by a frontend without ever waiting: up to
-    /// [`FORWARD_QUEUE_BYTES`] queued, refused beyond, or when the link is congested or gone.
-    pub(crate) fn forward(&self, m: PeerMsg) -> Result<(), SendError> {
-        match self.out.try_push(m, FORWARD_QUEUE_BYTES) {
-            Pushed::Queued => Ok(()),
-            Pushed::Closed => Err(SendError::Closed),
-            Pushed::Full(..) => Err(SendError::Full),
-            Pushed::Congested => Err(SendError::Congested),
+    /// Queues a client message forwarded by a frontend: at once while the link holds less
+    /// than [`FORWARD_QUEUE_BYTES`] (twice what other senders wait at); beyond, it waits for
+    /// room (back-pressure on that client) but never past the moment the link becomes
+    /// congested, after which every forward fails at once. So a slow peer loses nothing and a
+    /// stopped one holds a connection at most `rpc.timeout` in all.
+    pub(crate) fn forward(
+        &self,
+        m: PeerMsg,
+    ) -> impl Future<Output = Result<(), SendError>> + Send + '_ {
+        let wait = match self.out.try_push(m, FORWARD_QUEUE_BYTES) {
+            Pushed::Queued => Ok(Ok(())),
+            Pushed::Closed => Ok(Err(SendError::Closed)),
+            Pushed::Congested => Ok(Err(SendError::Congested)),
+            // Boxed: the common cases above keep the connection's future small.
+            Pushed::Full(m, _) => Err(Box::pin(self.wait_for_room(m, FORWARD_QUEUE_BYTES, None))),
+        };
+        async move {
+            match wait {
+                Ok(sent) => sent,
+                Err(waiting) => waiting.await,
+            }
         }
     }
 
@@ -283,7 +291,7 @@ impl Link {
             Pushed::Full(m, _) => {
                 let link = self.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = link.send_when_room(m, None).await {
+                    if let Err(e) = link.wait_for_room(m, LINK_QUEUE_BYTES, None).await {
                         link.refused(e);
                     }
                 });
@@ -300,13 +308,15 @@ impl Link {
         }
     }
 
-    /// Waits for room in the link's buffer, then queues `m`. Fails when the link closes,
+    /// Waits for room in the link's buffer (below `limit`), then queues `m`. Fails when the
+    /// link closes,
     /// when it becomes congested (senders found no room for `rpc.timeout`; the clock restarts
     /// whenever the writer takes the buffer), or at `deadline` (an RPC call's; reported as
     /// [`SendError::Congested`]).
-    async fn send_when_room(
+    async fn wait_for_room(
         &self,
         mut m: PeerMsg,
+        limit: usize,
         deadline: Option<Instant>,
     ) -> Result<(), SendError> {
         loop {
@@ -314,7 +324,7 @@ impl Link {
             tokio::pin!(room);
             room.as_mut().enable();
             let congested_at;
-            (m, congested_at) = match self.out.try_push(m, LINK_QUEUE_BYTES) {
+            (m, congested_at) = match self.out.try_push(m, limit) {
                 Pushed::Queued => return Ok(()),
                 Pushed::Closed => return Err(SendError::Closed),
                 Pushed::Congested => return Err(SendError::Congested),
@@ -356,7 +366,11 @@ impl Link {
             Pushed::Closed => Ok(Err(SendError::Closed)),
             Pushed::Congested => Ok(Err(SendError::Congested)),
             // Boxed: the common cases above keep the call's future small.
-            Pushed::Full(m, _) => Err(Box::pin(self.send_when_room(m, Some(deadline)))),
+            Pushed::Full(m, _) => Err(Box::pin(self.wait_for_room(
+                m,
+                LINK_QUEUE_BYTES,
+                Some(deadline),
+            ))),
         };
         async move {
             let sent = match wait {
