@@ -33,9 +33,9 @@ fn cmd(route: &str) -> u16 {
 /// What a raw player's reader saw: each frame with the time it arrived.
 #[derive(Debug)]
 enum Seen {
-    Heartbeat(Instant),
+    Heartbeat,
     Message(Instant, u16, Value),
-    Closed(Instant),
+    Closed,
 }
 
 /// A logged-in player whose reading runs in its own task (so a test can write while the
@@ -56,7 +56,7 @@ impl RawPlayer {
             let mut r = FramedRead::new(r, ClientCodec::default());
             loop {
                 let seen = match r.next().await {
-                    Some(Ok(Frame::Heartbeat)) => Seen::Heartbeat(Instant::now()),
+                    Some(Ok(Frame::Heartbeat)) => Seen::Heartbeat,
                     Some(Ok(Frame::Message { cmd, payload })) => Seen::Message(
                         Instant::now(),
                         cmd,
@@ -64,7 +64,7 @@ impl RawPlayer {
                     ),
                     Some(Ok(Frame::Handshake(_))) => continue,
                     _ => {
-                        let _ = tx.send(Seen::Closed(Instant::now()));
+                        let _ = tx.send(Seen::Closed);
                         return;
                     }
                 };
@@ -98,7 +98,7 @@ impl RawPlayer {
         loop {
             match tokio::time::timeout(TIMEOUT, self.seen.recv()).await {
                 Ok(Some(Seen::Message(_, c, v))) if c == want => return v,
-                Ok(Some(Seen::Closed(_))) | Ok(None) => panic!("closed waiting for {route}"),
+                Ok(Some(Seen::Closed)) | Ok(None) => panic!("closed waiting for {route}"),
                 Ok(Some(_)) => {}
                 Err(_) => panic!("no reply to {route} within {TIMEOUT:?}"),
             }
@@ -269,13 +269,13 @@ async fn echo_of(
     let deadline = tokio::time::Instant::now() + TIMEOUT;
     loop {
         match tokio::time::timeout_at(deadline, seen.recv()).await {
-            Ok(Some(Seen::Heartbeat(_))) => heartbeats += 1,
+            Ok(Some(Seen::Heartbeat)) => heartbeats += 1,
             Ok(Some(Seen::Message(at, c, v))) if c == echo_cmd => {
                 assert_eq!(v, json!(label));
                 return (Some(at), heartbeats);
             }
             Ok(Some(Seen::Message(..))) => {}
-            Ok(Some(Seen::Closed(_))) | Ok(None) => panic!("the flooding player was closed"),
+            Ok(Some(Seen::Closed)) | Ok(None) => panic!("the flooding player was closed"),
             Err(_) => return (None, heartbeats),
         }
     }
@@ -460,7 +460,7 @@ async fn a_link_declared_dead_fails_the_calls_waiting_on_it_at_once() {
     while answers.len() < CALLS {
         match tokio::time::timeout_at(deadline, p.seen.recv()).await {
             Ok(Some(Seen::Message(at, c, v))) if c == rpc_echo => answers.push((at - t0, v)),
-            Ok(Some(Seen::Closed(_))) | Ok(None) => panic!("the player was closed"),
+            Ok(Some(Seen::Closed)) | Ok(None) => panic!("the player was closed"),
             Ok(Some(_)) => {}
             Err(_) => panic!(
                 "{} of {CALLS} calls to the frozen server answered within {TIMEOUT:?}: the others \

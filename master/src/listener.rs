@@ -22,7 +22,8 @@ use kennel_proto::msg::{
     SendResult, ToMaster, cli_request, cli_response, from_master, to_master,
 };
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use kennel_proto::net::{Eviction, PreAuthGate, Ticket};
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::timeout;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
@@ -59,8 +60,11 @@ pub(crate) struct Shared {
     pub(crate) stop: CancellationToken,
     /// Cancelled by `run` once the cluster has stopped: ends the accept loop and every link.
     pub(crate) conns: CancellationToken,
-    /// Permits for connections still authenticating.
-    pub(crate) pending: Arc<Semaphore>,
+    /// Caps connections still authenticating (globally and per source address; the oldest
+    /// is closed to make room for a new one).
+    pub(crate) pending: PreAuthGate,
+    /// Limits the log lines about closed unauthenticated connections.
+    pub(crate) evictions: std::sync::Mutex<(Option<std::time::Instant>, u64)>,
     /// Tracks the accept loop and every connection task.
     pub(crate) tracker: TaskTracker,
 }
@@ -83,15 +87,30 @@ pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                 }
             }
         };
-        let Ok(permit) = shared.pending.clone().try_acquire_owned() else {
-            warn!(%peer, "too many connections authenticating; dropping this one");
-            continue;
-        };
+        let (ticket, eviction) = shared.pending.admit(peer.ip());
+        if eviction != Eviction::None {
+            note_eviction(&shared, peer, eviction);
+        }
         let task_shared = shared.clone();
         shared
             .tracker
-            .spawn(connection(stream, task_shared, permit).instrument(info_span!("link", %peer)));
+            .spawn(connection(stream, task_shared, ticket).instrument(info_span!("link", %peer)));
     }
+}
+
+/// Logs that unauthenticated connections were closed to make room (one line a second at
+/// most, with how many since the last).
+fn note_eviction(shared: &Shared, peer: std::net::SocketAddr, eviction: Eviction) {
+    let mut st = shared.evictions.lock().unwrap();
+    let now = std::time::Instant::now();
+    if st.0.is_some_and(|t| now.duration_since(t) < Duration::from_secs(1)) {
+        st.1 += 1;
+        return;
+    }
+    let more = std::mem::take(&mut st.1);
+    st.0 = Some(now);
+    drop(st);
+    warn!(%peer, ?eviction, more, "too many connections authenticating: closed the oldest");
 }
 
 /// The secret for the dialer's role, or why it is refused.
@@ -106,7 +125,7 @@ fn admit(shared: &Shared, hello: &Hello) -> Result<Vec<u8>, String> {
     }
 }
 
-async fn connection(stream: TcpStream, shared: Arc<Shared>, permit: OwnedSemaphorePermit) {
+async fn connection(stream: TcpStream, shared: Arc<Shared>, ticket: Ticket) {
     let _ = stream.set_nodelay(true);
     // The kernel gives up on a peer that acknowledges nothing for this long (a host gone
     // without a FIN), as the servers' side of the link does.
@@ -114,6 +133,10 @@ async fn connection(stream: TcpStream, shared: Arc<Shared>, permit: OwnedSemapho
     let mut framed = Framed::new(stream, length_codec(AUTH_MAX_FRAME));
     let accepted = tokio::select! {
         _ = shared.conns.cancelled() => return,
+        _ = ticket.evicted() => {
+            debug!("closed before authenticating, for a newer connection");
+            return;
+        }
         r = timeout(AUTH_TIMEOUT, auth::accept(&mut framed, &shared.master_id, |h| admit(&shared, h))) => r,
     };
     let hello = match accepted {
@@ -127,7 +150,7 @@ async fn connection(stream: TcpStream, shared: Arc<Shared>, permit: OwnedSemapho
         }
         Ok(Ok(hello)) => hello,
     };
-    drop(permit);
+    drop(ticket);
     match Role::try_from(hello.role) {
         Ok(Role::Server) => {
             let link = framed.map_codec(|_| ProtoCodec::new(DEFAULT_MAX_FRAME));

@@ -23,7 +23,8 @@ use kennel_config::{Project, Secrets, ServerConfig};
 use kennel_proto::msg::{FromMaster, ListReply, Report, ServerInfo, ServerStatus};
 use nix::sys::signal::Signal;
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use kennel_proto::net::PreAuthGate;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::{sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -54,8 +55,11 @@ const KILL_WAIT: Duration = Duration::from_secs(5);
 const DRAIN_WAIT: Duration = Duration::from_secs(2);
 /// Capacity of the event channel.
 const EVENT_QUEUE: usize = 1024;
-/// Connections allowed to be authenticating at once.
-const MAX_PENDING_AUTH: usize = 64;
+/// Connections allowed to be authenticating at once (then the oldest is closed for a new
+/// one: idle junk cannot starve registrations and the CLI).
+const MAX_PENDING_AUTH: usize = 128;
+/// ... and from one source address.
+const MAX_PENDING_AUTH_PER_IP: usize = 64;
 
 /// What the master runs: the project, its secrets and how to treat the servers.
 #[derive(Debug, Clone)]
@@ -244,7 +248,8 @@ pub async fn run(
         events: events_tx.clone(),
         stop: stop.clone(),
         conns: conns.clone(),
-        pending: Arc::new(Semaphore::new(MAX_PENDING_AUTH)),
+        pending: PreAuthGate::new(MAX_PENDING_AUTH, MAX_PENDING_AUTH_PER_IP),
+        evictions: Default::default(),
         tracker: tracker.clone(),
     });
     tracker.spawn(listener::accept_loop(listener, shared));

@@ -181,6 +181,7 @@ fn cli_resp() -> impl Strategy<Value = CliResponse> {
                 latency_count: 4,
                 latency_sum: cpu.unwrap_or(0.5),
             }),
+            dropped: [("forward".to_owned(), up % 11)].into(),
         });
     prop_oneof![
         proptest::collection::vec(status, 0..4).prop_map(|servers| cli_response::Msg::List(

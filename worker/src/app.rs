@@ -936,9 +936,12 @@ impl App {
             Some(r) => self.handler_done(session, cmd, r),
             None => {
                 let app = self.clone();
+                // A frontend handler counts against its connection's `maxInFlight` until done.
+                let in_flight = session.conn().map(|c| c.handler_started());
                 tokio::spawn(async move {
                     let r = fut.await;
                     app.handler_done(session, cmd, r);
+                    drop(in_flight);
                 });
             }
         }

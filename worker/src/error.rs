@@ -118,3 +118,28 @@ pub enum PushError {
     #[error("{0} is only available on a frontend server")]
     NotFrontend(&'static str),
 }
+
+/// Why [`crate::Session::set`] refused a setting (nothing was changed).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SessionError {
+    /// The settings would exceed [`crate::session::SETTINGS_MAX`] bytes of JSON.
+    #[error(
+        "session setting {key:?} refused: the settings would take {size} bytes of JSON, more than the {max} allowed (they travel with every forwarded message)"
+    )]
+    TooLarge {
+        /// The key being set.
+        key: String,
+        /// The settings' size with it.
+        size: usize,
+        /// The cap.
+        max: usize,
+    },
+    /// The value does not serialize to JSON.
+    #[error("session setting {key:?} refused: {message}")]
+    Encode {
+        /// The key being set.
+        key: String,
+        /// serde's error.
+        message: String,
+    },
+}

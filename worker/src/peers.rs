@@ -796,15 +796,39 @@ async fn dial_loop(app: App, info: ServerInfo, cancel: CancellationToken) {
     }
 }
 
-/// Accepts peer links on this server's RPC port until `shutdown`.
+/// Unauthenticated connections a server's RPC port holds at most (then the oldest is
+/// closed for a new one; see [`kennel_proto::net::PreAuthGate`]).
+const PRE_AUTH_MAX: usize = 256;
+/// ... and from one source address.
+const PRE_AUTH_PER_IP: usize = 128;
+
+/// Accepts peer links on this server's RPC port until `shutdown`. Connections that have not
+/// authenticated are capped (globally and per source address, the oldest closed to make
+/// room), so idle junk cannot keep peers from linking.
 pub(crate) async fn accept_loop(app: App, listener: TcpListener, shutdown: CancellationToken) {
+    let gate = kennel_proto::net::PreAuthGate::new(PRE_AUTH_MAX, PRE_AUTH_PER_IP);
+    let evictions = crate::stats::LogThrottle::new();
     while let Some((stream, addr)) = crate::listen::accept(&listener, &shutdown, "peer").await {
+        let (ticket, eviction) = gate.admit(addr.ip());
+        if eviction != kennel_proto::net::Eviction::None
+            && let Some(more) = evictions.tick()
+        {
+            warn!(%addr, ?eviction, more, max = PRE_AUTH_MAX, per_ip = PRE_AUTH_PER_IP, "too many unauthenticated connections on the peer port: closed the oldest");
+        }
         let app = app.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             // Boxed: the authentication state is freed before the link runs, not kept in this
             // task for the link's life.
-            if let Some((peer, framed)) = Box::pin(authenticate_inbound(&app, stream, addr)).await {
+            let authenticated = tokio::select! {
+                a = Box::pin(authenticate_inbound(&app, stream, addr)) => a,
+                _ = ticket.evicted() => {
+                    debug!(%addr, "unauthenticated peer connection closed for a newer one");
+                    None
+                }
+            };
+            drop(ticket);
+            if let Some((peer, framed)) = authenticated {
                 run_link(app, peer, framed, shutdown).await
             }
         });
