@@ -21,8 +21,8 @@ use kennel_proto::msg::{
     CliRequest, CliResponse, FromMaster, Hello, Pong, RegisterError, Role, SendReply, SendRequest,
     SendResult, ToMaster, cli_request, cli_response, from_master, to_master,
 };
-use tokio::net::{TcpListener, TcpStream};
 use kennel_proto::net::{Eviction, PreAuthGate, Ticket};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::timeout;
 use tokio_util::codec::Framed;
@@ -103,7 +103,10 @@ pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
 fn note_eviction(shared: &Shared, peer: std::net::SocketAddr, eviction: Eviction) {
     let mut st = shared.evictions.lock().unwrap();
     let now = std::time::Instant::now();
-    if st.0.is_some_and(|t| now.duration_since(t) < Duration::from_secs(1)) {
+    if st
+        .0
+        .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
+    {
         st.1 += 1;
         return;
     }

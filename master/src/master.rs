@@ -21,9 +21,9 @@ use std::time::{Duration, Instant};
 
 use kennel_config::{Project, Secrets, ServerConfig};
 use kennel_proto::msg::{FromMaster, ListReply, Report, ServerInfo, ServerStatus};
+use kennel_proto::net::PreAuthGate;
 use nix::sys::signal::Signal;
 use tokio::net::TcpListener;
-use kennel_proto::net::PreAuthGate;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{sleep_until, timeout};
 use tokio_util::sync::CancellationToken;

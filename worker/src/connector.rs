@@ -34,8 +34,8 @@ use tracing::{debug, info, warn};
 use crate::App;
 use crate::codec::{FrameDecoder, OutFrame};
 use crate::frontend::{Conn, ConnLimits, now_ms};
-use crate::stats::{Dropped, LogThrottle};
 use crate::session::Session;
+use crate::stats::{Dropped, LogThrottle};
 use crate::wire::{Capped, TcpWire, WS_PRE_HANDSHAKE_BYTES, Wire, WsWire, write_all};
 
 /// How game clients reach a frontend.
@@ -220,7 +220,9 @@ impl RateLimit {
             let count = || -> Result<u32, String> {
                 match v.as_u64() {
                     Some(n) if n >= 1 => Ok(u32::try_from(n).unwrap_or(u32::MAX)),
-                    _ => Err(format!("rateLimit.{k} must be an integer of at least 1, not {v}")),
+                    _ => Err(format!(
+                        "rateLimit.{k} must be an integer of at least 1, not {v}"
+                    )),
                 }
             };
             match k.as_str() {
@@ -571,7 +573,10 @@ async fn conn_loop<W: Wire>(
                 (&frame, bucket.as_mut(), cfg.rate_limit.as_ref())
                 && !b.take()
             {
-                rate_limited(app, session, conn, *cmd, r, &dropped_log)?;
+                rate_limited(app, session, conn, *cmd, r, &dropped_log);
+                if conn.is_closing() {
+                    break;
+                }
                 continue;
             }
             handle_frame(app, session, conn, frame).await?;
@@ -636,8 +641,9 @@ async fn conn_loop<W: Wire>(
     }
 }
 
-/// A message past the client's rate limit: closes the connection (`Err`, logged) or drops the
-/// message (logged once a second per connection), as configured; counted either way.
+/// A message past the client's rate limit: closes the connection (logged; what it was owed
+/// is still written) or drops the message (logged once a second per connection), as
+/// configured; counted either way.
 fn rate_limited(
     app: &App,
     session: &Session,
@@ -645,23 +651,22 @@ fn rate_limited(
     cmd: u16,
     r: &RateLimit,
     log: &LogThrottle,
-) -> Result<(), String> {
+) {
     let (per_second, burst) = (r.per_second, r.burst);
-    let uid = session.uid().map_or_else(|| "-".to_string(), |u| u.to_string());
+    let uid = session
+        .uid()
+        .map_or_else(|| "-".to_string(), |u| u.to_string());
     match r.action {
         RateLimitAction::Close => {
             app.inner.stats.drops.dropped(Dropped::RateLimitClose);
             warn!(conn = conn.id, ip = session.ip(), %uid, cmd, "client over its rate limit ({per_second} messages/s, burst {burst}): closing");
-            Err(format!(
-                "rate limit ({per_second} messages/s, burst {burst}) exceeded"
-            ))
+            conn.close();
         }
         RateLimitAction::Drop => {
             app.inner.stats.drops.dropped(Dropped::RateLimited);
             if let Some(more) = log.tick() {
                 warn!(conn = conn.id, ip = session.ip(), %uid, cmd, more, "client over its rate limit ({per_second} messages/s, burst {burst}): message dropped");
             }
-            Ok(())
         }
     }
 }
@@ -795,7 +800,10 @@ mod tests {
             burst: 5,
             action: RateLimitAction::Close,
         };
-        let mut b = Bucket { milli: 5000, at_ms: 1000 };
+        let mut b = Bucket {
+            milli: 5000,
+            at_ms: 1000,
+        };
         assert!((0..5).all(|_| b.take()), "the burst");
         assert!(!b.take(), "then empty");
         b.refill(&r, 1009); // 9 ms at 100/s: not yet one message

@@ -90,7 +90,9 @@ impl Conn {
         if pending != 0 && pending + frame.len() > self.limits.send_queue_bytes {
             drop(q);
             let max = self.limits.send_queue_bytes;
-            self.queue_full(format_args!("{pending} bytes pending, sendQueueBytes {max}"));
+            self.queue_full(format_args!(
+                "{pending} bytes pending, sendQueueBytes {max}"
+            ));
             return;
         }
         self.pending.fetch_add(frame.len(), Ordering::Relaxed);

@@ -396,7 +396,11 @@ mod tests {
         s.set("more", &"z".repeat(200)).unwrap();
         // The real encoding stays within the estimate.
         let json = s.settings_json();
-        assert!(json.len() <= s.inner.state.lock().unwrap().size, "{}", json.len());
+        assert!(
+            json.len() <= s.inner.state.lock().unwrap().size,
+            "{}",
+            json.len()
+        );
         // An apply from a peer beyond the cap is refused.
         let huge = format!("{{\"k\":\"{}\"}}", "q".repeat(SETTINGS_MAX));
         assert!(s.replace_settings(huge.as_bytes()).is_err());
