@@ -132,7 +132,7 @@ fn witnesses(
                 let mut n = 0u64;
                 while !*rx.borrow() {
                     n += 1;
-                    if n % 50 == 0 {
+                    if n.is_multiple_of(50) {
                         c.send_raw(&hb).await.unwrap();
                     }
                     let t0 = Instant::now();
