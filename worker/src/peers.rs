@@ -309,10 +309,9 @@ impl Link {
     }
 
     /// Waits for room in the link's buffer (below `limit`), then queues `m`. Fails when the
-    /// link closes,
-    /// when it becomes congested (senders found no room for `rpc.timeout`; the clock restarts
-    /// whenever the writer takes the buffer), or at `deadline` (an RPC call's; reported as
-    /// [`SendError::Congested`]).
+    /// link closes, when it becomes congested (senders found no room for `rpc.timeout`; the
+    /// clock restarts whenever the writer takes the buffer), or at `deadline` (an RPC call's;
+    /// reported as [`SendError::Congested`]).
     async fn wait_for_room(
         &self,
         mut m: PeerMsg,
