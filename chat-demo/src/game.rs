@@ -82,8 +82,9 @@ pub fn setup(app: &App) {
         } else {
             chats[room.rem_euclid(chats.len() as i64) as usize].id.clone()
         };
-        s.set("chatServerId", &chat_server_id);
-        s.set("room", room);
+        // Small values: always within the 64 KiB cap on session settings.
+        let _ = s.set("chatServerId", &chat_server_id);
+        let _ = s.set("room", room);
         Some(json!({"code": 0, "uid": uid, "chatServerId": chat_server_id, "frontend": app.id()}))
     });
 
@@ -103,9 +104,13 @@ pub fn setup(app: &App) {
                 Some(r) if !r.is_null() => r.clone(),
                 _ => s.get::<Value>("room").unwrap_or(Value::Null),
             };
+            // The room is the client's own JSON: `set` refuses one that would take the
+            // session's settings past their 64 KiB cap (they travel with every message).
+            if let Err(e) = s.set("room", &room) {
+                return Some(json!({"code": 3, "err": e.to_string()}));
+            }
             let size = rooms.lock().unwrap().join(room.to_string(), uid, s.sid());
             // Tell the frontend's live session which room the player is in.
-            s.set("room", &room);
             s.apply().await;
             Some(json!({"code": 0, "room": room, "size": size, "chat": app.id()}))
         }

@@ -75,8 +75,8 @@ fn handlers(
     app.route("game", |_app: &App, s: &Session| s.get::<String>("game"));
     app.handler("gate.main.set", |_: App, s: Session, v: Value| async move {
         s.set_local("secret", &v["secret"]);
-        s.set("shared", &v["shared"]);
-        s.set("game", &v["game"]);
+        s.set("shared", &v["shared"]).unwrap();
+        s.set("game", &v["game"]).unwrap();
         Some(json!({"ok": s.bind(v["uid"].as_u64().unwrap_or(0))}))
     });
     app.handler("gate.main.get", |_: App, s: Session, _: Value| async move {
@@ -88,7 +88,7 @@ fn handlers(
     app.handler(
         "game.main.apply",
         |_: App, s: Session, v: Value| async move {
-            s.set("fromBackend", v);
+            s.set("fromBackend", v).unwrap();
             s.apply().await;
             Some(json!({"applied": true}))
         },

@@ -21,8 +21,9 @@ use kennel_proto::msg::{
     CliRequest, CliResponse, FromMaster, Hello, Pong, RegisterError, Role, SendReply, SendRequest,
     SendResult, ToMaster, cli_request, cli_response, from_master, to_master,
 };
+use kennel_proto::net::{Eviction, PreAuthGate, Ticket};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::timeout;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
@@ -35,6 +36,8 @@ use crate::master::Event;
 pub(crate) const AUTH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bound on the wait for a server's `Register` after authentication.
 pub(crate) const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
+/// `TCP_USER_TIMEOUT` of every link on the master port.
+const LINK_USER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Capacity of a server link's outgoing queue.
 const LINK_QUEUE: usize = 1024;
 /// Largest CLI request accepted.
@@ -57,8 +60,11 @@ pub(crate) struct Shared {
     pub(crate) stop: CancellationToken,
     /// Cancelled by `run` once the cluster has stopped: ends the accept loop and every link.
     pub(crate) conns: CancellationToken,
-    /// Permits for connections still authenticating.
-    pub(crate) pending: Arc<Semaphore>,
+    /// Caps connections still authenticating (globally and per source address; the oldest
+    /// is closed to make room for a new one).
+    pub(crate) pending: PreAuthGate,
+    /// Limits the log lines about closed unauthenticated connections.
+    pub(crate) evictions: std::sync::Mutex<(Option<std::time::Instant>, u64)>,
     /// Tracks the accept loop and every connection task.
     pub(crate) tracker: TaskTracker,
 }
@@ -81,15 +87,33 @@ pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                 }
             }
         };
-        let Ok(permit) = shared.pending.clone().try_acquire_owned() else {
-            warn!(%peer, "too many connections authenticating; dropping this one");
-            continue;
-        };
+        let (ticket, eviction) = shared.pending.admit(peer.ip());
+        if eviction != Eviction::None {
+            note_eviction(&shared, peer, eviction);
+        }
         let task_shared = shared.clone();
         shared
             .tracker
-            .spawn(connection(stream, task_shared, permit).instrument(info_span!("link", %peer)));
+            .spawn(connection(stream, task_shared, ticket).instrument(info_span!("link", %peer)));
     }
+}
+
+/// Logs that unauthenticated connections were closed to make room (one line a second at
+/// most, with how many since the last).
+fn note_eviction(shared: &Shared, peer: std::net::SocketAddr, eviction: Eviction) {
+    let mut st = shared.evictions.lock().unwrap();
+    let now = std::time::Instant::now();
+    if st
+        .0
+        .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
+    {
+        st.1 += 1;
+        return;
+    }
+    let more = std::mem::take(&mut st.1);
+    st.0 = Some(now);
+    drop(st);
+    warn!(%peer, ?eviction, more, "too many connections authenticating: closed the oldest");
 }
 
 /// The secret for the dialer's role, or why it is refused.
@@ -104,11 +128,18 @@ fn admit(shared: &Shared, hello: &Hello) -> Result<Vec<u8>, String> {
     }
 }
 
-async fn connection(stream: TcpStream, shared: Arc<Shared>, permit: OwnedSemaphorePermit) {
+async fn connection(stream: TcpStream, shared: Arc<Shared>, ticket: Ticket) {
     let _ = stream.set_nodelay(true);
+    // The kernel gives up on a peer that acknowledges nothing for this long (a host gone
+    // without a FIN), as the servers' side of the link does.
+    kennel_proto::net::set_user_timeout(&stream, LINK_USER_TIMEOUT);
     let mut framed = Framed::new(stream, length_codec(AUTH_MAX_FRAME));
     let accepted = tokio::select! {
         _ = shared.conns.cancelled() => return,
+        _ = ticket.evicted() => {
+            debug!("closed before authenticating, for a newer connection");
+            return;
+        }
         r = timeout(AUTH_TIMEOUT, auth::accept(&mut framed, &shared.master_id, |h| admit(&shared, h))) => r,
     };
     let hello = match accepted {
@@ -122,7 +153,7 @@ async fn connection(stream: TcpStream, shared: Arc<Shared>, permit: OwnedSemapho
         }
         Ok(Ok(hello)) => hello,
     };
-    drop(permit);
+    drop(ticket);
     match Role::try_from(hello.role) {
         Ok(Role::Server) => {
             let link = framed.map_codec(|_| ProtoCodec::new(DEFAULT_MAX_FRAME));

@@ -21,9 +21,10 @@ use std::time::{Duration, Instant};
 
 use kennel_config::{Project, Secrets, ServerConfig};
 use kennel_proto::msg::{FromMaster, ListReply, Report, ServerInfo, ServerStatus};
+use kennel_proto::net::PreAuthGate;
 use nix::sys::signal::Signal;
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::{sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -54,8 +55,11 @@ const KILL_WAIT: Duration = Duration::from_secs(5);
 const DRAIN_WAIT: Duration = Duration::from_secs(2);
 /// Capacity of the event channel.
 const EVENT_QUEUE: usize = 1024;
-/// Connections allowed to be authenticating at once.
-const MAX_PENDING_AUTH: usize = 64;
+/// Connections allowed to be authenticating at once (then the oldest is closed for a new
+/// one: idle junk cannot starve registrations and the CLI).
+const MAX_PENDING_AUTH: usize = 128;
+/// ... and from one source address.
+const MAX_PENDING_AUTH_PER_IP: usize = 64;
 
 /// What the master runs: the project, its secrets and how to treat the servers.
 #[derive(Debug, Clone)]
@@ -244,7 +248,8 @@ pub async fn run(
         events: events_tx.clone(),
         stop: stop.clone(),
         conns: conns.clone(),
-        pending: Arc::new(Semaphore::new(MAX_PENDING_AUTH)),
+        pending: PreAuthGate::new(MAX_PENDING_AUTH, MAX_PENDING_AUTH_PER_IP),
+        evictions: Default::default(),
         tracker: tracker.clone(),
     });
     tracker.spawn(listener::accept_loop(listener, shared));
@@ -734,6 +739,11 @@ impl Core {
 
     /// The state `kennel list` shows for slot `i` (`linked`: its master link is live).
     fn state_of(&self, i: usize, linked: bool) -> &'static str {
+        let silent = linked
+            && self
+                .registry
+                .get(&self.supervisor.slots[i].config.id)
+                .is_some_and(|l| l.silent());
         match self.supervisor.slots[i].proc {
             Proc::Running {
                 registered,
@@ -742,6 +752,8 @@ impl Core {
             } => {
                 if signalled {
                     "stopping"
+                } else if silent {
+                    "unreachable"
                 } else if linked {
                     "running"
                 } else if registered {
@@ -754,6 +766,7 @@ impl Core {
             Proc::Exited => "exited",
             Proc::CrashLoop => "crashloop",
             Proc::Removed => "removed",
+            Proc::Unmanaged if silent => "unreachable",
             Proc::Unmanaged if linked => "external",
             Proc::Unmanaged => "down",
         }
@@ -819,6 +832,7 @@ impl Core {
                     status: link.map(|l| l.status.clone()).unwrap_or_default(),
                     rpc: link.and_then(|l| l.rpc.clone()),
                     panics: link.map(|l| l.panics.clone()).unwrap_or_default(),
+                    dropped: link.map(|l| l.dropped.clone()).unwrap_or_default(),
                     remote,
                     external: slot.launch == Launch::External,
                 }

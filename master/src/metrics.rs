@@ -37,9 +37,10 @@ pub(crate) const DEFAULT_HOST: &str = "127.0.0.1";
 /// How long a scrape waits for the event loop.
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Every state a server can be in, so each has a `kennel_servers` sample (0 when none).
-const STATES: [&str; 10] = [
+const STATES: [&str; 11] = [
     "starting",
     "running",
+    "unreachable",
     "unlinked",
     "stopping",
     "restarting",
@@ -369,6 +370,25 @@ pub(crate) fn render(list: &ListReply) -> String {
             "kennel_rpc_call_duration_seconds_count{{{l}}} {}",
             r.latency_count
         );
+    }
+    family(
+        &mut out,
+        "kennel_dropped_total",
+        "counter",
+        "Client messages dropped and clients closed by a limit, by reason (forward: a message \
+         the frontend could not forward, its backend's link full, congested or gone; \
+         peer_message: a reply or push to a congested or gone link; rate_limited; \
+         rate_limit_close; send_queue_close).",
+    );
+    for (l, _, s) in &servers {
+        let dropped: BTreeMap<_, _> = s.dropped.iter().collect();
+        for (reason, n) in dropped {
+            let _ = writeln!(
+                out,
+                "kennel_dropped_total{{{l},reason=\"{}\"}} {n}",
+                escape(reason)
+            );
+        }
     }
     out
 }

@@ -16,7 +16,7 @@
 //! server stopped reading) is closed rather than allowed to grow the master's memory.
 
 use std::collections::{HashMap, HashSet};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use kennel_proto::msg::{
     AddServer, Command, FromMaster, RemoveServer, Report, RpcStats, ServerInfo, ServerList,
@@ -26,6 +26,10 @@ use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
+
+/// A registered server that sent no report (it sends one a second) for this long is shown as
+/// `unreachable`: hung, stopped, or cut off, though its socket is still open.
+pub(crate) const SILENT_AFTER: Duration = Duration::from_secs(5);
 
 /// One live master link.
 #[derive(Debug)]
@@ -49,9 +53,21 @@ pub(crate) struct Link {
     pub(crate) rpc: Option<RpcStats>,
     /// Panics caught in the server's game code by route, as last reported.
     pub(crate) panics: HashMap<String, u64>,
+    /// Messages dropped and clients closed by a limit, as last reported.
+    pub(crate) dropped: HashMap<String, u64>,
+    /// When the server last reported (or registered): a link silent past
+    /// [`SILENT_AFTER`] shows the server as `unreachable`.
+    pub(crate) heard: Instant,
     /// `kennel send` commands waiting for this server's reply, by seq. Dropped (the waiter
     /// sees the link close) with the link.
     pending: HashMap<u64, oneshot::Sender<Result<String, String>>>,
+}
+
+impl Link {
+    /// Whether the server has reported nothing for [`SILENT_AFTER`].
+    pub(crate) fn silent(&self) -> bool {
+        self.heard.elapsed() >= SILENT_AFTER
+    }
 }
 
 /// What a `kennel send` waits on for one server.
@@ -105,6 +121,8 @@ impl Registry {
             l.status = report.status;
             l.rpc = report.rpc;
             l.panics = report.panics;
+            l.dropped = report.dropped;
+            l.heard = Instant::now();
         }
     }
 
@@ -166,6 +184,8 @@ impl Registry {
                 status: HashMap::new(),
                 rpc: None,
                 panics: HashMap::new(),
+                dropped: HashMap::new(),
+                heard: Instant::now(),
                 pending: HashMap::new(),
             },
         );

@@ -15,7 +15,8 @@ pub struct ServerRow {
     /// Server type.
     #[serde(rename = "type")]
     pub server_type: String,
-    /// `starting`, `running`, `unlinked`, `restarting`, `stopping`, `exited`, `crashloop`,
+    /// `starting`, `running`, `unreachable` (registered, but no report for 5 s: hung,
+    /// stopped or cut off), `unlinked`, `restarting`, `stopping`, `exited`, `crashloop`,
     /// `removed`, `external` or `down` (external, not registered).
     pub state: String,
     /// Process id, when running (on its own host for remote servers: see `remote`).

@@ -182,6 +182,7 @@ fn cli_resp() -> impl Strategy<Value = CliResponse> {
                 latency_sum: cpu.unwrap_or(0.5),
             }),
             panics: [("chat.main.send".to_owned(), up % 5)].into(),
+            dropped: [("forward".to_owned(), up % 11)].into(),
         });
     prop_oneof![
         proptest::collection::vec(status, 0..4).prop_map(|servers| cli_response::Msg::List(

@@ -926,16 +926,17 @@ impl App {
             return Ok(());
         }
         // A known server not linked yet (booting, reconnecting) is waited for, which also holds
-        // this connection's later messages back, keeping their order.
+        // this connection's later messages back, keeping their order; at most `rpc.timeout`
+        // after its link went down, in total (then forwards to it fail at once).
         let link = match self
             .inner
             .peers
-            .wait_link(self, &target, &route.name, self.rpc_timeout())
+            .forward_link(self, &target, &route.name, self.rpc_timeout())
             .await
         {
             Ok(l) => l,
             Err(e) => {
-                warn!(route = %route.name, server = %target, "cannot forward: {e}; message dropped");
+                self.forward_refused(&route.name, session, &target, &e.to_string());
                 return Ok(());
             }
         };
@@ -949,10 +950,29 @@ impl App {
             cmd: cmd as u32,
             payload,
         }));
-        if !link.send(m).await {
-            warn!(route = %route.name, server = %target, "link dropped; message lost");
+        // Waits only when the link holds 8 MiB already, and never past the moment it counts as
+        // congested (then every forward fails at once): a stopped backend holds this
+        // connection at most `rpc.timeout` in all.
+        if let Err(e) = link.forward(m).await {
+            let why = e.describe(&target, self.rpc_timeout());
+            self.forward_refused(&route.name, session, &target, &why);
         }
         Ok(())
+    }
+
+    /// Counts a client message that could not be forwarded and logs it (one line a second
+    /// at most, with how many were held back).
+    fn forward_refused(&self, route: &str, session: &Session, target: &str, why: &str) {
+        self.inner
+            .stats
+            .drops
+            .dropped(crate::stats::Dropped::Forward);
+        if let Some(more) = self.inner.peers.refusal_log.tick() {
+            let uid = session
+                .uid()
+                .map_or_else(|| "-".to_string(), |u| u.to_string());
+            warn!(route, %uid, conn = session.conn_id(), server = %target, more, "cannot forward: {why}; message dropped");
+        }
     }
 
     /// The server of `server_type` that handles `route` for `session`: the route function's
@@ -1008,9 +1028,14 @@ impl App {
             Poll::Ready(Err(p)) => self.panicked("handler", route, session.uid(), &p),
             Poll::Pending => {
                 let app = self.clone();
-                spawn_rest(fut, move |r| match r {
-                    Ok(r) => app.handler_done(session, cmd, r),
-                    Err(p) => app.panicked("handler", app.route_name(cmd), session.uid(), &p),
+                // A frontend handler counts against its connection's `maxInFlight` until done.
+                let in_flight = session.conn().map(|c| c.handler_started());
+                spawn_rest(fut, move |r| {
+                    match r {
+                        Ok(r) => app.handler_done(session, cmd, r),
+                        Err(p) => app.panicked("handler", app.route_name(cmd), session.uid(), &p),
+                    }
+                    drop(in_flight);
                 });
             }
         }
@@ -1111,7 +1136,13 @@ impl App {
             conn_ids,
             uids,
         }));
-        link.send(m).await;
+        if let Err(e) = link.send(m).await {
+            warn!(
+                frontend = sid,
+                "cannot push: {}; dropped",
+                e.describe(sid, self.rpc_timeout())
+            );
+        }
     }
 
     /// Handles one message from a peer link.
@@ -1211,7 +1242,10 @@ impl App {
             .await
         {
             Ok(link) => {
-                link.send(peers::msg(peer_msg::Msg::Apply(apply))).await;
+                if let Err(e) = link.send(peers::msg(peer_msg::Msg::Apply(apply))).await {
+                    let why = e.describe(s.sid(), self.rpc_timeout());
+                    warn!(frontend = s.sid(), "session apply not delivered: {why}");
+                }
             }
             Err(e) => warn!(frontend = s.sid(), "session apply not delivered: {e}"),
         }

@@ -12,7 +12,12 @@
 //!
 //! Over WebSocket each binary message carries one or more whole frames (batched sends put
 //! several frames in one message). The WebSocket upgrade has the same handshake timeout, and
-//! its message and frame limits follow `maxLen`.
+//! its message and frame limits follow `maxLen`; before its handshake a WebSocket client may
+//! send at most [`WS_PRE_HANDSHAKE_BYTES`] (upgrade included), as a TCP client one small frame.
+//!
+//! Per connection: a send queue bounded in frames and bytes (`sendQueueBytes`), at most
+//! `maxInFlight` handlers in flight (then the socket is not read until one finishes), and a
+//! token-bucket rate limit on messages (`rateLimit`: close or drop past it).
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -35,9 +40,10 @@ use tracing::{debug, info, warn};
 use crate::App;
 use crate::codec::{FrameDecoder, OutFrame};
 use crate::dispatch::{Panic, guarded};
-use crate::frontend::Conn;
+use crate::frontend::{Conn, ConnLimits, now_ms};
 use crate::session::Session;
-use crate::wire::{TcpWire, Wire, WsWire, write_all};
+use crate::stats::{Dropped, LogThrottle};
+use crate::wire::{Capped, TcpWire, WS_PRE_HANDSHAKE_BYTES, Wire, WsWire, write_all};
 
 /// How game clients reach a frontend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -51,7 +57,8 @@ pub enum Transport {
 
 /// Frontend connector settings (mydog's `connector` config). A frontend's entry in
 /// `servers.json` may override them with `connector` (`"tcp"`/`"ws"`), `heartbeat`,
-/// `maxConnectionNum`, `maxLen`, `noDelay`, `interval` (ms) and `handshakeTimeout` (seconds).
+/// `maxConnectionNum`, `maxLen`, `noDelay`, `interval` (ms), `handshakeTimeout` (seconds),
+/// `sendQueueBytes`, `maxInFlight` and `rateLimit`.
 #[derive(Debug, Clone)]
 pub struct ConnectorConfig {
     /// TCP or WebSocket.
@@ -71,6 +78,48 @@ pub struct ConnectorConfig {
     /// Send batching: frames to a client are held up to this long and written together
     /// (key `interval`, in ms; 0 = write at once). Queued frames are flushed on close.
     pub interval: Duration,
+    /// Bytes queued for one client (not yet written to its socket) beyond which it is closed
+    /// (key `sendQueueBytes`, default 4 MiB; a single larger frame is still sent). Beside the
+    /// 1024-frame cap: frames may be up to `maxLen` each.
+    pub send_queue_bytes: usize,
+    /// Handlers of one connection that may be in flight (started, not finished: awaiting an
+    /// RPC, a timer...) before the connector stops reading that client's socket until one
+    /// finishes (key `maxInFlight`, default 64, at least 1).
+    pub max_in_flight: usize,
+    /// Per-client message rate limit (key `rateLimit`): `None` turns it off.
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// A per-client token bucket on messages (heartbeats are not counted): `burst` messages at
+/// once, refilled at `per_second`. Key `rateLimit`:
+/// `{"perSecond": 1000, "burst": 2000, "action": "close"}` (the default), or `false` for none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    /// Messages per second, sustained (at least 1).
+    pub per_second: u32,
+    /// Messages allowed at once (at least 1).
+    pub burst: u32,
+    /// What happens to a client past the limit.
+    pub action: RateLimitAction,
+}
+
+impl Default for RateLimit {
+    fn default() -> Self {
+        RateLimit {
+            per_second: 1000,
+            burst: 2000,
+            action: RateLimitAction::Close,
+        }
+    }
+}
+
+/// What the rate limit does to a client past it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateLimitAction {
+    /// Close the connection (logged with the reason).
+    Close,
+    /// Drop the message (logged once a second per connection, counted).
+    Drop,
 }
 
 impl Default for ConnectorConfig {
@@ -83,6 +132,9 @@ impl Default for ConnectorConfig {
             handshake_timeout: Duration::from_secs(10),
             no_delay: true,
             interval: Duration::ZERO,
+            send_queue_bytes: 4 << 20,
+            max_in_flight: 64,
+            rate_limit: Some(RateLimit::default()),
         }
     }
 }
@@ -135,7 +187,113 @@ impl ConnectorConfig {
             Some(Value::Bool(b)) => self.no_delay = *b,
             Some(v) => return Err(format!("noDelay must be true or false, not {v}")),
         }
+        if let Some(n) = num("sendQueueBytes")? {
+            if n < 1024 {
+                return Err(format!("sendQueueBytes must be at least 1024, not {n}"));
+            }
+            self.send_queue_bytes = usize::try_from(n).unwrap_or(usize::MAX);
+        }
+        if let Some(n) = num("maxInFlight")? {
+            if n == 0 {
+                return Err("maxInFlight must be at least 1, not 0".into());
+            }
+            self.max_in_flight = usize::try_from(n).unwrap_or(usize::MAX);
+        }
+        if let Some(v) = extra.get("rateLimit") {
+            self.rate_limit = RateLimit::from_json(v)?;
+        }
         Ok(())
+    }
+}
+
+impl RateLimit {
+    /// Parses the `rateLimit` key: `false` (off), or an object whose keys default to
+    /// [`RateLimit::default`]'s. Errors name the key.
+    fn from_json(v: &serde_json::Value) -> Result<Option<RateLimit>, String> {
+        use serde_json::Value;
+        let obj = match v {
+            Value::Bool(false) | Value::Null => return Ok(None),
+            Value::Bool(true) => return Ok(Some(RateLimit::default())),
+            Value::Object(o) => o,
+            v => {
+                return Err(format!(
+                    "rateLimit must be false or {{\"perSecond\": n, \"burst\": n, \"action\": \"close\"|\"drop\"}}, not {v}"
+                ));
+            }
+        };
+        let mut r = RateLimit::default();
+        let mut burst_given = false;
+        for (k, v) in obj {
+            let count = || -> Result<u32, String> {
+                match v.as_u64() {
+                    Some(n) if n >= 1 => Ok(u32::try_from(n).unwrap_or(u32::MAX)),
+                    _ => Err(format!(
+                        "rateLimit.{k} must be an integer of at least 1, not {v}"
+                    )),
+                }
+            };
+            match k.as_str() {
+                "perSecond" => r.per_second = count()?,
+                "burst" => {
+                    r.burst = count()?;
+                    burst_given = true;
+                }
+                "action" => {
+                    r.action = match v.as_str() {
+                        Some("close") => RateLimitAction::Close,
+                        Some("drop") => RateLimitAction::Drop,
+                        _ => {
+                            return Err(format!(
+                                "rateLimit.action must be \"close\" or \"drop\", not {v}"
+                            ));
+                        }
+                    }
+                }
+                other => {
+                    return Err(format!(
+                        "rateLimit has no key {other:?} (perSecond, burst, action)"
+                    ));
+                }
+            }
+        }
+        if !burst_given {
+            r.burst = r.per_second.saturating_mul(2);
+        }
+        Ok(Some(r))
+    }
+}
+
+/// A connection's token bucket: two integers, refilled from the clock once per read.
+struct Bucket {
+    /// Thousandths of a message available.
+    milli: u64,
+    /// When it was last refilled ([`crate::frontend::now_ms`]).
+    at_ms: u64,
+}
+
+impl Bucket {
+    fn new(r: &RateLimit) -> Bucket {
+        Bucket {
+            milli: u64::from(r.burst) * 1000,
+            at_ms: crate::frontend::now_ms(),
+        }
+    }
+
+    /// Adds what `now_ms` earned since the last refill (a message per `1/per_second` s).
+    fn refill(&mut self, r: &RateLimit, now_ms: u64) {
+        let earned = now_ms.saturating_sub(self.at_ms) * u64::from(r.per_second);
+        self.milli = (self.milli + earned).min(u64::from(r.burst) * 1000);
+        self.at_ms = now_ms;
+    }
+
+    /// Takes one message's token; false when empty.
+    fn take(&mut self) -> bool {
+        if self.milli >= 1000 {
+            self.milli -= 1000;
+            true
+        } else {
+            false
+        }
     }
 }
 
@@ -202,7 +360,10 @@ async fn serve_ws(
     // Boxed: freed once upgraded, instead of sizing the connection's task.
     let upgrade = Box::pin(tokio::time::timeout(
         cfg.handshake_timeout,
-        tokio_tungstenite::accept_async_with_config(stream, Some(ws_cfg)),
+        tokio_tungstenite::accept_async_with_config(
+            Capped::new(stream, WS_PRE_HANDSHAKE_BYTES),
+            Some(ws_cfg),
+        ),
     ));
     let reason = match upgrade.await {
         Ok(Ok(ws)) => {
@@ -384,7 +545,13 @@ async fn open<W: Wire>(
         }
     };
     io.codec.max_len = cfg.max_len;
-    let conn = Arc::new(Conn::new(app.inner.frontend.next_id()));
+    io.wire.handshake_done();
+    let limits = app.inner.frontend.limits(|| ConnLimits {
+        send_queue_bytes: cfg.send_queue_bytes,
+        max_in_flight: cfg.max_in_flight,
+        drops: app.inner.stats.drops.clone(),
+    });
+    let conn = Arc::new(Conn::new(app.inner.frontend.next_id(), limits));
     let session = Session::frontend(app, conn.clone(), addr.ip().to_string());
     conn.send(handshake_reply(app, &req, cfg.heartbeat));
     app.inner.frontend.add(session.clone());
@@ -452,9 +619,17 @@ async fn conn_loop<W: Wire>(
     tokio::pin!(queued);
     // With an `interval`, frames are held this long before they are written.
     let mut hold: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    // The rate limit's bucket, refilled once per wake-up (not per message).
+    let mut bucket = cfg.rate_limit.as_ref().map(Bucket::new);
+    let dropped_log = LogThrottle::new();
     loop {
-        // Frames already read are handled first, so their replies go out together.
-        loop {
+        if let (Some(b), Some(r)) = (bucket.as_mut(), cfg.rate_limit.as_ref()) {
+            b.refill(r, now_ms());
+        }
+        // Frames already read are handled first, so their replies go out together; none
+        // while `maxInFlight` handlers of this connection are still running (back-pressure:
+        // the socket is not read either until one finishes).
+        while !conn.at_in_flight_limit() {
             let frame = match io.codec.decode(&mut io.rbuf) {
                 Ok(Some(f)) => f,
                 Ok(None) => break,
@@ -463,6 +638,16 @@ async fn conn_loop<W: Wire>(
                     return Err(e.0);
                 }
             };
+            if let (Frame::Message { cmd, .. }, Some(b), Some(r)) =
+                (&frame, bucket.as_mut(), cfg.rate_limit.as_ref())
+                && !b.take()
+            {
+                rate_limited(app, session, conn, *cmd, r, &dropped_log);
+                if conn.is_closing() {
+                    break;
+                }
+                continue;
+            }
             handle_frame(app, session, conn, frame).await?;
         }
         if conn.is_closing() {
@@ -475,6 +660,7 @@ async fn conn_loop<W: Wire>(
                 hold = Some(Box::pin(tokio::time::sleep(cfg.interval)));
             }
         }
+        let reading = !conn.at_in_flight_limit();
         let event = std::future::poll_fn(|cx| {
             if io.wire.write_pending(out) {
                 let held = hold
@@ -482,7 +668,8 @@ async fn conn_loop<W: Wire>(
                     .is_some_and(|h| h.as_mut().poll(cx).is_pending());
                 if !held {
                     match io.wire.poll_write_from(cx, out) {
-                        Poll::Ready(Ok(())) => {
+                        Poll::Ready(Ok(taken)) => {
+                            conn.written(taken);
                             if out.is_empty() {
                                 hold = None;
                             }
@@ -493,11 +680,13 @@ async fn conn_loop<W: Wire>(
                     }
                 }
             }
-            match io.wire.poll_read_into(cx, &mut io.rbuf) {
-                Poll::Ready(Ok(Some(_))) => return Poll::Ready(Ok(Event::Progress)),
-                Poll::Ready(Ok(None)) => return Poll::Ready(Ok(Event::Eof)),
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => {}
+            if reading {
+                match io.wire.poll_read_into(cx, &mut io.rbuf) {
+                    Poll::Ready(Ok(Some(_))) => return Poll::Ready(Ok(Event::Progress)),
+                    Poll::Ready(Ok(None)) => return Poll::Ready(Ok(Event::Eof)),
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => {}
+                }
             }
             if queued.as_mut().poll(cx).is_ready() {
                 queued.set(conn.queued());
@@ -516,6 +705,36 @@ async fn conn_loop<W: Wire>(
                 // Nothing more can be written: queued frames are dropped with the socket.
                 out.clear();
                 return Err(e.to_string());
+            }
+        }
+    }
+}
+
+/// A message past the client's rate limit: closes the connection (logged; what it was owed
+/// is still written) or drops the message (logged once a second per connection), as
+/// configured; counted either way.
+fn rate_limited(
+    app: &App,
+    session: &Session,
+    conn: &Conn,
+    cmd: u16,
+    r: &RateLimit,
+    log: &LogThrottle,
+) {
+    let (per_second, burst) = (r.per_second, r.burst);
+    let uid = session
+        .uid()
+        .map_or_else(|| "-".to_string(), |u| u.to_string());
+    match r.action {
+        RateLimitAction::Close => {
+            app.inner.stats.drops.dropped(Dropped::RateLimitClose);
+            warn!(conn = conn.id, ip = session.ip(), %uid, cmd, "client over its rate limit ({per_second} messages/s, burst {burst}): closing");
+            conn.close();
+        }
+        RateLimitAction::Drop => {
+            app.inner.stats.drops.dropped(Dropped::RateLimited);
+            if let Some(more) = log.tick() {
+                warn!(conn = conn.id, ip = session.ip(), %uid, cmd, more, "client over its rate limit ({per_second} messages/s, burst {burst}): message dropped");
             }
         }
     }
@@ -602,7 +821,30 @@ mod tests {
         );
         assert_eq!(c.interval, Duration::from_millis(20));
         assert_eq!(c.handshake_timeout, Duration::from_secs(3));
+        assert_eq!(c.send_queue_bytes, 4 << 20);
+        assert_eq!(c.max_in_flight, 64);
+        assert_eq!(c.rate_limit, Some(RateLimit::default()));
+        let extra = json!({"sendQueueBytes": 65536, "maxInFlight": 8, "rateLimit": {"perSecond": 10, "action": "drop"}});
+        c.apply_entry(extra.as_object().unwrap()).unwrap();
+        assert_eq!((c.send_queue_bytes, c.max_in_flight), (65536, 8));
+        let r = c.rate_limit.unwrap();
+        assert_eq!(
+            (r.per_second, r.burst, r.action),
+            (10, 20, RateLimitAction::Drop)
+        );
+        c.apply_entry(json!({"rateLimit": false}).as_object().unwrap())
+            .unwrap();
+        assert_eq!(c.rate_limit, None);
         for bad in [
+            json!({"sendQueueBytes": 10}),
+            json!({"sendQueueBytes": "4M"}),
+            json!({"maxInFlight": 0}),
+            json!({"maxInFlight": -3}),
+            json!({"rateLimit": 100}),
+            json!({"rateLimit": {"perSecond": 0}}),
+            json!({"rateLimit": {"burst": 1.5}}),
+            json!({"rateLimit": {"action": "ban"}}),
+            json!({"rateLimit": {"perSeconds": 10}}),
             json!({"connector": "udp"}),
             json!({"heartbeat": -1}),
             json!({"maxLen": 1}),
@@ -617,5 +859,26 @@ mod tests {
             let key = bad.as_object().unwrap().keys().next().unwrap().clone();
             assert!(err.contains(&key), "{err}");
         }
+    }
+
+    #[test]
+    fn token_bucket_allows_the_burst_then_the_rate() {
+        let r = RateLimit {
+            per_second: 100,
+            burst: 5,
+            action: RateLimitAction::Close,
+        };
+        let mut b = Bucket {
+            milli: 5000,
+            at_ms: 1000,
+        };
+        assert!((0..5).all(|_| b.take()), "the burst");
+        assert!(!b.take(), "then empty");
+        b.refill(&r, 1009); // 9 ms at 100/s: not yet one message
+        assert!(!b.take());
+        b.refill(&r, 1010);
+        assert!(b.take(), "one message per 10 ms");
+        b.refill(&r, 100_000); // long idle: back to the burst, no more
+        assert!((0..5).all(|_| b.take()) && !b.take());
     }
 }

@@ -84,6 +84,10 @@ pub enum RpcError {
         /// The limit reached.
         count: usize,
     },
+    /// The link to the server is congested: it took nothing for `rpc.timeout` while messages
+    /// waited for room (the server stopped reading), so the call is refused at once.
+    #[error("link to {0} is congested (it reads nothing): call refused")]
+    Congested(String),
     /// `noRpcMatrix` forbids links between this server's type and the target's.
     #[error(
         "no rpc link between {from_type} and {to_type} servers (noRpcMatrix): cannot reach {server}"
@@ -113,4 +117,29 @@ pub enum PushError {
     /// This operation is only possible on a frontend server.
     #[error("{0} is only available on a frontend server")]
     NotFrontend(&'static str),
+}
+
+/// Why [`crate::Session::set`] refused a setting (nothing was changed).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SessionError {
+    /// The settings would exceed [`crate::session::SETTINGS_MAX`] bytes of JSON.
+    #[error(
+        "session setting {key:?} refused: the settings would take {size} bytes of JSON, more than the {max} allowed (they travel with every forwarded message)"
+    )]
+    TooLarge {
+        /// The key being set.
+        key: String,
+        /// The settings' size with it.
+        size: usize,
+        /// The cap.
+        max: usize,
+    },
+    /// The value does not serialize to JSON.
+    #[error("session setting {key:?} refused: {message}")]
+    Encode {
+        /// The key being set.
+        key: String,
+        /// serde's error.
+        message: String,
+    },
 }

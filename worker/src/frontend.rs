@@ -1,13 +1,15 @@
 //! The frontend's client registry: live connections by id, bound uids, and delivery of
 //! encoded frames to local clients (replies and pushes).
 //!
-//! Each connection has a bounded send queue drained by the task that writes to its socket. A
-//! client that does not read fills its queue; the frontend then closes it rather than buffer
-//! without limit.
+//! Each connection has a send queue drained by the task that writes to its socket, bounded in
+//! frames ([`SEND_QUEUE`]) and in bytes (`sendQueueBytes`, counting frames queued or handed to
+//! the socket but not written yet). A client that does not read fills it; the frontend then
+//! closes it rather than buffer without limit. Each connection also counts its handlers in
+//! flight, so its task can stop reading at `maxInFlight`.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{LazyLock, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -31,22 +33,41 @@ pub(crate) struct Conn {
     closing: AtomicBool,
     /// When the client's last heartbeat arrived ([`now_ms`]).
     heard: AtomicU64,
+    /// Bytes queued or handed to the socket and not written yet.
+    pending: AtomicUsize,
+    /// Handlers of this connection started and not finished.
+    in_flight: AtomicUsize,
+    limits: Arc<ConnLimits>,
 }
 
-/// Milliseconds since the first call (the clock of heartbeat checks).
-fn now_ms() -> u64 {
+/// What bounds every connection of a frontend (shared by them).
+pub(crate) struct ConnLimits {
+    /// `sendQueueBytes`.
+    pub(crate) send_queue_bytes: usize,
+    /// `maxInFlight`.
+    pub(crate) max_in_flight: usize,
+    /// Counts connections closed for a full queue.
+    pub(crate) drops: Arc<crate::stats::Drops>,
+}
+
+/// Milliseconds since the first call (the clock of heartbeat checks, rate limits and log
+/// throttles).
+pub(crate) fn now_ms() -> u64 {
     static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
     EPOCH.elapsed().as_millis() as u64
 }
 
 impl Conn {
-    pub(crate) fn new(id: u64) -> Conn {
+    pub(crate) fn new(id: u64, limits: Arc<ConnLimits>) -> Conn {
         Conn {
             id,
             queue: Mutex::new(VecDeque::new()),
             ready: Notify::new(),
             closing: AtomicBool::new(false),
             heard: AtomicU64::new(now_ms()),
+            pending: AtomicUsize::new(0),
+            in_flight: AtomicUsize::new(0),
+            limits,
         }
     }
 
@@ -55,24 +76,61 @@ impl Conn {
         self.heard.store(now_ms(), Ordering::Relaxed);
     }
 
-    /// Queues one encoded frame; a full queue closes the connection.
+    /// Queues one encoded frame; a full queue (frames or bytes) closes the connection and
+    /// drops the frame. A single frame larger than `sendQueueBytes` goes out when nothing
+    /// else is pending.
     pub(crate) fn send(&self, frame: Bytes) {
         let mut q = self.queue.lock().unwrap();
         if q.len() >= SEND_QUEUE {
             drop(q);
-            tracing::warn!(
-                conn = self.id,
-                "client send queue full ({SEND_QUEUE} frames): closing"
-            );
-            self.close();
+            self.queue_full(format_args!("{SEND_QUEUE} frames"));
             return;
         }
+        let pending = self.pending.load(Ordering::Relaxed);
+        if pending != 0 && pending + frame.len() > self.limits.send_queue_bytes {
+            drop(q);
+            let max = self.limits.send_queue_bytes;
+            self.queue_full(format_args!(
+                "{pending} bytes pending, sendQueueBytes {max}"
+            ));
+            return;
+        }
+        self.pending.fetch_add(frame.len(), Ordering::Relaxed);
         let wake = q.is_empty();
         q.push_back(frame);
         drop(q);
         if wake {
             self.ready.notify_one();
         }
+    }
+
+    /// Closes the connection for a full send queue (logged and counted once).
+    fn queue_full(&self, what: std::fmt::Arguments<'_>) {
+        if !self.closing.swap(true, Ordering::AcqRel) {
+            tracing::warn!(conn = self.id, "client send queue full ({what}): closing");
+            self.limits
+                .drops
+                .dropped(crate::stats::Dropped::SendQueueClose);
+            self.ready.notify_one();
+        }
+    }
+
+    /// Notes `n` bytes of queued frames written to the socket.
+    pub(crate) fn written(&self, n: usize) {
+        if n != 0 {
+            self.pending.fetch_sub(n, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts a handler of this connection in flight until the guard drops.
+    pub(crate) fn handler_started(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(self.clone())
+    }
+
+    /// Whether `maxInFlight` handlers are in flight (the task stops reading the client).
+    pub(crate) fn at_in_flight_limit(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) >= self.limits.max_in_flight
     }
 
     /// Moves every queued frame to the end of `out` (the next writes).
@@ -104,15 +162,35 @@ impl Conn {
     }
 }
 
+/// One handler of a connection in flight; wakes the connection's task when it drops the count
+/// below `maxInFlight` (the task then reads the client again).
+pub(crate) struct InFlight(Arc<Conn>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let before = self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        if before == self.0.limits.max_in_flight {
+            self.0.ready.notify_one();
+        }
+    }
+}
+
 /// Live clients of this frontend.
 #[derive(Default)]
 pub(crate) struct FrontendState {
     conns: Mutex<HashMap<u64, Session>>,
     uids: Mutex<HashMap<u64, u64>>,
     next_id: AtomicU64,
+    /// The limits of every connection, set when the connector starts.
+    limits: std::sync::OnceLock<Arc<ConnLimits>>,
 }
 
 impl FrontendState {
+    /// The limits of this frontend's connections (the first call's `init` sets them).
+    pub(crate) fn limits(&self, init: impl FnOnce() -> ConnLimits) -> Arc<ConnLimits> {
+        self.limits.get_or_init(|| Arc::new(init())).clone()
+    }
+
     /// A fresh connection id.
     pub(crate) fn next_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed) + 1

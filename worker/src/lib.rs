@@ -40,12 +40,12 @@ mod wire;
 
 pub use app::{App, BEFORE_EXIT_TIMEOUT, ServerInfo};
 pub use args::Args;
-pub use connector::{ConnectorConfig, Transport};
-pub use error::{Error, PushError, RpcError};
+pub use connector::{ConnectorConfig, RateLimit, RateLimitAction, Transport};
+pub use error::{Error, PushError, RpcError, SessionError};
 pub use handler::Reply;
 pub use rpc::{RemoteRoute, Rpc};
 pub use rpc_config::{Interval, RpcConfig};
-pub use session::Session;
+pub use session::{SETTINGS_MAX, Session};
 pub use stats::LATENCY_BUCKETS;
 
 /// Installs a tracing subscriber writing to stderr (level from `RUST_LOG`, default `info`).

@@ -39,6 +39,8 @@ use crate::{App, Error};
 
 /// How often a registered server reports its clients, status columns and RPC counters.
 const REPORT_INTERVAL: Duration = Duration::from_secs(1);
+/// `TCP_USER_TIMEOUT` of the master link (both ends): a host gone without a FIN is noticed.
+const MASTER_USER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A `kennel send` handler: the command's arguments in, the text printed by the CLI out.
 pub(crate) type CliSendCb = Arc<
@@ -73,6 +75,7 @@ fn self_report(app: &App) -> Report {
         status: stats.status(app),
         rpc: Some(stats.rpc()),
         panics: stats.panics(),
+        dropped: stats.drops.snapshot(),
     }
 }
 
@@ -180,6 +183,8 @@ async fn session(app: &App, addr: &str, reconnect: bool) -> Result<(), LinkErr> 
         .await
         .map_err(|e| other(e.to_string()))?;
     let _ = stream.set_nodelay(true);
+    // The kernel gives up on a master that acknowledges nothing for this long.
+    kennel_proto::net::set_user_timeout(&stream, MASTER_USER_TIMEOUT);
     let mut framed = Framed::new(stream, length_codec(AUTH_MAX_FRAME));
     let master_id = app.inner.project.master.id.clone();
     match tokio::time::timeout(

@@ -12,6 +12,17 @@
 //! closed, not left installed but dead: the reader loop runs behind a boundary, and drop guards
 //! ([`Installed`], [`CloseOnDrop`]) uninstall it and fail its calls on every exit path, so the
 //! dialer redials.
+//!
+//! A peer that stops reading (a hung process, a host gone silent) fills its link. Senders
+//! wait for room while the buffer holds [`LINK_QUEUE_BYTES`]; a client message forwarded by a
+//! frontend (whose connection task must go on answering its client) is queued at once up to
+//! [`FORWARD_QUEUE_BYTES`] and only waits beyond. Once senders have found no room for
+//! `rpc.timeout` (the writer took nothing in that time), the link is *congested*: every send
+//! to it fails at once, waiting ones included, until the writer makes progress again or the
+//! link is declared dead (heartbeat timeout, or the kernel's `TCP_USER_TIMEOUT`), which fails
+//! every waiting sender and call at once (the writer's write is raced with the link's close).
+//! A slow peer loses nothing (its senders are held back); a stopped one holds a sender, and so
+//! a client connection, at most `rpc.timeout` in all.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -38,7 +49,10 @@ use crate::wire::AdaptiveRead;
 use crate::{App, RpcError, ServerInfo};
 
 /// Bytes queued per link before senders wait (a single larger message still goes out).
-const LINK_QUEUE_BYTES: usize = 4 << 20;
+pub(crate) const LINK_QUEUE_BYTES: usize = 4 << 20;
+/// Bytes queued per link beyond which a forwarded client message (which never waits) is
+/// refused.
+pub(crate) const FORWARD_QUEUE_BYTES: usize = 2 * LINK_QUEUE_BYTES;
 /// A write buffer grown past this is not kept for the next batch.
 const KEEP_BUFFER: usize = 1 << 20;
 /// How long authentication may take.
@@ -93,37 +107,52 @@ struct Outbox {
     state: Mutex<OutState>,
     /// Wakes the writer (bytes were queued on an empty buffer).
     ready: Notify,
-    /// Wakes senders waiting for room.
+    /// Wakes senders waiting for room (the writer took the buffer, or the link closed).
     room: Notify,
+    /// Senders that find no room for this long make the link congested (`rpc.timeout`).
+    congest_after: Duration,
 }
 
 struct OutState {
     buf: BytesMut,
     /// The writer has stopped: nothing more goes out.
     closed: bool,
+    /// When a sender first found the buffer full since the writer last took it (`None` while
+    /// there was room). Past `congest_after` the link is congested.
+    full_since: Option<Instant>,
 }
 
 impl Outbox {
-    fn new(initial: BytesMut) -> Outbox {
+    fn new(initial: BytesMut, congest_after: Duration) -> Outbox {
         Outbox {
             state: Mutex::new(OutState {
                 buf: initial,
                 closed: false,
+                full_since: None,
             }),
             ready: Notify::new(),
             room: Notify::new(),
+            congest_after,
         }
     }
 
-    /// Appends `m` as a frame unless the buffer is full or closed.
-    fn try_push(&self, m: PeerMsg) -> Pushed {
+    /// Appends `m` as a frame while the buffer holds less than [`LINK_QUEUE_BYTES`] (or is
+    /// empty), or less than `limit` when that is larger. Refuses it when the link is closed or
+    /// congested. The clock is read only when the buffer is full.
+    fn try_push(&self, m: PeerMsg, limit: usize) -> Pushed {
         let mut st = self.state.lock().unwrap();
         if st.closed {
             return Pushed::Closed;
         }
         let was_empty = st.buf.is_empty();
         if !was_empty && st.buf.len() >= LINK_QUEUE_BYTES {
-            return Pushed::Full(m);
+            let since = *st.full_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= self.congest_after {
+                return Pushed::Congested;
+            }
+            if st.buf.len() >= limit {
+                return Pushed::Full(m, since + self.congest_after);
+            }
         }
         encode_frame(&m, &mut st.buf);
         drop(st);
@@ -145,8 +174,40 @@ enum Pushed {
     Queued,
     /// The link is gone.
     Closed,
-    /// No room: the message back.
-    Full(PeerMsg),
+    /// No room: the message back, and when the link becomes congested if the writer takes
+    /// nothing until then.
+    Full(PeerMsg, Instant),
+    /// No room for `rpc.timeout` already (the message is dropped).
+    Congested,
+}
+
+/// Why a message could not be queued on a link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SendError {
+    /// The link is closed (dropped, or declared dead).
+    Closed,
+    /// Nothing was written to the link for `rpc.timeout` while senders waited for room.
+    Congested,
+}
+
+impl SendError {
+    /// The error an RPC caller gets.
+    pub(crate) fn rpc_error(self, peer: &str) -> RpcError {
+        match self {
+            SendError::Closed => RpcError::LinkDropped(peer.to_string()),
+            SendError::Congested => RpcError::Congested(peer.to_string()),
+        }
+    }
+
+    /// Why, for a log line about a message to `peer`.
+    pub(crate) fn describe(self, peer: &str, congest_after: Duration) -> String {
+        match self {
+            SendError::Closed => format!("the link to {peer} dropped"),
+            SendError::Congested => {
+                format!("the link to {peer} is congested (nothing written for {congest_after:?})")
+            }
+        }
+    }
 }
 
 /// Appends `[u32 big-endian length][protobuf]` (the framing of [`ProtoCodec`]).
@@ -170,20 +231,53 @@ pub(crate) struct Link {
     calls_waiting: Arc<Notify>,
     /// Cancelled when the link ends (either side), or to close it.
     closed: CancellationToken,
+    /// Counts messages dropped because the link was gone or congested.
+    stats: Arc<crate::stats::Drops>,
+    /// Limits the log lines about dropped messages to one a second.
+    refusals: crate::stats::LogThrottle,
 }
 
 impl Link {
-    /// Queues a message (waits while the link's buffer is full). False if the link is gone.
+    /// Queues a message, waiting while the link's buffer is full (at most until the link is
+    /// congested; a close ends the wait at once).
     ///
     /// The message is queued (or refused) when `send` is called; the future only waits when
     /// the buffer is full. A plain fn, not an `async fn`: the future does not hold the message
     /// (twice) for its callers, so an RPC call's future stays small.
-    pub(crate) fn send(&self, m: PeerMsg) -> impl Future<Output = bool> + Send + '_ {
-        let wait = match self.out.try_push(m) {
-            Pushed::Queued => Ok(true),
-            Pushed::Closed => Ok(false),
+    pub(crate) fn send(
+        &self,
+        m: PeerMsg,
+    ) -> impl Future<Output = Result<(), SendError>> + Send + '_ {
+        let wait = match self.out.try_push(m, LINK_QUEUE_BYTES) {
+            Pushed::Queued => Ok(Ok(())),
+            Pushed::Closed => Ok(Err(SendError::Closed)),
+            Pushed::Congested => Ok(Err(SendError::Congested)),
             // Boxed: the common cases above keep their callers' futures small.
-            Pushed::Full(m) => Err(Box::pin(self.send_when_room(m))),
+            Pushed::Full(m, _) => Err(Box::pin(self.wait_for_room(m, LINK_QUEUE_BYTES, None))),
+        };
+        async move {
+            match wait {
+                Ok(sent) => sent,
+                Err(waiting) => waiting.await,
+            }
+        }
+    }
+
+    /// Queues a client message forwarded by a frontend: at once while the link holds less
+    /// than [`FORWARD_QUEUE_BYTES`] (twice what other senders wait at); beyond, it waits for
+    /// room (back-pressure on that client) but never past the moment the link becomes
+    /// congested, after which every forward fails at once. So a slow peer loses nothing and a
+    /// stopped one holds a connection at most `rpc.timeout` in all.
+    pub(crate) fn forward(
+        &self,
+        m: PeerMsg,
+    ) -> impl Future<Output = Result<(), SendError>> + Send + '_ {
+        let wait = match self.out.try_push(m, FORWARD_QUEUE_BYTES) {
+            Pushed::Queued => Ok(Ok(())),
+            Pushed::Closed => Ok(Err(SendError::Closed)),
+            Pushed::Congested => Ok(Err(SendError::Congested)),
+            // Boxed: the common cases above keep the connection's future small.
+            Pushed::Full(m, _) => Err(Box::pin(self.wait_for_room(m, FORWARD_QUEUE_BYTES, None))),
         };
         async move {
             match wait {
@@ -194,31 +288,69 @@ impl Link {
     }
 
     /// Queues a message now; when the buffer is full, a task waits for room to queue it (so
-    /// a reader never blocks on its own link's writer). Dropped if the link is gone.
+    /// a reader never blocks on its own link's writer), until the link is congested. Dropped
+    /// (and counted) if the link is gone or congested.
     pub(crate) fn send_now(self: &Arc<Self>, m: PeerMsg) {
-        if let Pushed::Full(m) = self.out.try_push(m) {
-            let link = self.clone();
-            tokio::spawn(async move { link.send(m).await });
+        match self.out.try_push(m, LINK_QUEUE_BYTES) {
+            Pushed::Queued => {}
+            Pushed::Closed => self.refused(SendError::Closed),
+            Pushed::Congested => self.refused(SendError::Congested),
+            Pushed::Full(m, _) => {
+                let link = self.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = link.wait_for_room(m, LINK_QUEUE_BYTES, None).await {
+                        link.refused(e);
+                    }
+                });
+            }
         }
     }
 
-    /// Waits for room in the link's buffer, then queues `m`.
-    async fn send_when_room(&self, mut m: PeerMsg) -> bool {
+    /// Notes a message [`Link::send_now`] could not queue: counted, and logged at most once
+    /// a second per link.
+    fn refused(&self, e: SendError) {
+        self.stats.dropped(crate::stats::Dropped::PeerMessage);
+        if let Some(more) = self.refusals.tick() {
+            warn!(peer = %self.peer, more, "message to a peer dropped: {}", e.describe(&self.peer, self.out.congest_after));
+        }
+    }
+
+    /// Waits for room in the link's buffer (below `limit`), then queues `m`. Fails when the
+    /// link closes, when it becomes congested (senders found no room for `rpc.timeout`; the
+    /// clock restarts whenever the writer takes the buffer), or at `deadline` (an RPC call's;
+    /// reported as [`SendError::Congested`]).
+    async fn wait_for_room(
+        &self,
+        mut m: PeerMsg,
+        limit: usize,
+        deadline: Option<Instant>,
+    ) -> Result<(), SendError> {
         loop {
             let room = self.out.room.notified();
             tokio::pin!(room);
             room.as_mut().enable();
-            m = match self.out.try_push(m) {
-                Pushed::Queued => return true,
-                Pushed::Closed => return false,
-                Pushed::Full(m) => m,
+            let congested_at;
+            (m, congested_at) = match self.out.try_push(m, limit) {
+                Pushed::Queued => return Ok(()),
+                Pushed::Closed => return Err(SendError::Closed),
+                Pushed::Congested => return Err(SendError::Congested),
+                Pushed::Full(m, at) => (m, at),
             };
-            room.await;
+            let until = deadline.map_or(congested_at, |d| d.min(congested_at));
+            tokio::select! {
+                _ = room => {}
+                _ = tokio::time::sleep_until(until.into()) => {
+                    if deadline.is_some_and(|d| d <= Instant::now()) {
+                        return Err(SendError::Congested);
+                    }
+                }
+            }
         }
     }
 
     /// Sends a request; the receiver gets its reply, or [`RpcError::Timeout`] (with an empty
-    /// route) once `deadline` has passed, or [`RpcError::LinkDropped`].
+    /// route) once `deadline` has passed, or [`RpcError::LinkDropped`]. A call that finds the
+    /// link full waits for room until its deadline, or fails when the link is congested.
     pub(crate) fn call(
         &self,
         id: u64,
@@ -235,11 +367,31 @@ impl Link {
         if first {
             self.calls_waiting.notify_one();
         }
-        let sent = self.send(m);
+        let wait = match self.out.try_push(m, LINK_QUEUE_BYTES) {
+            Pushed::Queued => Ok(Ok(())),
+            Pushed::Closed => Ok(Err(SendError::Closed)),
+            Pushed::Congested => Ok(Err(SendError::Congested)),
+            // Boxed: the common cases above keep the call's future small.
+            Pushed::Full(m, _) => Err(Box::pin(self.wait_for_room(
+                m,
+                LINK_QUEUE_BYTES,
+                Some(deadline),
+            ))),
+        };
         async move {
-            if !sent.await {
+            let sent = match wait {
+                Ok(sent) => sent,
+                Err(waiting) => waiting.await,
+            };
+            if let Err(e) = sent {
                 self.pending.lock().unwrap().remove(&id);
-                return Err(RpcError::LinkDropped(self.peer.clone()));
+                if e == SendError::Congested && deadline <= Instant::now() {
+                    return Err(RpcError::Timeout {
+                        server: self.peer.clone(),
+                        route: String::new(),
+                    });
+                }
+                return Err(e.rpc_error(&self.peer));
             }
             Ok(rx)
         }
@@ -279,6 +431,9 @@ struct Peer {
     waiting: Arc<AtomicUsize>,
     /// Stops this peer's dialer (smaller id dials).
     dialer: Option<CancellationToken>,
+    /// Since when there has been no link ([`crate::frontend::now_ms`]): when the peer became
+    /// known, or its last link went down.
+    down_since: AtomicU64,
 }
 
 impl Peer {
@@ -288,6 +443,7 @@ impl Peer {
             link: watch::channel(None).0,
             waiting: Arc::new(AtomicUsize::new(0)),
             dialer: None,
+            down_since: AtomicU64::new(crate::frontend::now_ms()),
         }
     }
 }
@@ -302,6 +458,8 @@ pub(crate) struct Peers {
     by_type: RwLock<HashMap<String, Arc<[String]>>>,
     /// Notified when a call starts waiting on a link that had none (see [`expire_calls`]).
     calls_waiting: Arc<Notify>,
+    /// Limits the log lines about client messages that could not be forwarded.
+    pub(crate) refusal_log: crate::stats::LogThrottle,
 }
 
 /// Fails calls past their deadline, every [`CALL_SWEEP`] while any call waits; sleeps
@@ -377,6 +535,38 @@ impl Peers {
                 Box::pin(wait_for_link(app, id, route, timeout, rx, waiting)).await
             }
         }
+    }
+
+    /// The link for a client message a frontend forwards to `id`. A link that is not up is
+    /// waited for only until `timeout` after it went down, in total: the connection task that
+    /// waits also answers its client, so once a peer has been unreachable that long, every
+    /// forward to it fails at once (instead of each waiting `timeout` again).
+    pub(crate) async fn forward_link(
+        &self,
+        app: &App,
+        id: &str,
+        route: &str,
+        timeout: Duration,
+    ) -> Result<Arc<Link>, RpcError> {
+        let (rx, waiting) = match self.link_now(app, id)? {
+            Ok(link) => return Ok(link),
+            Err(w) => w,
+        };
+        let down_ms = self
+            .map
+            .read()
+            .unwrap()
+            .get(id)
+            .map_or(0, |p| p.down_since.load(Ordering::Relaxed));
+        let down_for = Duration::from_millis(crate::frontend::now_ms().saturating_sub(down_ms));
+        let left = timeout.saturating_sub(down_for);
+        if left.is_zero() {
+            return Err(RpcError::Timeout {
+                server: id.to_string(),
+                route: route.to_string(),
+            });
+        }
+        Box::pin(wait_for_link(app, id, route, left, rx, waiting)).await
     }
 
     /// The link to a known server if it is up (`Ok(Ok)`), or what to wait on (`Ok(Err)`).
@@ -521,6 +711,8 @@ impl Peers {
                     .is_some_and(|c| c.generation == link.generation)
                 {
                     *cur = None;
+                    p.down_since
+                        .store(crate::frontend::now_ms(), Ordering::Relaxed);
                     true
                 } else {
                     false
@@ -624,15 +816,39 @@ async fn dial_loop(app: App, info: ServerInfo, cancel: CancellationToken) {
     }
 }
 
-/// Accepts peer links on this server's RPC port until `shutdown`.
+/// Unauthenticated connections a server's RPC port holds at most (then the oldest is
+/// closed for a new one; see [`kennel_proto::net::PreAuthGate`]).
+const PRE_AUTH_MAX: usize = 256;
+/// ... and from one source address.
+const PRE_AUTH_PER_IP: usize = 128;
+
+/// Accepts peer links on this server's RPC port until `shutdown`. Connections that have not
+/// authenticated are capped (globally and per source address, the oldest closed to make
+/// room), so idle junk cannot keep peers from linking.
 pub(crate) async fn accept_loop(app: App, listener: TcpListener, shutdown: CancellationToken) {
+    let gate = kennel_proto::net::PreAuthGate::new(PRE_AUTH_MAX, PRE_AUTH_PER_IP);
+    let evictions = crate::stats::LogThrottle::new();
     while let Some((stream, addr)) = crate::listen::accept(&listener, &shutdown, "peer").await {
+        let (ticket, eviction) = gate.admit(addr.ip());
+        if eviction != kennel_proto::net::Eviction::None
+            && let Some(more) = evictions.tick()
+        {
+            warn!(%addr, ?eviction, more, max = PRE_AUTH_MAX, per_ip = PRE_AUTH_PER_IP, "too many unauthenticated connections on the peer port: closed the oldest");
+        }
         let app = app.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             // Boxed: the authentication state is freed before the link runs, not kept in this
             // task for the link's life.
-            if let Some((peer, framed)) = Box::pin(authenticate_inbound(&app, stream, addr)).await {
+            let authenticated = tokio::select! {
+                a = Box::pin(authenticate_inbound(&app, stream, addr)) => a,
+                _ = ticket.evicted() => {
+                    debug!(%addr, "unauthenticated peer connection closed for a newer one");
+                    None
+                }
+            };
+            drop(ticket);
+            if let Some((peer, framed)) = authenticated {
                 run_link(app, peer, framed, shutdown).await
             }
         });
@@ -715,6 +931,11 @@ async fn run_link(
         write_buf: auth_write,
         ..
     } = framed.into_parts();
+    // The kernel gives up on a peer that acknowledges nothing for as long as the heartbeat
+    // would (a host gone without a FIN or RST; a full window probed in vain).
+    if !heartbeat.is_zero() {
+        kennel_proto::net::set_user_timeout(&io, silence);
+    }
     let (read_half, write_half) = io.into_split();
     let mut stream = LinkReader {
         io: read_half,
@@ -729,10 +950,12 @@ async fn run_link(
         generation: app.inner.peers.generation.fetch_add(1, Ordering::Relaxed),
         peer_sid: peer.as_str().into(),
         peer: peer.clone(),
-        out: Outbox::new(write_buf),
+        out: Outbox::new(write_buf, app.rpc_timeout()),
         pending: Mutex::new(HashMap::default()),
         calls_waiting: app.inner.peers.calls_waiting.clone(),
         closed: cancel.child_token(),
+        stats: app.inner.stats.drops.clone(),
+        refusals: crate::stats::LogThrottle::new(),
     });
     app.inner.peers.install(link.clone());
     // From here on every exit path closes and uninstalls the link and fails its calls.
@@ -927,9 +1150,16 @@ async fn write_loop(
                 continue;
             }
             std::mem::swap(&mut st.buf, &mut batch);
+            st.full_since = None;
         }
         out.room.notify_waiters();
-        if io.write_all(&batch).await.is_err() {
+        // Raced with the close: a link declared dead while its peer reads nothing ends now,
+        // failing whoever waits on it, instead of when the peer reads again.
+        let written = tokio::select! {
+            r = io.write_all(&batch) => r.is_ok(),
+            _ = closed.cancelled() => false,
+        };
+        if !written {
             break;
         }
         batch.clear();
@@ -1032,10 +1262,12 @@ mod tests {
             generation: 1,
             peer: "p".into(),
             peer_sid: "p".into(),
-            out: Outbox::new(BytesMut::new()),
+            out: Outbox::new(BytesMut::new(), Duration::from_secs(10)),
             pending: Mutex::new(HashMap::default()),
             calls_waiting: Arc::new(Notify::new()),
             closed: CancellationToken::new(),
+            stats: Default::default(),
+            refusals: crate::stats::LogThrottle::new(),
         });
         peers.install(link.clone());
         let (tx, rx) = oneshot::channel();
@@ -1062,7 +1294,10 @@ mod tests {
         // The writer's guard closes the outbox: nothing more is queued.
         let link2 = link.clone();
         drop(CloseOnDrop(link2));
-        assert!(matches!(link.out.try_push(ping(1)), Pushed::Closed));
+        assert!(matches!(
+            link.out.try_push(ping(1), LINK_QUEUE_BYTES),
+            Pushed::Closed
+        ));
     }
 
     #[tokio::test]

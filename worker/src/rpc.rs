@@ -185,11 +185,7 @@ impl Rpc {
             route: route.to_string(),
             args,
         }));
-        if link.send(m).await {
-            Ok(())
-        } else {
-            Err(RpcError::LinkDropped(self.target.clone()))
-        }
+        link.send(m).await.map_err(|e| e.rpc_error(&self.target))
     }
 
     /// Calls `route`; the timeout runs from `started`.

@@ -6,6 +6,10 @@
 //! encoding of the settings is cached until the next change, so forwarding does not re-encode.
 //! Local settings ([`Session::set_local`]) never leave the frontend. A backend changes its copy
 //! and calls [`Session::apply`] to update the frontend's live session.
+//!
+//! The settings are capped at [`SETTINGS_MAX`] bytes of JSON: they travel with every forwarded
+//! message, so a game that let a client grow them would make each of its messages carry
+//! megabytes. [`Session::set`] beyond the cap is an error and changes nothing.
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
@@ -15,8 +19,32 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
 use crate::frontend::{Conn, FrontendState};
-use crate::{App, PushError, app};
+use crate::{App, PushError, SessionError, app};
 use kennel_proto::msg;
+
+/// Largest JSON of a session's settings ([`Session::set`]), 64 KiB.
+pub const SETTINGS_MAX: usize = 64 * 1024;
+
+/// Counts what `serde_json` writes (the encoded length, without a buffer).
+struct Counter(usize);
+
+impl std::io::Write for Counter {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0 += b.len();
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Bytes `"key":value,` takes in the settings' JSON.
+fn entry_len(key: &str, value: &Value) -> usize {
+    let mut c = Counter(2); // the colon and the comma
+    let _ = serde_json::to_writer(&mut c, key);
+    let _ = serde_json::to_writer(&mut c, value);
+    c.0
+}
 
 /// A game client's session.
 #[derive(Clone)]
@@ -48,6 +76,8 @@ struct State {
     settings: Option<Map<String, Value>>,
     /// Cached JSON of `settings`; `None` after a change.
     encoded: Option<Bytes>,
+    /// The settings' JSON length (an upper bound: `{}` plus each entry's [`entry_len`]).
+    size: usize,
     /// Frontend-only settings.
     local: Map<String, Value>,
 }
@@ -56,7 +86,9 @@ impl State {
     /// The settings, parsed from `encoded` on first use.
     fn settings(&mut self) -> &mut Map<String, Value> {
         let encoded = &self.encoded;
+        let size = &mut self.size;
         self.settings.get_or_insert_with(|| {
+            *size = encoded.as_ref().map_or(2, |b| b.len().max(2));
             encoded
                 .as_deref()
                 .and_then(|b| serde_json::from_slice(b).ok())
@@ -125,6 +157,8 @@ impl Session {
                     } else {
                         Some(s.settings)
                     },
+                    // Measured when the settings are first parsed.
+                    size: 0,
                     local: Map::new(),
                 }),
                 conn: None,
@@ -210,17 +244,35 @@ impl Session {
     }
 
     /// Sets a setting; it travels with every message this frontend forwards from now on.
-    pub fn set<T: Serialize>(&self, key: &str, value: T) {
-        let v = serde_json::to_value(value).unwrap_or(Value::Null);
+    /// Fails, changing nothing, when the value does not serialize or the settings would
+    /// exceed [`SETTINGS_MAX`] bytes of JSON.
+    pub fn set<T: Serialize>(&self, key: &str, value: T) -> Result<(), SessionError> {
+        let v = serde_json::to_value(value).map_err(|e| SessionError::Encode {
+            key: key.to_string(),
+            message: e.to_string(),
+        })?;
+        let add = entry_len(key, &v);
         let mut st = self.state();
+        let old = st.settings().get(key).map_or(0, |o| entry_len(key, o));
+        let size = (st.size + add).saturating_sub(old);
+        if size > SETTINGS_MAX {
+            return Err(SessionError::TooLarge {
+                key: key.to_string(),
+                size,
+                max: SETTINGS_MAX,
+            });
+        }
         st.settings().insert(key.to_string(), v);
+        st.size = size;
         st.encoded = None;
+        Ok(())
     }
 
     /// Removes a setting.
     pub fn delete(&self, key: &str) {
         let mut st = self.state();
-        if st.settings().remove(key).is_some() {
+        if let Some(old) = st.settings().remove(key) {
+            st.size = st.size.saturating_sub(entry_len(key, &old));
             st.encoded = None;
         }
     }
@@ -252,14 +304,21 @@ impl Session {
         self.to_forward().settings
     }
 
-    /// Replaces the settings (a backend's `apply`).
-    pub(crate) fn replace_settings(&self, json: &[u8]) -> Result<(), serde_json::Error> {
+    /// Replaces the settings (a backend's `apply`); refused beyond [`SETTINGS_MAX`].
+    pub(crate) fn replace_settings(&self, json: &[u8]) -> Result<(), String> {
+        if json.len() > SETTINGS_MAX {
+            return Err(format!(
+                "{} bytes of settings, more than the {SETTINGS_MAX} allowed",
+                json.len()
+            ));
+        }
         let settings: Map<String, Value> = if json.is_empty() {
             Map::new()
         } else {
-            serde_json::from_slice(json)?
+            serde_json::from_slice(json).map_err(|e| e.to_string())?
         };
         let mut st = self.state();
+        st.size = settings.iter().map(|(k, v)| entry_len(k, v)).sum::<usize>() + 2;
         st.settings = Some(settings);
         st.encoded = None;
         Ok(())
@@ -299,5 +358,56 @@ impl Session {
         if let Some(c) = &self.inner.conn {
             c.close();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backend_copy(settings: &str) -> Session {
+        let sid: Arc<str> = "gate-1".into();
+        Session {
+            inner: Arc::new(Inner {
+                sid,
+                conn_id: 1,
+                ip: String::new(),
+                state: Mutex::new(State {
+                    encoded: (!settings.is_empty()).then(|| Bytes::from(settings.to_owned())),
+                    ..State::default()
+                }),
+                conn: None,
+                frontend: Weak::new(),
+                app: Weak::new(),
+            }),
+        }
+    }
+
+    #[test]
+    fn settings_are_capped_in_bytes_and_a_refused_set_changes_nothing() {
+        let s = backend_copy(r#"{"room":7}"#);
+        let big = "x".repeat(SETTINGS_MAX);
+        let err = s.set("pad", &big).unwrap_err();
+        assert!(matches!(err, SessionError::TooLarge { ref key, .. } if key == "pad"));
+        assert!(err.to_string().contains("65536"), "{err}");
+        assert_eq!(s.get::<u32>("room"), Some(7));
+        assert_eq!(s.get::<String>("pad"), None);
+        // Up to the cap it fits; replacing a value counts the new one, not both.
+        let fits = "y".repeat(SETTINGS_MAX - 100);
+        s.set("pad", &fits).unwrap();
+        s.set("pad", &fits).unwrap();
+        assert!(s.set("more", "z".repeat(200)).is_err());
+        s.delete("pad");
+        s.set("more", "z".repeat(200)).unwrap();
+        // The real encoding stays within the estimate.
+        let json = s.settings_json();
+        assert!(
+            json.len() <= s.inner.state.lock().unwrap().size,
+            "{}",
+            json.len()
+        );
+        // An apply from a peer beyond the cap is refused.
+        let huge = format!("{{\"k\":\"{}\"}}", "q".repeat(SETTINGS_MAX));
+        assert!(s.replace_settings(huge.as_bytes()).is_err());
     }
 }

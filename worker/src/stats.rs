@@ -38,6 +38,8 @@ pub(crate) struct Stats {
     errors: Mutex<HashMap<&'static str, u64>>,
     /// Panics caught in game code, by route (or callback name); touched only when one happens.
     panics: Mutex<BTreeMap<String, u64>>,
+    /// Messages dropped and clients closed by a limit (shared with every peer link).
+    pub(crate) drops: Arc<Drops>,
     status: Mutex<BTreeMap<String, String>>,
     status_fns: Mutex<Vec<StatusFn>>,
 }
@@ -53,6 +55,107 @@ fn kind(e: &RpcError) -> &'static str {
         RpcError::Codec(_) => "codec",
         RpcError::QueueFull { .. } => "queue_full",
         RpcError::NoLink { .. } => "no_link",
+        RpcError::Congested(_) => "congested",
+    }
+}
+
+/// What a limit dropped or closed, counted in [`Drops`] (the label of
+/// `kennel_dropped_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Dropped {
+    /// A client message a frontend could not forward: the backend's link is full, congested
+    /// or gone, or the backend has been unreachable for `rpc.timeout`.
+    Forward,
+    /// A message to a peer (a reply, push or notify queued without waiting) dropped because
+    /// its link was congested or gone.
+    PeerMessage,
+    /// A client message dropped by the rate limit (`rateLimit` with `"action": "drop"`).
+    RateLimited,
+    /// A client closed by the rate limit (`"action": "close"`).
+    RateLimitClose,
+    /// A client closed because its send queue was full (frames or bytes).
+    SendQueueClose,
+}
+
+impl Dropped {
+    const ALL: [Dropped; 5] = [
+        Dropped::Forward,
+        Dropped::PeerMessage,
+        Dropped::RateLimited,
+        Dropped::RateLimitClose,
+        Dropped::SendQueueClose,
+    ];
+
+    /// The metric label.
+    fn name(self) -> &'static str {
+        match self {
+            Dropped::Forward => "forward",
+            Dropped::PeerMessage => "peer_message",
+            Dropped::RateLimited => "rate_limited",
+            Dropped::RateLimitClose => "rate_limit_close",
+            Dropped::SendQueueClose => "send_queue_close",
+        }
+    }
+}
+
+/// Counters of [`Dropped`] things: one atomic add each, shared with the links.
+#[derive(Default)]
+pub(crate) struct Drops([AtomicU64; Dropped::ALL.len()]);
+
+impl Drops {
+    /// Counts one.
+    pub(crate) fn dropped(&self, what: Dropped) {
+        self.0[what as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The counters by name (the ones above zero), as the `Report` carries them.
+    pub(crate) fn snapshot(&self) -> HashMap<String, u64> {
+        Dropped::ALL
+            .iter()
+            .filter_map(|d| {
+                let n = self.0[*d as usize].load(Ordering::Relaxed);
+                (n > 0).then(|| (d.name().to_owned(), n))
+            })
+            .collect()
+    }
+}
+
+/// Lets one log line through per second and counts the ones it holds back, so a flood of
+/// refusals costs an atomic add each, not a line each.
+pub(crate) struct LogThrottle {
+    /// When a line last went through ([`crate::frontend::now_ms`]); `u64::MAX`: never.
+    last_ms: AtomicU64,
+    held_back: AtomicU64,
+}
+
+impl Default for LogThrottle {
+    fn default() -> LogThrottle {
+        LogThrottle::new()
+    }
+}
+
+impl LogThrottle {
+    pub(crate) const fn new() -> LogThrottle {
+        LogThrottle {
+            last_ms: AtomicU64::new(u64::MAX),
+            held_back: AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(n)`: log this one (`n` were held back since the last line); `None`: hold it back.
+    pub(crate) fn tick(&self) -> Option<u64> {
+        let now = crate::frontend::now_ms();
+        let last = self.last_ms.load(Ordering::Relaxed);
+        if (last != u64::MAX && now.saturating_sub(last) < 1000)
+            || self
+                .last_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            self.held_back.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(self.held_back.swap(0, Ordering::Relaxed))
     }
 }
 

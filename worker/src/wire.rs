@@ -29,23 +29,27 @@ pub(crate) trait Wire: Send + 'static {
     /// Whether anything is left to write: frames in `out`, or bytes the transport holds.
     fn write_pending(&self, out: &VecDeque<Bytes>) -> bool;
 
-    /// Moves frames from the front of `out` toward the socket. `Ready(Ok)` once it made
-    /// progress; `Pending` when the socket cannot take more now.
+    /// Moves frames from the front of `out` toward the socket. `Ready(Ok(n))` once it made
+    /// progress, `n` the bytes of `out` it took (0 when it only flushed); `Pending` when the
+    /// socket cannot take more now.
     fn poll_write_from(
         &mut self,
         cx: &mut Context<'_>,
         out: &mut VecDeque<Bytes>,
-    ) -> Poll<io::Result<()>>;
+    ) -> Poll<io::Result<usize>>;
 
     /// Closes the sending side (TCP: shutdown; WebSocket: a close message).
     fn shutdown(&mut self) -> impl Future<Output = ()> + Send;
+
+    /// The client completed its handshake: lifts what only bounds a client before it.
+    fn handshake_done(&mut self) {}
 }
 
 /// Writes everything `out` and the transport hold.
 pub(crate) async fn write_all<W: Wire>(wire: &mut W, out: &mut VecDeque<Bytes>) -> io::Result<()> {
     std::future::poll_fn(|cx| {
         while wire.write_pending(out) {
-            ready!(wire.poll_write_from(cx, out))?;
+            let _taken = ready!(wire.poll_write_from(cx, out))?;
         }
         Poll::Ready(Ok(()))
     })
@@ -126,7 +130,7 @@ impl Wire for TcpWire {
         &mut self,
         cx: &mut Context<'_>,
         out: &mut VecDeque<Bytes>,
-    ) -> Poll<io::Result<()>> {
+    ) -> Poll<io::Result<usize>> {
         let written = {
             let mut slices = [io::IoSlice::new(&[]); WRITE_SLICES];
             let n = out
@@ -148,7 +152,7 @@ impl Wire for TcpWire {
             left -= front.len();
             out.pop_front();
         }
-        Poll::Ready(Ok(()))
+        Poll::Ready(Ok(written))
     }
 
     async fn shutdown(&mut self) {
@@ -158,15 +162,100 @@ impl Wire for TcpWire {
 
 // ---------------------------------------------------------------------- WebSocket
 
+/// Bytes a WebSocket client may send before its kennel handshake, the HTTP upgrade included
+/// (a TCP client may send one frame of at most 50 bytes of body): tungstenite buffers a whole
+/// message before handing it over, so without this a client that never handshakes could make
+/// the connector buffer up to `maxLen`.
+pub(crate) const WS_PRE_HANDSHAKE_BYTES: usize = 16 * 1024;
+
+/// A TCP stream that lets at most a budget of bytes be read until [`Capped::lift`]; past it a
+/// read fails (`InvalidData`). Writes pass through.
+pub(crate) struct Capped {
+    stream: TcpStream,
+    budget: Option<usize>,
+}
+
+impl Capped {
+    pub(crate) fn new(stream: TcpStream, budget: usize) -> Capped {
+        Capped {
+            stream,
+            budget: Some(budget),
+        }
+    }
+
+    /// No more limit.
+    pub(crate) fn lift(&mut self) {
+        self.budget = None;
+    }
+}
+
+impl AsyncRead for Capped {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let Some(budget) = self.budget else {
+            return Pin::new(&mut self.stream).poll_read(cx, buf);
+        };
+        if budget == 0 {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("more than {WS_PRE_HANDSHAKE_BYTES} bytes before the handshake"),
+            )));
+        }
+        let n = {
+            let mut limited = buf.take(budget);
+            ready!(Pin::new(&mut self.stream).poll_read(cx, &mut limited))?;
+            limited.filled().len()
+        };
+        // SAFETY: `limited` borrowed `buf`'s unfilled part; its first `n` bytes were filled.
+        unsafe { buf.assume_init(n) };
+        buf.advance(n);
+        self.budget = Some(budget - n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for Capped {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, data)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}
+
 /// A WebSocket client: frames in binary messages.
 pub(crate) struct WsWire {
-    ws: WebSocketStream<TcpStream>,
+    ws: WebSocketStream<Capped>,
     /// A message was handed to the socket (or a pong queued) and is not flushed yet.
     flushing: bool,
 }
 
 impl WsWire {
-    pub(crate) fn new(ws: WebSocketStream<TcpStream>) -> WsWire {
+    pub(crate) fn new(ws: WebSocketStream<Capped>) -> WsWire {
         WsWire {
             ws,
             flushing: false,
@@ -207,14 +296,14 @@ impl Wire for WsWire {
         &mut self,
         cx: &mut Context<'_>,
         out: &mut VecDeque<Bytes>,
-    ) -> Poll<io::Result<()>> {
+    ) -> Poll<io::Result<usize>> {
         if self.flushing {
             ready!(Pin::new(&mut self.ws).poll_flush(cx)).map_err(io::Error::other)?;
             self.flushing = false;
-            return Poll::Ready(Ok(()));
+            return Poll::Ready(Ok(0));
         }
         if out.is_empty() {
-            return Poll::Ready(Ok(()));
+            return Poll::Ready(Ok(0));
         }
         ready!(Pin::new(&mut self.ws).poll_ready(cx)).map_err(io::Error::other)?;
         let message = if out.len() == 1 || out[0].len() >= WS_BATCH {
@@ -230,15 +319,20 @@ impl Wire for WsWire {
             }
             batch.freeze()
         };
+        let taken = message.len();
         Pin::new(&mut self.ws)
             .start_send(Message::Binary(message))
             .map_err(io::Error::other)?;
         self.flushing = true;
-        Poll::Ready(Ok(()))
+        Poll::Ready(Ok(taken))
     }
 
     async fn shutdown(&mut self) {
         let _ = self.ws.close(None).await;
+    }
+
+    fn handshake_done(&mut self) {
+        self.ws.get_mut().lift();
     }
 }
 

@@ -67,10 +67,11 @@ impl Target {
     /// kennel's chat-demo with `connectors` TCP frontends and `chats` chat servers, meshed.
     /// `release` picks the binaries' profile (`None` = this executable's).
     ///
-    /// Every server runs on the default single thread, like a Node process (on these 2 cores
-    /// a second thread per frontend did not raise throughput and cost CPU per request). The
-    /// environment variables `KENNEL_BENCH_FRONTEND_THREADS` and `KENNEL_BENCH_CHAT_THREADS`
-    /// set `"threads"` on the frontends and the chat servers.
+    /// The connectors' rate limit is off (see below). Every server runs on the default single
+    /// thread, like a Node process (on these 2 cores a second thread per frontend did not
+    /// raise throughput and cost CPU per request). The environment variables
+    /// `KENNEL_BENCH_FRONTEND_THREADS` and `KENNEL_BENCH_CHAT_THREADS` set `"threads"` on the
+    /// frontends and the chat servers.
     pub fn kennel(
         connectors: u16,
         chats: u16,
@@ -82,10 +83,14 @@ impl Target {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(default)
         };
-        let mut opts = ClusterOptions::new(connectors, 0, chats).connector_key(
-            "threads",
-            json!(threads("KENNEL_BENCH_FRONTEND_THREADS", 1)),
-        );
+        // The per-client rate limit (on by default: 1000 messages/s, burst 2000) is off: one
+        // bench connection sends up to ~25,000 requests a second, and mydog has none.
+        let mut opts = ClusterOptions::new(connectors, 0, chats)
+            .connector_key(
+                "threads",
+                json!(threads("KENNEL_BENCH_FRONTEND_THREADS", 1)),
+            )
+            .connector_key("rateLimit", json!(false));
         opts.chat_extra = json!({"threads": threads("KENNEL_BENCH_CHAT_THREADS", 1)});
         opts.release = release;
         let cluster = Cluster::start_opts(&opts)?;

@@ -92,14 +92,16 @@ fn setup(app: &App) {
     app.handler(
         "connector.boom.armRoute",
         |_: App, s: Session, _: Value| async move {
-            s.set("boomRoute", true);
+            s.set("boomRoute", true)
+                .expect("a bool fits the settings cap");
             Some(json!({"code": 0}))
         },
     );
     app.handler(
         "connector.boom.armOff",
         |_: App, s: Session, _: Value| async move {
-            s.set("boomOff", true);
+            s.set("boomOff", true)
+                .expect("a bool fits the settings cap");
             Some(json!({"code": 0}))
         },
     );

@@ -39,7 +39,8 @@ fn main() -> anyhow::Result<()> {
         if !s.bind(m.uid) {
             return Some(json!({"code": 1}));
         }
-        s.set("room", m.room);
+        // Settings travel with every forwarded message (capped at 64 KiB: a number fits).
+        let _ = s.set("room", m.room);
         Some(json!({"code": 0}))
     });
     app.route("room", |app: &App, s: &Session| {
