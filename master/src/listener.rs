@@ -3,7 +3,7 @@
 //!
 //! - `Role::Server` (server secret): the master link of [`crate::registry`]. The first message
 //!   must be `Register` (within [`REGISTER_TIMEOUT`]); the event loop admits or refuses it;
-//!   then `Ping`s are answered with `Pong`s until the link drops.
+//!   then `Report`s and `CommandReply`s go to it until the link drops.
 //! - `Role::Cli` (CLI secret): `CliRequest`s (`list`, `stop`, `restart`, `remove`,
 //!   `start`, `send`), each answered by one
 //!   `CliResponse`. After `stop` the link stays open until the cluster has stopped, so the
@@ -18,7 +18,7 @@ use futures_util::{SinkExt, StreamExt};
 use kennel_proto::auth;
 use kennel_proto::frame::{AUTH_MAX_FRAME, DEFAULT_MAX_FRAME, ProtoCodec, length_codec};
 use kennel_proto::msg::{
-    CliRequest, CliResponse, FromMaster, Hello, Pong, RegisterError, Role, SendReply, SendRequest,
+    CliRequest, CliResponse, FromMaster, Hello, RegisterError, Role, SendReply, SendRequest,
     SendResult, ToMaster, cli_request, cli_response, from_master, to_master,
 };
 use kennel_proto::net::{Eviction, PreAuthGate, Ticket};
@@ -258,20 +258,6 @@ async fn server_link(mut link: ServerLink, authenticated: String, shared: &Share
             m = stream.next() => m,
         };
         match msg {
-            Some(Ok(ToMaster {
-                msg: Some(to_master::Msg::Ping(p)),
-            })) => {
-                let pong = FromMaster {
-                    msg: Some(from_master::Msg::Pong(Pong { seq: p.seq })),
-                };
-                let sent = tokio::select! {
-                    _ = close.cancelled() => break,
-                    r = tx.send(pong) => r,
-                };
-                if sent.is_err() {
-                    break;
-                }
-            }
             Some(Ok(ToMaster {
                 msg: Some(to_master::Msg::Register(_)),
             })) => warn!(server = %id, "ignoring a second Register on a live link"),

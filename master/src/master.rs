@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kennel_config::{Project, Secrets, ServerConfig};
+use kennel_config::{Project, Secrets};
 use kennel_proto::msg::{FromMaster, ListReply, Report, ServerInfo, ServerStatus};
 use kennel_proto::net::PreAuthGate;
 use nix::sys::signal::Signal;
@@ -817,7 +817,7 @@ impl Core {
                 };
                 let info = link
                     .map(|l| l.info.clone())
-                    .unwrap_or_else(|| config_info(&slot.config, pid));
+                    .unwrap_or_else(|| ServerInfo::from_config(&slot.config, pid));
                 let usage = local_pid.map(|p| self.sampler.usage(p)).unwrap_or_default();
                 ServerStatus {
                     info: Some(info),
@@ -907,19 +907,5 @@ impl Core {
                 );
             }
         }
-    }
-}
-
-/// A server's info as configured (for servers that have not registered).
-fn config_info(s: &ServerConfig, pid: u32) -> ServerInfo {
-    ServerInfo {
-        id: s.id.clone(),
-        server_type: s.server_type.clone(),
-        host: s.host.clone(),
-        port: u32::from(s.port),
-        frontend: s.frontend,
-        client_port: s.client_port.map(u32::from).unwrap_or(0),
-        pid,
-        extra_json: serde_json::Value::Object(s.extra.clone()).to_string(),
     }
 }

@@ -6,7 +6,6 @@
 //! master -> server : List {every live server, itself included}   or Error {reason}, then close
 //! master -> others : Add {info}
 //! ...
-//! server -> master : Ping {seq}        master -> server : Pong {seq}
 //! server -> master : Report {clients, status, rpc, panics}   (every second)
 //! master -> server : Command {seq, args}   server -> master : CommandReply {seq, ..}
 //! (link drops)     master -> others : Remove {id}

@@ -1,6 +1,6 @@
 //! Registration over a real socket: fake servers authenticate with `kennel_proto::auth::dial`
-//! and send `Register`; the master answers `List`, tells the others `Add` / `Remove`, answers
-//! `Ping`, refuses duplicates, unknown ids and wrong secrets. In-process through [`run`]
+//! and send `Register`; the master answers `List`, tells the others `Add` / `Remove`, refuses
+//! duplicates, unknown ids and wrong secrets. In-process through [`run`]
 //! (servers not spawned), and against the `kennel` binary for the readiness lines.
 
 mod common;
@@ -14,9 +14,7 @@ use kennel_config::{Project, Secrets};
 use kennel_master::{ClientError, MasterClient, StartOptions, run};
 use kennel_proto::auth::{self, AuthError};
 use kennel_proto::frame::{AUTH_MAX_FRAME, DEFAULT_MAX_FRAME, ProtoCodec, length_codec};
-use kennel_proto::msg::{
-    FromMaster, Ping, Register, Role, ServerInfo, ToMaster, from_master, to_master,
-};
+use kennel_proto::msg::{FromMaster, Register, Role, ServerInfo, ToMaster, from_master, to_master};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::timeout;
 use tokio_util::codec::Framed;
@@ -115,18 +113,6 @@ async fn register_list_add_remove_refusals_and_cli() {
     // First server: the list holds itself.
     let (mut chat1, reply) = register(addr, "server-secret", info(&project, "chat-server-1")).await;
     assert_eq!(ids(&reply), ["chat-server-1"]);
-
-    // Ping -> Pong.
-    chat1
-        .send(ToMaster {
-            msg: Some(to_master::Msg::Ping(Ping { seq: 7 })),
-        })
-        .await
-        .unwrap();
-    match next(&mut chat1).await {
-        Some(from_master::Msg::Pong(p)) => assert_eq!(p.seq, 7),
-        other => panic!("expected Pong, got {other:?}"),
-    }
 
     // The same id again: refused with an error, then closed.
     let (mut dup, reply) = register(addr, "server-secret", info(&project, "chat-server-1")).await;

@@ -70,7 +70,9 @@ fn info() -> impl Strategy<Value = msg::ServerInfo> {
 fn to_master() -> impl Strategy<Value = ToMaster> {
     prop_oneof![
         info().prop_map(|i| to_master::Msg::Register(msg::Register { info: Some(i) })),
-        any::<u64>().prop_map(|seq| to_master::Msg::Ping(msg::Ping { seq })),
+        (any::<u64>(), ".{0,20}", ".{0,20}").prop_map(|(seq, reply, error)| {
+            to_master::Msg::CommandReply(msg::CommandReply { seq, reply, error })
+        }),
     ]
     .prop_map(|m| ToMaster { msg: Some(m) })
 }
@@ -81,7 +83,8 @@ fn from_master() -> impl Strategy<Value = FromMaster> {
             .prop_map(|servers| from_master::Msg::List(msg::ServerList { servers })),
         info().prop_map(|i| from_master::Msg::Add(msg::AddServer { info: Some(i) })),
         ".{0,20}".prop_map(|id| from_master::Msg::Remove(msg::RemoveServer { id })),
-        any::<u64>().prop_map(|seq| from_master::Msg::Pong(msg::Pong { seq })),
+        (any::<u64>(), proptest::collection::vec(".{0,10}", 0..4))
+            .prop_map(|(seq, args)| from_master::Msg::Command(msg::Command { seq, args })),
         ".{0,40}".prop_map(|error| from_master::Msg::Error(msg::RegisterError { error })),
     ]
     .prop_map(|m| FromMaster { msg: Some(m) })
@@ -94,9 +97,9 @@ fn peer() -> impl Strategy<Value = PeerMsg> {
         any::<u64>(),
         bytes(64),
     )
-        .prop_map(|(uid, sid, conn_id, settings)| msg::Session {
+        .prop_map(|(uid, frontend_id, conn_id, settings)| msg::Session {
             uid,
-            sid,
+            frontend_id,
             conn_id,
             settings,
             ip: "10.0.0.1".into(),
@@ -129,7 +132,6 @@ fn peer() -> impl Strategy<Value = PeerMsg> {
                 })
             }),
         any::<u64>().prop_map(|seq| peer_msg::Msg::Ping(msg::Ping { seq })),
-        any::<u64>().prop_map(|seq| peer_msg::Msg::Pong(msg::Pong { seq })),
         (any::<u64>(), bytes(64)).prop_map(|(conn_id, settings)| {
             peer_msg::Msg::Apply(msg::SessionApply { conn_id, settings })
         }),

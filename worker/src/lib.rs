@@ -21,31 +21,32 @@
 //! ```
 #![deny(missing_docs)]
 
+// Layers, imports pointing down: `app` (the handle, setup, run) -> `routing` (route table,
+// inbound messages, peer messages, the one delivery path, panic boundaries) -> `mesh` (peer
+// links, RPC, discovery) and `edge` (client connectors, wire, codecs). The mesh and the edge
+// hand messages up through traits routing implements (`mesh::PeerHandler`,
+// `edge::ClientSink`) and import nothing from the layers above. Shared by all: `error`,
+// `stats`, `panic`, `net`, `clock`.
 mod app;
-mod args;
-pub mod codec;
-mod connector;
-mod dispatch;
+mod clock;
+mod edge;
 mod error;
-mod frontend;
-mod handler;
-mod listen;
-mod master_link;
-mod peers;
-mod rpc;
-mod rpc_config;
-mod session;
+mod mesh;
+mod net;
+mod panic;
+mod routing;
 mod stats;
-mod wire;
 
-pub use app::{App, BEFORE_EXIT_TIMEOUT, ServerInfo};
-pub use args::Args;
-pub use connector::{ConnectorConfig, RateLimit, RateLimitAction, Transport};
+pub use app::args::Args;
+pub use app::rpc::{RemoteRoute, Rpc};
+pub use app::{App, BEFORE_EXIT_TIMEOUT};
+pub use edge::codec;
+pub use edge::connector::{ConnectorConfig, RateLimit, RateLimitAction, Transport};
 pub use error::{Error, PushError, RpcError, SessionError};
-pub use handler::Reply;
-pub use rpc::{RemoteRoute, Rpc};
-pub use rpc_config::{Interval, RpcConfig};
-pub use session::{SETTINGS_MAX, Session};
+pub use mesh::ServerInfo;
+pub use mesh::rpc_config::{Interval, RpcConfig};
+pub use routing::handler::Reply;
+pub use routing::session::{SETTINGS_MAX, Session};
 pub use stats::LATENCY_BUCKETS;
 
 /// Installs a tracing subscriber writing to stderr (level from `RUST_LOG`, default `info`).

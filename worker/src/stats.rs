@@ -1,13 +1,10 @@
-//! What a server reports about itself besides its client count: the app's own `kennel list`
-//! columns ([`App::set_status`], [`App::status_fn`]) and the counters of its outgoing RPC
-//! (calls, notifies, errors by kind, a call latency histogram with fixed buckets). The master
-//! link sends both in every per-second `Report`; the master shows the columns in `kennel list`
-//! and exports the counters as Prometheus metrics.
+//! What a server counts about itself: its outgoing RPC (calls, notifies, errors by kind, a
+//! call latency histogram with fixed buckets), the panics caught in game code by route
+//! ([`Stats::panic`], exported as `kennel_panics_total{route}`), and what a limit dropped
+//! ([`Drops`]). The master link sends them in every per-second `Report` (with the app's own
+//! `kennel list` columns, `app/status.rs`); the master exports them as Prometheus metrics.
 //!
-//! It also counts panics caught in game code, by route ([`Stats::panic`]), reported the same
-//! way and exported as `kennel_panics_total{route}`.
-//!
-//! The state lives in the app (one per server), so counting a call is a few atomic adds.
+//! One [`Stats`] per server, shared by every layer, so counting is a few atomic adds.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,15 +13,12 @@ use std::time::Duration;
 
 use kennel_proto::msg::RpcStats;
 
-use crate::{App, RpcError};
+use crate::RpcError;
 
 /// Upper bounds (seconds) of the call latency histogram's buckets.
 pub const LATENCY_BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
 ];
-
-/// Computes status columns when a report is sent.
-type StatusFn = Arc<dyn Fn(&App) -> Vec<(String, String)> + Send + Sync>;
 
 /// One server's counters and columns.
 #[derive(Default)]
@@ -40,8 +34,6 @@ pub(crate) struct Stats {
     panics: Mutex<BTreeMap<String, u64>>,
     /// Messages dropped and clients closed by a limit (shared with every peer link).
     pub(crate) drops: Arc<Drops>,
-    status: Mutex<BTreeMap<String, String>>,
-    status_fns: Mutex<Vec<StatusFn>>,
 }
 
 /// The metric name of an RPC error's kind.
@@ -123,7 +115,7 @@ impl Drops {
 /// Lets one log line through per second and counts the ones it holds back, so a flood of
 /// refusals costs an atomic add each, not a line each.
 pub(crate) struct LogThrottle {
-    /// When a line last went through ([`crate::frontend::now_ms`]); `u64::MAX`: never.
+    /// When a line last went through ([`crate::clock::now_ms`]); `u64::MAX`: never.
     last_ms: AtomicU64,
     held_back: AtomicU64,
 }
@@ -144,7 +136,7 @@ impl LogThrottle {
 
     /// `Some(n)`: log this one (`n` were held back since the last line); `None`: hold it back.
     pub(crate) fn tick(&self) -> Option<u64> {
-        let now = crate::frontend::now_ms();
+        let now = crate::clock::now_ms();
         let last = self.last_ms.load(Ordering::Relaxed);
         if (last != u64::MAX && now.saturating_sub(last) < 1000)
             || self
@@ -232,60 +224,6 @@ impl Stats {
             latency_count: calls,
             latency_sum: self.sum_us.load(Ordering::Relaxed) as f64 / 1e6,
         }
-    }
-
-    /// The app's columns now: the values set with `set_status`, then those of the status
-    /// functions (which win on a shared key).
-    pub(crate) fn status(&self, app: &App) -> HashMap<String, String> {
-        let mut out: HashMap<String, String> = self
-            .status
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-            .into_iter()
-            .collect();
-        let fns = self
-            .status_fns
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        for f in fns {
-            if let Ok(columns) = app.guard("status_fn", "status_fn", None, || f(app)) {
-                out.extend(columns);
-            }
-        }
-        out
-    }
-}
-
-impl App {
-    /// Sets one of this server's own `kennel list` columns (`key` is the column, shown for
-    /// every server; `-` where a server has no value). Sent to the master with the next
-    /// per-second report; `list --json` has them in `status`.
-    pub fn set_status(&self, key: impl Into<String>, value: impl ToString) -> &Self {
-        self.inner
-            .stats
-            .status
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key.into(), value.to_string());
-        self
-    }
-
-    /// Registers a function computing some of this server's `kennel list` columns, called
-    /// before each per-second report (e.g. `vec![("rooms".into(), n.to_string())]`). Keep it
-    /// quick: it runs on the master link's task.
-    pub fn status_fn<F>(&self, f: F) -> &Self
-    where
-        F: Fn(&App) -> Vec<(String, String)> + Send + Sync + 'static,
-    {
-        self.inner
-            .stats
-            .status_fns
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(Arc::new(f));
-        self
     }
 }
 

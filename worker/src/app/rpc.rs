@@ -13,18 +13,17 @@
 //! named by a type cannot be misspelled.
 //!
 //! Every call and notify is counted (with its errors by kind and, for calls, its latency) in
-//! [`crate::stats`], which the server reports to the master.
+//! [`crate::stats`], which the server reports to the master. The wire side (links, pending
+//! calls, replies) is `mesh/rpc.rs`; a call to this server runs the remote through routing.
 
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use kennel_proto::msg::{RpcRequest, peer_msg};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::handler::{decode, encode};
-use crate::peers::msg;
+use crate::routing::handler::{decode, encode};
+use crate::routing::remote;
 use crate::{App, RpcError};
 
 /// A remote's route as a type, with its argument and result types; declare one with
@@ -71,7 +70,7 @@ macro_rules! remote_route {
 }
 
 /// The target meaning "every server of the route's type".
-pub const ALL: &str = "*";
+pub(crate) const ALL: &str = "*";
 
 /// A handle for calling one server's remotes; see [`App::rpc`].
 pub struct Rpc {
@@ -82,7 +81,7 @@ pub struct Rpc {
 
 impl Rpc {
     pub(crate) fn new(app: App, target: String) -> Rpc {
-        let timeout = app.rpc_timeout();
+        let timeout = app.mesh().timeout();
         Rpc {
             app,
             target,
@@ -109,7 +108,7 @@ impl Rpc {
             decode(&raw).map_err(RpcError::Codec)
         }
         .await;
-        self.app.inner.stats.call(started.elapsed(), &result);
+        self.app.stats().call(started.elapsed(), &result);
         result
     }
 
@@ -142,7 +141,7 @@ impl Rpc {
             Ok(a) => a,
             Err(e) => {
                 let r = Err(RpcError::Codec(e));
-                self.app.inner.stats.notify(&r);
+                self.app.stats().notify(&r);
                 return r;
             }
         };
@@ -161,7 +160,7 @@ impl Rpc {
 
     async fn notify_raw(&self, route: &str, args: Bytes) -> Result<(), RpcError> {
         let result = self.notify_raw_uncounted(route, args).await;
-        self.app.inner.stats.notify(&result);
+        self.app.stats().notify(&result);
         result
     }
 
@@ -170,22 +169,14 @@ impl Rpc {
             let app = self.app.clone();
             let route = route.to_string();
             tokio::spawn(async move {
-                let _ = app.run_remote(&route, args).await;
+                let _ = remote::run_local(&app, &route, args).await;
             });
             return Ok(());
         }
-        let link = self
-            .app
-            .inner
-            .peers
-            .wait_link(&self.app, &self.target, route, self.timeout)
-            .await?;
-        let m = msg(peer_msg::Msg::Rpc(RpcRequest {
-            id: 0,
-            route: route.to_string(),
-            args,
-        }));
-        link.send(m).await.map_err(|e| e.rpc_error(&self.target))
+        self.app
+            .mesh()
+            .notify(&self.target, route, args, self.timeout)
+            .await
     }
 
     /// Calls `route`; the timeout runs from `started`.
@@ -201,39 +192,18 @@ impl Rpc {
             ));
         }
         if self.target == self.app.id() {
-            return self.app.run_remote(route, args).await;
+            return remote::run_local(&self.app, route, args).await;
         }
-        let deadline = started + self.timeout;
-        let link = self
-            .app
-            .inner
-            .peers
-            .wait_link(&self.app, &self.target, route, self.timeout)
-            .await?;
-        let id = self.app.inner.rpc_seq.fetch_add(1, Ordering::Relaxed) + 1;
-        let m = msg(peer_msg::Msg::Rpc(RpcRequest {
-            id,
-            route: route.to_string(),
-            args,
-        }));
-        // No timer per call: the server's sweep fails it past its deadline
-        // (`peers::expire_calls`), with the route filled in here.
-        let rx = link.call(id, m, deadline).await?;
-        drop(link);
-        match rx.await {
-            Ok(Err(RpcError::Remote {
-                server, message, ..
-            })) => Err(RpcError::Remote {
-                server,
-                route: route.to_string(),
-                message,
-            }),
-            Ok(Err(RpcError::Timeout { server, .. })) => Err(RpcError::Timeout {
-                server,
-                route: route.to_string(),
-            }),
-            Ok(r) => r,
-            Err(_) => Err(RpcError::LinkDropped(self.target.clone())),
-        }
+        self.app
+            .mesh()
+            .call(&self.target, route, args, started, self.timeout)
+            .await
+    }
+}
+
+impl App {
+    /// An RPC handle for server `server_id` (this server's own id calls locally).
+    pub fn rpc(&self, server_id: &str) -> Rpc {
+        Rpc::new(self.clone(), server_id.to_string())
     }
 }

@@ -1,5 +1,7 @@
-//! The frontend's client registry: live connections by id, bound uids, and delivery of
-//! encoded frames to local clients (replies and pushes).
+//! A frontend's clients: each live connection's sending side ([`Conn`]), and the registry
+//! of live connections by id and by bound uid ([`Clients`]), which hands encoded frames to
+//! them. The registry keeps, beside each connection, the session the routing layer made for it
+//! (a type parameter: the edge knows sessions only through [`ClientSession`]).
 //!
 //! Each connection has a send queue drained by the task that writes to its socket, bounded in
 //! frames ([`SEND_QUEUE`]) and in bytes (`sendQueueBytes`, counting frames queued or handed to
@@ -9,13 +11,14 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, LazyLock, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::Notify;
 
-use crate::Session;
+use crate::clock::now_ms;
+use crate::edge::ClientSession;
 
 /// Frames queued per connection before a non-reading client is closed.
 pub(crate) const SEND_QUEUE: usize = 1024;
@@ -48,13 +51,6 @@ pub(crate) struct ConnLimits {
     pub(crate) max_in_flight: usize,
     /// Counts connections closed for a full queue.
     pub(crate) drops: Arc<crate::stats::Drops>,
-}
-
-/// Milliseconds since the first call (the clock of heartbeat checks, rate limits and log
-/// throttles).
-pub(crate) fn now_ms() -> u64 {
-    static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
-    EPOCH.elapsed().as_millis() as u64
 }
 
 impl Conn {
@@ -175,22 +171,24 @@ impl Drop for InFlight {
     }
 }
 
-/// Live clients of this frontend.
-#[derive(Default)]
-pub(crate) struct FrontendState {
-    conns: Mutex<HashMap<u64, Session>>,
+/// Live clients of this frontend: each connection with its session, and bound uids.
+pub(crate) struct Clients<S> {
+    conns: Mutex<HashMap<u64, (Arc<Conn>, S)>>,
     uids: Mutex<HashMap<u64, u64>>,
     next_id: AtomicU64,
-    /// The limits of every connection, set when the connector starts.
-    limits: std::sync::OnceLock<Arc<ConnLimits>>,
 }
 
-impl FrontendState {
-    /// The limits of this frontend's connections (the first call's `init` sets them).
-    pub(crate) fn limits(&self, init: impl FnOnce() -> ConnLimits) -> Arc<ConnLimits> {
-        self.limits.get_or_init(|| Arc::new(init())).clone()
+impl<S> Default for Clients<S> {
+    fn default() -> Self {
+        Clients {
+            conns: Mutex::new(HashMap::new()),
+            uids: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(0),
+        }
     }
+}
 
+impl<S: ClientSession> Clients<S> {
     /// A fresh connection id.
     pub(crate) fn next_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed) + 1
@@ -201,19 +199,16 @@ impl FrontendState {
         self.conns.lock().unwrap().len()
     }
 
-    pub(crate) fn add(&self, session: Session) {
-        self.conns
-            .lock()
-            .unwrap()
-            .insert(session.conn_id(), session);
+    pub(crate) fn add(&self, conn: Arc<Conn>, session: S) {
+        self.conns.lock().unwrap().insert(conn.id, (conn, session));
     }
 
     /// Forgets a closed connection and unbinds its uid.
-    pub(crate) fn remove(&self, session: &Session) {
-        self.conns.lock().unwrap().remove(&session.conn_id());
-        if let Some(uid) = session.uid() {
+    pub(crate) fn remove(&self, conn_id: u64, uid: Option<u64>) {
+        self.conns.lock().unwrap().remove(&conn_id);
+        if let Some(uid) = uid {
             let mut uids = self.uids.lock().unwrap();
-            if uids.get(&uid) == Some(&session.conn_id()) {
+            if uids.get(&uid) == Some(&conn_id) {
                 uids.remove(&uid);
             }
         }
@@ -232,19 +227,21 @@ impl FrontendState {
     }
 
     /// The session bound to `uid`.
-    pub(crate) fn by_uid(&self, uid: u64) -> Option<Session> {
+    pub(crate) fn by_uid(&self, uid: u64) -> Option<S> {
         let conn = *self.uids.lock().unwrap().get(&uid)?;
-        self.conns.lock().unwrap().get(&conn).cloned()
+        self.by_conn(conn)
     }
 
     /// The session of connection `id`.
-    pub(crate) fn by_conn(&self, id: u64) -> Option<Session> {
-        self.conns.lock().unwrap().get(&id).cloned()
+    pub(crate) fn by_conn(&self, id: u64) -> Option<S> {
+        self.conns.lock().unwrap().get(&id).map(|(_, s)| s.clone())
     }
 
-    /// Every live session.
-    pub(crate) fn all(&self) -> Vec<Session> {
-        self.conns.lock().unwrap().values().cloned().collect()
+    /// Asks every connection to close (each flushes its queue first).
+    pub(crate) fn close_all(&self) {
+        for (c, _) in self.conns.lock().unwrap().values() {
+            c.close();
+        }
     }
 
     /// Closes every connection whose client sent no heartbeat for `limit` or longer.
@@ -253,21 +250,17 @@ impl FrontendState {
         let limit_ms = limit.as_millis() as u64;
         // Collected under the lock, logged and closed after it: a mass timeout (a network
         // cut) must not hold up deliveries while thousands of lines are written.
-        let silent: Vec<Session> = self
+        let silent: Vec<(Arc<Conn>, S)> = self
             .conns
             .lock()
             .unwrap()
             .values()
-            .filter(|s| {
-                s.conn().is_some_and(|c| {
-                    !c.is_closing()
-                        && now.saturating_sub(c.heard.load(Ordering::Relaxed)) >= limit_ms
-                })
+            .filter(|(c, _)| {
+                !c.is_closing() && now.saturating_sub(c.heard.load(Ordering::Relaxed)) >= limit_ms
             })
             .cloned()
             .collect();
-        for s in silent {
-            let Some(c) = s.conn() else { continue };
+        for (c, s) in silent {
             let limit = limit.as_secs();
             tracing::warn!(
                 conn = c.id,
@@ -283,7 +276,7 @@ impl FrontendState {
         if !conn_ids.is_empty() {
             let conns = self.conns.lock().unwrap();
             for id in conn_ids {
-                if let Some(c) = conns.get(id).and_then(|s| s.conn()) {
+                if let Some((c, _)) = conns.get(id) {
                     c.send(frame.clone());
                 }
             }
@@ -292,14 +285,17 @@ impl FrontendState {
             let map = self.uids.lock().unwrap();
             let conns = self.conns.lock().unwrap();
             for uid in uids {
-                if let Some(c) = map
-                    .get(uid)
-                    .and_then(|id| conns.get(id))
-                    .and_then(|s| s.conn())
-                {
+                if let Some((c, _)) = map.get(uid).and_then(|id| conns.get(id)) {
                     c.send(frame.clone());
                 }
             }
+        }
+    }
+
+    /// Sends one encoded frame to every connection.
+    pub(crate) fn send_all(&self, frame: &Bytes) {
+        for (c, _) in self.conns.lock().unwrap().values() {
+            c.send(frame.clone());
         }
     }
 }

@@ -1,4 +1,4 @@
-//! Ordered dispatch behind panic boundaries.
+//! Ordered dispatch behind panic boundaries, and the report of a panic in game code.
 //!
 //! A message's work runs inline until its first `.await` that is not ready, then continues as
 //! its own task. Messages of one connection or link therefore start in arrival order (as in
@@ -10,50 +10,18 @@
 //! no extra box.
 //!
 //! Every piece of game code (handlers, remotes, filters, route functions, codecs, callbacks)
-//! runs behind one of the boundaries here: [`catch`] for synchronous code, [`poll_now`] for the
-//! inline poll, [`spawn_rest`] for the spawned remainder and [`guarded`] for work awaited in
-//! place. A panic becomes a [`Panic`] value for the caller to report and fail that one piece of
-//! work with; the connection task or link reader it ran in goes on. The boundaries cost no
-//! allocation (unwinding is zero-cost until something panics); Rust's panic hook still prints
-//! the panic's location to stderr (the server log) first.
+//! runs behind one of the boundaries: [`App::guard`] (synchronous code, reported), the inline
+//! poll of [`poll_now`], the spawned remainder of [`spawn_rest`] and [`crate::panic::guarded`]
+//! for work awaited in place. A panic fails that one piece of work ([`App::panicked`] logs it
+//! and counts it by route); the connection task or link reader it ran in goes on.
 
-use std::any::Any;
 use std::future::Future;
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
-use futures_util::FutureExt;
-
-/// A panic caught at a boundary: its payload.
-pub(crate) struct Panic(Box<dyn Any + Send>);
-
-impl Panic {
-    /// The panic's message: the text of `panic!("...")`, or a placeholder for other payloads.
-    pub(crate) fn message(&self) -> &str {
-        if let Some(s) = self.0.downcast_ref::<&'static str>() {
-            s
-        } else if let Some(s) = self.0.downcast_ref::<String>() {
-            s
-        } else {
-            "(a panic payload that is not a string)"
-        }
-    }
-}
-
-impl std::fmt::Debug for Panic {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Panic({:?})", self.message())
-    }
-}
-
-/// Runs `f` behind a panic boundary.
-///
-/// `AssertUnwindSafe`: what a panic leaves half-done is the game's own state (as in any
-/// language with exceptions); kennel's state is never mid-update while game code runs.
-pub(crate) fn catch<R>(f: impl FnOnce() -> R) -> Result<R, Panic> {
-    catch_unwind(AssertUnwindSafe(f)).map_err(Panic)
-}
+use crate::edge::Uid;
+use crate::panic::{Panic, catch, guarded};
+use crate::{App, Session};
 
 /// Polls `fut` once, right now, behind a panic boundary: `Ready(Ok(output))`,
 /// `Ready(Err(panic))` (then `fut` must not be polled again) or `Pending` (the caller spawns
@@ -82,12 +50,47 @@ where
     tokio::spawn(async move { done(guarded(fut).await) });
 }
 
-/// `fut` behind a panic boundary (work awaited in place: client on/off callbacks, local
-/// remotes, before-exit hooks, a whole connection's loop).
-pub(crate) fn guarded<F: Future>(fut: F) -> impl Future<Output = Result<F::Output, Panic>> {
-    AssertUnwindSafe(fut)
-        .catch_unwind()
-        .map(|r| r.map_err(Panic))
+impl App {
+    /// Runs game code `f` behind a panic boundary: a panic is reported ([`App::panicked`]) and
+    /// returned. `what` names the code in the log; `route` (a route, or a callback's name) is
+    /// the counter's label; the uid is read from `session` only when `f` panics.
+    pub(crate) fn guard<R>(
+        &self,
+        what: &'static str,
+        route: &str,
+        session: Option<&Session>,
+        f: impl FnOnce() -> R,
+    ) -> Result<R, Panic> {
+        catch(f).inspect_err(|p| self.panicked(what, route, session.and_then(Session::uid), p))
+    }
+
+    /// Awaits game code `fut` behind a panic boundary; a panic is reported like
+    /// [`App::guard`]'s (`what` is also the counter's label).
+    pub(crate) async fn guard_async<F: Future>(
+        &self,
+        what: &'static str,
+        session: Option<&Session>,
+        fut: F,
+    ) -> Result<F::Output, Panic> {
+        guarded(fut)
+            .await
+            .inspect_err(|p| self.panicked(what, what, session.and_then(Session::uid), p))
+    }
+
+    /// Reports a panic caught in game code: an error line with this server's id, the route
+    /// (or callback), the uid (`-` when there is none) and the panic's message (Rust's panic
+    /// hook has printed where it happened just before), and one more in
+    /// `kennel_panics_total{route}`.
+    pub(crate) fn panicked(&self, what: &str, route: &str, uid: Option<u64>, p: &Panic) {
+        tracing::error!(
+            server = self.id(),
+            route,
+            uid = %Uid(uid),
+            "{what} panicked: {}; only that call failed, the server goes on",
+            p.message()
+        );
+        self.stats().panic(route);
+    }
 }
 
 #[cfg(test)]
@@ -95,7 +98,7 @@ mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};
 
-    /// What the app does with a message's work: poll in place, spawn the rest.
+    /// What routing does with a message's work: poll in place, spawn the rest.
     fn in_order<F: Future<Output = ()> + Send + 'static>(fut: F) {
         let mut fut = Box::pin(fut);
         if poll_now(&mut fut).is_pending() {
@@ -174,10 +177,5 @@ mod tests {
         tx.send(()).unwrap();
         let msg = tokio::time::timeout(std::time::Duration::from_secs(5), done_rx).await;
         assert_eq!(msg.unwrap().unwrap(), "later");
-        assert_eq!(catch(|| 5).unwrap(), 5);
-        let p = catch(|| std::panic::panic_any(7u8)).unwrap_err();
-        assert_eq!(p.message(), "(a panic payload that is not a string)");
-        let p = guarded(async { panic!("static") }).await.unwrap_err();
-        assert_eq!(p.message(), "static");
     }
 }

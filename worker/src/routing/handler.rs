@@ -40,6 +40,9 @@ pub(crate) type BeforeFn = Arc<dyn Fn(&App, &Session, &str, &[u8]) -> bool + Sen
 pub(crate) type AfterFn = Arc<dyn Fn(&App, &Session, &str, Option<&[u8]>) + Send + Sync>;
 /// `global_before` filter: `(app, session, cmd, payload) -> continue?`.
 pub(crate) type GlobalFn = Arc<dyn Fn(&App, &Session, u16, &[u8]) -> bool + Send + Sync>;
+/// A `kennel send` handler: the command's arguments in, the text printed by the CLI out.
+pub(crate) type CliSendCb =
+    Arc<dyn Fn(App, Vec<String>) -> BoxFuture<Result<String, String>> + Send + Sync>;
 
 /// What a handler returns: an optional reply to the client.
 ///

@@ -18,8 +18,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
-use crate::frontend::{Conn, FrontendState};
-use crate::{App, PushError, SessionError, app};
+use crate::app::WeakApp;
+use crate::edge::ClientSession;
+use crate::edge::clients::{Clients, Conn};
+use crate::{App, PushError, SessionError};
 use kennel_proto::msg;
 
 /// Largest JSON of a session's settings ([`Session::set`]), 64 KiB.
@@ -53,8 +55,8 @@ pub struct Session {
 }
 
 struct Inner {
-    /// Frontend server id the client is connected to.
-    sid: Arc<str>,
+    /// The server id of the client's frontend.
+    frontend_id: Arc<str>,
     /// Connection id on that frontend.
     conn_id: u64,
     /// Client's address.
@@ -62,10 +64,10 @@ struct Inner {
     state: Mutex<State>,
     /// The live connection (frontend sessions only).
     conn: Option<Arc<Conn>>,
-    /// The frontend registry, for `bind` (frontend sessions only).
-    frontend: Weak<FrontendState>,
+    /// The frontend's registry, for `bind` (frontend sessions only).
+    clients: Weak<Clients<Session>>,
     /// The app, for `send` and `apply`.
-    app: Weak<app::Inner>,
+    app: WeakApp,
 }
 
 #[derive(Default)]
@@ -100,7 +102,7 @@ impl State {
 impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Session")
-            .field("sid", &self.inner.sid)
+            .field("frontend_id", &self.inner.frontend_id)
             .field("conn_id", &self.inner.conn_id)
             .field("uid", &self.uid())
             .finish()
@@ -119,34 +121,32 @@ impl Session {
     }
 
     /// A live frontend session for a new connection.
-    pub(crate) fn frontend(app: &App, conn: Arc<Conn>, ip: String) -> Session {
-        let sid = app.inner.sid.clone();
-        let frontend = Arc::downgrade(&app.inner.frontend);
+    pub(crate) fn live(app: &App, conn: Arc<Conn>, ip: String) -> Session {
         Session {
             inner: Arc::new(Inner {
-                sid,
+                frontend_id: app.server_id().clone(),
                 conn_id: conn.id,
                 ip,
                 state: Mutex::new(State::default()),
                 conn: Some(conn),
-                frontend,
-                app: Arc::downgrade(&app.inner),
+                clients: Arc::downgrade(app.clients()),
+                app: app.downgrade(),
             }),
         }
     }
 
     /// A backend copy, from a forwarded message (its settings are parsed when first read).
-    /// `link_sid` is the id of the server that forwarded it: the session's frontend when the
-    /// message leaves `sid` empty (see [`Session::to_forward`]).
-    pub(crate) fn from_proto(app: &App, s: msg::Session, link_sid: &Arc<str>) -> Session {
-        let sid = if s.sid.is_empty() || s.sid == **link_sid {
-            link_sid.clone()
+    /// `peer_id` is the id of the server that forwarded it: the session's frontend when the
+    /// message leaves `frontend_id` empty (see [`Session::to_forward`]).
+    pub(crate) fn from_proto(app: &App, s: msg::Session, peer_id: &Arc<str>) -> Session {
+        let frontend_id = if s.frontend_id.is_empty() || s.frontend_id == **peer_id {
+            peer_id.clone()
         } else {
-            s.sid.into()
+            s.frontend_id.into()
         };
         Session {
             inner: Arc::new(Inner {
-                sid,
+                frontend_id,
                 conn_id: s.conn_id,
                 ip: s.ip,
                 state: Mutex::new(State {
@@ -162,24 +162,24 @@ impl Session {
                     local: Map::new(),
                 }),
                 conn: None,
-                frontend: Weak::new(),
-                app: Arc::downgrade(&app.inner),
+                clients: Weak::new(),
+                app: app.downgrade(),
             }),
         }
     }
 
-    /// The copy that travels with a message its own frontend forwards: `sid` is left empty,
-    /// the receiver knows it from the link.
+    /// The copy that travels with a message its own frontend forwards: `frontend_id` is left
+    /// empty, the receiver knows it from the link.
     pub(crate) fn to_forward(&self) -> msg::Session {
         self.proto(String::new())
     }
 
     /// The copy that travels with a forwarded message.
     pub(crate) fn to_proto(&self) -> msg::Session {
-        self.proto(self.inner.sid.to_string())
+        self.proto(self.inner.frontend_id.to_string())
     }
 
-    fn proto(&self, sid: String) -> msg::Session {
+    fn proto(&self, frontend_id: String) -> msg::Session {
         let mut st = self.state();
         let settings = match (&st.encoded, &st.settings) {
             (Some(b), _) => b.clone(),
@@ -193,7 +193,7 @@ impl Session {
         };
         msg::Session {
             uid: st.uid,
-            sid,
+            frontend_id,
             conn_id: self.inner.conn_id,
             settings,
             ip: self.inner.ip.clone(),
@@ -205,9 +205,19 @@ impl Session {
         self.state().uid
     }
 
-    /// The id of the frontend server the client is connected to (mydog's `sid`).
+    /// The id of the frontend server the client is connected to.
+    pub fn frontend_id(&self) -> &str {
+        &self.inner.frontend_id
+    }
+
+    /// The same as [`Session::frontend_id`], by mydog's name (`session.sid`).
     pub fn sid(&self) -> &str {
-        &self.inner.sid
+        &self.inner.frontend_id
+    }
+
+    /// The frontend's id, shared.
+    pub(crate) fn frontend_id_shared(&self) -> &Arc<str> {
+        &self.inner.frontend_id
     }
 
     /// The connection's id on its frontend.
@@ -223,14 +233,14 @@ impl Session {
     /// Binds `uid` to this client (frontend only). Returns `false` if the session is already
     /// bound, if `uid` is bound to another client of this frontend, or on a backend copy.
     pub fn bind(&self, uid: u64) -> bool {
-        let Some(frontend) = self.inner.frontend.upgrade() else {
+        let Some(clients) = self.inner.clients.upgrade() else {
             return false;
         };
         let mut st = self.state();
         if st.uid.is_some() {
             return false;
         }
-        if !frontend.bind_uid(uid, self.inner.conn_id) {
+        if !clients.bind_uid(uid, self.inner.conn_id) {
             return false;
         }
         st.uid = Some(uid);
@@ -331,21 +341,17 @@ impl Session {
         if self.is_live() {
             return;
         }
-        if let Some(app) = self.app() {
-            app.apply_session(self).await;
+        if let Some(app) = self.inner.app.upgrade() {
+            crate::routing::deliver::apply_session(&app, self).await;
         }
     }
 
     /// Pushes `msg` as `route` to this client (from the frontend or any backend).
     pub async fn send(&self, route: &str, msg: &impl Serialize) -> Result<(), PushError> {
-        match self.app() {
+        match self.inner.app.upgrade() {
             Some(app) => app.send_to(self, route, msg).await,
             None => Ok(()),
         }
-    }
-
-    fn app(&self) -> Option<App> {
-        self.inner.app.upgrade().map(|inner| App { inner })
     }
 
     /// The live connection, on the frontend.
@@ -361,15 +367,24 @@ impl Session {
     }
 }
 
+impl ClientSession for Session {
+    fn uid(&self) -> Option<u64> {
+        Session::uid(self)
+    }
+
+    fn ip(&self) -> &str {
+        Session::ip(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn backend_copy(settings: &str) -> Session {
-        let sid: Arc<str> = "gate-1".into();
         Session {
             inner: Arc::new(Inner {
-                sid,
+                frontend_id: "gate-1".into(),
                 conn_id: 1,
                 ip: String::new(),
                 state: Mutex::new(State {
@@ -377,8 +392,8 @@ mod tests {
                     ..State::default()
                 }),
                 conn: None,
-                frontend: Weak::new(),
-                app: Weak::new(),
+                clients: Weak::new(),
+                app: WeakApp::default(),
             }),
         }
     }
