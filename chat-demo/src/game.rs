@@ -17,16 +17,16 @@ struct Rooms {
 
 impl Rooms {
     fn leave(&mut self, uid: u64) {
-        let Some((room, sid)) = self.members.remove(&uid) else {
+        let Some((room, frontend_id)) = self.members.remove(&uid) else {
             return;
         };
         let Some(group) = self.rooms.get_mut(&room) else {
             return;
         };
-        if let Some(uids) = group.get_mut(&sid) {
+        if let Some(uids) = group.get_mut(&frontend_id) {
             uids.retain(|u| *u != uid);
             if uids.is_empty() {
-                group.remove(&sid);
+                group.remove(&frontend_id);
             }
         }
         if group.is_empty() {
@@ -35,11 +35,11 @@ impl Rooms {
     }
 
     /// Joins `uid` to `room` (leaving any other); returns the room's size.
-    fn join(&mut self, room: String, uid: u64, sid: &str) -> usize {
+    fn join(&mut self, room: String, uid: u64, frontend_id: &str) -> usize {
         self.leave(uid);
         let group = self.rooms.entry(room.clone()).or_default();
-        group.entry(sid.to_string()).or_default().push(uid);
-        self.members.insert(uid, (room, sid.to_string()));
+        group.entry(frontend_id.to_string()).or_default().push(uid);
+        self.members.insert(uid, (room, frontend_id.to_string()));
         group.values().map(Vec::len).sum()
     }
 
@@ -109,7 +109,10 @@ pub fn setup(app: &App) {
             if let Err(e) = s.set("room", &room) {
                 return Some(json!({"code": 3, "err": e.to_string()}));
             }
-            let size = rooms.lock().unwrap().join(room.to_string(), uid, s.sid());
+            let size = rooms
+                .lock()
+                .unwrap()
+                .join(room.to_string(), uid, s.frontend_id());
             // Tell the frontend's live session which room the player is in.
             s.apply().await;
             Some(json!({"code": 0, "room": room, "size": size, "chat": app.id()}))
@@ -234,14 +237,14 @@ pub fn setup(app: &App) {
 
     // When a player disconnects, its chat server drops it from its room.
     app.on_client_off(|app: App, s: Session| async move {
-        let (Some(uid), Some(sid)) = (s.uid(), s.get::<String>("chatServerId")) else {
+        let (Some(uid), Some(chat)) = (s.uid(), s.get::<String>("chatServerId")) else {
             return;
         };
-        if sid.is_empty() {
+        if chat.is_empty() {
             return;
         }
-        if let Err(e) = app.rpc(&sid).notify("chat.main.leave", &uid).await {
-            tracing::warn!(uid, chat = %sid, "leave notify failed: {e}");
+        if let Err(e) = app.rpc(&chat).notify("chat.main.leave", &uid).await {
+            tracing::warn!(uid, %chat, "leave notify failed: {e}");
         }
     });
 }

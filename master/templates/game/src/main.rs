@@ -74,14 +74,14 @@ fn main() -> anyhow::Result<()> {
         let (rooms, room, uid) = (app.get::<Rooms>("rooms")?, s.get::<u32>("room")?, s.uid()?);
         let mut all = rooms.0.lock().unwrap();
         let members = all.entry(room).or_default();
-        members.insert(uid, s.sid().to_string());
+        members.insert(uid, s.frontend_id().to_string());
         Some(json!({"code": 0, "room": room, "size": members.len(), "server": app.id()}))
     });
     app.handler("room.main.say", |app: App, s: Session, m: Say| async move {
         let Some(rooms) = app.get::<Rooms>("rooms") else { return };
         let room = s.get::<u32>("room").unwrap_or_default();
         let members: Vec<(u64, String)> = rooms.0.lock().unwrap().get(&room)
-            .map(|m| m.iter().map(|(uid, sid)| (*uid, sid.clone())).collect())
+            .map(|m| m.iter().map(|(uid, frontend)| (*uid, frontend.clone())).collect())
             .unwrap_or_default();
         let push = json!({"from": s.uid(), "text": m.text});
         if let Err(e) = app.send_by_uid_sid("onSay", &push, &members).await {
