@@ -66,3 +66,33 @@ impl PeerHandler for PeerMessages {
         deliver::apply_here(&self.0, apply.conn_id, &apply.settings, link.peer());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_forwarded_cmd_outside_the_route_list_runs_no_handler() {
+        let app = crate::app::test_app(false);
+        static RAN: AtomicUsize = AtomicUsize::new(0);
+        app.handler("room.main.join", |_: App, _: Session, _: serde_json::Value| async {
+            RAN.fetch_add(1, Ordering::Relaxed);
+        });
+        let _ = app.freeze().unwrap();
+        let link = crate::mesh::link::detached("gate-1", Duration::from_secs(10));
+        let peer = PeerMessages(app.clone());
+        let forwarded = |cmd| ClientRequest {
+            session: None,
+            cmd,
+            payload: bytes::Bytes::from_static(b"{}"),
+        };
+        peer.client_message(&link, forwarded(1));
+        assert_eq!(RAN.load(Ordering::Relaxed), 1, "cmd 1 is room.main.join");
+        // 65,537 is 1 in 16 bits: it must not pass for route 1.
+        peer.client_message(&link, forwarded(65_537));
+        assert_eq!(RAN.load(Ordering::Relaxed), 1);
+    }
+}
