@@ -57,6 +57,7 @@ mod client;
 pub mod codegen;
 mod console;
 mod error;
+mod event;
 mod launch;
 mod listener;
 mod logs;

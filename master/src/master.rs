@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kennel_config::{Project, Secrets, ServerConfig};
-use kennel_proto::msg::{FromMaster, ListReply, Report, ServerInfo, ServerStatus};
+use kennel_proto::msg::{FromMaster, ListReply, ServerInfo, ServerStatus};
 use kennel_proto::net::PreAuthGate;
 use nix::sys::signal::Signal;
 use tokio::net::TcpListener;
@@ -38,10 +38,10 @@ use crate::logs;
 use crate::metrics::{self, MetricsConfig};
 use crate::policy::CrashLoop;
 use crate::procfs::RUN_DIR;
-use crate::registry::Answer;
 use crate::registry::Registry;
 use crate::sampler::Sampler;
-use crate::supervisor::{Exit, Launch, Proc, SpawnEnv, Supervisor, plan, plan_one};
+use crate::event::{Event, SendTargets};
+use crate::supervisor::{Launch, Proc, SpawnEnv, Supervisor, plan, plan_one};
 
 /// Where server logs go, relative to the project directory.
 pub const LOGS_DIR: &str = "logs";
@@ -100,74 +100,6 @@ impl StartOptions {
         }
     }
 }
-
-/// What the event loop hears about.
-#[derive(Debug)]
-pub(crate) enum Event {
-    /// A server's process ended (a child was reaped, or an adopted one's pidfd fired).
-    Exited {
-        index: usize,
-        generation: u64,
-        exit: Exit,
-    },
-    /// The SIGKILL delay after a `restart`/`remove` SIGTERM passed.
-    KillDue { index: usize, generation: u64 },
-    /// A restart delay passed.
-    RestartDue { index: usize, generation: u64 },
-    /// An authenticated server sent `Register`; the reply is its link id or the refusal.
-    Register {
-        /// The id the link authenticated as.
-        authenticated: String,
-        info: ServerInfo,
-        tx: mpsc::Sender<FromMaster>,
-        close: CancellationToken,
-        reply: oneshot::Sender<Result<u64, String>>,
-    },
-    /// A registered link ended.
-    LinkClosed { id: String, link_id: u64 },
-    /// The CLI asks for the server table.
-    List { reply: oneshot::Sender<ListReply> },
-    /// The CLI asks to restart one server.
-    Restart {
-        id: String,
-        reply: oneshot::Sender<Result<String, String>>,
-    },
-    /// The CLI asks to remove servers (by id and by type).
-    Remove {
-        ids: Vec<String>,
-        types: Vec<String>,
-        reply: oneshot::Sender<Result<String, String>>,
-    },
-    /// The CLI asks to start servers (removed ones, or ids new in the config file).
-    Start {
-        ids: Vec<String>,
-        reply: oneshot::Sender<Result<String, String>>,
-    },
-    /// A server reported its client count, status columns and RPC counters.
-    Report {
-        id: String,
-        link_id: u64,
-        report: Report,
-    },
-    /// A server answered a `kennel send` command.
-    CommandReply {
-        id: String,
-        link_id: u64,
-        seq: u64,
-        result: Result<String, String>,
-    },
-    /// The CLI asks to send a command to servers (by id and type; neither: every server).
-    /// The reply lists each target with what to wait on, or why there is nothing to wait on.
-    Send {
-        ids: Vec<String>,
-        types: Vec<String>,
-        args: Vec<String>,
-        reply: oneshot::Sender<Result<SendTargets, String>>,
-    },
-}
-
-/// Each target of a `kennel send`: its answer to wait for, or why it gets none.
-pub(crate) type SendTargets = Vec<(String, Result<Answer, String>)>;
 
 /// Runs a master on `listener` until `shutdown` is cancelled or a CLI asks it to stop: spawns
 /// the servers (unless `opts.spawn` is false), accepts registrations and CLI links, restarts

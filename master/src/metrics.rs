@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::MasterError;
-use crate::master::Event;
+use crate::event::Event;
 
 /// Default address of the metrics listener.
 pub(crate) const DEFAULT_HOST: &str = "127.0.0.1";

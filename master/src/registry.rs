@@ -27,6 +27,8 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
+use crate::event::Answer;
+
 /// A registered server that sent no report (it sends one a second) for this long is shown as
 /// `unreachable`: hung, stopped, or cut off, though its socket is still open.
 pub(crate) const SILENT_AFTER: Duration = Duration::from_secs(5);
@@ -69,9 +71,6 @@ impl Link {
         self.heard.elapsed() >= SILENT_AFTER
     }
 }
-
-/// What a `kennel send` waits on for one server.
-pub(crate) type Answer = oneshot::Receiver<Result<String, String>>;
 
 /// The live links, by server id.
 #[derive(Debug)]

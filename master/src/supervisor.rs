@@ -45,7 +45,7 @@ use crate::MasterError;
 use crate::backoff::Backoff;
 use crate::launch::{Launcher, ThisHost};
 use crate::logs;
-use crate::master::Event;
+use crate::event::{Event, Exit};
 use crate::policy::{CrashLoop, RestartPolicy};
 use crate::procfs::{self, Adoptable};
 
@@ -101,40 +101,6 @@ enum OnExit {
     RestartNow,
     /// Not restarted (`kennel remove`).
     Remove,
-}
-
-/// How a server's process ended.
-#[derive(Debug)]
-pub(crate) struct Exit {
-    /// For the logs, e.g. `exit status: 1`.
-    text: String,
-    /// Whether it exited with status 0 (`None`: unknown, e.g. for an adopted server).
-    success: Option<bool>,
-}
-
-impl Exit {
-    fn of_child(status: io::Result<std::process::ExitStatus>) -> Exit {
-        match status {
-            Ok(s) => Exit {
-                text: s.to_string(),
-                success: Some(s.success()),
-            },
-            Err(e) => Exit {
-                text: format!("unknown status ({e})"),
-                success: None,
-            },
-        }
-    }
-
-    fn of_adopted(watched: io::Result<()>) -> Exit {
-        Exit {
-            text: match watched {
-                Ok(()) => "exited (status unknown: adopted, not our child)".to_owned(),
-                Err(e) => format!("lost track of it ({e})"),
-            },
-            success: None,
-        }
-    }
 }
 
 /// One configured server and its process.
