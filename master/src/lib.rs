@@ -56,6 +56,7 @@ mod cli;
 mod client;
 pub mod codegen;
 mod console;
+mod core;
 mod error;
 mod event;
 mod launch;
