@@ -26,7 +26,8 @@ use crate::launch::ThisHost;
 use crate::logs;
 use crate::registry::Registry;
 use crate::sampler::Sampler;
-use crate::supervisor::{Launch, Proc, Supervisor, plan_one};
+use crate::state::{Proc, ServerState};
+use crate::supervisor::{Launch, Supervisor, plan_one};
 
 /// How this master starts servers: what [`Core`] needs besides the tables, for the servers
 /// `kennel start <id>` adds from the config file too.
@@ -243,12 +244,10 @@ impl Core {
             .into_iter()
             .map(|i| {
                 let id = self.project.servers[i].id.clone();
-                let answer = self.registry.command(&id, args).ok_or_else(|| {
-                    format!(
-                        "not registered (state {})",
-                        self.state_of(i, self.registry.get(&id).is_some())
-                    )
-                });
+                let answer = self
+                    .registry
+                    .command(&id, args)
+                    .ok_or_else(|| format!("not registered (state {})", self.state_of(i)));
                 (id, answer)
             })
             .collect())
@@ -509,39 +508,10 @@ impl Core {
         }
     }
 
-    /// The state `kennel list` shows for slot `i` (`linked`: its master link is live).
-    fn state_of(&self, i: usize, linked: bool) -> &'static str {
-        let silent = linked
-            && self
-                .registry
-                .get(&self.supervisor.slots[i].config.id)
-                .is_some_and(|l| l.silent());
-        match self.supervisor.slots[i].proc {
-            Proc::Running {
-                registered,
-                signalled,
-                ..
-            } => {
-                if signalled {
-                    "stopping"
-                } else if silent {
-                    "unreachable"
-                } else if linked {
-                    "running"
-                } else if registered {
-                    "unlinked"
-                } else {
-                    "starting"
-                }
-            }
-            Proc::Restarting => "restarting",
-            Proc::Exited => "exited",
-            Proc::CrashLoop => "crashloop",
-            Proc::Removed => "removed",
-            Proc::Unmanaged if silent => "unreachable",
-            Proc::Unmanaged if linked => "external",
-            Proc::Unmanaged => "down",
-        }
+    /// The state `kennel list` shows for slot `i`.
+    fn state_of(&self, i: usize) -> ServerState {
+        let slot = &self.supervisor.slots[i];
+        ServerState::of(slot.proc, self.registry.link_state(&slot.config.id))
     }
 
     /// The server table for `kennel list`. The pid of a remote server is the one it
@@ -554,7 +524,7 @@ impl Core {
             .enumerate()
             .map(|(i, slot)| {
                 let link = self.registry.get(&slot.config.id);
-                let state = self.state_of(i, link.is_some());
+                let state = self.state_of(i);
                 let remote = matches!(slot.launch, Launch::Remote(_));
                 let (pid, uptime, adopted, local_pid) = match slot.proc {
                     Proc::Running {
@@ -593,7 +563,7 @@ impl Core {
                 let usage = local_pid.map(|p| self.sampler.usage(p)).unwrap_or_default();
                 ServerStatus {
                     info: Some(info),
-                    state: state.to_owned(),
+                    state: state.to_wire(),
                     pid,
                     uptime_ms: u64::try_from(uptime.as_millis()).unwrap_or(u64::MAX),
                     restarts: slot.restarts,

@@ -69,6 +69,7 @@ mod procfs;
 mod registry;
 mod sampler;
 pub mod scaffold;
+mod state;
 mod supervisor;
 mod table;
 
@@ -78,4 +79,5 @@ pub use error::{ClientError, MasterError};
 pub use master::{
     DEFAULT_FRONTEND_STOP_TIMEOUT, DEFAULT_STOP_TIMEOUT, LOGS_DIR, StartOptions, run,
 };
+pub use state::{ServerState, UnknownState};
 pub use table::{ServerRow, format_bytes, format_uptime, render_table, rows};

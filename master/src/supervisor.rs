@@ -43,11 +43,12 @@ use tracing::{error, info, warn};
 
 use crate::MasterError;
 use crate::backoff::Backoff;
+use crate::event::{Event, Exit};
 use crate::launch::{Launcher, ThisHost};
 use crate::logs;
-use crate::event::{Event, Exit};
 use crate::policy::{CrashLoop, RestartPolicy};
 use crate::procfs::{self, Adoptable};
+use crate::state::{LinkState, Proc, ServerState};
 
 /// How long a remote-signal command may run.
 const REMOTE_SIGNAL_TIMEOUT: Duration = Duration::from_secs(15);
@@ -65,32 +66,6 @@ pub(crate) enum Launch {
 
 /// How many lines of a crash-looping server's log the master logs.
 const CRASH_LOG_LINES: usize = 10;
-
-/// What the master knows about one server's process.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Proc {
-    /// Not started by this master (it only accepts registrations).
-    Unmanaged,
-    /// Alive (as far as the master knows: its exit has not been seen yet).
-    Running {
-        pid: u32,
-        since: Instant,
-        /// Registered over its master link since this start.
-        registered: bool,
-        /// Sent SIGTERM/SIGKILL (stop sequence, `restart`, `remove`).
-        signalled: bool,
-        /// Started by an earlier master and adopted by this one.
-        adopted: bool,
-    },
-    /// Waiting for its restart delay to pass (or to be started again after a failed spawn).
-    Restarting,
-    /// Exited and not restarted (the cluster is stopping, or its restart policy said so).
-    Exited,
-    /// Not restarted because it kept crashing.
-    CrashLoop,
-    /// Stopped by the operator (`kennel remove`) and not restarted.
-    Removed,
-}
 
 /// What happens when a running server exits next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -205,18 +180,6 @@ fn check_bin(id: &str, path: &Path) -> Result<(), MasterError> {
             })
         }
         Ok(_) => Ok(()),
-    }
-}
-
-/// A short name for a process state (for messages).
-fn state_name(p: Proc) -> &'static str {
-    match p {
-        Proc::Unmanaged => "external",
-        Proc::Running { .. } => "running",
-        Proc::Restarting => "restarting",
-        Proc::Exited => "exited",
-        Proc::CrashLoop => "crashloop",
-        Proc::Removed => "removed",
     }
 }
 
@@ -696,7 +659,7 @@ impl Supervisor {
             }
             (_, state) => Err(format!(
                 "{id} is started by this master and is not running now ({}); ({hint})",
-                state_name(state)
+                ServerState::of(state, LinkState::Down)
             )),
         }
     }

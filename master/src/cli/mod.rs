@@ -19,6 +19,7 @@ use tracing::info;
 use crate::client::MasterClient;
 use crate::master::{LOGS_DIR, StartOptions, run};
 use crate::policy::RestartPolicy;
+use crate::state::ServerState;
 use crate::table::{ServerRow, render_table, rows};
 
 /// How long `kennel stop` waits for the master to report the cluster stopped.
@@ -629,7 +630,7 @@ async fn start_daemon(args: StartArgs, defaults: &Defaults) -> Result<ExitCode> 
             if reply.ready {
                 break;
             }
-            if let Some(r) = last_rows.iter().find(|r| r.state == "crashloop") {
+            if let Some(r) = last_rows.iter().find(|r| r.state == ServerState::CrashLoop) {
                 anyhow::bail!(
                     "{} is crash-looping (see {}); {keeps_running}",
                     r.id,
@@ -640,7 +641,7 @@ async fn start_daemon(args: StartArgs, defaults: &Defaults) -> Result<ExitCode> 
         if tokio::time::Instant::now() >= deadline {
             let missing: Vec<String> = last_rows
                 .iter()
-                .filter(|r| !r.external && r.state != "running")
+                .filter(|r| !r.external && r.state != ServerState::Running)
                 .map(|r| format!("{} ({})", r.id, r.state))
                 .collect();
             anyhow::bail!(
@@ -895,8 +896,12 @@ async fn restart(
             within,
             &format!("{id} did not re-register"),
             |rows| {
-                rows.iter()
-                    .any(|r| r.id == *id && r.state == "running" && r.pid.is_some() && r.pid != old)
+                rows.iter().any(|r| {
+                    r.id == *id
+                        && r.state == ServerState::Running
+                        && r.pid.is_some()
+                        && r.pid != old
+                })
             },
         )
         .await?;
@@ -937,7 +942,7 @@ async fn remove(
     wait_rows(&mut master, STOP_WAIT, "removing", |rows| {
         rows.iter()
             .filter(|r| targets.contains(&r.id))
-            .all(|r| r.pid.is_none() || r.state == "external")
+            .all(|r| r.pid.is_none() || r.state == ServerState::External)
     })
     .await?;
     out(&format!("kennel: removed {}\n", targets.join(", ")));
