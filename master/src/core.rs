@@ -22,12 +22,12 @@ use tracing::{info, warn};
 
 use crate::console::say;
 use crate::event::{Event, SendTargets};
-use crate::launch::ThisHost;
+use crate::launch::{Launch, ThisHost, plan_one};
 use crate::logs;
 use crate::registry::Registry;
 use crate::sampler::Sampler;
 use crate::state::{Proc, ServerState};
-use crate::supervisor::{Launch, Supervisor, plan_one};
+use crate::supervisor::Supervisor;
 
 /// How this master starts servers: what [`Core`] needs besides the tables, for the servers
 /// `kennel start <id>` adds from the config file too.

@@ -32,14 +32,14 @@ use crate::MasterError;
 use crate::console::say;
 use crate::core::{Core, Spawning};
 use crate::event::Event;
-use crate::launch::{Launcher, ThisHost};
+use crate::launch::{Launch, Launcher, SpawnEnv, ThisHost, plan};
 use crate::listener::{self, Shared};
 use crate::logs;
 use crate::metrics::{self, MetricsConfig};
 use crate::policy::CrashLoop;
 use crate::procfs::RUN_DIR;
 use crate::sampler::Sampler;
-use crate::supervisor::{Launch, SpawnEnv, Supervisor, plan};
+use crate::supervisor::Supervisor;
 
 /// Where server logs go, relative to the project directory.
 pub const LOGS_DIR: &str = "logs";
