@@ -193,10 +193,33 @@ fn main() -> ExitCode {
         }
     };
     println!("machine: {}", procfs::machine());
-    println!(
-        "runs: {} x ({:?} warm-up + {:?} measured), median shown",
-        cfg.runs, cfg.window.warmup, cfg.window.measure
-    );
+    if cfg
+        .scenarios
+        .iter()
+        .any(|s| SCENARIOS.contains(&s.as_str()))
+    {
+        println!(
+            "runs: {} x ({:?} warm-up + {:?} measured), median shown",
+            cfg.runs, cfg.window.warmup, cfg.window.measure
+        );
+    }
+    if cfg
+        .scenarios
+        .iter()
+        .any(|s| PLAYER_SCENARIOS.contains(&s.as_str()))
+    {
+        let p = &cfg.players;
+        println!(
+            "players: one run per step ({:?} warm-up + {:?} measured); closed loop {:?}; open loop ramp {:?} at {} msg/s each, sends on {:?} ticks; generator {}",
+            p.window.warmup,
+            p.window.measure,
+            p.closed,
+            p.open,
+            p.rate,
+            p.tick,
+            p.backend.name()
+        );
+    }
     println!("{}", results.table(args.markdown));
     for n in &results.notes {
         println!("note: {n}");
