@@ -285,6 +285,17 @@ mod tests {
         assert_eq!(ServerState::from_wire(-1), ServerState::Unknown);
     }
 
+    /// A `ServerStatus` from a build where the state was a string does not decode as some
+    /// state: the reader gets an error (see docs/reliability.md, "Decisions").
+    #[test]
+    fn a_string_state_from_an_older_build_is_a_decode_error() {
+        use prost::Message;
+        let mut old = vec![0x12, 7]; // field 2, length-delimited, 7 bytes
+        old.extend_from_slice(b"running");
+        let e = kennel_proto::msg::ServerStatus::decode(&old[..]).unwrap_err();
+        assert!(e.to_string().contains("invalid wire type"), "{e}");
+    }
+
     /// The one derivation: every process state under every link state.
     #[test]
     fn the_state_of_every_process_and_link() {
