@@ -59,17 +59,8 @@ pub(crate) struct Core {
     ready: bool,
     /// The stop sequence began: no restarts, no registrations.
     stopping: bool,
-    /// Servers are started by this master.
-    spawn: bool,
-    /// Binary overriding the configured ones (for servers added by `kennel start <id>`).
-    bin: Option<PathBuf>,
-    /// Ids external by the command line (`--external`).
-    external: Vec<String>,
-    /// Tells local hosts from remote ones.
-    this_host: ThisHost,
-    /// Where new servers' log echo tasks go, when logs are echoed.
-    echo: Option<(TaskTracker, CancellationToken)>,
-    logs_dir: PathBuf,
+    /// How servers are started (also those `kennel start <id>` adds).
+    spawning: Spawning,
 }
 
 impl Core {
@@ -82,14 +73,6 @@ impl Core {
         started: Instant,
         spawning: Spawning,
     ) -> Core {
-        let Spawning {
-            spawn,
-            bin,
-            external,
-            this_host,
-            echo,
-            logs_dir,
-        } = spawning;
         Core {
             index: project
                 .servers
@@ -104,12 +87,7 @@ impl Core {
             started,
             ready: false,
             stopping: false,
-            spawn,
-            bin,
-            external,
-            this_host,
-            echo,
-            logs_dir,
+            spawning,
         }
     }
 
@@ -289,7 +267,7 @@ impl Core {
         for slot in &self.supervisor.slots {
             if slot.launch == Launch::External
                 && let Some(link) = self.registry.get(&slot.config.id)
-                && self.this_host.is_known_local(&slot.config.host)
+                && self.spawning.this_host.is_known_local(&slot.config.host)
             {
                 pids.push(link.info.pid);
             }
@@ -338,7 +316,7 @@ impl Core {
     /// re-read now; every id is checked before anything is started.
     fn start(&mut self, ids: &[String]) -> Result<String, String> {
         self.refuse_while_stopping()?;
-        if !self.spawn {
+        if !self.spawning.spawn {
             return Err("this master does not start servers (spawn disabled)".to_owned());
         }
         let unknown: Vec<&String> = ids
@@ -360,9 +338,9 @@ impl Core {
                 let launch = plan_one(
                     &fresh,
                     s,
-                    self.bin.as_deref(),
-                    &self.external,
-                    &self.this_host,
+                    self.spawning.bin.as_deref(),
+                    &self.spawning.external,
+                    &self.spawning.this_host,
                 )
                 .map_err(|e| e.to_string())?;
                 crate::policy::RestartPolicy::of(s).map_err(|e| e.to_string())?;
@@ -378,8 +356,8 @@ impl Core {
                 .map_err(|e| e.to_string())?;
             self.index.insert(id.clone(), i);
             self.registry.add(id.clone());
-            if let Some((tails, stop)) = self.echo.as_ref().filter(|_| !external) {
-                let path = logs::log_path(&self.logs_dir, &id);
+            if let Some((tails, stop)) = self.spawning.echo.as_ref().filter(|_| !external) {
+                let path = logs::log_path(&self.spawning.logs_dir, &id);
                 let from = logs::current_len(&path);
                 tails.spawn(logs::tail(id.clone(), path, from, stop.clone()));
             }
@@ -549,7 +527,8 @@ impl Core {
                             l.info.pid,
                             l.since.elapsed(),
                             false,
-                            self.this_host
+                            self.spawning
+                                .this_host
                                 .is_known_local(&slot.config.host)
                                 .then_some(l.info.pid),
                         ),
