@@ -78,9 +78,12 @@ mod tests {
     async fn a_forwarded_cmd_outside_the_route_list_runs_no_handler() {
         let app = crate::app::test_app(false);
         static RAN: AtomicUsize = AtomicUsize::new(0);
-        app.handler("room.main.join", |_: App, _: Session, _: serde_json::Value| async {
-            RAN.fetch_add(1, Ordering::Relaxed);
-        });
+        app.handler(
+            "room.main.join",
+            |_: App, _: Session, _: serde_json::Value| async {
+                RAN.fetch_add(1, Ordering::Relaxed);
+            },
+        );
         let _ = app.freeze().unwrap();
         let link = crate::mesh::link::detached("gate-1", Duration::from_secs(10));
         let peer = PeerMessages(app.clone());
