@@ -122,7 +122,7 @@ pub enum PushError {
 /// Why [`crate::Session::set`] refused a setting (nothing was changed).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SessionError {
-    /// The settings would exceed [`crate::session::SETTINGS_MAX`] bytes of JSON.
+    /// The settings would exceed [`crate::SETTINGS_MAX`] bytes of JSON.
     #[error(
         "session setting {key:?} refused: the settings would take {size} bytes of JSON, more than the {max} allowed (they travel with every forwarded message)"
     )]

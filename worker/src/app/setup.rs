@@ -87,7 +87,7 @@ impl App {
     }
 
     /// Registers an RPC remote that can fail: an `Err` reaches the caller as
-    /// [`RpcError::Remote`] with the error's text (not as a timeout).
+    /// [`crate::RpcError::Remote`] with the error's text (not as a timeout).
     pub fn remote_try<A, R, E, F, Fut>(&self, route: &str, f: F) -> &Self
     where
         A: DeserializeOwned + Send + 'static,
@@ -180,7 +180,7 @@ impl App {
 
     /// Runs when the server is asked to stop (SIGTERM/SIGINT from the master or an operator,
     /// or [`App::shutdown`]), before it closes its clients: save state here. Hooks run in
-    /// registration order, all of them bounded by [`BEFORE_EXIT_TIMEOUT`] together.
+    /// registration order, all of them bounded by [`crate::BEFORE_EXIT_TIMEOUT`] together.
     pub fn on_before_exit<F, Fut>(&self, f: F) -> &Self
     where
         F: Fn(App) -> Fut + Send + Sync + 'static,

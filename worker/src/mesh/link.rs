@@ -184,7 +184,7 @@ impl SendError {
     }
 }
 
-/// Appends `[u32 big-endian length][protobuf]` (the framing of [`ProtoCodec`]).
+/// Appends `[u32 big-endian length][protobuf]` (the framing of [`kennel_proto::frame::ProtoCodec`]).
 pub(crate) fn encode_frame(m: &PeerMsg, buf: &mut BytesMut) {
     let len = m.encoded_len();
     buf.reserve(4 + len);
