@@ -18,7 +18,6 @@ use tracing::info;
 
 use crate::client::MasterClient;
 use crate::master::{LOGS_DIR, StartOptions, run};
-use crate::policy::RestartPolicy;
 use crate::table::{ServerRow, render_table, rows};
 
 /// How long `kennel stop` waits for the master to report the cluster stopped.
@@ -467,7 +466,11 @@ fn load_project(args: &ProjectArgs, defaults: &Defaults) -> Result<Project> {
         .unwrap_or_else(|| PathBuf::from("."));
     let dir = std::fs::canonicalize(&dir)
         .with_context(|| format!("project directory {}", dir.display()))?;
-    Project::load(&dir, &args.env).context("cannot load the project")
+    let project = Project::load(&dir, &args.env).context("cannot load the project")?;
+    for w in &project.warnings {
+        eprintln!("kennel: warning: {w}");
+    }
+    Ok(project)
 }
 
 async fn start(args: StartArgs, defaults: &Defaults) -> Result<ExitCode> {
@@ -1016,8 +1019,8 @@ fn config(
     let this_host = crate::launch::ThisHost::detect();
     let mut rows = Vec::new();
     for s in &project.servers {
-        let policy = RestartPolicy::of(s)?;
-        let launch = if crate::policy::is_external(s)? {
+        let policy = s.settings.restart;
+        let launch = if s.settings.external {
             "external"
         } else if this_host.is_local(&s.host) {
             "local"

@@ -36,7 +36,6 @@ use crate::launch::{Launcher, ThisHost};
 use crate::listener::{self, Shared};
 use crate::logs;
 use crate::metrics::{self, MetricsConfig};
-use crate::policy::CrashLoop;
 use crate::procfs::RUN_DIR;
 use crate::registry::Answer;
 use crate::registry::Registry;
@@ -212,10 +211,10 @@ pub async fn run(
     }
     let this_host = ThisHost::detect();
     let launches = plan(&project, bin.as_deref(), &external, &this_host)?;
-    let launcher = Launcher::of(&project.master)?;
-    let crash_loop = CrashLoop::of(&project.master)?;
-    let rotation = logs::Rotation::of(&project.master)?;
-    let metrics = match MetricsConfig::of(&project.master)? {
+    let launcher = Launcher::of(&project.master);
+    let crash_loop = project.master.settings.crash_loop;
+    let rotation = project.master.settings.logs;
+    let metrics = match MetricsConfig::of(&project.master) {
         Some(m) => Some(m.bind().await?),
         None => None,
     };
@@ -594,7 +593,6 @@ impl Core {
                     &self.this_host,
                 )
                 .map_err(|e| e.to_string())?;
-                crate::policy::RestartPolicy::of(s).map_err(|e| e.to_string())?;
                 new.push((s.clone(), launch));
             }
         }

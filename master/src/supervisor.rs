@@ -210,7 +210,7 @@ pub(crate) fn plan_one(
     external: &[String],
     this_host: &ThisHost,
 ) -> Result<Launch, MasterError> {
-    if crate::policy::is_external(s)? || external.contains(&s.id) {
+    if s.settings.external || external.contains(&s.id) {
         return Ok(Launch::External);
     }
     let path = match override_bin {
@@ -304,7 +304,7 @@ impl Supervisor {
         config: ServerConfig,
         launch: Launch,
     ) -> Result<usize, MasterError> {
-        let policy = RestartPolicy::of(&config)?;
+        let policy = config.settings.restart;
         self.slots.push(Slot {
             log: logs::log_path(&self.logs_dir, &config.id),
             pid_file: procfs::pid_file(&self.run_dir, &config.id),

@@ -196,6 +196,9 @@ impl App {
                 env: args.env.clone(),
                 dir: args.dir.display().to_string(),
             })?;
+        for w in project.warnings.iter().filter(|w| w.concerns(&args.id)) {
+            warn!("{w}");
+        }
         let me = ServerInfo::from(me);
         let secret = server_secret(&project)?;
         let routes: Vec<Route> = project
@@ -253,18 +256,7 @@ impl App {
     /// # }
     /// ```
     pub fn runtime(&self) -> Result<tokio::runtime::Runtime, Error> {
-        let threads = match self.inner.me.extra.get("threads") {
-            None => 1,
-            Some(v) => match v.as_u64() {
-                Some(n @ 1..=1024) => n as usize,
-                _ => {
-                    return Err(Error::Setup(format!(
-                        "{}: threads must be an integer from 1 to 1024, not {v}",
-                        self.id()
-                    )));
-                }
-            },
-        };
+        let threads = self.settings().map_or(1, |s| s.threads);
         let mut builder = if threads == 1 {
             tokio::runtime::Builder::new_current_thread()
         } else {
@@ -553,6 +545,11 @@ impl App {
         self.with_setup(|s| s.connector = cfg)
     }
 
+    /// kennel's settings of this server's entry (checked when the project loaded).
+    fn settings(&self) -> Option<&kennel_config::settings::ServerSettings> {
+        self.inner.project.server(self.id()).map(|s| &s.settings)
+    }
+
     fn frozen(&self) -> &Frozen {
         self.inner.frozen.get().expect("App::run has started")
     }
@@ -630,22 +627,13 @@ impl App {
                 handlers[cmd as usize] = Some(h);
             }
         }
-        if self.is_frontend() {
-            setup
-                .connector
-                .apply_entry(&self.inner.me.extra)
-                .map_err(|e| {
-                    Error::Setup(format!(
-                        "servers config of {}, entry {}: {e}",
-                        self.env(),
-                        self.id()
-                    ))
-                })?;
+        // The entry's connector keys (checked at load) override the base set in code.
+        if let (true, Some(me)) = (self.is_frontend(), self.settings()) {
+            me.connector.apply_to(&mut setup.connector);
         }
         let rpc = match setup.rpc.take() {
             Some(c) => c,
-            None => RpcConfig::from_json(self.inner.project.master.extra.get("rpc"))
-                .map_err(|e| Error::Setup(format!("master config of {}: {e}", self.env())))?,
+            None => self.inner.project.master.settings.rpc.clone(),
         };
         let _ = self.inner.frozen.set(Frozen {
             handlers,
