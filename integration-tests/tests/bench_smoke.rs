@@ -133,3 +133,139 @@ fn every_scenario_completes_and_counts_every_reply() {
         assert!(stdout.contains(scenario), "{stdout}");
     }
 }
+
+/// `bench players` (issue 17) in small: 40 players closed loop and open loop at 10 msg/s, every
+/// scenario, kennel and the mydog peer (when available) and the single-threaded raw echo. Asserts
+/// every reply and every delivery came back (chat: room size x messages sent), nothing was
+/// mismatched, skipped or unexpected, the open loop achieved what it offered, and every system
+/// has its figures, players per core among them.
+#[test]
+fn players_scenarios_count_every_reply_and_delivery() {
+    let with_mydog = node_and_npm().is_ok() && std::env::var(SKIP_ENV).as_deref() != Ok("1");
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("players.json");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_bench"));
+    cmd.args([
+        "players",
+        "--players",
+        "40",
+        "--open-players",
+        "40",
+        "--warmup",
+        "0.3",
+        "--measure",
+        "1",
+        "--json",
+    ])
+    .arg(&json);
+    if !with_mydog {
+        cmd.arg("--no-mydog");
+    }
+    let started = Instant::now();
+    let out = cmd.output().expect("run the bench");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "bench players failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(240),
+        "the players run took {:?}",
+        started.elapsed()
+    );
+    let results: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(results["problems"], serde_json::json!([]), "{stderr}");
+
+    let mut systems = vec!["kennel"];
+    if with_mydog {
+        systems.push("mydog");
+    }
+    let steps = results["accounting"].as_array().unwrap();
+    for scenario in ["frontend echo", "backend echo", "rpc", "room chat"] {
+        for system in systems
+            .iter()
+            .copied()
+            .chain((scenario == "frontend echo").then_some("raw-1t"))
+        {
+            for (label, open) in [
+                (format!("{scenario} 40 x 1 in flight"), false),
+                (format!("{scenario} 40 x 10/s"), true),
+            ] {
+                let s = steps
+                    .iter()
+                    .find(|s| s["scenario"] == label.as_str() && s["system"] == system)
+                    .unwrap_or_else(|| panic!("no step {label} / {system}:\n{stderr}"));
+                let n = |k: &str| s[k].as_f64().unwrap();
+                assert!(n("sent") > 0.0, "{label} / {system}: {s}");
+                // Every message makes one reply, or one delivery per room member (rooms of 20;
+                // the sender is a member).
+                let per_msg = if scenario == "room chat" { 20.0 } else { 1.0 };
+                assert_eq!(
+                    n("expected"),
+                    n("sent") * per_msg,
+                    "{label} / {system}: {s}"
+                );
+                assert_eq!(n("received"), n("expected"), "{label} / {system}: {s}");
+                for k in ["mismatched", "unexpected", "overruns"] {
+                    assert_eq!(n(k), 0.0, "{label} / {system}: {k} in {s}");
+                }
+                assert_eq!(s["errors"], serde_json::json!([]), "{label} / {system}");
+                if open {
+                    // 40 players x 10/s = 400 msg/s offered: the window sent and got back
+                    // about that many (a step boundary can move a tick's worth either way).
+                    assert_eq!(n("offered"), 400.0, "{label} / {system}");
+                    let sent = n("sent_in_window") / n("wall_s");
+                    assert!(
+                        (360.0..=440.0).contains(&sent),
+                        "{label} / {system}: {sent}/s sent, {s}"
+                    );
+                    let done = n("completed") / n("wall_s") / per_msg;
+                    assert!(
+                        (340.0..=460.0).contains(&done),
+                        "{label} / {system}: {done}/s back, {s}"
+                    );
+                }
+            }
+        }
+    }
+
+    let rows = results["rows"].as_array().unwrap();
+    let value = |scenario: &str, metric: &str, system: &str| -> Option<f64> {
+        rows.iter()
+            .find(|r| r["scenario"] == scenario && r["metric"] == metric)?["runs"][system]
+            .as_array()?
+            .first()?
+            .as_f64()
+    };
+    for scenario in ["frontend echo", "backend echo", "rpc", "room chat"] {
+        for system in &systems {
+            let step = format!("{scenario} 40 x 10/s");
+            let p50 = value(&step, "P50Ms", system).unwrap();
+            let p99 = value(&step, "P99Ms", system).unwrap();
+            assert!(
+                0.0 < p50 && p50 <= p99,
+                "{step} / {system}: p50 {p50} p99 {p99}"
+            );
+            for metric in ["CpuPerMsgUs", "LoadgenCpuPerMsgUs", "CoresUsed"] {
+                let v = value(&step, metric, system).unwrap();
+                assert!(v.is_finite() && v > 0.0, "{step} / {system}: {metric} {v}");
+            }
+            // 40 players at 10 msg/s each are far below any system's capacity.
+            let ppc = value(
+                &format!("{scenario} open loop 10/s"),
+                "PlayersPerCore",
+                system,
+            )
+            .unwrap_or_else(|| panic!("no players per core for {scenario} / {system}"));
+            assert!(
+                ppc.is_finite() && ppc > 40.0,
+                "{scenario} / {system}: {ppc}"
+            );
+        }
+    }
+    for line in ["players per core", "raw 1-thread", "room chat 40 x 10/s"] {
+        assert!(stdout.contains(line), "{line:?} not in:\n{stdout}");
+    }
+}

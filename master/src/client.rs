@@ -5,7 +5,8 @@
 //! # async fn demo() -> Result<(), kennel_master::ClientError> {
 //! let mut master = kennel_master::MasterClient::connect("127.0.0.1:3005", "cli-secret").await?;
 //! for s in master.list().await?.servers {
-//!     println!("{} {}", s.info.unwrap_or_default().id, s.state);
+//!     let state = kennel_master::ServerState::from_wire(s.state);
+//!     println!("{} {state}", s.info.unwrap_or_default().id);
 //! }
 //! # Ok(()) }
 //! ```

@@ -1,5 +1,8 @@
-//! Servers on other hosts: which hosts are this machine, and the commands that start and
-//! signal a server elsewhere (mydog's `ssh <host> cd <dir> && <bin> ...`).
+//! How a server is started: [`plan_one`] decides its [`Launch`] (external: never; local: its
+//! binary here; remote: through the launcher), [`Launch::command`] builds the command line
+//! with its environment, and for servers on other hosts: which hosts are this machine, and
+//! the commands that start and signal a server elsewhere (mydog's
+//! `ssh <host> cd <dir> && <bin> ...`). The supervisor decides *when*; this module *how*.
 //!
 //! A server whose `host` is not this machine is started through the *launcher* of
 //! master.json, an argv template (default [`kennel_config::settings::DEFAULT_LAUNCHER`]). Its
@@ -22,10 +25,26 @@
 //! interface, which makes it handy for testing a launcher on one machine).
 
 use std::collections::HashSet;
+use std::fs::File;
+use std::io;
 use std::net::{IpAddr, ToSocketAddrs};
-use std::path::Path;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
 
-use kennel_config::MasterConfig;
+use kennel_config::{
+    CLI_SECRET_ENV, CLI_SECRET_FILE_ENV, MASTER_HOST_ENV, MASTER_PORT_ENV, MasterConfig, Project,
+    SERVER_SECRET_ENV, SERVER_SECRET_FILE_ENV, ServerConfig,
+};
+use nix::sys::signal::Signal;
+use tokio::process::Command;
+use tracing::{info, warn};
+
+use crate::MasterError;
+
+/// How long a remote-signal command may run.
+const REMOTE_SIGNAL_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// The launcher and remote-signal templates of master.json (`"launcher"`, `"remoteSignal"`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -209,6 +228,179 @@ impl ThisHost {
             .to_socket_addrs()
             .is_ok_and(|mut addrs| addrs.any(|a| self.is_mine(a.ip())))
     }
+}
+
+// ---------------------------------------------------------------- starting a server
+
+/// How the master starts a server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Launch {
+    /// Never: it is started by hand or by another supervisor, and only registers.
+    External,
+    /// `bin` on this machine.
+    Local(PathBuf),
+    /// `bin` on another host, through the launcher command.
+    Remote(PathBuf),
+}
+
+/// How each server is started (see [`plan_one`]).
+pub(crate) fn plan(
+    project: &Project,
+    override_bin: Option<&Path>,
+    external: &[String],
+    this_host: &ThisHost,
+) -> Result<Vec<Launch>, MasterError> {
+    project
+        .servers
+        .iter()
+        .map(|s| plan_one(project, s, override_bin, external, this_host))
+        .collect()
+}
+
+/// How server `s` is started: not at all when it is external (config key or `external`),
+/// else its binary (`override_bin` if given, else its configured one) here or, when its host
+/// is another machine, through the launcher. A local binary is checked to exist and be
+/// executable; a remote one is not (it lives on the other host).
+pub(crate) fn plan_one(
+    project: &Project,
+    s: &ServerConfig,
+    override_bin: Option<&Path>,
+    external: &[String],
+    this_host: &ThisHost,
+) -> Result<Launch, MasterError> {
+    if s.settings.external || external.contains(&s.id) {
+        return Ok(Launch::External);
+    }
+    let path = match override_bin {
+        Some(b) => b.to_path_buf(),
+        None => project
+            .server_bin(s)
+            .ok_or_else(|| MasterError::NoBinary { id: s.id.clone() })?,
+    };
+    if !this_host.is_local(&s.host) {
+        return Ok(Launch::Remote(path));
+    }
+    check_bin(&s.id, &path)?;
+    Ok(Launch::Local(path))
+}
+
+fn check_bin(id: &str, path: &Path) -> Result<(), MasterError> {
+    match std::fs::metadata(path) {
+        Err(_) => Err(MasterError::MissingBinary {
+            id: id.to_owned(),
+            path: path.to_path_buf(),
+        }),
+        Ok(m) if !m.is_file() || m.permissions().mode() & 0o111 == 0 => {
+            Err(MasterError::NotExecutable {
+                id: id.to_owned(),
+                path: path.to_path_buf(),
+            })
+        }
+        Ok(_) => Ok(()),
+    }
+}
+
+/// What every server's command line shares: env, project directory, server secret and the
+/// address the master listens on.
+#[derive(Debug)]
+pub(crate) struct SpawnEnv {
+    pub(crate) env: String,
+    pub(crate) dir: PathBuf,
+    pub(crate) server_secret: String,
+    pub(crate) master_host: String,
+    pub(crate) master_port: u16,
+}
+
+impl Launch {
+    /// The command that starts server `config` this way, in the project directory, in a
+    /// process group of its own, with stdin `/dev/null` and its output appended to `log`.
+    pub(crate) fn command(
+        &self,
+        config: &ServerConfig,
+        env: &SpawnEnv,
+        launcher: &Launcher,
+        log: File,
+    ) -> io::Result<Command> {
+        let log_err = log.try_clone()?;
+        let mut cmd = match self {
+            Launch::Local(bin) => {
+                let mut cmd = Command::new(bin);
+                cmd.arg("--id")
+                    .arg(&config.id)
+                    .arg("--env")
+                    .arg(&env.env)
+                    .args(&config.args);
+                cmd
+            }
+            Launch::Remote(bin) => {
+                let argv = launcher.start_argv(
+                    &config.host,
+                    &env.dir,
+                    bin,
+                    &config.id,
+                    &env.env,
+                    &config.args,
+                );
+                let mut cmd = Command::new(&argv[0]);
+                cmd.args(&argv[1..]);
+                cmd
+            }
+            Launch::External => {
+                return Err(io::Error::other("external servers are not started"));
+            }
+        };
+        cmd.current_dir(&env.dir)
+            .env(SERVER_SECRET_ENV, &env.server_secret)
+            .env_remove(SERVER_SECRET_FILE_ENV)
+            .env_remove(CLI_SECRET_ENV)
+            .env_remove(CLI_SECRET_FILE_ENV)
+            // Servers dial the address this master really listens on.
+            .env(MASTER_HOST_ENV, &env.master_host)
+            .env(MASTER_PORT_ENV, env.master_port.to_string())
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            .process_group(0)
+            .kill_on_drop(false);
+        Ok(cmd)
+    }
+}
+
+/// Runs the remote-signal command that sends `sig` to process `pid` of server `id` on `host`,
+/// in the background: bounded by [`REMOTE_SIGNAL_TIMEOUT`], its output appended to `log`,
+/// failures logged.
+pub(crate) fn signal_remote(
+    launcher: &Launcher,
+    id: &str,
+    host: &str,
+    pid: u32,
+    sig: Signal,
+    log: io::Result<File>,
+) {
+    let argv = launcher.signal_argv(host, pid, sig.as_str().trim_start_matches("SIG"));
+    info!(server = %id, remote_pid = pid, host, ?argv, "signalling the remote server");
+    let id = id.to_owned();
+    tokio::spawn(async move {
+        let mut cmd = Command::new(&argv[0]);
+        cmd.args(&argv[1..]).stdin(Stdio::null()).kill_on_drop(true);
+        if let Ok(log) = log
+            && let Ok(err) = log.try_clone()
+        {
+            cmd.stdout(log).stderr(err);
+        }
+        match tokio::time::timeout(REMOTE_SIGNAL_TIMEOUT, cmd.status()).await {
+            Ok(Ok(s)) if s.success() => {}
+            Ok(Ok(s)) => {
+                warn!(server = %id, ?argv, status = %s, "the remote signal command failed")
+            }
+            Ok(Err(e)) => {
+                warn!(server = %id, ?argv, cause = %e, "cannot run the remote signal command")
+            }
+            Err(_) => {
+                warn!(server = %id, ?argv, "the remote signal command did not finish in time")
+            }
+        }
+    });
 }
 
 #[cfg(test)]

@@ -44,19 +44,33 @@
 //! - Metrics (`"metrics": {"port": N}` in master.json) are rendered at each scrape from the
 //!   same table `kennel list` gets; servers send cumulative RPC counters in their reports.
 //!
-//! Modules: `master` (event loop, stop sequence, CLI requests), `supervisor` (processes,
-//! policies, adoption), `launch` (local vs remote hosts, launcher templates), `policy`,
-//! `procfs` (pid files, `/proc`, pidfd), `sampler` (rss/cpu), `registry` (master links,
-//! reports, `send` commands), `listener` (accept + auth), `logs` (log files, rotation, echo),
-//! `metrics` (the opt-in Prometheus listener), `client`, `table` (`list` output), `cli` (clap), `backoff`, `console` (stdout, stderr and `logs/master.log` writes that never fail),
-//! `error`, `scaffold` (`kennel init`), `codegen` (`kennel cmd`).
+//! Modules, top down (each imports only those below it):
+//!
+//! - `cli/` (the `kennel` command line: `mod.rs` clap definitions and dispatch, `start.rs`,
+//!   `ops.rs` for a running master, `project.rs` for the project files), `client` (the CLI
+//!   link), `table` (`list` output), `scaffold` (`kennel init`), `codegen` (`kennel cmd`);
+//! - `master`: [`run`] (wires everything, the event loop) and the stop sequence;
+//! - `core`: `Core`, the single writer of the cluster state: CLI requests, registration,
+//!   readiness, the `list` table;
+//! - `supervisor` (the process table: spawns, exits, restart policies, adoption),
+//!   `registry` (master links, reports, `send` commands), `listener` (accept + auth, the
+//!   server and CLI links), `metrics` (the opt-in Prometheus listener): they feed the core
+//!   through `event`, never by calling it;
+//! - `event` (`Event`, `Exit`: what flows into the core), `state` (`Proc`, `LinkState` and
+//!   the one [`ServerState`], also on the wire), `launch` (how a server is started: local,
+//!   remote through the launcher templates, external), `policy`, `procfs` (pid files,
+//!   `/proc`, pidfd, group signals), `sampler` (rss/cpu), `logs` (log files, rotation, echo),
+//!   `backoff`, `console` (stdout, stderr and `logs/master.log` writes that never fail),
+//!   `error`.
 
 mod backoff;
 mod cli;
 mod client;
 pub mod codegen;
 mod console;
+mod core;
 mod error;
+mod event;
 mod launch;
 mod listener;
 mod logs;
@@ -67,6 +81,7 @@ mod procfs;
 mod registry;
 mod sampler;
 pub mod scaffold;
+mod state;
 mod supervisor;
 mod table;
 
@@ -76,4 +91,5 @@ pub use error::{ClientError, MasterError};
 pub use master::{
     DEFAULT_FRONTEND_STOP_TIMEOUT, DEFAULT_STOP_TIMEOUT, LOGS_DIR, StartOptions, run,
 };
+pub use state::{ServerState, UnknownState};
 pub use table::{ServerRow, format_bytes, format_uptime, render_table, rows};

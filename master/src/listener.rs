@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
-use crate::master::Event;
+use crate::event::Event;
 
 /// Bound on the authentication handshake.
 pub(crate) const AUTH_TIMEOUT: Duration = Duration::from_secs(5);

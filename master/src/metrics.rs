@@ -30,24 +30,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::MasterError;
-use crate::master::Event;
+use crate::event::Event;
+use crate::state::ServerState;
 
 /// How long a scrape waits for the event loop.
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Every state a server can be in, so each has a `kennel_servers` sample (0 when none).
-const STATES: [&str; 11] = [
-    "starting",
-    "running",
-    "unreachable",
-    "unlinked",
-    "stopping",
-    "restarting",
-    "exited",
-    "crashloop",
-    "removed",
-    "external",
-    "down",
-];
 
 /// Where the metrics listener binds (`"metrics"` in master.json).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -163,22 +150,15 @@ pub(crate) fn render(list: &ListReply) -> String {
         "gauge",
         "Configured servers by state.",
     );
-    let mut by_state: BTreeMap<&str, u64> = STATES.iter().map(|s| (*s, 0)).collect();
+    // Every state a master reports has a sample (0 when no server is in it), in the order of
+    // `ServerState::ALL`.
+    let mut by_state: BTreeMap<ServerState, u64> =
+        ServerState::ALL.iter().map(|s| (*s, 0)).collect();
     for s in &list.servers {
-        *by_state.entry(s.state.as_str()).or_default() += 1;
+        *by_state.entry(ServerState::from_wire(s.state)).or_default() += 1;
     }
-    for state in STATES
-        .iter()
-        .copied()
-        .chain(by_state.keys().copied().filter(|k| !STATES.contains(k)))
-        .collect::<Vec<_>>()
-    {
-        let _ = writeln!(
-            out,
-            "kennel_servers{{state=\"{}\"}} {}",
-            escape(state),
-            by_state[state]
-        );
+    for (state, n) in &by_state {
+        let _ = writeln!(out, "kennel_servers{{state=\"{state}\"}} {n}");
     }
 
     family(
@@ -191,7 +171,7 @@ pub(crate) fn render(list: &ListReply) -> String {
         let _ = writeln!(
             out,
             "kennel_server_state{{{l},state=\"{}\"}} 1",
-            escape(&s.state)
+            ServerState::from_wire(s.state)
         );
     }
 
@@ -377,7 +357,7 @@ mod tests {
                         frontend: true,
                         ..Default::default()
                     }),
-                    state: "running".into(),
+                    state: ServerState::Running.to_wire(),
                     pid: 10,
                     uptime_ms: 1500,
                     restarts: 2,
@@ -402,7 +382,7 @@ mod tests {
                         server_type: "chat".into(),
                         ..Default::default()
                     }),
-                    state: "crashloop".into(),
+                    state: ServerState::CrashLoop.to_wire(),
                     ..Default::default()
                 },
             ],

@@ -6,15 +6,31 @@
 //!   (same start time, not a zombie, `--id <id>` in its `/proc/<pid>/cmdline`);
 //! - [`watch_exit`]: an event-driven wait for the exit of a process that is not our child
 //!   (a pidfd turns readable when the process exits);
-//! - resource samples (`/proc/<pid>/stat` CPU ticks and `/proc/<pid>/statm` resident pages).
+//! - resource samples (`/proc/<pid>/stat` CPU ticks and `/proc/<pid>/statm` resident pages);
+//! - [`signal_group`]: a signal to a server's process group.
 
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
+use tracing::warn;
+
+/// Sends `sig` to the process group led by `pid`. A group that no longer exists is not an error.
+pub(crate) fn signal_group(pid: u32, sig: Signal) {
+    let Ok(raw) = i32::try_from(pid) else { return };
+    if raw <= 1 {
+        return; // never signal "every process" or init by mistake
+    }
+    match killpg(Pid::from_raw(raw), sig) {
+        Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+        Err(e) => warn!(pid, signal = %sig, cause = %e, "cannot signal process group"),
+    }
+}
 
 /// Where pid files live, relative to the project directory.
 pub(crate) const RUN_DIR: &str = ".kennel/run";

@@ -27,6 +27,9 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
+use crate::event::Answer;
+use crate::state::LinkState;
+
 /// A registered server that sent no report (it sends one a second) for this long is shown as
 /// `unreachable`: hung, stopped, or cut off, though its socket is still open.
 pub(crate) const SILENT_AFTER: Duration = Duration::from_secs(5);
@@ -70,9 +73,6 @@ impl Link {
     }
 }
 
-/// What a `kennel send` waits on for one server.
-pub(crate) type Answer = oneshot::Receiver<Result<String, String>>;
-
 /// The live links, by server id.
 #[derive(Debug)]
 pub(crate) struct Registry {
@@ -107,6 +107,15 @@ impl Registry {
     /// The live link of server `id`.
     pub(crate) fn get(&self, id: &str) -> Option<&Link> {
         self.links.get(id)
+    }
+
+    /// The state of server `id`'s link: none, live, or live but silent.
+    pub(crate) fn link_state(&self, id: &str) -> LinkState {
+        match self.links.get(id) {
+            None => LinkState::Down,
+            Some(l) if l.silent() => LinkState::Silent,
+            Some(_) => LinkState::Live,
+        }
     }
 
     /// Whether server `id` has registered at least once.

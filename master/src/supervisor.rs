@@ -1,7 +1,10 @@
-//! The server processes: spawning, one exit watcher per process feeding [`Event::Exited`]
-//! into the master's event loop, restarts per [`RestartPolicy`] with [`Backoff`] and
-//! crash-loop detection ([`CrashLoop`]), operator restarts/removals/starts, re-adoption of
-//! servers a previous master left running, and process-group signals for the stop sequence.
+//! The process table and each server's life cycle: spawning, one exit watcher per process
+//! feeding [`Event::Exited`] into the master's event loop, restarts per [`RestartPolicy`] with
+//! [`Backoff`] and crash-loop detection ([`CrashLoop`]), operator restarts/removals/starts,
+//! re-adoption of servers a previous master left running, and process-group signals for the
+//! stop sequence. How a server is started (which binary, where, the command line) is
+//! [`crate::launch`]; what the table knows of a process is [`Proc`], whose visible state is
+//! [`crate::state::ServerState`].
 //!
 //! Each server runs as `<bin> --id <id> --env <env> <args...>` in the project directory, in a
 //! process group of its own (a terminal's Ctrl-C reaches only the master, and the master can
@@ -24,73 +27,26 @@
 //! redial the master), and is restarted per its policy when it dies.
 
 use std::collections::VecDeque;
-use std::io;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use kennel_config::{
-    CLI_SECRET_ENV, CLI_SECRET_FILE_ENV, MASTER_HOST_ENV, MASTER_PORT_ENV, Project,
-    SERVER_SECRET_ENV, SERVER_SECRET_FILE_ENV, ServerConfig,
-};
-use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
-use tokio::process::Command;
+use kennel_config::ServerConfig;
+use nix::sys::signal::Signal;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::MasterError;
 use crate::backoff::Backoff;
-use crate::launch::{Launcher, ThisHost};
+use crate::event::{Event, Exit};
+use crate::launch::{self, Launch, Launcher, SpawnEnv};
 use crate::logs;
-use crate::master::Event;
 use crate::policy::{CrashLoop, RestartPolicy};
 use crate::procfs::{self, Adoptable};
-
-/// How long a remote-signal command may run.
-const REMOTE_SIGNAL_TIMEOUT: Duration = Duration::from_secs(15);
-
-/// How the master starts a server.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Launch {
-    /// Never: it is started by hand or by another supervisor, and only registers.
-    External,
-    /// `bin` on this machine.
-    Local(PathBuf),
-    /// `bin` on another host, through the launcher command.
-    Remote(PathBuf),
-}
+use crate::state::{LinkState, Proc, ServerState};
 
 /// How many lines of a crash-looping server's log the master logs.
 const CRASH_LOG_LINES: usize = 10;
-
-/// What the master knows about one server's process.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Proc {
-    /// Not started by this master (it only accepts registrations).
-    Unmanaged,
-    /// Alive (as far as the master knows: its exit has not been seen yet).
-    Running {
-        pid: u32,
-        since: Instant,
-        /// Registered over its master link since this start.
-        registered: bool,
-        /// Sent SIGTERM/SIGKILL (stop sequence, `restart`, `remove`).
-        signalled: bool,
-        /// Started by an earlier master and adopted by this one.
-        adopted: bool,
-    },
-    /// Waiting for its restart delay to pass (or to be started again after a failed spawn).
-    Restarting,
-    /// Exited and not restarted (the cluster is stopping, or its restart policy said so).
-    Exited,
-    /// Not restarted because it kept crashing.
-    CrashLoop,
-    /// Stopped by the operator (`kennel remove`) and not restarted.
-    Removed,
-}
 
 /// What happens when a running server exits next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,40 +57,6 @@ enum OnExit {
     RestartNow,
     /// Not restarted (`kennel remove`).
     Remove,
-}
-
-/// How a server's process ended.
-#[derive(Debug)]
-pub(crate) struct Exit {
-    /// For the logs, e.g. `exit status: 1`.
-    text: String,
-    /// Whether it exited with status 0 (`None`: unknown, e.g. for an adopted server).
-    success: Option<bool>,
-}
-
-impl Exit {
-    fn of_child(status: io::Result<std::process::ExitStatus>) -> Exit {
-        match status {
-            Ok(s) => Exit {
-                text: s.to_string(),
-                success: Some(s.success()),
-            },
-            Err(e) => Exit {
-                text: format!("unknown status ({e})"),
-                success: None,
-            },
-        }
-    }
-
-    fn of_adopted(watched: io::Result<()>) -> Exit {
-        Exit {
-            text: match watched {
-                Ok(()) => "exited (status unknown: adopted, not our child)".to_owned(),
-                Err(e) => format!("lost track of it ({e})"),
-            },
-            success: None,
-        }
-    }
 }
 
 /// One configured server and its process.
@@ -158,16 +80,6 @@ pub(crate) struct Slot {
     on_exit: OnExit,
 }
 
-/// Everything a spawn needs besides the slot.
-#[derive(Debug)]
-pub(crate) struct SpawnEnv {
-    pub(crate) env: String,
-    pub(crate) dir: PathBuf,
-    pub(crate) server_secret: String,
-    pub(crate) master_host: String,
-    pub(crate) master_port: u16,
-}
-
 /// The process table.
 #[derive(Debug)]
 pub(crate) struct Supervisor {
@@ -183,87 +95,6 @@ pub(crate) struct Supervisor {
     events: mpsc::Sender<Event>,
     /// Cancelled by [`Supervisor::stop_restarting`]: ends pending timers. Owned here.
     restarts_stop: CancellationToken,
-}
-
-/// How each server is started (see [`plan_one`]).
-pub(crate) fn plan(
-    project: &Project,
-    override_bin: Option<&Path>,
-    external: &[String],
-    this_host: &ThisHost,
-) -> Result<Vec<Launch>, MasterError> {
-    project
-        .servers
-        .iter()
-        .map(|s| plan_one(project, s, override_bin, external, this_host))
-        .collect()
-}
-
-/// How server `s` is started: not at all when it is external (config key or `external`),
-/// else its binary (`override_bin` if given, else its configured one) here or, when its host
-/// is another machine, through the launcher. A local binary is checked to exist and be
-/// executable; a remote one is not (it lives on the other host).
-pub(crate) fn plan_one(
-    project: &Project,
-    s: &ServerConfig,
-    override_bin: Option<&Path>,
-    external: &[String],
-    this_host: &ThisHost,
-) -> Result<Launch, MasterError> {
-    if s.settings.external || external.contains(&s.id) {
-        return Ok(Launch::External);
-    }
-    let path = match override_bin {
-        Some(b) => b.to_path_buf(),
-        None => project
-            .server_bin(s)
-            .ok_or_else(|| MasterError::NoBinary { id: s.id.clone() })?,
-    };
-    if !this_host.is_local(&s.host) {
-        return Ok(Launch::Remote(path));
-    }
-    check_bin(&s.id, &path)?;
-    Ok(Launch::Local(path))
-}
-
-fn check_bin(id: &str, path: &Path) -> Result<(), MasterError> {
-    match std::fs::metadata(path) {
-        Err(_) => Err(MasterError::MissingBinary {
-            id: id.to_owned(),
-            path: path.to_path_buf(),
-        }),
-        Ok(m) if !m.is_file() || m.permissions().mode() & 0o111 == 0 => {
-            Err(MasterError::NotExecutable {
-                id: id.to_owned(),
-                path: path.to_path_buf(),
-            })
-        }
-        Ok(_) => Ok(()),
-    }
-}
-
-/// A short name for a process state (for messages).
-fn state_name(p: Proc) -> &'static str {
-    match p {
-        Proc::Unmanaged => "external",
-        Proc::Running { .. } => "running",
-        Proc::Restarting => "restarting",
-        Proc::Exited => "exited",
-        Proc::CrashLoop => "crashloop",
-        Proc::Removed => "removed",
-    }
-}
-
-/// Sends `sig` to the process group led by `pid`. A group that no longer exists is not an error.
-fn signal_group(pid: u32, sig: Signal) {
-    let Ok(raw) = i32::try_from(pid) else { return };
-    if raw <= 1 {
-        return; // never signal "every process" or init by mistake
-    }
-    match killpg(Pid::from_raw(raw), sig) {
-        Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
-        Err(e) => warn!(pid, signal = %sig, cause = %e, "cannot signal process group"),
-    }
 }
 
 impl Supervisor {
@@ -378,60 +209,19 @@ impl Supervisor {
         });
     }
 
-    fn command(&self, slot: &Slot) -> io::Result<Command> {
-        let log = logs::open_log(&slot.log)?;
-        let log_err = log.try_clone()?;
-        let env = &self.spawn_env;
-        let mut cmd = match &slot.launch {
-            Launch::Local(bin) => {
-                let mut cmd = Command::new(bin);
-                cmd.arg("--id")
-                    .arg(&slot.config.id)
-                    .arg("--env")
-                    .arg(&env.env)
-                    .args(&slot.config.args);
-                cmd
-            }
-            Launch::Remote(bin) => {
-                let argv = self.launcher.start_argv(
-                    &slot.config.host,
-                    &env.dir,
-                    bin,
-                    &slot.config.id,
-                    &env.env,
-                    &slot.config.args,
-                );
-                let mut cmd = Command::new(&argv[0]);
-                cmd.args(&argv[1..]);
-                cmd
-            }
-            Launch::External => {
-                return Err(io::Error::other("external servers are not started"));
-            }
-        };
-        cmd.current_dir(&env.dir)
-            .env(SERVER_SECRET_ENV, &env.server_secret)
-            .env_remove(SERVER_SECRET_FILE_ENV)
-            .env_remove(CLI_SECRET_ENV)
-            .env_remove(CLI_SECRET_FILE_ENV)
-            // Servers dial the address this master really listens on.
-            .env(MASTER_HOST_ENV, &env.master_host)
-            .env(MASTER_PORT_ENV, env.master_port.to_string())
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log_err)
-            .process_group(0)
-            .kill_on_drop(false);
-        Ok(cmd)
-    }
-
     /// Spawns server `i` and a task that reports its exit; a failed spawn is retried later.
     fn spawn(&mut self, i: usize) {
         let bin = match &self.slots[i].launch {
             Launch::External => return,
             Launch::Local(b) | Launch::Remote(b) => b.clone(),
         };
-        let spawned = self.command(&self.slots[i]).and_then(|mut cmd| cmd.spawn());
+        let slot = &self.slots[i];
+        let spawned = logs::open_log(&slot.log)
+            .and_then(|log| {
+                slot.launch
+                    .command(&slot.config, &self.spawn_env, &self.launcher, log)
+            })
+            .and_then(|mut cmd| cmd.spawn());
         let slot = &mut self.slots[i];
         slot.on_exit = OnExit::Policy;
         slot.registered_pid = None;
@@ -513,7 +303,7 @@ impl Supervisor {
         let id = slot.config.id.clone();
         // A server's process group lives and dies with it: anything it started and left
         // behind would otherwise be an orphan nobody accounts for.
-        signal_group(pid, Signal::SIGKILL);
+        procfs::signal_group(pid, Signal::SIGKILL);
         procfs::remove_pid_file(&slot.pid_file);
         let on_exit = std::mem::replace(&mut slot.on_exit, OnExit::Policy);
         if stopping {
@@ -730,7 +520,7 @@ impl Supervisor {
             }
             (_, state) => Err(format!(
                 "{id} is started by this master and is not running now ({}); ({hint})",
-                state_name(state)
+                ServerState::of(state, LinkState::Down)
             )),
         }
     }
@@ -741,39 +531,19 @@ impl Supervisor {
     fn signal_server(&self, i: usize, pid: u32, sig: Signal) {
         let slot = &self.slots[i];
         let (Launch::Remote(_), Some(remote_pid)) = (&slot.launch, slot.registered_pid) else {
-            signal_group(pid, sig);
+            procfs::signal_group(pid, sig);
             return;
         };
-        let name = sig.as_str().trim_start_matches("SIG");
-        let argv = self
-            .launcher
-            .signal_argv(&slot.config.host, remote_pid, name);
-        let id = slot.config.id.clone();
-        info!(server = %id, remote_pid, host = %slot.config.host, ?argv, "signalling the remote server");
-        let log = logs::open_log(&slot.log);
-        tokio::spawn(async move {
-            let mut cmd = Command::new(&argv[0]);
-            cmd.args(&argv[1..]).stdin(Stdio::null()).kill_on_drop(true);
-            if let Ok(log) = log
-                && let Ok(err) = log.try_clone()
-            {
-                cmd.stdout(log).stderr(err);
-            }
-            match tokio::time::timeout(REMOTE_SIGNAL_TIMEOUT, cmd.status()).await {
-                Ok(Ok(s)) if s.success() => {}
-                Ok(Ok(s)) => {
-                    warn!(server = %id, ?argv, status = %s, "the remote signal command failed")
-                }
-                Ok(Err(e)) => {
-                    warn!(server = %id, ?argv, cause = %e, "cannot run the remote signal command")
-                }
-                Err(_) => {
-                    warn!(server = %id, ?argv, "the remote signal command did not finish in time")
-                }
-            }
-        });
+        launch::signal_remote(
+            &self.launcher,
+            &slot.config.id,
+            &slot.config.host,
+            remote_pid,
+            sig,
+            logs::open_log(&slot.log),
+        );
         if sig == Signal::SIGKILL {
-            signal_group(pid, sig);
+            procfs::signal_group(pid, sig);
         }
     }
 

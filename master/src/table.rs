@@ -6,6 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use kennel_proto::msg::{ListReply, ServerStatus};
 use serde::Serialize;
 
+use crate::state::ServerState;
+
 /// One server as `kennel list` shows it; `--json` prints an array of these.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -15,10 +17,11 @@ pub struct ServerRow {
     /// Server type.
     #[serde(rename = "type")]
     pub server_type: String,
-    /// `starting`, `running`, `unreachable` (registered, but no report for 5 s: hung,
-    /// stopped or cut off), `unlinked`, `restarting`, `stopping`, `exited`, `crashloop`,
-    /// `removed`, `external` or `down` (external, not registered).
-    pub state: String,
+    /// Its state; `--json` prints the lowercase name: `starting`, `running`, `unreachable`
+    /// (registered, but no report for 5 s: hung, stopped or cut off), `unlinked`,
+    /// `restarting`, `stopping`, `exited`, `crashloop`, `removed`, `external` or `down`
+    /// (external, not registered).
+    pub state: ServerState,
     /// Process id, when running (on its own host for remote servers: see `remote`).
     pub pid: Option<u32>,
     /// Started by an earlier master and adopted by this one.
@@ -56,7 +59,7 @@ impl From<&ServerStatus> for ServerRow {
         ServerRow {
             id: info.id,
             server_type: info.server_type,
-            state: s.state.clone(),
+            state: ServerState::from_wire(s.state),
             pid: running.then_some(s.pid),
             adopted: s.adopted,
             rss_bytes: s.rss_bytes,
@@ -134,7 +137,7 @@ pub fn render_table(rows: &[ServerRow]) -> String {
                 if r.adopted {
                     format!("{}*", r.state)
                 } else {
-                    r.state.clone()
+                    r.state.to_string()
                 },
                 match r.pid {
                     None => "-".to_owned(),
@@ -224,7 +227,7 @@ mod tests {
                 server_type: "chat".into(),
                 ..Default::default()
             }),
-            state: "running".into(),
+            state: ServerState::Running.to_wire(),
             status: status
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
@@ -264,7 +267,7 @@ mod tests {
                         client_port: 4001,
                         ..Default::default()
                     }),
-                    state: "running".into(),
+                    state: ServerState::Running.to_wire(),
                     pid: 4242,
                     uptime_ms: 65_000,
                     restarts: 1,
@@ -280,7 +283,7 @@ mod tests {
                         server_type: "chat".into(),
                         ..Default::default()
                     }),
-                    state: "restarting".into(),
+                    state: ServerState::Restarting.to_wire(),
                     pid: 0,
                     uptime_ms: 0,
                     restarts: 3,
@@ -293,7 +296,7 @@ mod tests {
                         host: "10.0.0.2".into(),
                         ..Default::default()
                     }),
-                    state: "running".into(),
+                    state: ServerState::Running.to_wire(),
                     pid: 77,
                     uptime_ms: 1_000,
                     remote: true,
@@ -316,6 +319,8 @@ chat-server-2       chat       running     77@10.0.0.2  -      -     1s      0  
         assert_eq!(table, expected);
         let json = serde_json::to_value(&rows).unwrap();
         assert_eq!(json[0]["type"], "connector");
+        assert_eq!(json[0]["state"], "running");
+        assert_eq!(json[1]["state"], "restarting");
         assert_eq!(json[0]["uptimeMs"], 65_000);
         assert_eq!(json[1]["pid"], serde_json::Value::Null);
         assert_eq!(json[0]["rssBytes"], 12_900_000);

@@ -313,7 +313,8 @@ mod live {
             .into_iter()
             .map(|s| {
                 let id = s.info.unwrap().id;
-                (id, (s.pid != 0).then_some(s.pid), s.state)
+                let state = kennel_master::ServerState::from_wire(s.state).to_string();
+                (id, (s.pid != 0).then_some(s.pid), state)
             })
             .collect()
     }

@@ -172,7 +172,10 @@ async fn register_list_add_remove_refusals_and_cli() {
     let states: Vec<(String, String)> = list
         .servers
         .iter()
-        .map(|s| (s.info.clone().unwrap().id, s.state.clone()))
+        .map(|s| {
+            let state = kennel_master::ServerState::from_wire(s.state);
+            (s.info.clone().unwrap().id, state.to_string())
+        })
         .collect();
     assert_eq!(
         states,

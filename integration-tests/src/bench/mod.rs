@@ -5,6 +5,7 @@
 //! command line; `docs/benchmarks.md` explains every figure.
 
 pub mod load;
+pub mod players;
 pub mod procfs;
 pub mod raw_echo;
 pub mod report;
@@ -26,6 +27,15 @@ pub const SCENARIOS: [&str; 6] = [
     "rpc",
     "boot",
     "idle",
+];
+
+/// The players scenarios (issue 17), by their command-line names; `players` runs them all.
+/// Not part of `all` (a full players run takes about as long as `all`).
+pub const PLAYER_SCENARIOS: [&str; 4] = [
+    "players-frontend-echo",
+    "players-backend-echo",
+    "players-rpc",
+    "players-chat",
 ];
 
 /// What to run and how long.
@@ -53,6 +63,8 @@ pub struct Config {
     pub broadcast_conns: usize,
     /// Own messages in flight per broadcast sender.
     pub broadcast_window: usize,
+    /// The players scenarios' settings (which of them run: `scenarios`).
+    pub players: players::ramp::PlayersConfig,
 }
 
 impl Config {
@@ -73,6 +85,7 @@ impl Config {
             inflight: 16,
             broadcast_conns: 100,
             broadcast_window: 4,
+            players: players::ramp::PlayersConfig::full(),
         }
     }
 
@@ -86,6 +99,7 @@ impl Config {
             runs: 1,
             boot_sizes: vec![2],
             idle_sizes: vec![200],
+            players: players::ramp::PlayersConfig::quick(),
             ..Config::full()
         }
     }
@@ -260,6 +274,20 @@ pub fn run(cfg: &Config) -> Result<Results> {
                 }
             }
         }
+    }
+
+    let kinds: Vec<players::Kind> = players::Kind::ALL
+        .into_iter()
+        .filter(|k| cfg.wants(k.cli_name()))
+        .collect();
+    if !kinds.is_empty() {
+        let pcfg = players::ramp::PlayersConfig {
+            kinds,
+            mydog: cfg.mydog,
+            release: cfg.release,
+            ..cfg.players.clone()
+        };
+        players::ramp::run(&pcfg, &mut results)?;
     }
     Ok(results)
 }

@@ -1,7 +1,8 @@
 //! The physical limit: a minimal tokio echo server speaking the same framing (PROTOCOL.md). It
 //! answers the handshake with the chat route list, echoes every message frame with its cmd and
 //! answers heartbeats; nothing else. The bench runs it as a subprocess of its own binary
-//! (`bench raw-echo <port>`) so its CPU time is measured apart from the load generator's.
+//! (`bench raw-echo <port>`, or `bench raw-echo <port> 1` on one thread) so its CPU time is
+//! measured apart from the load generator's.
 
 use bytes::BytesMut;
 use kennel_proto::client::{
@@ -14,8 +15,16 @@ use tokio_util::codec::Decoder;
 use crate::cluster::ROUTES;
 
 /// Serves on `127.0.0.1:port` until killed; prints `raw-echo listening on <addr>` when ready.
-pub fn main(port: u16) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Runtime::new()?;
+/// `single_thread`: a current-thread runtime (the epoll floor of one core, the way kennel's
+/// servers run by default); otherwise tokio's multi-threaded default.
+pub fn main(port: u16, single_thread: bool) -> anyhow::Result<()> {
+    let rt = if single_thread {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Runtime::new()?
+    };
     rt.block_on(async move {
         let listener = TcpListener::bind(("127.0.0.1", port)).await?;
         println!("raw-echo listening on {}", listener.local_addr()?);

@@ -1,5 +1,6 @@
 //! Results: every run's figure per (scenario, metric, system), medians, the printed table
-//! (scenario, metric, kennel, mydog, kennel/mydog, raw tokio, kennel/raw) and a JSON dump.
+//! (scenario, metric, kennel, mydog, kennel/mydog, then the raw servers that ran: raw tokio,
+//! kennel/raw, raw 1-thread, kennel/raw1t) and a JSON dump.
 
 use std::collections::BTreeMap;
 
@@ -38,6 +39,27 @@ pub enum Metric {
     TotalAnonMib,
     /// Connector RSS per idle handshaken connection, bytes.
     RssPerConnBytes,
+    /// Players: messages per second offered (open loop: players x rate).
+    OfferedPerSec,
+    /// Players: replies per second that arrived (chat: messages sent per second).
+    AchievedPerSec,
+    /// Players: server CPU per client message, µs.
+    CpuPerMsgUs,
+    /// Players (chat): server CPU per delivery, µs.
+    CpuPerDeliveryUs,
+    /// Players: cores the servers used (CPU seconds per second).
+    CoresUsed,
+    /// Players: load generator CPU per client message, µs.
+    LoadgenCpuPerMsgUs,
+    /// Players (open loop): 99th percentile of how late the generator sent, ms.
+    SendLagP99Ms,
+    /// Players: replies or deliveries that never arrived.
+    LostMsgs,
+    /// Players per core: players of the largest step with p99 under the limit / the cores the
+    /// servers used there.
+    PlayersPerCore,
+    /// Players: the step that gave players per core (players).
+    PlayersAtLimit,
 }
 
 impl Metric {
@@ -57,11 +79,30 @@ impl Metric {
             Metric::TotalPssMib => "total PSS MiB",
             Metric::TotalAnonMib => "total anon RSS MiB",
             Metric::RssPerConnBytes => "RSS bytes/conn",
+            Metric::OfferedPerSec => "offered msg/s",
+            Metric::AchievedPerSec => "achieved msg/s",
+            Metric::CpuPerMsgUs => "server CPU µs/msg",
+            Metric::CpuPerDeliveryUs => "server CPU µs/delivery",
+            Metric::CoresUsed => "server cores used",
+            Metric::LoadgenCpuPerMsgUs => "load gen CPU µs/msg",
+            Metric::SendLagP99Ms => "send lag p99 ms",
+            Metric::LostMsgs => "lost msgs",
+            Metric::PlayersPerCore => "players per core",
+            Metric::PlayersAtLimit => "players at p99 limit",
         }
     }
 
-    fn higher_is_better(self) -> bool {
-        matches!(self, Metric::ReqPerSec | Metric::MsgPerSec)
+    /// `Some(true)` when higher is better, `Some(false)` when lower is, `None` for inputs.
+    fn direction(self) -> Option<bool> {
+        match self {
+            Metric::ReqPerSec
+            | Metric::MsgPerSec
+            | Metric::AchievedPerSec
+            | Metric::PlayersPerCore
+            | Metric::PlayersAtLimit => Some(true),
+            Metric::OfferedPerSec => None,
+            _ => Some(false),
+        }
     }
 
     fn format(self, v: f64) -> String {
@@ -79,6 +120,16 @@ impl Metric {
             Metric::TotalRssMib | Metric::TotalPssMib | Metric::TotalAnonMib => {
                 format!("{v:.1}")
             }
+            Metric::OfferedPerSec
+            | Metric::AchievedPerSec
+            | Metric::LostMsgs
+            | Metric::PlayersPerCore
+            | Metric::PlayersAtLimit => format!("{v:.0}"),
+            Metric::CpuPerMsgUs | Metric::CpuPerDeliveryUs | Metric::LoadgenCpuPerMsgUs => {
+                format!("{v:.2}")
+            }
+            Metric::CoresUsed => format!("{v:.2}"),
+            Metric::SendLagP99Ms => format!("{v:.2}"),
         }
     }
 }
@@ -114,6 +165,39 @@ impl Row {
     }
 }
 
+/// What one players step sent and got back, for checking (JSON only).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Accounting {
+    /// Scenario (row label).
+    pub scenario: String,
+    /// System name.
+    pub system: &'static str,
+    /// Connections.
+    pub players: usize,
+    /// Offered messages per second (open loop; null for the closed loop).
+    pub offered: Option<f64>,
+    /// Replies or deliveries inside the measured window.
+    pub completed: u64,
+    /// Messages sent inside the measured window.
+    pub sent_in_window: u64,
+    /// The measured window, seconds.
+    pub wall_s: f64,
+    /// Messages sent.
+    pub sent: u64,
+    /// Replies or deliveries they make.
+    pub expected: u64,
+    /// Replies or deliveries received.
+    pub received: u64,
+    /// Wrong payloads.
+    pub mismatched: u64,
+    /// Frames nobody expected.
+    pub unexpected: u64,
+    /// Open-loop sends skipped (player at its in-flight limit).
+    pub overruns: u64,
+    /// Connection errors.
+    pub errors: Vec<String>,
+}
+
 /// All figures of a bench run, in the order they were first recorded.
 #[derive(Debug, Default, serde::Serialize)]
 pub struct Results {
@@ -121,6 +205,10 @@ pub struct Results {
     pub rows: Vec<Row>,
     /// Runs that did not account for every reply.
     pub problems: Vec<String>,
+    /// Remarks printed under the table (pinning, steps past capacity).
+    pub notes: Vec<String>,
+    /// Per players step: what was sent and received.
+    pub accounting: Vec<Accounting>,
 }
 
 impl Results {
@@ -156,48 +244,54 @@ impl Results {
         } else {
             presets::ASCII_BORDERS_ONLY_CONDENSED
         });
-        t.set_header(vec![
-            "scenario",
-            "metric",
-            "kennel",
-            "mydog",
-            "kennel/mydog",
-            "raw tokio",
-            "kennel/raw",
-        ]);
+        // The raw columns appear when a raw server ran (the multi-threaded one for the classic
+        // scenarios, the single-threaded one for the players').
+        let raws: Vec<(System, &str, &str)> = [
+            (System::Raw, "raw tokio", "kennel/raw"),
+            (System::RawSt, "raw 1-thread", "kennel/raw1t"),
+        ]
+        .into_iter()
+        .filter(|(s, _, _)| self.rows.iter().any(|r| r.runs.contains_key(s.name())))
+        .collect();
+        let mut header = vec!["scenario", "metric", "kennel", "mydog", "kennel/mydog"];
+        for (_, name, ratio) in &raws {
+            header.extend([*name, *ratio]);
+        }
+        t.set_header(header);
         for r in &self.rows {
-            let (k, m, raw) = (
-                r.median(System::Kennel),
-                r.median(System::Mydog),
-                r.median(System::Raw),
-            );
+            let (k, m) = (r.median(System::Kennel), r.median(System::Mydog));
             let ratio = |a: f64, b: f64| {
                 if a.is_nan() || b.is_nan() || b == 0.0 {
                     "-".to_string()
                 } else {
                     let x = a / b;
-                    let verdict = match (r.metric.higher_is_better(), x) {
+                    let verdict = match (r.metric.direction(), x) {
+                        (None, _) => "",
                         (_, x) if (0.95..=1.05).contains(&x) => "",
-                        (true, x) if x > 1.0 => " better",
-                        (false, x) if x < 1.0 => " better",
+                        (Some(true), x) if x > 1.0 => " better",
+                        (Some(false), x) if x < 1.0 => " better",
                         _ => " worse",
                     };
                     format!("{x:.2}x{verdict}")
                 }
             };
-            t.add_row(vec![
+            let mut row = vec![
                 r.scenario.clone(),
                 r.metric.label().to_string(),
                 r.metric.format(k),
                 r.metric.format(m),
                 ratio(k, m),
-                r.metric.format(raw),
-                if raw.is_nan() {
+            ];
+            for (s, _, _) in &raws {
+                let raw = r.median(*s);
+                row.push(r.metric.format(raw));
+                row.push(if raw.is_nan() {
                     String::new()
                 } else {
                     ratio(k, raw)
-                },
-            ]);
+                });
+            }
+            t.add_row(row);
         }
         t.to_string()
     }

@@ -1,5 +1,5 @@
 //! The systems under test, booted and torn down by the bench: kennel's chat-demo cluster, the
-//! mydog peer, and the raw tokio echo server. Each exposes its client addresses and the pids
+//! mydog peer, and the raw tokio echo server (multi- or single-threaded). Each exposes its client addresses and the pids
 //! whose CPU and memory are measured; dropping one kills only what it started.
 
 use std::io::{BufRead, BufReader};
@@ -19,8 +19,10 @@ pub enum System {
     Kennel,
     /// The mydog 2.3.0 peer.
     Mydog,
-    /// The raw tokio echo server.
+    /// The raw tokio echo server (multi-threaded runtime).
     Raw,
+    /// The raw echo server on a current-thread runtime: the epoll floor of one core.
+    RawSt,
 }
 
 impl System {
@@ -30,6 +32,7 @@ impl System {
             System::Kennel => "kennel",
             System::Mydog => "mydog",
             System::Raw => "raw",
+            System::RawSt => "raw-1t",
         }
     }
 }
@@ -132,9 +135,23 @@ impl Target {
 
     /// The raw echo server, as a subprocess of this executable (`<exe> raw-echo <port>`).
     pub fn raw() -> Result<Target> {
+        Target::raw_echo(System::Raw)
+    }
+
+    /// The raw echo server on one thread (`<exe> raw-echo <port> 1`): a current-thread
+    /// runtime, as kennel's servers run by default.
+    pub fn raw_single() -> Result<Target> {
+        Target::raw_echo(System::RawSt)
+    }
+
+    fn raw_echo(system: System) -> Result<Target> {
         let port = free_port();
+        let mut args = vec!["raw-echo".to_string(), port.to_string()];
+        if system == System::RawSt {
+            args.push("1".into());
+        }
         let mut child = Command::new(std::env::current_exe()?)
-            .args(["raw-echo", &port.to_string()])
+            .args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .spawn()
@@ -160,7 +177,7 @@ impl Target {
             }
         }
         Ok(Target {
-            system: System::Raw,
+            system,
             addrs: vec![format!("127.0.0.1:{port}")],
             pids: vec![child.id() as i32],
             handle: Handle::Raw(child),

@@ -4,22 +4,26 @@
 //! cargo run --release -p integration-tests --bin bench -- all
 //! cargo run --release -p integration-tests --bin bench -- frontend-echo boot --runs 1
 //! cargo run --release -p integration-tests --bin bench -- all --quick      # smoke run
+//! cargo run --release -p integration-tests --bin bench -- players          # players per core
 //! ```
 //!
 //! Prints progress on stderr and the table of medians on stdout; exits 1 if any run lost a
-//! reply. `bench raw-echo <port>` is the raw tokio echo server the harness spawns.
+//! reply. `bench raw-echo <port> [1]` is the raw tokio echo server the harness spawns (`1`: on
+//! a current-thread runtime).
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use integration_tests::bench::{self, Config, SCENARIOS, procfs};
+use integration_tests::bench::players::Backend;
+use integration_tests::bench::{self, Config, PLAYER_SCENARIOS, SCENARIOS, procfs};
 
 /// Benchmarks kennel's chat-demo against the mydog 2.3.0 peer (see docs/benchmarks.md).
 #[derive(Parser, Debug)]
 #[command(name = "bench")]
 struct Args {
-    /// Scenarios to run: all, frontend-echo, backend-echo, broadcast, rpc, boot, idle.
+    /// Scenarios to run: all, frontend-echo, backend-echo, broadcast, rpc, boot, idle; players
+    /// (= players-frontend-echo, players-backend-echo, players-rpc, players-chat; not in all).
     #[arg(required = true)]
     scenarios: Vec<String>,
     /// A smoke run: each scenario once, 0.2 s warm-up + 0.6 s, small sizes.
@@ -52,13 +56,35 @@ struct Args {
     /// Print the table as Markdown.
     #[arg(long)]
     markdown: bool,
+    /// Players: closed-loop sizes (one message in flight each), e.g. `1000,5000,10000`.
+    #[arg(long, value_delimiter = ',')]
+    players: Option<Vec<usize>>,
+    /// Players: the open-loop ramp (players, ascending), e.g. `500,1000,2000,5000,10000`.
+    #[arg(long, value_delimiter = ',')]
+    open_players: Option<Vec<usize>>,
+    /// Players: messages per second per player in the open loop.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Players: players per chat room.
+    #[arg(long)]
+    room_size: Option<usize>,
+    /// Players: the load generator's I/O.
+    #[arg(long = "gen", value_parser = ["uring", "epoll"])]
+    generator: Option<String>,
+    /// Players: the p99 latency limit of players per core, ms.
+    #[arg(long)]
+    p99_limit_ms: Option<f64>,
+    /// Players: open loop, io_uring: the generator wakes at most once per this many µs.
+    #[arg(long)]
+    tick_us: Option<u64>,
 }
 
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().collect();
     if argv.get(1).map(String::as_str) == Some("raw-echo") {
         let port = argv.get(2).and_then(|p| p.parse().ok()).unwrap_or(0);
-        return match bench::raw_echo::main(port) {
+        let single = argv.get(3).map(String::as_str) == Some("1");
+        return match bench::raw_echo::main(port, single) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("raw-echo: {e:#}");
@@ -72,26 +98,65 @@ fn main() -> ExitCode {
     } else {
         Config::full()
     };
-    if !args.scenarios.iter().any(|s| s == "all") {
-        for s in &args.scenarios {
-            if !SCENARIOS.contains(&s.as_str()) {
+    let mut chosen = Vec::new();
+    for s in &args.scenarios {
+        match s.as_str() {
+            "all" => chosen.extend(SCENARIOS.iter().map(|s| s.to_string())),
+            "players" => chosen.extend(PLAYER_SCENARIOS.iter().map(|s| s.to_string())),
+            s if SCENARIOS.contains(&s) || PLAYER_SCENARIOS.contains(&s) => {
+                chosen.push(s.to_string())
+            }
+            _ => {
                 eprintln!(
-                    "bench: unknown scenario {s:?}; choose from all, {}",
-                    SCENARIOS.join(", ")
+                    "bench: unknown scenario {s:?}; choose from all, {}, players, {}",
+                    SCENARIOS.join(", "),
+                    PLAYER_SCENARIOS.join(", ")
                 );
                 return ExitCode::from(2);
             }
         }
-        cfg.scenarios = args.scenarios.clone();
     }
+    cfg.scenarios = chosen;
     if let Some(r) = args.runs {
         cfg.runs = r.max(1);
     }
     if let Some(w) = args.warmup {
         cfg.window.warmup = Duration::from_secs_f64(w);
+        cfg.players.window.warmup = cfg.window.warmup;
     }
     if let Some(m) = args.measure {
         cfg.window.measure = Duration::from_secs_f64(m);
+        cfg.players.window.measure = cfg.window.measure;
+    }
+    let p = &mut cfg.players;
+    if let Some(v) = args.players {
+        p.closed = v;
+    }
+    if let Some(v) = args.open_players {
+        p.open = v;
+    }
+    if let Some(v) = args.rate {
+        p.rate = v;
+    }
+    if let Some(v) = args.room_size {
+        p.room_size = v.max(1);
+    }
+    if let Some(v) = args.p99_limit_ms {
+        p.p99_limit_ms = v;
+    }
+    if let Some(v) = args.tick_us {
+        p.tick = Duration::from_micros(v);
+    }
+    if let Some(g) = args.generator.as_deref() {
+        p.backend = if g == "epoll" {
+            Backend::Epoll
+        } else {
+            Backend::Uring
+        };
+    }
+    if p.rate <= 0.0 || p.closed.contains(&0) || p.open.contains(&0) {
+        eprintln!("bench: --rate and every --players / --open-players size must be positive");
+        return ExitCode::from(2);
     }
     if let Some(b) = args.boot_sizes {
         cfg.boot_sizes = b;
@@ -128,11 +193,37 @@ fn main() -> ExitCode {
         }
     };
     println!("machine: {}", procfs::machine());
-    println!(
-        "runs: {} x ({:?} warm-up + {:?} measured), median shown",
-        cfg.runs, cfg.window.warmup, cfg.window.measure
-    );
+    if cfg
+        .scenarios
+        .iter()
+        .any(|s| SCENARIOS.contains(&s.as_str()))
+    {
+        println!(
+            "runs: {} x ({:?} warm-up + {:?} measured), median shown",
+            cfg.runs, cfg.window.warmup, cfg.window.measure
+        );
+    }
+    if cfg
+        .scenarios
+        .iter()
+        .any(|s| PLAYER_SCENARIOS.contains(&s.as_str()))
+    {
+        let p = &cfg.players;
+        println!(
+            "players: one run per step ({:?} warm-up + {:?} measured); closed loop {:?}; open loop ramp {:?} at {} msg/s each, sends on {:?} ticks; generator {}",
+            p.window.warmup,
+            p.window.measure,
+            p.closed,
+            p.open,
+            p.rate,
+            p.tick,
+            p.backend.name()
+        );
+    }
     println!("{}", results.table(args.markdown));
+    for n in &results.notes {
+        println!("note: {n}");
+    }
     if let Some(path) = &args.json {
         let text = serde_json::to_string_pretty(&results).expect("results serialize");
         if let Err(e) = std::fs::write(path, text) {

@@ -1,0 +1,376 @@
+//! The players scenarios, side by side: kennel (2 connectors + 2 chat servers), the mydog
+//! peer (same topology) and, for frontend echo, the single-threaded raw echo server, booted
+//! once and pinned to one CPU; the load generator on another. Per scenario:
+//!
+//! - **closed loop** at each `closed` size (one message in flight per player);
+//! - **open loop** ramp: each `open` size in turn at `rate` messages/s per player, a system
+//!   leaving the ramp after its first step that misses the latency limit (p99 >= `p99_limit_ms`),
+//!   skips sends (a player at its in-flight maximum) or loses a message.
+//!
+//! **Players per core** = players of the largest step that met the limit / the cores the
+//! servers used in that step (their CPU seconds per second). Steps of one size run
+//! interleaved over the systems (kennel, mydog, raw), each on fresh connections, after the
+//! servers have gone quiet from the previous step.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use anyhow::Result;
+
+use super::{Backend, Kind, Mode, Pinning, Spec, StepResult, cpu, run_step};
+use crate::bench::load::Window;
+use crate::bench::report::{Accounting, Metric, Results};
+use crate::bench::targets::{System, Target};
+
+/// What the players group runs.
+#[derive(Debug, Clone)]
+pub struct PlayersConfig {
+    /// Scenarios.
+    pub kinds: Vec<Kind>,
+    /// Closed-loop sizes (players).
+    pub closed: Vec<usize>,
+    /// Open-loop ramp (players, ascending).
+    pub open: Vec<usize>,
+    /// Messages per second per player in the open loop.
+    pub rate: f64,
+    /// Players per chat room.
+    pub room_size: usize,
+    /// Warm-up and measure per step.
+    pub window: Window,
+    /// The load generator's I/O.
+    pub backend: Backend,
+    /// Drive the mydog peer too.
+    pub mydog: bool,
+    /// Server binaries' profile (`None`: the bench's own).
+    pub release: Option<bool>,
+    /// The latency limit of players per core.
+    pub p99_limit_ms: f64,
+    /// The open loop's wake-up tick (io_uring back end).
+    pub tick: Duration,
+}
+
+impl PlayersConfig {
+    /// The full run: closed loop at 1,000, 5,000 and 10,000 players; open loop ramp 500 ..
+    /// 10,000 players at 10 messages/s; rooms of 20; 2 s warm-up + 5 s per step.
+    pub fn full() -> PlayersConfig {
+        PlayersConfig {
+            kinds: Kind::ALL.to_vec(),
+            closed: vec![1_000, 5_000, 10_000],
+            open: vec![500, 1_000, 2_000, 5_000, 10_000],
+            rate: 10.0,
+            room_size: 20,
+            window: Window {
+                warmup: Duration::from_secs(2),
+                measure: Duration::from_secs(5),
+            },
+            backend: Backend::Uring,
+            mydog: true,
+            release: None,
+            p99_limit_ms: 50.0,
+            tick: Duration::from_micros(100),
+        }
+    }
+
+    /// A smoke run: 100 players closed, 100 and 200 open, 0.3 s + 1 s per step.
+    pub fn quick() -> PlayersConfig {
+        PlayersConfig {
+            closed: vec![100],
+            open: vec![100, 200],
+            window: Window {
+                warmup: Duration::from_millis(300),
+                measure: Duration::from_secs(1),
+            },
+            ..PlayersConfig::full()
+        }
+    }
+}
+
+fn say(line: impl AsRef<str>) {
+    eprintln!("bench: {}", line.as_ref());
+}
+
+/// How long the servers may take to go quiet between steps.
+const SETTLE_LIMIT: Duration = Duration::from_secs(10);
+
+/// Runs the players scenarios of `cfg` into `results`.
+pub fn run(cfg: &PlayersConfig, results: &mut Results) -> Result<()> {
+    say("players: booting kennel (2 connectors + 2 chat servers)");
+    let (kennel, _) = Target::kennel(2, 2, cfg.release)?;
+    let mydog = if cfg.mydog {
+        say("players: booting the mydog peer (2 connectors + 2 chat servers)");
+        Some(Target::mydog(2, 2)?.0)
+    } else {
+        None
+    };
+    let raw = if cfg.kinds.contains(&Kind::FrontendEcho) {
+        Some(Target::raw_single()?)
+    } else {
+        None
+    };
+    let pin = Pinning::detect();
+    say(format!("players: {}", pin.note));
+    pin.pin_self()?;
+    let mut all: Vec<&Target> = vec![&kennel];
+    all.extend(mydog.as_ref());
+    all.extend(raw.as_ref());
+    for t in &all {
+        pin.pin_servers(&t.pids)?;
+    }
+    results.notes.push(format!(
+        "players: {}; load generator: {} (one send per message); latency limit p99 < {} ms; open loop {} msg/s per player; rooms of {}",
+        pin.note,
+        cfg.backend.name(),
+        cfg.p99_limit_ms,
+        cfg.rate,
+        cfg.room_size
+    ));
+    let outcome = run_kinds(cfg, results, &kennel, mydog.as_ref(), raw.as_ref());
+    pin.restore_self();
+    outcome
+}
+
+fn run_kinds(
+    cfg: &PlayersConfig,
+    results: &mut Results,
+    kennel: &Target,
+    mydog: Option<&Target>,
+    raw: Option<&Target>,
+) -> Result<()> {
+    for &kind in &cfg.kinds {
+        let mut systems: Vec<&Target> = vec![kennel];
+        systems.extend(mydog);
+        if kind == Kind::FrontendEcho {
+            systems.extend(raw);
+        }
+        let spec = |mode, players| Spec {
+            kind,
+            mode,
+            players,
+            room_size: cfg.room_size,
+            window: cfg.window,
+            tick: cfg.tick,
+        };
+
+        let summary = format!("{} closed loop", kind.label());
+        let mut best: HashMap<System, (usize, f64)> = HashMap::new();
+        for &n in &cfg.closed {
+            let label = format!("{} {n} x 1 in flight", kind.label());
+            for t in &systems {
+                let r = step(t, &spec(Mode::Closed, n), cfg.backend, &label)?;
+                let ok = within_limit(cfg, &r);
+                if let Some(p) = r.accounting_problem() {
+                    results
+                        .problems
+                        .push(format!("{label} {}: {p}", t.system.name()));
+                }
+                record(results, &label, t.system, kind, Mode::Closed, &r);
+                if ok {
+                    best.insert(t.system, (n, r.cores_used()));
+                }
+            }
+        }
+        record_best(results, &summary, &systems, &best, cfg);
+
+        let summary = format!("{} open loop {}/s", kind.label(), cfg.rate);
+        let mut best: HashMap<System, (usize, f64)> = HashMap::new();
+        let mut alive = systems.clone();
+        for &n in &cfg.open {
+            let label = format!("{} {n} x {}/s", kind.label(), cfg.rate);
+            let mode = Mode::Open { rate: cfg.rate };
+            let mut out = Vec::new();
+            for t in &alive {
+                let r = step(t, &spec(mode, n), cfg.backend, &label)?;
+                let ok = within_limit(cfg, &r);
+                let problem = r.accounting_problem();
+                match (&problem, ok) {
+                    // Below capacity every message must come back.
+                    (Some(p), _) if r.p99_ms < cfg.p99_limit_ms && r.overruns == 0 => results
+                        .problems
+                        .push(format!("{label} {}: {p}", t.system.name())),
+                    (Some(p), _) => results.notes.push(format!(
+                        "{label} {}: past capacity (p99 {:.1} ms, {} sends skipped): {p}",
+                        t.system.name(),
+                        r.p99_ms,
+                        r.overruns
+                    )),
+                    (None, false) => results.notes.push(format!(
+                        "{label} {}: past capacity (p99 {:.1} ms, {} sends skipped); leaves the ramp",
+                        t.system.name(),
+                        r.p99_ms,
+                        r.overruns
+                    )),
+                    (None, true) => {}
+                }
+                record(results, &label, t.system, kind, mode, &r);
+                if ok {
+                    best.insert(t.system, (n, r.cores_used()));
+                } else {
+                    out.push(t.system);
+                }
+            }
+            alive.retain(|t| !out.contains(&t.system));
+            if alive.is_empty() {
+                break;
+            }
+        }
+        for t in &alive {
+            results.notes.push(format!(
+                "{summary} {}: met the limit at the top of the ramp (players at the limit is a lower bound)",
+                t.system.name()
+            ));
+        }
+        record_best(results, &summary, &systems, &best, cfg);
+    }
+    Ok(())
+}
+
+/// Whether a step meets the latency limit with every message sent and accounted for.
+fn within_limit(cfg: &PlayersConfig, r: &StepResult) -> bool {
+    r.p99_ms < cfg.p99_limit_ms && r.overruns == 0 && r.accounting_problem().is_none()
+}
+
+/// Runs one step on fresh connections once `t`'s servers are quiet.
+fn step(t: &Target, spec: &Spec, backend: Backend, label: &str) -> Result<StepResult> {
+    if !cpu::settle(&t.pids, SETTLE_LIMIT) {
+        say(format!(
+            "{label}: {} still busy after {SETTLE_LIMIT:?}; starting anyway",
+            t.system.name()
+        ));
+    }
+    let r = run_step(&t.addrs, &t.pids, spec, backend)?;
+    let chat = spec.kind.is_chat();
+    say(format!(
+        "{label}: {:<6} {:>8.0} msg/s{}  p50 {:>7.2} ms  p99 {:>7.2} ms  server {:>6.2} µs/msg ({:.2} cores)  load gen {:>5.2} µs/msg ({:.0}% CPU){}{}",
+        t.system.name(),
+        if chat { r.sent_rate() } else { r.rate() },
+        if r.offered.is_nan() {
+            String::new()
+        } else {
+            format!(" of {:.0}", r.offered)
+        },
+        r.p50_ms,
+        r.p99_ms,
+        r.server_us_per_msg(chat),
+        r.cores_used(),
+        r.gen_us_per_msg(chat),
+        r.gen_cpu * 100.0 / r.wall.max(1e-9),
+        if chat {
+            format!("  {:.0} deliveries/s", r.rate())
+        } else {
+            String::new()
+        },
+        match r.accounting_problem() {
+            Some(p) => format!("  UNACCOUNTED: {p}"),
+            None => String::new(),
+        }
+    ));
+    Ok(r)
+}
+
+/// Records one step's figures.
+fn record(
+    results: &mut Results,
+    label: &str,
+    system: System,
+    kind: Kind,
+    mode: Mode,
+    r: &StepResult,
+) {
+    let chat = kind.is_chat();
+    let open = matches!(mode, Mode::Open { .. });
+    if open {
+        results.add(label, Metric::OfferedPerSec, system, r.offered);
+    }
+    results.add(
+        label,
+        Metric::AchievedPerSec,
+        system,
+        if chat { r.sent_rate() } else { r.rate() },
+    );
+    if chat {
+        results.add(label, Metric::MsgPerSec, system, r.rate());
+    }
+    results.add(label, Metric::P50Ms, system, r.p50_ms);
+    results.add(label, Metric::P99Ms, system, r.p99_ms);
+    results.add(
+        label,
+        Metric::CpuPerMsgUs,
+        system,
+        r.server_us_per_msg(chat),
+    );
+    if chat {
+        results.add(
+            label,
+            Metric::CpuPerDeliveryUs,
+            system,
+            r.server_us_per_delivery(),
+        );
+    }
+    results.add(label, Metric::CoresUsed, system, r.cores_used());
+    results.add(
+        label,
+        Metric::LoadgenCpuPerMsgUs,
+        system,
+        r.gen_us_per_msg(chat),
+    );
+    results.add(
+        label,
+        Metric::LoadgenCpuPct,
+        system,
+        r.gen_cpu * 100.0 / r.wall.max(1e-9),
+    );
+    if open {
+        results.add(label, Metric::SendLagP99Ms, system, r.lag_p99_ms);
+    }
+    if r.lost() > 0 {
+        results.add(label, Metric::LostMsgs, system, r.lost() as f64);
+    }
+    results.accounting.push(Accounting {
+        scenario: label.to_string(),
+        system: system.name(),
+        players: r.players,
+        offered: (!r.offered.is_nan()).then_some(r.offered),
+        completed: r.completed,
+        sent_in_window: r.sent_in_window,
+        wall_s: r.wall,
+        sent: r.sent,
+        expected: r.expected,
+        received: r.received,
+        mismatched: r.mismatched,
+        unexpected: r.unexpected,
+        overruns: r.overruns,
+        errors: r.errors.clone(),
+    });
+}
+
+/// Records players per core (and the step it came from) of each system.
+fn record_best(
+    results: &mut Results,
+    label: &str,
+    systems: &[&Target],
+    best: &HashMap<System, (usize, f64)>,
+    cfg: &PlayersConfig,
+) {
+    for t in systems {
+        match best.get(&t.system) {
+            Some(&(n, cores)) => {
+                results.add(label, Metric::PlayersAtLimit, t.system, n as f64);
+                results.add(
+                    label,
+                    Metric::PlayersPerCore,
+                    t.system,
+                    n as f64 / cores.max(1e-3),
+                );
+            }
+            None => {
+                results.add(label, Metric::PlayersAtLimit, t.system, f64::NAN);
+                results.add(label, Metric::PlayersPerCore, t.system, f64::NAN);
+                results.notes.push(format!(
+                    "{label} {}: no step met p99 < {} ms",
+                    t.system.name(),
+                    cfg.p99_limit_ms
+                ));
+            }
+        }
+    }
+}
