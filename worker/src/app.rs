@@ -540,7 +540,8 @@ impl App {
         self.with_setup(|s| s.codecs.protocol = Arc::new(p))
     }
 
-    /// Sets the frontend connector's settings.
+    /// Sets the frontend connector's settings: a base that the connector keys of this
+    /// server's `servers.json` entry (checked when the project loaded) override.
     pub fn set_connector(&self, cfg: ConnectorConfig) -> &Self {
         self.with_setup(|s| s.connector = cfg)
     }
