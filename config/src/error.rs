@@ -287,6 +287,13 @@ pub enum Problem {
         /// How many routes the file lists.
         count: usize,
     },
+    /// A kennel setting ([`crate::settings`]) has a bad value.
+    Setting {
+        /// The key path, e.g. `maxLen`, `rateLimit.burst`, `rpc.interval.chat`.
+        key: String,
+        /// What is wrong, e.g. `must be at least 3, found 2`.
+        message: String,
+    },
 }
 
 impl fmt::Display for Problem {
@@ -343,6 +350,7 @@ impl fmt::Display for Problem {
                 f,
                 "{count} routes listed, but a client message's cmd (16 bits) reaches only the first 65536"
             ),
+            Problem::Setting { key, message } => write!(f, "`{key}`: {message}"),
         }
     }
 }

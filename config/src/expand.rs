@@ -9,17 +9,9 @@ use crate::error::{ConfigError, Problem, describe};
 use crate::master::DEFAULT_HOST;
 use crate::source::SourceFile;
 
-/// The keys of a server entry that are not copied to [`ServerConfig::extra`].
-const KNOWN: [&str; 8] = [
-    "id",
-    "idStart",
-    "host",
-    "port",
-    "frontend",
-    "clientPort",
-    "bin",
-    "args",
-];
+/// The keys of a server entry that are not copied to [`ServerConfig::extra`]: its placement
+/// (the first eight of [`crate::settings::SERVER_KEYS`]).
+const KNOWN: &[&str] = crate::settings::SERVER_KEYS.split_at(8).0;
 
 /// One expanded server and the entry it came from (for error messages).
 #[derive(Debug)]
@@ -164,6 +156,7 @@ pub(crate) fn expand_entry(server_type: &str, entry: &Value) -> Result<Vec<Serve
         b => b,
     };
     let args = args(obj)?;
+    let settings = crate::settings::server_settings(entry)?;
     let extra: Map<String, Value> = obj
         .iter()
         .filter(|(k, _)| !KNOWN.contains(&k.as_str()))
@@ -197,6 +190,7 @@ pub(crate) fn expand_entry(server_type: &str, entry: &Value) -> Result<Vec<Serve
             client_port,
             bin: bin.clone(),
             args: args.clone(),
+            settings: settings.clone(),
             extra: extra.clone(),
         });
     }

@@ -6,12 +6,19 @@
 //!
 //! Files (`<project>/config/sys/`, each either `.json` or `.toml`, never both):
 //! - `master.*`: per environment, `id`, `host` (default `127.0.0.1`), `port`, optional `bin`,
-//!   `serverSecret`, `cliSecret`; other keys land in [`MasterConfig::extra`].
+//!   `serverSecret`, `cliSecret`, and kennel's settings (`rpc`, `logs`, `crashLoop`,
+//!   `metrics`, `launcher`, `remoteSignal`: [`MasterConfig::settings`]); every key but the
+//!   first six lands in [`MasterConfig::extra`].
 //!   `KENNEL_MASTER_HOST` / `KENNEL_MASTER_PORT` override `host` / `port`.
 //! - `servers.*`: per environment, server type → list of entries with `id`, `idStart`, `host`,
 //!   `port` (`N` or `[first, last]`), `frontend`, `clientPort` (`N` or `[first, last]`), `bin`,
-//!   `args`; other keys land in [`ServerConfig::extra`].
+//!   `args`, and kennel's settings (connector keys, `threads`, `restart`, `external`:
+//!   [`ServerConfig::settings`]); every key but the first eight lands in
+//!   [`ServerConfig::extra`].
 //! - `route.*`: one list for all environments (JSON: `["a.b.c", ...]`, TOML: `route = [...]`).
+//!
+//! kennel's settings are typed and checked here once ([`settings`]); a key that looks like a
+//! misspelt setting is kept and reported in [`Project::warnings`].
 #![deny(missing_docs)]
 
 mod error;
@@ -20,6 +27,7 @@ mod load;
 mod master;
 mod route;
 mod secrets;
+pub mod settings;
 mod source;
 mod validate;
 
@@ -53,6 +61,9 @@ pub struct Project {
     /// A note per route (same index), from entries written `{"route": .., "note": ..}`; used
     /// by `kennel cmd` for comments in generated client code.
     pub route_notes: Vec<Option<String>>,
+    /// Keys that look like misspelt or misplaced kennel settings (the project loads all the
+    /// same); `kennel config`, `kennel start` and each server print them.
+    pub warnings: Vec<settings::Warning>,
 }
 
 /// The master's entry for one environment.
@@ -70,7 +81,9 @@ pub struct MasterConfig {
     pub server_secret: Option<String>,
     /// Secret the CLI uses to authenticate (key `cliSecret`), if set in the file.
     pub cli_secret: Option<String>,
-    /// Every other key of the entry, kept as written.
+    /// kennel's settings of the entry, checked (`rpc`, `logs`, `crashLoop`, ...).
+    pub settings: settings::MasterSettings,
+    /// Every other key of the entry, kept as written (kennel's settings included).
     pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
@@ -93,7 +106,10 @@ pub struct ServerConfig {
     pub bin: Option<String>,
     /// Extra command-line arguments passed to the server (key `args`, list of strings).
     pub args: Vec<String>,
-    /// Every other key of the entry, kept as written (minus `id`, `idStart`, `port`, ...).
+    /// kennel's settings of the entry, checked (connector keys, `threads`, `restart`, ...).
+    pub settings: settings::ServerSettings,
+    /// Every other key of the entry, kept as written (minus `id`, `idStart`, `port`, ...;
+    /// kennel's settings included, so game code reads them as before).
     pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
@@ -122,6 +138,9 @@ impl Project {
     ///
     /// The environment variables `KENNEL_MASTER_HOST` and `KENNEL_MASTER_PORT`, when set,
     /// override the master's `host` and `port` of the loaded environment (before validation).
+    ///
+    /// kennel's settings are parsed and checked ([`settings`]): a bad value is an error naming
+    /// the key path; a key close to a setting's name is a [`Project::warnings`] entry.
     ///
     /// Range expansion: `port: [a, b]` gives `b-a+1` servers with ids `id + (idStart + k)`
     /// (`idStart` defaults to 0) on ports `a + k`. A plain `port: N` gives one server whose id

@@ -3,8 +3,11 @@
 
 use std::path::Path;
 
+use serde_json::{Map, Value};
+
 use crate::error::ConfigError;
-use crate::source::{locate, parse, select_env};
+use crate::settings::Warning;
+use crate::source::{SourceFile, locate, parse, select_env};
 use crate::{Project, expand, master, route, source, validate};
 
 pub(crate) fn load(dir: &Path, env: &str) -> Result<Project, ConfigError> {
@@ -22,8 +25,15 @@ pub(crate) fn load(dir: &Path, env: &str) -> Result<Project, ConfigError> {
     let servers_doc = parse(&servers_file, env)?;
     // Validates the environment; its entries are then taken in file order.
     select_env(&servers_file, &servers_doc, env)?;
-    let placed = expand::expand_all(&servers_file, env, &servers_doc.env_entries(env))?;
+    let groups = servers_doc.env_entries(env);
+    let placed = expand::expand_all(&servers_file, env, &groups)?;
     validate::check_cluster(&master_file, &servers_file, env, &master, &placed)?;
+    let warnings = warnings(
+        (&master_file, select_env(&master_file, &master_doc, env)?),
+        (&servers_file, &groups),
+        env,
+        &placed,
+    );
     let servers: Vec<_> = placed.into_iter().map(|p| p.config).collect();
 
     let route_doc = parse(&route_file, env)?;
@@ -40,7 +50,57 @@ pub(crate) fn load(dir: &Path, env: &str) -> Result<Project, ConfigError> {
         servers,
         routes,
         route_notes,
+        warnings,
     })
+}
+
+/// The keys of the master entry and of every server entry that look like misspelt or
+/// misplaced kennel settings, in file order.
+fn warnings(
+    (master_file, master): (&SourceFile, &Map<String, Value>),
+    (servers_file, groups): (&SourceFile, &[(&String, &Value)]),
+    env: &str,
+    placed: &[expand::Placed],
+) -> Vec<Warning> {
+    use crate::settings::{MASTER_KEYS, SERVER_KEYS, odd_keys};
+    let mut out: Vec<Warning> = odd_keys(master, &MASTER_KEYS, &SERVER_KEYS, "servers")
+        .into_iter()
+        .map(|(key, kind)| Warning {
+            file: master_file.path.clone(),
+            env: env.to_owned(),
+            entry: master::label(master),
+            key,
+            kind,
+            servers: Vec::new(),
+        })
+        .collect();
+    for &(server_type, entries) in groups {
+        let Value::Array(entries) = entries else {
+            continue;
+        };
+        for (index, entry) in entries.iter().enumerate() {
+            let Value::Object(obj) = entry else { continue };
+            let label = expand::entry_label(server_type, index, entry);
+            let servers: Vec<String> = placed
+                .iter()
+                .filter(|p| p.entry == label)
+                .map(|p| p.config.id.clone())
+                .collect();
+            out.extend(
+                odd_keys(obj, &SERVER_KEYS, &MASTER_KEYS, "master")
+                    .into_iter()
+                    .map(|(key, kind)| Warning {
+                        file: servers_file.path.clone(),
+                        env: env.to_owned(),
+                        entry: label.clone(),
+                        key,
+                        kind,
+                        servers: servers.clone(),
+                    }),
+            );
+        }
+    }
+    out
 }
 
 /// The environment name used in messages when no environment is being loaded.

@@ -18,7 +18,9 @@ pub const MASTER_PORT_ENV: &str = "KENNEL_MASTER_PORT";
 /// The default host of the master and of servers.
 pub const DEFAULT_HOST: &str = "127.0.0.1";
 
-const KNOWN: [&str; 6] = ["id", "host", "port", "bin", "serverSecret", "cliSecret"];
+/// The keys not copied to [`MasterConfig::extra`]: placement and secrets (the first six of
+/// [`crate::settings::MASTER_KEYS`]).
+const KNOWN: &[&str] = crate::settings::MASTER_KEYS.split_at(6).0;
 
 /// A label for the master entry in error messages.
 pub(crate) fn label(obj: &Map<String, Value>) -> String {
@@ -110,6 +112,8 @@ pub(crate) fn extract(
     let bin = opt_string(obj, "bin").map_err(invalid)?;
     let server_secret = opt_string(obj, "serverSecret").map_err(invalid)?;
     let cli_secret = opt_string(obj, "cliSecret").map_err(invalid)?;
+    let settings =
+        crate::settings::master_settings(&Value::Object(obj.clone())).map_err(invalid)?;
     let extra = obj
         .iter()
         .filter(|(k, _)| !KNOWN.contains(&k.as_str()))
@@ -122,6 +126,7 @@ pub(crate) fn extract(
         bin,
         server_secret,
         cli_secret,
+        settings,
         extra,
     })
 }

@@ -467,11 +467,13 @@ mod tests {
                 bin: None,
                 server_secret: server.map(Into::into),
                 cli_secret: cli.map(Into::into),
+                settings: Default::default(),
                 extra: Map::new(),
             },
             servers: vec![],
             routes: vec![],
             route_notes: vec![],
+            warnings: vec![],
         }
     }
 

@@ -787,7 +787,7 @@ async fn session_ip_push_before_bind_lookup_and_close() {
 }
 
 /// `App::runtime` follows the entry's `threads`: single-threaded by default, N workers when
-/// asked, and a clear error naming the server and the key for a bad value.
+/// asked; a bad value is refused when the project loads, naming the server and the key.
 #[test]
 fn runtime_follows_the_threads_key() {
     let dir = tempfile::tempdir().unwrap();
@@ -799,20 +799,22 @@ fn runtime_follows_the_threads_key() {
             .to_string(),
     )
     .unwrap();
-    std::fs::write(
-        sys.join("servers.json"),
-        json!({"test": {"gate": [
+    std::fs::write(sys.join("route.json"), json!(ROUTES).to_string()).unwrap();
+    let servers = |game3_threads: Value| {
+        let game3 = match game3_threads {
+            Value::Null => json!({"id": "game-3", "host": "127.0.0.1", "port": free_port()}),
+            t => json!({"id": "game-3", "host": "127.0.0.1", "port": free_port(), "threads": t}),
+        };
+        let all = json!({"test": {"gate": [
             {"id": "gate-1", "host": "127.0.0.1", "port": free_port(), "frontend": true, "clientPort": free_port()},
         ], "game": [
             {"id": "game-1", "host": "127.0.0.1", "port": free_port()},
             {"id": "game-2", "host": "127.0.0.1", "port": free_port(), "threads": 3},
-            {"id": "game-3", "host": "127.0.0.1", "port": free_port(), "threads": 0},
-            {"id": "game-4", "host": "127.0.0.1", "port": free_port(), "threads": "many"},
-        ]}})
-        .to_string(),
-    )
-    .unwrap();
-    std::fs::write(sys.join("route.json"), json!(ROUTES).to_string()).unwrap();
+            game3,
+        ]}});
+        std::fs::write(sys.join("servers.json"), all.to_string()).unwrap();
+    };
+    servers(Value::Null);
     let project = Project::load(dir.path(), "test").unwrap();
     Secrets::resolve(&project, true).unwrap();
     let app = |id: &str| {
@@ -822,10 +824,9 @@ fn runtime_follows_the_threads_key() {
             dir: dir.path().to_path_buf(),
             rest: vec![],
         })
-        .unwrap()
     };
     let workers = |id: &str| {
-        let rt = app(id).runtime().unwrap();
+        let rt = app(id).unwrap().runtime().unwrap();
         (rt.metrics().num_workers(), rt.handle().runtime_flavor())
     };
     assert_eq!(
@@ -836,8 +837,20 @@ fn runtime_follows_the_threads_key() {
         workers("game-2"),
         (3, tokio::runtime::RuntimeFlavor::MultiThread)
     );
-    for bad in ["game-3", "game-4"] {
-        let err = app(bad).runtime().unwrap_err().to_string();
-        assert!(err.contains(bad) && err.contains("threads"), "{err}");
+    for bad in [json!(0), json!("many")] {
+        servers(bad.clone());
+        let err = Project::load(dir.path(), "test").unwrap_err().to_string();
+        assert!(
+            err.contains("game-3") && err.contains("threads"),
+            "{bad}: {err}"
+        );
+        let err = app("game-1")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("game-3") && err.contains("threads"),
+            "{bad}: {err}"
+        );
     }
 }

@@ -1077,3 +1077,42 @@ async fn start_logs_and_config_run_against_chat_demo() {
     assert_ne!(again["pid"], json!(pid3), "{again}");
     drop(master);
 }
+
+/// A misspelt key is warned about by `start` (the master's output) and by the servers it
+/// concerns, at start (their log files): a server entry's key by that server only, a master
+/// entry's key by every server. The cluster runs all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn misspelt_keys_are_warned_about_by_the_master_and_the_servers_they_concern() {
+    let p = Arc::new(project(1, 2, json!({"crashloop": {"restarts": 3}}), |i| {
+        if i == 1 {
+            json!({"threds": 2})
+        } else {
+            json!({})
+        }
+    }));
+    let master = p.start();
+    master.wait_line("kennel: cluster ready: 3 servers");
+    let own = "`threds` is not a kennel setting: did you mean `threads`?";
+    let shared = "`crashloop` is not a kennel setting: did you mean `crashLoop`?";
+    for needle in [own, shared] {
+        let line = master.wait_line(needle);
+        assert!(line.starts_with("kennel: warning: "), "{line}");
+    }
+    // Logged in App::new, before the server registered (so before "cluster ready").
+    let (one, two) = (p.log("chat-server-1"), p.log("chat-server-2"));
+    for needle in [own, shared, "WARN", "entry chat[0] (\"chat-server-1\")"] {
+        assert!(
+            one.contains(needle),
+            "{needle:?} not in chat-server-1's log:\n{one}"
+        );
+    }
+    assert!(two.contains(shared), "chat-server-2's log:\n{two}");
+    assert!(
+        !two.contains("threds"),
+        "chat-server-2 warned about another entry:\n{two}"
+    );
+    let q = p.clone();
+    let out = blocking(move || q.run(&["stop", "-y"])).await;
+    assert!(out.status.success(), "stop: {}", text(&out.stderr));
+    drop(master);
+}

@@ -343,7 +343,6 @@ impl Core {
                     &self.spawning.this_host,
                 )
                 .map_err(|e| e.to_string())?;
-                crate::policy::RestartPolicy::of(s).map_err(|e| e.to_string())?;
                 new.push((s.clone(), launch));
             }
         }

@@ -42,7 +42,8 @@ pub enum MasterError {
         /// The OS error.
         source: std::io::Error,
     },
-    /// A master setting (`restart`, `crashLoop`) is invalid.
+    /// A setting given on the command line (`--external`) or a metrics port that cannot be
+    /// bound (the config files' settings are checked by kennel-config when the project loads).
     #[error("{what}")]
     Setting {
         /// What is wrong, naming the setting.

@@ -5,11 +5,13 @@
 //! `ssh <host> cd <dir> && <bin> ...`). The supervisor decides *when*; this module *how*.
 //!
 //! A server whose `host` is not this machine is started through the *launcher* of
-//! master.json, an argv template (default [`DEFAULT_LAUNCHER`]). Its process (e.g. `ssh`) is
-//! the master's child: it lives as long as the remote server, its output goes to
-//! `logs/<id>.log`, and its exit is the server's exit. A remote server is stopped through the
-//! *remote signal* command (default [`DEFAULT_REMOTE_SIGNAL`]) with the pid it registered
-//! with; one that never registered is stopped by signalling the launcher's process group.
+//! master.json, an argv template (default [`kennel_config::settings::DEFAULT_LAUNCHER`]). Its
+//! process (e.g. `ssh`) is the master's child: it lives as long as the remote server, its
+//! output goes to `logs/<id>.log`, and its exit is the server's exit. A remote server is
+//! stopped through the *remote signal* command (default
+//! [`kennel_config::settings::DEFAULT_REMOTE_SIGNAL`]) with the pid it registered with; one
+//! that never registered is stopped by signalling the launcher's process group. Both
+//! templates are checked when the project loads (`kennel_config::settings::MasterSettings`).
 //!
 //! Placeholders: `{host}`, `{id}`, `{env}`, `{dir}` (the project directory, the same path on
 //! every host as with mydog), `{bin}`, `{cmd}` (the whole server command line, shell-quoted),
@@ -41,10 +43,6 @@ use tracing::{info, warn};
 
 use crate::MasterError;
 
-/// The default launcher: `ssh <host> "cd <dir> && <bin> --id <id> --env <env> ..."`.
-pub(crate) const DEFAULT_LAUNCHER: [&str; 3] = ["ssh", "{host}", "cd {dir} && {cmd}"];
-/// The default remote signal command: `ssh <host> "kill -<signal> <pid>"`.
-pub(crate) const DEFAULT_REMOTE_SIGNAL: [&str; 3] = ["ssh", "{host}", "kill -{signal} {pid}"];
 /// How long a remote-signal command may run.
 const REMOTE_SIGNAL_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -53,18 +51,6 @@ const REMOTE_SIGNAL_TIMEOUT: Duration = Duration::from_secs(15);
 pub(crate) struct Launcher {
     start: Vec<String>,
     signal: Vec<String>,
-}
-
-impl Default for Launcher {
-    fn default() -> Self {
-        Launcher {
-            start: DEFAULT_LAUNCHER.iter().map(|s| (*s).to_owned()).collect(),
-            signal: DEFAULT_REMOTE_SIGNAL
-                .iter()
-                .map(|s| (*s).to_owned())
-                .collect(),
-        }
-    }
 }
 
 /// A value and how it goes into a longer argv element.
@@ -110,35 +96,13 @@ fn quote(s: &str) -> String {
 }
 
 impl Launcher {
-    /// The templates of `master` (keys `launcher` and `remoteSignal`), defaults for the unset.
-    pub(crate) fn of(master: &MasterConfig) -> Result<Launcher, MasterError> {
-        let mut l = Launcher::default();
-        for (key, slot) in [("launcher", &mut l.start), ("remoteSignal", &mut l.signal)] {
-            let Some(v) = master.extra.get(key) else {
-                continue;
-            };
-            let argv: Option<Vec<String>> = v.as_array().and_then(|a| {
-                a.iter()
-                    .map(|e| e.as_str().map(str::to_owned))
-                    .collect::<Option<Vec<_>>>()
-            });
-            match argv {
-                Some(argv) if !argv.is_empty() && !argv[0].is_empty() => *slot = argv,
-                _ => {
-                    return Err(MasterError::Setting {
-                        what: format!(
-                            "master.json {key}: must be a non-empty array of strings, e.g. {:?}",
-                            if key == "launcher" {
-                                &DEFAULT_LAUNCHER
-                            } else {
-                                &DEFAULT_REMOTE_SIGNAL
-                            }
-                        ),
-                    });
-                }
-            }
+    /// The templates of `master` (keys `launcher` and `remoteSignal`, checked when the
+    /// project loaded; the defaults for the unset).
+    pub(crate) fn of(master: &MasterConfig) -> Launcher {
+        Launcher {
+            start: master.settings.launcher.clone(),
+            signal: master.settings.remote_signal.clone(),
         }
-        Ok(l)
     }
 
     /// The argv that starts server `id` (`bin --id <id> --env <env> args...`) on `host`.
@@ -304,7 +268,7 @@ pub(crate) fn plan_one(
     external: &[String],
     this_host: &ThisHost,
 ) -> Result<Launch, MasterError> {
-    if crate::policy::is_external(s)? || external.contains(&s.id) {
+    if s.settings.external || external.contains(&s.id) {
         return Ok(Launch::External);
     }
     let path = match override_bin {
@@ -442,9 +406,9 @@ pub(crate) fn signal_remote(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use kennel_config::settings::MasterSettings;
 
-    fn master(extra: serde_json::Value) -> MasterConfig {
+    fn master(settings: MasterSettings) -> MasterConfig {
         MasterConfig {
             id: "m".into(),
             host: "127.0.0.1".into(),
@@ -452,13 +416,18 @@ mod tests {
             bin: None,
             server_secret: None,
             cli_secret: None,
-            extra: extra.as_object().unwrap().clone(),
+            settings,
+            extra: serde_json::Map::new(),
         }
+    }
+
+    fn argv(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| (*s).to_owned()).collect()
     }
 
     #[test]
     fn default_launcher_is_ssh_with_a_quoted_command() {
-        let l = Launcher::of(&master(json!({}))).unwrap();
+        let l = Launcher::of(&master(MasterSettings::default()));
         let argv = l.start_argv(
             "game2",
             Path::new("/srv/my game"),
@@ -482,12 +451,14 @@ mod tests {
     }
 
     #[test]
-    fn custom_templates_and_bad_ones() {
-        let l = Launcher::of(&master(json!({
-            "launcher": ["docker", "exec", "{host}", "{bin}", "--id", "{id}", "--env", "{env}"],
-            "remoteSignal": ["docker", "kill", "-s", "{signal}", "{host}"]
-        })))
-        .unwrap();
+    fn custom_templates() {
+        let l = Launcher::of(&master(MasterSettings {
+            launcher: argv(&[
+                "docker", "exec", "{host}", "{bin}", "--id", "{id}", "--env", "{env}",
+            ]),
+            remote_signal: argv(&["docker", "kill", "-s", "{signal}", "{host}"]),
+            ..MasterSettings::default()
+        }));
         assert_eq!(
             l.start_argv("box 1", Path::new("/p"), Path::new("/b in"), "x", "e", &[]),
             [
@@ -498,14 +469,6 @@ mod tests {
             l.signal_argv("box", 1, "KILL"),
             ["docker", "kill", "-s", "KILL", "box"]
         );
-        for bad in [
-            json!({"launcher": []}),
-            json!({"remoteSignal": "ssh"}),
-            json!({"launcher": [1]}),
-        ] {
-            let e = Launcher::of(&master(bad.clone())).unwrap_err().to_string();
-            assert!(e.starts_with("master.json "), "{bad}: {e}");
-        }
     }
 
     #[test]

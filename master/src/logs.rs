@@ -28,61 +28,8 @@ use crate::console::server_line;
 
 /// How often the master looks at the log files' sizes.
 pub(crate) const ROTATE_INTERVAL: Duration = Duration::from_secs(1);
-/// Default size at which a log file is rotated.
-pub(crate) const DEFAULT_MAX_BYTES: u64 = 10 * 1024 * 1024;
-/// Default number of rotated copies kept.
-pub(crate) const DEFAULT_KEEP: u32 = 5;
-
-/// How log files are rotated: master.json `"logs": {"maxBytes": 10485760, "keep": 5}`
-/// (`maxBytes: 0` turns rotation off).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Rotation {
-    /// Rotate a file once it holds this many bytes (0: never).
-    pub(crate) max_bytes: u64,
-    /// Rotated copies kept (`.1` newest .. `.<keep>` oldest), at least 1.
-    pub(crate) keep: u32,
-}
-
-impl Default for Rotation {
-    fn default() -> Self {
-        Rotation {
-            max_bytes: DEFAULT_MAX_BYTES,
-            keep: DEFAULT_KEEP,
-        }
-    }
-}
-
-impl Rotation {
-    /// The rotation of `master` (key `logs` of master.json), defaults filling what is unset.
-    pub(crate) fn of(master: &kennel_config::MasterConfig) -> Result<Rotation, crate::MasterError> {
-        let mut r = Rotation::default();
-        let Some(v) = master.extra.get("logs") else {
-            return Ok(r);
-        };
-        let bad = |what: &str| crate::MasterError::Setting {
-            what: format!("master.json logs: {what}"),
-        };
-        let obj = v
-            .as_object()
-            .ok_or_else(|| bad("must be an object like {\"maxBytes\": 10485760, \"keep\": 5}"))?;
-        for (key, value) in obj {
-            let n = value
-                .as_u64()
-                .ok_or_else(|| bad(&format!("{key} must be a non-negative integer")))?;
-            match key.as_str() {
-                "maxBytes" => r.max_bytes = n,
-                "keep" => {
-                    r.keep = u32::try_from(n)
-                        .ok()
-                        .filter(|k| (1..=1000).contains(k))
-                        .ok_or_else(|| bad("keep must be between 1 and 1000"))?;
-                }
-                other => return Err(bad(&format!("unknown key {other:?}"))),
-            }
-        }
-        Ok(r)
-    }
-}
+/// How log files are rotated (`"logs"` of master.json, checked when the project loads).
+pub(crate) type Rotation = kennel_config::settings::LogRotation;
 
 /// The `n`-th rotated copy of `path` (`<path>.<n>`).
 pub(crate) fn rotated(path: &Path, n: u32) -> PathBuf {
@@ -351,41 +298,6 @@ impl Tail {
 mod tests {
     use super::*;
     use std::io::Write;
-
-    #[test]
-    fn rotation_settings() {
-        let mut m = kennel_config::MasterConfig {
-            id: "m".into(),
-            host: "127.0.0.1".into(),
-            port: 1,
-            bin: None,
-            server_secret: None,
-            cli_secret: None,
-            extra: serde_json::Map::new(),
-        };
-        assert_eq!(Rotation::of(&m).unwrap(), Rotation::default());
-        m.extra.insert(
-            "logs".into(),
-            serde_json::json!({"maxBytes": 100, "keep": 2}),
-        );
-        assert_eq!(
-            Rotation::of(&m).unwrap(),
-            Rotation {
-                max_bytes: 100,
-                keep: 2
-            }
-        );
-        for bad in [
-            serde_json::json!({"keep": 0}),
-            serde_json::json!({"maxBytes": -1}),
-            serde_json::json!({"size": 1}),
-            serde_json::json!(3),
-        ] {
-            m.extra.insert("logs".into(), bad.clone());
-            let e = Rotation::of(&m).unwrap_err().to_string();
-            assert!(e.starts_with("master.json logs: "), "{bad}: {e}");
-        }
-    }
 
     #[test]
     fn copy_truncate_keeps_the_writer_appending() {

@@ -36,7 +36,6 @@ use crate::launch::{Launch, Launcher, SpawnEnv, ThisHost, plan};
 use crate::listener::{self, Shared};
 use crate::logs;
 use crate::metrics::{self, MetricsConfig};
-use crate::policy::CrashLoop;
 use crate::procfs::RUN_DIR;
 use crate::sampler::Sampler;
 use crate::supervisor::Supervisor;
@@ -142,10 +141,10 @@ pub async fn run(
     }
     let this_host = ThisHost::detect();
     let launches = plan(&project, bin.as_deref(), &external, &this_host)?;
-    let launcher = Launcher::of(&project.master)?;
-    let crash_loop = CrashLoop::of(&project.master)?;
-    let rotation = logs::Rotation::of(&project.master)?;
-    let metrics = match MetricsConfig::of(&project.master)? {
+    let launcher = Launcher::of(&project.master);
+    let crash_loop = project.master.settings.crash_loop;
+    let rotation = project.master.settings.logs;
+    let metrics = match MetricsConfig::of(&project.master) {
         Some(m) => Some(m.bind().await?),
         None => None,
     };

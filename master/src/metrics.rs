@@ -33,8 +33,6 @@ use crate::MasterError;
 use crate::event::Event;
 use crate::state::ServerState;
 
-/// Default address of the metrics listener.
-pub(crate) const DEFAULT_HOST: &str = "127.0.0.1";
 /// How long a scrape waits for the event loop.
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -48,44 +46,13 @@ pub(crate) struct MetricsConfig {
 }
 
 impl MetricsConfig {
-    /// The `"metrics"` object of the master entry; `None` when absent.
-    pub(crate) fn of(master: &MasterConfig) -> Result<Option<MetricsConfig>, MasterError> {
-        let Some(v) = master.extra.get("metrics") else {
-            return Ok(None);
-        };
-        let bad = |what: &str| MasterError::Setting {
-            what: format!("master.json metrics: {what}"),
-        };
-        let obj = v.as_object().ok_or_else(|| {
-            bad("must be an object like {\"port\": 9100, \"host\": \"127.0.0.1\"}")
-        })?;
-        let mut config = MetricsConfig {
-            host: DEFAULT_HOST.to_owned(),
-            port: 0,
-        };
-        let mut port = None;
-        for (key, value) in obj {
-            match key.as_str() {
-                "port" => {
-                    port = Some(
-                        value
-                            .as_u64()
-                            .and_then(|p| u16::try_from(p).ok())
-                            .ok_or_else(|| bad("port must be an integer from 0 to 65535"))?,
-                    )
-                }
-                "host" => {
-                    config.host = value
-                        .as_str()
-                        .filter(|h| !h.is_empty())
-                        .ok_or_else(|| bad("host must be a non-empty string"))?
-                        .to_owned()
-                }
-                other => return Err(bad(&format!("unknown key {other:?} (port, host)"))),
-            }
-        }
-        config.port = port.ok_or_else(|| bad("port is required"))?;
-        Ok(Some(config))
+    /// The `"metrics"` setting of the master entry; `None` when absent.
+    pub(crate) fn of(master: &MasterConfig) -> Option<MetricsConfig> {
+        let m = master.settings.metrics.as_ref()?;
+        Some(MetricsConfig {
+            host: m.host.clone(),
+            port: m.port,
+        })
     }
 
     /// Binds the listener.
@@ -377,42 +344,6 @@ pub(crate) fn render(list: &ListReply) -> String {
 mod tests {
     use super::*;
     use kennel_proto::msg::{RpcStats, ServerInfo, ServerStatus};
-    use serde_json::json;
-
-    fn master(extra: serde_json::Value) -> MasterConfig {
-        MasterConfig {
-            id: "master".into(),
-            host: "127.0.0.1".into(),
-            port: 3005,
-            bin: None,
-            server_secret: None,
-            cli_secret: None,
-            extra: extra.as_object().cloned().unwrap_or_default(),
-        }
-    }
-
-    #[test]
-    fn config_is_opt_in_and_checked() {
-        assert_eq!(MetricsConfig::of(&master(json!({}))).unwrap(), None);
-        let c = MetricsConfig::of(&master(json!({"metrics": {"port": 9100}})))
-            .unwrap()
-            .unwrap();
-        assert_eq!((c.host.as_str(), c.port), ("127.0.0.1", 9100));
-        for bad in [
-            json!({"metrics": 9100}),
-            json!({"metrics": {}}),
-            json!({"metrics": {"port": 70000}}),
-            json!({"metrics": {"port": "x"}}),
-            json!({"metrics": {"port": 1, "host": ""}}),
-            json!({"metrics": {"port": 1, "hots": "a"}}),
-        ] {
-            let e = MetricsConfig::of(&master(bad.clone())).unwrap_err();
-            assert!(
-                e.to_string().starts_with("master.json metrics:"),
-                "{bad}: {e}"
-            );
-        }
-    }
 
     #[test]
     fn renders_states_resources_and_histogram() {

@@ -135,7 +135,7 @@ impl Supervisor {
         config: ServerConfig,
         launch: Launch,
     ) -> Result<usize, MasterError> {
-        let policy = RestartPolicy::of(&config)?;
+        let policy = config.settings.restart;
         self.slots.push(Slot {
             log: logs::log_path(&self.logs_dir, &config.id),
             pid_file: procfs::pid_file(&self.run_dir, &config.id),

@@ -59,6 +59,7 @@ mod tests {
             bin: Some("other".into()),
             args: vec!["x".into()],
             extra: extra.clone(),
+            settings: Default::default(),
         };
         let w = msg::ServerInfo::from_config(&cfg, 77);
         assert_eq!(

@@ -433,7 +433,11 @@ fn load_project(args: &ProjectArgs, defaults: &Defaults) -> Result<Project> {
         .unwrap_or_else(|| PathBuf::from("."));
     let dir = std::fs::canonicalize(&dir)
         .with_context(|| format!("project directory {}", dir.display()))?;
-    Project::load(&dir, &args.env).context("cannot load the project")
+    let project = Project::load(&dir, &args.env).context("cannot load the project")?;
+    for w in &project.warnings {
+        eprintln!("kennel: warning: {w}");
+    }
+    Ok(project)
 }
 
 /// `host:port`, bracketing IPv6 hosts.

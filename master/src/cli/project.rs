@@ -8,7 +8,6 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 
 use super::{Defaults, ProjectArgs, host_port, load_project, out};
-use crate::policy::RestartPolicy;
 
 /// `kennel init [DIR]`: a new game project (see [`crate::scaffold`]).
 pub(super) fn init(
@@ -76,8 +75,8 @@ pub(super) fn config(
     let this_host = crate::launch::ThisHost::detect();
     let mut rows = Vec::new();
     for s in &project.servers {
-        let policy = RestartPolicy::of(s)?;
-        let launch = if crate::policy::is_external(s)? {
+        let policy = s.settings.restart;
+        let launch = if s.settings.external {
             "external"
         } else if this_host.is_local(&s.host) {
             "local"

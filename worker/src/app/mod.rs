@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use kennel_config::{Project, SecretKind, Secrets};
 use kennel_proto::msg;
 use tokio_util::sync::CancellationToken;
+use tracing::warn;
 
 use crate::edge::clients::Clients;
 use crate::mesh::Mesh;
@@ -102,10 +103,13 @@ impl App {
                 env: args.env.clone(),
                 dir: args.dir.display().to_string(),
             })?;
+        for w in project.warnings.iter().filter(|w| w.concerns(&args.id)) {
+            warn!("{w}");
+        }
         let me = ServerInfo::from(&msg::ServerInfo::from_config(entry, 0));
         let secret = server_secret(&project)?;
-        let rpc = RpcConfig::from_json(project.master.extra.get("rpc"))
-            .map_err(|e| Error::Setup(format!("master config of {}: {e}", args.env)))?;
+        // Typed and checked when the project loaded.
+        let rpc = project.master.settings.rpc.clone();
         let stats = Arc::new(Stats::default());
         let shutdown = CancellationToken::new();
         let mesh = Mesh::new(
@@ -272,6 +276,11 @@ impl App {
     /// This server's id, shared (by its sessions).
     pub(crate) fn server_id(&self) -> &Arc<str> {
         self.inner.mesh.id_shared()
+    }
+
+    /// kennel's settings of this server's entry (checked when the project loaded).
+    pub(crate) fn settings(&self) -> Option<&kennel_config::settings::ServerSettings> {
+        self.inner.project.server(self.id()).map(|s| &s.settings)
     }
 
     pub(crate) fn downgrade(&self) -> WeakApp {

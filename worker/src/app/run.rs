@@ -48,18 +48,7 @@ impl App {
     /// # }
     /// ```
     pub fn runtime(&self) -> Result<tokio::runtime::Runtime, Error> {
-        let threads = match self.my_info().extra.get("threads") {
-            None => 1,
-            Some(v) => match v.as_u64() {
-                Some(n @ 1..=1024) => n as usize,
-                _ => {
-                    return Err(Error::Setup(format!(
-                        "{}: threads must be an integer from 1 to 1024, not {v}",
-                        self.id()
-                    )));
-                }
-            },
-        };
+        let threads = self.settings().map_or(1, |s| s.threads);
         let mut builder = if threads == 1 {
             tokio::runtime::Builder::new_current_thread()
         } else {

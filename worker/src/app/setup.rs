@@ -227,7 +227,8 @@ impl App {
         self.with_setup(|s| s.codecs.protocol = Arc::new(p))
     }
 
-    /// Sets the frontend connector's settings.
+    /// Sets the frontend connector's settings: a base that the connector keys of this
+    /// server's `servers.json` entry (checked when the project loaded) override.
     pub fn set_connector(&self, cfg: ConnectorConfig) -> &Self {
         self.with_setup(|s| s.connector = cfg)
     }
@@ -281,17 +282,9 @@ impl App {
                 handlers[cmd as usize] = Some(h);
             }
         }
-        if self.is_frontend() {
-            setup
-                .connector
-                .apply_entry(&self.my_info().extra)
-                .map_err(|e| {
-                    Error::Setup(format!(
-                        "servers config of {}, entry {}: {e}",
-                        self.env(),
-                        self.id()
-                    ))
-                })?;
+        // The entry's connector keys (checked at load) override the base set in code.
+        if let (true, Some(me)) = (self.is_frontend(), self.settings()) {
+            me.connector.apply_to(&mut setup.connector);
         }
         let code = GameCode {
             handlers,
