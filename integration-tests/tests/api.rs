@@ -806,8 +806,6 @@ fn runtime_follows_the_threads_key() {
         ], "game": [
             {"id": "game-1", "host": "127.0.0.1", "port": free_port()},
             {"id": "game-2", "host": "127.0.0.1", "port": free_port(), "threads": 3},
-            {"id": "game-3", "host": "127.0.0.1", "port": free_port(), "threads": 0},
-            {"id": "game-4", "host": "127.0.0.1", "port": free_port(), "threads": "many"},
         ]}})
         .to_string(),
     )
@@ -836,8 +834,17 @@ fn runtime_follows_the_threads_key() {
         workers("game-2"),
         (3, tokio::runtime::RuntimeFlavor::MultiThread)
     );
-    for bad in ["game-3", "game-4"] {
-        let err = app(bad).runtime().unwrap_err().to_string();
-        assert!(err.contains(bad) && err.contains("threads"), "{err}");
+    // A bad `threads` is refused when the project loads, naming the entry and the key, before
+    // any server starts.
+    for (bad, why) in [(json!(0), "found 0"), (json!("many"), "many")] {
+        let text = std::fs::read_to_string(sys.join("servers.json")).unwrap();
+        let mut cfg: serde_json::Value = serde_json::from_str(&text).unwrap();
+        cfg["test"]["game"][1]["threads"] = bad;
+        std::fs::write(sys.join("servers.json"), cfg.to_string()).unwrap();
+        let err = Project::load(dir.path(), "test").unwrap_err().to_string();
+        assert!(
+            err.contains("game-2") && err.contains("threads") && err.contains(why),
+            "{err}"
+        );
     }
 }
