@@ -662,6 +662,37 @@ impl Cluster {
         out
     }
 
+    /// Runs the operator CLI against this cluster: `chat-demo <args[0]> --dir <dir> -e test
+    /// <args[1..]>`, without the caller's `KENNEL_*` secrets and master address, bounded by
+    /// [`TIMEOUT`].
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        let mut cmd = Command::new(bin("chat-demo"));
+        cmd.arg(args[0])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .args(["-e", "test"])
+            .args(&args[1..])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for var in [
+            "KENNEL_SERVER_SECRET",
+            "KENNEL_CLI_SECRET",
+            "KENNEL_MASTER_HOST",
+            "KENNEL_MASTER_PORT",
+        ] {
+            cmd.env_remove(var);
+        }
+        let child = cmd.spawn().expect("chat-demo runs");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(child.wait_with_output());
+        });
+        rx.recv_timeout(TIMEOUT)
+            .expect("the CLI answers in time")
+            .expect("the CLI's output")
+    }
+
     /// The text of `logs/<id>.log`.
     pub fn log(&self, id: &str) -> String {
         std::fs::read_to_string(self.dir.path().join("logs").join(format!("{id}.log")))

@@ -4,14 +4,14 @@
 //! session settings, and hundreds of idle connections on the master port and a peer port
 //! (`cargo test -p integration-tests --test limits -- --nocapture` prints the figures).
 
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::SinkExt;
 use integration_tests::TIMEOUT;
 use integration_tests::client::Client;
-use integration_tests::cluster::{Cluster, ClusterOptions, bin};
+use integration_tests::cluster::{Cluster, ClusterOptions};
 use integration_tests::load::{Witness, fd_count, login_join, rss_kib};
 use kennel_proto::client::put_message;
 use serde_json::{Value, json};
@@ -19,33 +19,9 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::Message;
 
-/// `chat-demo <args> --dir <cluster> -e test`, bounded by [`TIMEOUT`].
+/// The operator CLI against `cluster`.
 fn cli(cluster: &Cluster, args: &[&str]) -> Output {
-    let mut cmd = Command::new(bin("chat-demo"));
-    cmd.arg(args[0])
-        .arg("--dir")
-        .arg(cluster.dir.path())
-        .args(["-e", "test"])
-        .args(&args[1..])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for var in [
-        "KENNEL_SERVER_SECRET",
-        "KENNEL_CLI_SECRET",
-        "KENNEL_MASTER_HOST",
-        "KENNEL_MASTER_PORT",
-    ] {
-        cmd.env_remove(var);
-    }
-    let child = cmd.spawn().expect("chat-demo runs");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    rx.recv_timeout(TIMEOUT)
-        .expect("the CLI answers in time")
-        .expect("the CLI's output")
+    cluster.cli(args)
 }
 
 /// The peak of `pid`'s RSS (KiB), sampled every 20 ms while `f` runs.

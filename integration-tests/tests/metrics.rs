@@ -4,11 +4,11 @@
 //! the chat servers' `rooms`/`players` columns, and a cluster without the key listens on no
 //! metrics port.
 
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use integration_tests::client::Client;
-use integration_tests::cluster::{Cluster, ClusterOptions, bin, free_port};
+use integration_tests::cluster::{Cluster, ClusterOptions, free_port};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -61,33 +61,9 @@ async fn scrape_until(port: u16, what: &str, f: impl Fn(&str) -> bool) -> String
     }
 }
 
-/// `chat-demo <args> --dir <cluster> -e test`, bounded.
+/// The operator CLI against `cluster`.
 fn cli(cluster: &Cluster, args: &[&str]) -> Output {
-    let mut cmd = Command::new(bin("chat-demo"));
-    cmd.arg(args[0])
-        .arg("--dir")
-        .arg(cluster.dir.path())
-        .args(["-e", "test"])
-        .args(&args[1..])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for var in [
-        "KENNEL_SERVER_SECRET",
-        "KENNEL_CLI_SECRET",
-        "KENNEL_MASTER_HOST",
-        "KENNEL_MASTER_PORT",
-    ] {
-        cmd.env_remove(var);
-    }
-    let child = cmd.spawn().expect("chat-demo runs");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    rx.recv_timeout(TIMEOUT)
-        .expect("the CLI answers in time")
-        .expect("the CLI's output")
+    cluster.cli(args)
 }
 
 const C1: &str = "server=\"connector-server-1\",type=\"connector\"";

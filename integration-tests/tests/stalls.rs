@@ -4,14 +4,13 @@
 //! and a link declared dead must fail what waits on it at once
 //! (`cargo test -p integration-tests --test stalls -- --nocapture` prints the figures).
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use integration_tests::TIMEOUT;
 use integration_tests::client::Client;
-use integration_tests::cluster::{Cluster, ClusterOptions, ROUTES, bin, free_port};
+use integration_tests::cluster::{Cluster, ClusterOptions, ROUTES, free_port};
 use integration_tests::load::login_join;
 use kennel_proto::client::{
     ClientCodec, Frame, TYPE_HANDSHAKE, heartbeat_frame, put_frame, put_message,
@@ -154,34 +153,9 @@ fn p99(mut lat: Vec<Duration>) -> (Duration, Duration, usize) {
     (lat[n * 99 / 100], lat[n - 1], n)
 }
 
-/// `chat-demo <args> --dir <cluster> -e test` (bounded); its stdout.
+/// The operator CLI against `cluster`, which must succeed; its stdout.
 fn cli(cluster: &Cluster, args: &[&str]) -> String {
-    let mut cmd = Command::new(bin("chat-demo"));
-    cmd.arg(args[0])
-        .arg("--dir")
-        .arg(cluster.dir.path())
-        .args(["-e", "test"])
-        .args(&args[1..])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for var in [
-        "KENNEL_SERVER_SECRET",
-        "KENNEL_CLI_SECRET",
-        "KENNEL_MASTER_HOST",
-        "KENNEL_MASTER_PORT",
-    ] {
-        cmd.env_remove(var);
-    }
-    let child = cmd.spawn().expect("chat-demo runs");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    let out = rx
-        .recv_timeout(TIMEOUT)
-        .expect("the CLI answers in time")
-        .expect("the CLI's output");
+    let out = cluster.cli(args);
     assert!(out.status.success(), "{args:?}: {out:?}");
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
