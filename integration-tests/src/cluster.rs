@@ -621,44 +621,9 @@ impl Cluster {
 
     /// Server processes of this cluster (id -> pid), found by their working directory.
     pub fn server_pids(&self) -> HashMap<String, i32> {
-        let mut out = HashMap::new();
-        let me = self
-            .dir
-            .path()
-            .canonicalize()
-            .unwrap_or_else(|_| self.dir.path().to_path_buf());
         let master = self.master.as_ref().map(|c| c.id() as i32);
-        let Ok(entries) = std::fs::read_dir("/proc") else {
-            return out;
-        };
-        for e in entries.flatten() {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-                continue;
-            };
-            if Some(pid) == master {
-                continue;
-            }
-            let Ok(cwd) = std::fs::read_link(e.path().join("cwd")) else {
-                continue;
-            };
-            if cwd != me {
-                continue;
-            }
-            let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
-                continue;
-            };
-            let args: Vec<String> = cmdline
-                .split(|b| *b == 0)
-                .map(|a| String::from_utf8_lossy(a).into_owned())
-                .collect();
-            if let Some(id) = args
-                .iter()
-                .position(|a| a == "--id")
-                .and_then(|i| args.get(i + 1))
-            {
-                out.insert(id.clone(), pid);
-            }
-        }
+        let mut out = servers_in(self.dir.path());
+        out.retain(|_, pid| Some(*pid) != master);
         out
     }
 
@@ -743,6 +708,39 @@ impl Drop for Cluster {
             let _ = m.wait();
         }
     }
+}
+
+/// Server processes (id -> pid) running in project `dir`: every process whose working
+/// directory it is and whose command line has `--id <id>`.
+pub fn servers_in(dir: &Path) -> HashMap<String, i32> {
+    let mut out = HashMap::new();
+    let me = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if std::fs::read_link(e.path().join("cwd")).ok().as_deref() != Some(me.as_path()) {
+            continue;
+        }
+        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        if let Some(id) = args
+            .iter()
+            .position(|a| a == "--id")
+            .and_then(|i| args.get(i + 1))
+        {
+            out.insert(id.clone(), pid);
+        }
+    }
+    out
 }
 
 #[cfg(test)]

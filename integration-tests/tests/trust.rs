@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use integration_tests::TIMEOUT;
-use integration_tests::cluster::{Cluster, ROUTES, bin, free_port};
+use integration_tests::cluster::{Cluster, ROUTES, bin, free_port, servers_in};
 use integration_tests::load::Witness;
 use kennel_proto::frame::{AUTH_MAX_FRAME, length_codec};
 use kennel_proto::msg::{Challenge, Hello};
@@ -158,35 +158,6 @@ async fn an_unauthenticated_refusal_on_the_master_port_stops_no_server() {
         "spoofed refusals for {SPOOF_FOR:?}: {refused:?}; {rounds} chat rounds in both rooms meanwhile; \
          the new master adopted the same 4 pids"
     );
-}
-
-/// Server processes (id -> pid) running in project `dir`, found by their working directory.
-fn servers_in(dir: &Path) -> HashMap<String, i32> {
-    let dir = dir.canonicalize().unwrap();
-    let mut out = HashMap::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        if std::fs::read_link(e.path().join("cwd")).ok().as_deref() != Some(dir.as_path()) {
-            continue;
-        }
-        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
-            continue;
-        };
-        let args: Vec<String> = cmdline
-            .split(|b| *b == 0)
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        if let Some(id) = args
-            .iter()
-            .position(|a| a == "--id")
-            .and_then(|i| args.get(i + 1))
-        {
-            out.insert(id.clone(), pid);
-        }
-    }
-    out
 }
 
 /// Polls `cond` every 20 ms until it holds; panics with `what()` after [`TIMEOUT`].
