@@ -394,6 +394,15 @@ pub enum LinkIo<S> {
     Noise(Box<NoiseStream<S>>),
 }
 
+impl<S: std::fmt::Debug> std::fmt::Debug for LinkIo<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LinkIo::Plain(s) => f.debug_tuple("Plain").field(s).finish(),
+            LinkIo::Noise(n) => f.debug_tuple("Noise").field(n.get_ref()).finish(),
+        }
+    }
+}
+
 impl<S> LinkIo<S> {
     /// The underlying stream.
     pub fn get_ref(&self) -> &S {

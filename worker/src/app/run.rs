@@ -345,6 +345,7 @@ mod tests {
             handler.clone(),
             "room-1".into(),
             framed,
+            None,
             CancellationToken::new(),
         );
         let gate = kennel_proto::net::PreAuthGate::new(4, 4);

@@ -7,14 +7,17 @@
 //! [`PeerHandler`] (client messages, pushes, remote calls, session applies; replies to its own
 //! calls and heartbeats it handles itself), and what discovery learns leaves it through
 //! [`Membership`]. An etcd backend would be a second [`Membership`] driver beside
-//! `master_link`; an encrypted mesh would change `io` only.
+//! `master_link`. `encryptLinks` ([`Mesh::cipher`]) changes how `io` and `master_link` carry
+//! bytes, nothing above them.
 
 use std::future::Future;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use kennel_proto::msg::{self, ClientPush, ClientRequest, Report, RpcRequest, SessionApply};
+use kennel_proto::msg::{
+    self, Cipher, ClientPush, ClientRequest, Report, RpcRequest, SessionApply,
+};
 use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 
@@ -95,6 +98,8 @@ pub(crate) struct Mesh {
     me: ServerInfo,
     id: Arc<str>,
     secret: Vec<u8>,
+    /// What protects the master link and peer links after authentication (`encryptLinks`).
+    pub(crate) cipher: Cipher,
     /// The RPC settings, fixed when first read ([`Mesh::config`]).
     config: OnceLock<RpcConfig>,
     /// What [`Mesh::config`] fixes: the master config's, or [`Mesh::set_config`]'s.
@@ -108,10 +113,12 @@ pub(crate) struct Mesh {
 }
 
 impl Mesh {
-    /// `config`: the RPC settings of the master config (replaceable until first read).
+    /// `config`: the RPC settings of the master config (replaceable until first read);
+    /// `encrypt`: `encryptLinks`.
     pub(crate) fn new(
         me: ServerInfo,
         secret: Vec<u8>,
+        encrypt: bool,
         config: RpcConfig,
         stats: Arc<Stats>,
         shutdown: CancellationToken,
@@ -120,6 +127,11 @@ impl Mesh {
             id: me.id.as_str().into(),
             me,
             secret,
+            cipher: if encrypt {
+                Cipher::Noise
+            } else {
+                Cipher::Plain
+            },
             config: OnceLock::new(),
             draft: Mutex::new(Some(config)),
             peers: Peers::default(),
