@@ -111,6 +111,17 @@ pub fn is_port_taken(e: &anyhow::Error) -> bool {
     e.downcast_ref::<PortTaken>().is_some()
 }
 
+/// Set to `1`, every cluster these fixtures boot encrypts its internal links
+/// (`"encryptLinks": true` in master.json, unless a test sets the key itself), so any test
+/// file can be run over the encrypted mesh:
+/// `KENNEL_TEST_ENCRYPT_LINKS=1 cargo test -p integration-tests --test chat --test rpc_links`.
+pub const ENCRYPT_ENV: &str = "KENNEL_TEST_ENCRYPT_LINKS";
+
+/// Whether [`ENCRYPT_ENV`] asks for encrypted links.
+pub fn encrypt_all() -> bool {
+    std::env::var(ENCRYPT_ENV).is_ok_and(|v| v == "1")
+}
+
 /// How many times [`Cluster::start_opts`] boots a cluster on fresh ports when a port was
 /// taken.
 pub const PORT_ATTEMPTS: usize = 3;
@@ -201,6 +212,15 @@ impl ClusterOptions {
             chats,
             ..ClusterOptions::default()
         }
+    }
+
+    /// With every internal link encrypted (`"encryptLinks": true` in master.json).
+    pub fn encrypted(mut self) -> ClusterOptions {
+        if !self.master_extra.is_object() {
+            self.master_extra = json!({});
+        }
+        self.master_extra["encryptLinks"] = json!(true);
+        self
     }
 
     /// Adds `key: value` to every connector entry.
@@ -379,6 +399,9 @@ impl Cluster {
             master["bin"] = json!(game);
         }
         merge(&mut master, &master_extra);
+        if encrypt_all() && master.get("encryptLinks").is_none() {
+            master["encryptLinks"] = json!(true);
+        }
         std::fs::write(sys.join("master.json"), json!({env: master}).to_string())?;
         std::fs::write(
             sys.join("servers.json"),

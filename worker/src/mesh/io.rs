@@ -317,7 +317,7 @@ pub(crate) async fn run_link<H: PeerHandler>(
         peers: &mesh.peers,
         link: &link,
     };
-    info!(%peer, "peer link up");
+    info!(%peer, encrypted = stream.opener.is_some(), "peer link up");
 
     let interval = mesh.config().interval.of(mesh.server_type());
     let writer = tokio::spawn({

@@ -111,8 +111,14 @@ pub(crate) async fn run<M: Membership>(
                     last_logged = Some(e);
                 }
             }
-            Err(LinkErr::Other(e, registered)) => {
-                registered_before |= registered;
+            Err(LinkErr::Other(e, true)) => {
+                // E.g. a record that failed to decrypt: the link is gone, as if dropped.
+                warn!(master = %addr, cause = %e, "master link broken; serving on, redialing");
+                registered_before = true;
+                delay = Duration::from_millis(100);
+                last_logged = None;
+            }
+            Err(LinkErr::Other(e, false)) => {
                 if last_logged.as_deref() != Some(e.as_str()) {
                     warn!(master = %addr, cause = %e, "cannot register with the master yet; retrying");
                     last_logged = Some(e);
@@ -221,7 +227,11 @@ async fn session<M: Membership>(
         match m.msg {
             Some(from_master::Msg::List(list)) => {
                 registered = true;
-                info!(servers = list.servers.len(), "registered with the master");
+                let encrypted = framed.get_ref().is_encrypted();
+                info!(
+                    servers = list.servers.len(),
+                    encrypted, "registered with the master"
+                );
                 let ids: HashSet<String> = list.servers.iter().map(|s| s.id.clone()).collect();
                 for s in &list.servers {
                     membership.server_added(ServerInfo::from(s));

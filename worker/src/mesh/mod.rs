@@ -27,6 +27,8 @@ pub(crate) mod master_link;
 pub(crate) mod peers;
 pub(crate) mod rpc;
 pub(crate) mod rpc_config;
+#[cfg(test)]
+mod wire_tests;
 
 use crate::stats::Stats;
 use link::Link;
