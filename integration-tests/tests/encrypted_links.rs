@@ -215,14 +215,21 @@ fn by_hand(dir: &Path, id: &str, master_port: u16) -> ByHand {
     ByHand(child)
 }
 
+/// The master entry of these projects: secrets in the file, so a server started by hand
+/// before the master has them.
+fn master_entry(port: u16, encrypt: bool) -> Value {
+    json!({"test": {"id": "master-server-1", "host": "127.0.0.1", "port": port,
+        "encryptLinks": encrypt, "serverSecret": "server-secret-of-the-encrypted-links-test",
+        "cliSecret": "cli-secret-of-the-encrypted-links-test"}})
+}
+
 /// A project of one TCP frontend and one chat server, started by hand (`external`).
 fn external_chat_project(master_port: u16, encrypt: bool) -> (tempfile::TempDir, String) {
     let dir = tempfile::tempdir().unwrap();
     let sys = dir.path().join("config/sys");
     std::fs::create_dir_all(&sys).unwrap();
     let client = free_port();
-    let master = json!({"test": {"id": "master-server-1", "host": "127.0.0.1",
-        "port": master_port, "encryptLinks": encrypt}});
+    let master = master_entry(master_port, encrypt);
     let servers = json!({"test": {
         "connector": [{"id": "connector-server-1", "host": "127.0.0.1", "port": free_port(),
             "frontend": true, "clientPort": client, "connector": "tcp"}],
@@ -353,19 +360,12 @@ async fn a_server_without_encryption_is_refused_by_an_encrypting_master_naming_t
     for f in ["servers.json", "route.json"] {
         std::fs::copy(from.join("config/sys").join(f), sys.join(f)).unwrap();
     }
-    let master = json!({"test": {"id": "master-server-1", "host": "127.0.0.1",
-        "port": master_port, "encryptLinks": false}});
+    let master = master_entry(master_port, false);
     std::fs::write(sys.join("master.json"), master.to_string()).unwrap();
     let mut servers: Value =
         serde_json::from_slice(&std::fs::read(sys.join("servers.json")).unwrap()).unwrap();
     servers["test"]["chat"][0]["port"] = json!(free_port());
     std::fs::write(sys.join("servers.json"), servers.to_string()).unwrap();
-    std::fs::create_dir_all(copy.path().join(".kennel")).unwrap();
-    std::fs::copy(
-        from.join(".kennel/secrets.json"),
-        copy.path().join(".kennel/secrets.json"),
-    )
-    .unwrap();
 
     let mut plain = by_hand(copy.path(), "chat-server-1", master_port);
     let reason = "`encryptLinks` in master.json differs";
