@@ -123,6 +123,10 @@ fn every_scenario_completes_and_counts_every_reply() {
     for scenario in ["frontend echo 1x1", "frontend echo 100x16"] {
         assert!(value(scenario, "ReqPerSec", "raw").unwrap() > 0.0);
     }
+    // rpc over the encrypted mesh (`rpc-encrypted`), kennel only.
+    let encrypted = value("rpc encrypted 100x16", "ReqPerSec", "kennel")
+        .unwrap_or_else(|| panic!("no encrypted rpc figure:\n{stdout}"));
+    assert!(encrypted > 0.0, "{encrypted}");
     // The printed table names every scenario.
     for scenario in [
         "frontend echo 100x16",

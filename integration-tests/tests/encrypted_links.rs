@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use integration_tests::TIMEOUT;
 use integration_tests::client::Client;
 use integration_tests::cluster::{
-    Cluster, ClusterOptions, KENNEL_ENV, MasterCommand, bin, free_port,
+    Cluster, ClusterOptions, KENNEL_ENV, MasterCommand, bin, free_port, secs_between, times_of,
 };
 use integration_tests::load::login_join;
 use kennel_master::MasterClient;
@@ -322,6 +322,15 @@ async fn a_tampered_master_link_closes_redials_and_nothing_crosses_it_in_clear()
         registered(&cluster) == 2
     });
     assert_eq!(*p.connections.lock().unwrap(), 2, "one redial");
+    // Redialed at once (a broken link is redialed like a dropped one, not backed off).
+    let flipped = times_of(&line, "failed to decrypt")[0];
+    let again = times_of(&cluster.log("chat-server-1"), "registered with the master")[1];
+    let secs = secs_between(flipped, again);
+    eprintln!(
+        "registered again {:.0} ms after the decrypt failure",
+        secs * 1e3
+    );
+    assert!(secs < 2.0, "{secs} s");
     chat(&mut a, &mut [&mut b], "after the flip").await;
     send(&cluster, "MARKER-c91e-after");
 

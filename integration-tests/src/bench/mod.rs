@@ -20,11 +20,12 @@ use report::{Metric, Results};
 use targets::{System, Target};
 
 /// The scenarios, by their command-line names.
-pub const SCENARIOS: [&str; 6] = [
+pub const SCENARIOS: [&str; 7] = [
     "frontend-echo",
     "backend-echo",
     "broadcast",
     "rpc",
+    "rpc-encrypted",
     "boot",
     "idle",
 ];
@@ -130,7 +131,13 @@ pub fn run(cfg: &Config) -> Result<Results> {
     say(format!("open-file limit {nofile}"));
     let mut results = Results::default();
 
-    let load_scenarios = ["frontend-echo", "backend-echo", "broadcast", "rpc"];
+    let load_scenarios = [
+        "frontend-echo",
+        "backend-echo",
+        "broadcast",
+        "rpc",
+        "rpc-encrypted",
+    ];
     if load_scenarios.iter().any(|s| cfg.wants(s)) {
         say("booting kennel (2 connectors + 2 chat servers)");
         let (kennel, _) = Target::kennel(2, 2, cfg.release)?;
@@ -145,6 +152,14 @@ pub fn run(cfg: &Config) -> Result<Results> {
         } else {
             None
         };
+        // `rpc-encrypted`: the same cluster with `encryptLinks`, its rpc runs interleaved with
+        // the plain one's (which runs too, for the comparison).
+        let encrypted = if cfg.wants("rpc-encrypted") {
+            say("booting kennel with encrypted links (2 connectors + 2 chat servers)");
+            Some(Target::kennel_links(2, 2, cfg.release, true)?.0)
+        } else {
+            None
+        };
         let mut systems: Vec<&Target> = vec![&kennel];
         systems.extend(mydog.as_ref());
         let many = (cfg.conns, cfg.inflight);
@@ -154,7 +169,7 @@ pub fn run(cfg: &Config) -> Result<Results> {
             ("backend-echo", "chat.main.echo", true, false),
             ("rpc", "chat.main.rpcEcho", true, false),
         ] {
-            if !cfg.wants(name) {
+            if !cfg.wants(name) && !(name == "rpc" && encrypted.is_some()) {
                 continue;
             }
             for (conns, inflight) in shapes {
@@ -171,6 +186,21 @@ pub fn run(cfg: &Config) -> Result<Results> {
                         let r = rt.block_on(load::request_load(
                             &t.addrs, route, conns, inflight, login, cfg.window, &t.pids,
                         ))?;
+                        record(
+                            &mut results,
+                            &label,
+                            t.system,
+                            run,
+                            cfg.runs,
+                            &r,
+                            Metric::ReqPerSec,
+                        );
+                    }
+                    if let (Some(t), "rpc") = (&encrypted, name) {
+                        let r = rt.block_on(load::request_load(
+                            &t.addrs, route, conns, inflight, login, cfg.window, &t.pids,
+                        ))?;
+                        let label = format!("rpc encrypted {conns}x{inflight}");
                         record(
                             &mut results,
                             &label,

@@ -80,6 +80,17 @@ impl Target {
         chats: u16,
         release: Option<bool>,
     ) -> Result<(Target, BootTimes)> {
+        Target::kennel_links(connectors, chats, release, false)
+    }
+
+    /// Like [`Target::kennel`], with every internal link encrypted when `encrypt`
+    /// (`encryptLinks`).
+    pub fn kennel_links(
+        connectors: u16,
+        chats: u16,
+        release: Option<bool>,
+        encrypt: bool,
+    ) -> Result<(Target, BootTimes)> {
         let threads = |var: &str, default: u64| {
             std::env::var(var)
                 .ok()
@@ -96,6 +107,9 @@ impl Target {
             .connector_key("rateLimit", json!(false));
         opts.chat_extra = json!({"threads": threads("KENNEL_BENCH_CHAT_THREADS", 1)});
         opts.release = release;
+        if encrypt {
+            opts = opts.encrypted();
+        }
         let cluster = Cluster::start_opts(&opts)?;
         let registered = cluster.spawned_at().elapsed();
         let meshed = cluster.wait_meshed(MESH_TIMEOUT)? - cluster.spawned_at();
