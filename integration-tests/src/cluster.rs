@@ -251,6 +251,22 @@ pub struct MasterCommand {
     pub args: Vec<OsString>,
 }
 
+impl MasterCommand {
+    /// `chat-demo start -e test --dir <dir>`: chat-demo as its own master, env `test`.
+    pub fn chat_demo(dir: &Path) -> MasterCommand {
+        MasterCommand {
+            program: bin("chat-demo"),
+            args: vec![
+                "start".into(),
+                "-e".into(),
+                "test".into(),
+                "--dir".into(),
+                dir.into(),
+            ],
+        }
+    }
+}
+
 /// Spawns the master (without [`KENNEL_ENV`]); its stdout and stderr lines go to `lines` and
 /// `tx` (stderr is echoed to the test's stderr too).
 fn spawn_master(
@@ -806,16 +822,7 @@ mod tests {
         )
         .unwrap();
         std::fs::write(sys.join("route.json"), json!(ROUTES).to_string()).unwrap();
-        let cmd = MasterCommand {
-            program: bin("chat-demo"),
-            args: vec![
-                "start".into(),
-                "-e".into(),
-                "test".into(),
-                "--dir".into(),
-                dir.path().into(),
-            ],
-        };
+        let cmd = MasterCommand::chat_demo(dir.path());
         let ids = vec!["connector-server-1".into(), "chat-server-1".into()];
         let t0 = Instant::now();
         let err = Cluster::launch(dir, cmd, vec![], master_port, ids)

@@ -107,7 +107,7 @@ impl MasterClient {
 
     /// Whether the link is encrypted (the master has `encryptLinks` on).
     pub fn is_encrypted(&self) -> bool {
-        self.link.get_ref().is_encrypted()
+        kennel_proto::noise::is_encrypted(self.link.get_ref())
     }
 
     /// The address this client dialed.

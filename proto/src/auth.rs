@@ -112,46 +112,40 @@ struct Transcript<'a> {
 }
 
 impl Transcript<'_> {
+    /// Feeds `out` the transcript after `label` and `side`, each part length-prefixed (the
+    /// cipher only when it is not plain).
+    fn feed(&self, label: &[u8], side: &[u8], mut out: impl FnMut(&[u8])) {
+        out(label);
+        let role = (self.role as i32).to_be_bytes();
+        let cipher = (self.cipher as i32).to_be_bytes();
+        let parts = [
+            side,
+            &role,
+            self.dialer.as_bytes(),
+            self.acceptor.as_bytes(),
+            self.nonce_d,
+            self.nonce_a,
+            &cipher,
+        ];
+        let bound = if self.cipher == Cipher::Plain { 6 } else { 7 };
+        for part in &parts[..bound] {
+            out(&(part.len() as u32).to_be_bytes());
+            out(part);
+        }
+    }
+
     fn mac(&self, secret: &[u8], side: &[u8]) -> Vec<u8> {
-        let Transcript {
-            role,
-            dialer,
-            acceptor,
-            nonce_d,
-            nonce_a,
-            cipher,
-        } = *self;
         let mut m =
             <Hmac<Sha256> as KeyInit>::new_from_slice(secret).expect("hmac takes any key length");
-        m.update(b"kennel-auth-v1");
-        for part in [
-            side,
-            &(role as i32).to_be_bytes(),
-            dialer.as_bytes(),
-            acceptor.as_bytes(),
-            nonce_d,
-            nonce_a,
-        ] {
-            m.update(&(part.len() as u32).to_be_bytes());
-            m.update(part);
-        }
-        if cipher != Cipher::Plain {
-            let c = (cipher as i32).to_be_bytes();
-            m.update(&(c.len() as u32).to_be_bytes());
-            m.update(&c);
-        }
+        self.feed(b"kennel-auth-v1", side, |b| m.update(b));
         m.finalize().into_bytes().to_vec()
     }
 
-    /// The Noise prologue of this handshake.
+    /// The Noise prologue of this handshake: the same transcript under its own label.
     fn prologue(&self) -> Vec<u8> {
-        noise::prologue(
-            self.role,
-            self.dialer,
-            self.acceptor,
-            self.nonce_d,
-            self.nonce_a,
-        )
+        let mut p = Vec::new();
+        self.feed(b"kennel-noise-v1", b"", |b| p.extend_from_slice(b));
+        p
     }
 }
 
@@ -253,7 +247,7 @@ pub async fn dial_with<S: AsyncRead + AsyncWrite + Unpin>(
     }
     let transport = match cipher {
         Cipher::Noise => {
-            Some(noise::initiate(link, &noise::psk(secret, role), &t.prologue()).await?)
+            Some(noise::handshake(link, &noise::psk(secret, role), &t.prologue(), true).await?)
         }
         _ => None,
     };
@@ -360,7 +354,7 @@ pub async fn accept_with<S: AsyncRead + AsyncWrite + Unpin>(
     .await?;
     let transport = match mine {
         Cipher::Noise => {
-            Some(noise::respond(link, &noise::psk(&secret, role), &t.prologue()).await?)
+            Some(noise::handshake(link, &noise::psk(&secret, role), &t.prologue(), false).await?)
         }
         _ => None,
     };

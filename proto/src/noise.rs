@@ -33,6 +33,7 @@ use sha2::Sha256;
 use snow::{HandshakeState, StatelessTransportState};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
+use tokio_util::either::Either;
 
 use crate::auth::AuthError;
 use crate::msg::Role;
@@ -66,28 +67,6 @@ pub fn psk(secret: &[u8], role: Role) -> [u8; 32] {
     key
 }
 
-/// The prologue both sides feed the handshake: the HMAC handshake's transcript.
-pub(crate) fn prologue(
-    role: Role,
-    dialer: &str,
-    acceptor: &str,
-    nonce_d: &[u8],
-    nonce_a: &[u8],
-) -> Vec<u8> {
-    let mut p = b"kennel-noise-v1".to_vec();
-    for part in [
-        &(role as i32).to_be_bytes()[..],
-        dialer.as_bytes(),
-        acceptor.as_bytes(),
-        nonce_d,
-        nonce_a,
-    ] {
-        p.extend_from_slice(&(part.len() as u32).to_be_bytes());
-        p.extend_from_slice(part);
-    }
-    p
-}
-
 fn noise_err(what: &str, e: snow::Error) -> AuthError {
     AuthError::Noise(format!("{what}: {e}"))
 }
@@ -110,49 +89,28 @@ fn builder_state(
     .map_err(|e| noise_err("setup", e))
 }
 
-async fn recv_msg<S: AsyncRead + AsyncWrite + Unpin>(
-    link: &mut Framed<S, LengthDelimitedCodec>,
-) -> Result<BytesMut, AuthError> {
-    link.next()
-        .await
-        .ok_or(AuthError::Closed)?
-        .map_err(AuthError::Io)
-}
-
-/// Dialer side of the Noise handshake, on the authenticated link (bounded by the caller's
-/// authentication timeout).
-pub(crate) async fn initiate<S: AsyncRead + AsyncWrite + Unpin>(
+/// The Noise handshake on the authenticated link (bounded by the caller's authentication
+/// timeout): the initiator (the dialer) writes the first message and reads the second.
+pub(crate) async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     link: &mut Framed<S, LengthDelimitedCodec>,
     psk: &[u8; 32],
     prologue: &[u8],
+    initiator: bool,
 ) -> Result<Transport, AuthError> {
-    let mut hs = builder_state(psk, prologue, true)?;
+    let mut hs = builder_state(psk, prologue, initiator)?;
     let mut buf = vec![0u8; 256];
-    let n = hs
-        .write_message(&[], &mut buf)
-        .map_err(|e| noise_err("message 1", e))?;
-    link.send(Bytes::copy_from_slice(&buf[..n])).await?;
-    let m = recv_msg(link).await?;
-    hs.read_message(&m, &mut buf)
-        .map_err(|e| noise_err("the acceptor's message 2 does not verify", e))?;
-    Transport::new(hs)
-}
-
-/// Acceptor side of the Noise handshake.
-pub(crate) async fn respond<S: AsyncRead + AsyncWrite + Unpin>(
-    link: &mut Framed<S, LengthDelimitedCodec>,
-    psk: &[u8; 32],
-    prologue: &[u8],
-) -> Result<Transport, AuthError> {
-    let mut hs = builder_state(psk, prologue, false)?;
-    let mut buf = vec![0u8; 256];
-    let m = recv_msg(link).await?;
-    hs.read_message(&m, &mut buf)
-        .map_err(|e| noise_err("the dialer's message 1 does not verify", e))?;
-    let n = hs
-        .write_message(&[], &mut buf)
-        .map_err(|e| noise_err("message 2", e))?;
-    link.send(Bytes::copy_from_slice(&buf[..n])).await?;
+    for writes in [initiator, !initiator] {
+        if writes {
+            let n = hs
+                .write_message(&[], &mut buf)
+                .map_err(|e| noise_err("writing a handshake message", e))?;
+            link.send(Bytes::copy_from_slice(&buf[..n])).await?;
+        } else {
+            let m = link.next().await.ok_or(AuthError::Closed)??;
+            hs.read_message(&m, &mut buf)
+                .map_err(|e| noise_err("the other side's handshake message does not verify", e))?;
+        }
+    }
     Transport::new(hs)
 }
 
@@ -285,6 +243,14 @@ pub struct NoiseStream<S> {
     out: BytesMut,
 }
 
+impl<S: std::fmt::Debug> std::fmt::Debug for NoiseStream<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NoiseStream")
+            .field("io", &self.io)
+            .finish_non_exhaustive()
+    }
+}
+
 impl<S> NoiseStream<S> {
     /// Wraps `io`; `read_ahead` is ciphertext already read from it (after the handshake).
     pub fn new(io: S, transport: Transport, read_ahead: BytesMut) -> NoiseStream<S> {
@@ -386,76 +352,13 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for NoiseStream<S> {
     }
 }
 
-/// A master or CLI link's byte stream after authentication: plain, or encrypted.
-pub enum LinkIo<S> {
-    /// No encryption (`encryptLinks` off).
-    Plain(S),
-    /// Noise records.
-    Noise(Box<NoiseStream<S>>),
-}
+/// A master or CLI link's byte stream after authentication: plain (`Left`), or Noise records
+/// (`Right`).
+pub type LinkIo<S> = Either<S, Box<NoiseStream<S>>>;
 
-impl<S: std::fmt::Debug> std::fmt::Debug for LinkIo<S> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            LinkIo::Plain(s) => f.debug_tuple("Plain").field(s).finish(),
-            LinkIo::Noise(n) => f.debug_tuple("Noise").field(n.get_ref()).finish(),
-        }
-    }
-}
-
-impl<S> LinkIo<S> {
-    /// The underlying stream.
-    pub fn get_ref(&self) -> &S {
-        match self {
-            LinkIo::Plain(s) => s,
-            LinkIo::Noise(n) => n.get_ref(),
-        }
-    }
-
-    /// Whether the link is encrypted.
-    pub fn is_encrypted(&self) -> bool {
-        matches!(self, LinkIo::Noise(_))
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for LinkIo<S> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            LinkIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            LinkIo::Noise(n) => Pin::new(n.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for LinkIo<S> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            LinkIo::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            LinkIo::Noise(n) => Pin::new(n.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            LinkIo::Plain(s) => Pin::new(s).poll_flush(cx),
-            LinkIo::Noise(n) => Pin::new(n.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            LinkIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            LinkIo::Noise(n) => Pin::new(n.as_mut()).poll_shutdown(cx),
-        }
-    }
+/// Whether `io` is encrypted.
+pub fn is_encrypted<S>(io: &LinkIo<S>) -> bool {
+    matches!(io, Either::Right(_))
 }
 
 /// The authenticated link `framed` with `codec` for what follows, encrypted when `transport`
@@ -467,9 +370,9 @@ pub fn framed_link<S, C>(
 ) -> Framed<LinkIo<S>, C> {
     let old = framed.into_parts();
     let (io, read_buf) = match transport {
-        None => (LinkIo::Plain(old.io), old.read_buf),
+        None => (Either::Left(old.io), old.read_buf),
         Some(t) => (
-            LinkIo::Noise(Box::new(NoiseStream::new(old.io, t, old.read_buf))),
+            Either::Right(Box::new(NoiseStream::new(old.io, t, old.read_buf))),
             BytesMut::new(),
         ),
     };
@@ -536,7 +439,7 @@ mod tests {
     #[tokio::test]
     async fn an_encrypted_link_carries_large_writes_both_ways_in_bounded_records() {
         let (mut d, mut a) = encrypted().await;
-        assert!(d.is_encrypted() && a.is_encrypted());
+        assert!(is_encrypted(&d) && is_encrypted(&a));
         // 300 KiB: several records, and more than one write chunk.
         let big: Vec<u8> = (0..300 * 1024).map(|i| (i % 251) as u8).collect();
         let (w, r) = tokio::join!(

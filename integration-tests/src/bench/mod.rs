@@ -169,7 +169,8 @@ pub fn run(cfg: &Config) -> Result<Results> {
             ("backend-echo", "chat.main.echo", true, false),
             ("rpc", "chat.main.rpcEcho", true, false),
         ] {
-            if !cfg.wants(name) && !(name == "rpc" && encrypted.is_some()) {
+            let plain_for_encrypted = name == "rpc" && encrypted.is_some();
+            if !(cfg.wants(name) || plain_for_encrypted) {
                 continue;
             }
             for (conns, inflight) in shapes {
@@ -177,33 +178,23 @@ pub fn run(cfg: &Config) -> Result<Results> {
                     continue;
                 }
                 let label = format!("{} {conns}x{inflight}", name.replace('-', " "));
+                let encrypted_label = format!("rpc encrypted {conns}x{inflight}");
                 for run in 1..=cfg.runs {
-                    let mut these = systems.clone();
+                    let mut these: Vec<(&Target, &str)> =
+                        systems.iter().map(|t| (*t, label.as_str())).collect();
                     if with_raw {
-                        these.extend(raw.as_ref());
+                        these.extend(raw.as_ref().map(|t| (t, label.as_str())));
                     }
-                    for t in these {
+                    if name == "rpc" {
+                        these.extend(encrypted.as_ref().map(|t| (t, encrypted_label.as_str())));
+                    }
+                    for (t, label) in these {
                         let r = rt.block_on(load::request_load(
                             &t.addrs, route, conns, inflight, login, cfg.window, &t.pids,
                         ))?;
                         record(
                             &mut results,
-                            &label,
-                            t.system,
-                            run,
-                            cfg.runs,
-                            &r,
-                            Metric::ReqPerSec,
-                        );
-                    }
-                    if let (Some(t), "rpc") = (&encrypted, name) {
-                        let r = rt.block_on(load::request_load(
-                            &t.addrs, route, conns, inflight, login, cfg.window, &t.pids,
-                        ))?;
-                        let label = format!("rpc encrypted {conns}x{inflight}");
-                        record(
-                            &mut results,
-                            &label,
+                            label,
                             t.system,
                             run,
                             cfg.runs,

@@ -227,7 +227,7 @@ async fn session<M: Membership>(
         match m.msg {
             Some(from_master::Msg::List(list)) => {
                 registered = true;
-                let encrypted = framed.get_ref().is_encrypted();
+                let encrypted = kennel_proto::noise::is_encrypted(framed.get_ref());
                 info!(
                     servers = list.servers.len(),
                     encrypted, "registered with the master"

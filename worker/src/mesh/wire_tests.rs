@@ -3,15 +3,14 @@
 //! so here the proxy's): what crosses the link, a bit flipped on it, and a plain server
 //! dialing an encrypting one.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use kennel_proto::msg::{ClientPush, ClientRequest, RpcRequest, SessionApply};
 use serde_json::Map;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::RpcError;
@@ -65,60 +64,10 @@ fn mesh(id: &str, port: u16, encrypt: bool) -> Arc<Mesh> {
     ))
 }
 
-/// A TCP proxy that records every byte it forwards and, when `tamper` is set, flips one bit
-/// of the next chunk from the dialer (then clears it).
-struct Proxy {
-    port: u16,
-    seen: Arc<Mutex<Vec<u8>>>,
-    tamper: Arc<AtomicBool>,
-}
-
-async fn pump(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
-    seen: Arc<Mutex<Vec<u8>>>,
-    tamper: Option<Arc<AtomicBool>>,
-) {
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = match from.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        seen.lock().unwrap().extend_from_slice(&buf[..n]);
-        if let Some(t) = &tamper
-            && n > 2
-            && t.swap(false, Ordering::SeqCst)
-        {
-            // The last byte of a chunk is a record's ciphertext or tag, never its length.
-            buf[n - 1] ^= 0x01;
-        }
-        if to.write_all(&buf[..n]).await.is_err() {
-            break;
-        }
-    }
-    let _ = to.shutdown().await;
-}
-
-async fn proxy(upstream: u16) -> Proxy {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = l.local_addr().unwrap().port();
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let tamper = Arc::new(AtomicBool::new(false));
-    let (s, t) = (seen.clone(), tamper.clone());
-    tokio::spawn(async move {
-        while let Ok((client, _)) = l.accept().await {
-            let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)).await else {
-                continue;
-            };
-            let (cr, cw) = client.into_split();
-            let (sr, sw) = server.into_split();
-            tokio::spawn(pump(cr, sw, s.clone(), Some(t.clone())));
-            tokio::spawn(pump(sr, cw, s.clone(), None));
-        }
-    });
-    Proxy { port, seen, tamper }
-}
+/// The integration tests' proxy (tokio only), compiled here too.
+#[path = "../../../integration-tests/src/proxy.rs"]
+mod proxy;
+use proxy::Proxy;
 
 /// Log lines of this test's thread (the runtime is single-threaded: every task logs here).
 #[derive(Clone, Default)]
@@ -168,7 +117,7 @@ async fn pair(dialer_encrypts: bool, acceptor_encrypts: bool) -> (Arc<Mesh>, Pro
     let port = l.local_addr().unwrap().port();
     let b = mesh("room-2", port, acceptor_encrypts);
     tokio::spawn(io::accept_loop(b, Echo, l, CancellationToken::new()));
-    let p = proxy(port).await;
+    let p = Proxy::start(port).await;
     let a = mesh("room-1", 1, dialer_encrypts);
     // Discovery says room-2 is at the proxy.
     a.add(info("room-2", p.port), &Echo);
@@ -190,22 +139,17 @@ async fn echo(a: &Mesh, body: &'static [u8]) -> Result<Bytes, RpcError> {
         .expect("the call is answered or fails within its timeout")
 }
 
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
-}
-
 #[tokio::test]
 async fn an_encrypted_link_carries_no_plaintext_and_a_plain_one_does() {
     for encrypt in [false, true] {
         let (a, p) = pair(encrypt, encrypt).await;
         let got = echo(&a, b"PAYLOAD-7f3a hello room").await.unwrap();
         assert_eq!(&got[..], b"PAYLOAD-7f3a hello room");
-        let seen = p.seen.lock().unwrap().clone();
         // The handshake's ids are in clear either way; what follows is not, when encrypted.
-        assert!(contains(&seen, b"room-2"));
+        assert!(p.saw(b"room-2"));
         for marker in [&b"PAYLOAD-7f3a"[..], b"room.secretRemote.marker"] {
             assert_eq!(
-                contains(&seen, marker),
+                p.saw(marker),
                 !encrypt,
                 "{} on a link with encryption {}",
                 String::from_utf8_lossy(marker),
