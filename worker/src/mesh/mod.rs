@@ -1,14 +1,15 @@
 //! The RPC mesh: every known server ([`peers`]), one authenticated TCP link per pair of
-//! servers ([`link`]: its outbox and calls in flight; [`io`]: dial, accept, authenticate, read,
-//! write), the wire side of RPC ([`rpc`]), its settings ([`rpc_config`]), and discovery
-//! ([`master_link`]: the master as the one backend so far).
+//! servers ([`link`]: its outbox and calls in flight; [`io`]: dial, accept, authenticate, run;
+//! [`stream`]: read and write, encrypted or not), the wire side of RPC ([`rpc`]), its
+//! settings ([`rpc_config`]), and discovery ([`master_link`]: the master as the one backend so
+//! far).
 //!
 //! The mesh imports nothing from the app or routing: messages for the game leave it through
 //! [`PeerHandler`] (client messages, pushes, remote calls, session applies; replies to its own
 //! calls and heartbeats it handles itself), and what discovery learns leaves it through
 //! [`Membership`]. An etcd backend would be a second [`Membership`] driver beside
-//! `master_link`. `encryptLinks` ([`Mesh::cipher`]) changes how `io` and `master_link` carry
-//! bytes, nothing above them.
+//! `master_link`. `encryptLinks` ([`Mesh::cipher`]) changes how `io`, `stream` and
+//! `master_link` carry bytes, nothing above them.
 
 use std::future::Future;
 use std::sync::atomic::AtomicU64;
@@ -27,6 +28,7 @@ pub(crate) mod master_link;
 pub(crate) mod peers;
 pub(crate) mod rpc;
 pub(crate) mod rpc_config;
+pub(crate) mod stream;
 #[cfg(test)]
 mod wire_tests;
 
