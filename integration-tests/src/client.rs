@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use bytes::{Bytes, BytesMut};
-use kennel_client::{Connection, Frame, FrameReader, FrameWriter, HandshakeReply, Options, Transport};
+use kennel_client::{
+    Connection, Frame, FrameReader, FrameWriter, HandshakeReply, Options, Transport,
+};
 use serde_json::Value;
 use tokio::time::timeout;
 

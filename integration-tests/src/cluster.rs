@@ -31,6 +31,17 @@ pub const ROUTES: [&str; 7] = [
     "chat.main.rpcEcho",
 ];
 
+/// The routes the `panic-game` test game (`src/bin/panic-game.rs`) adds after [`ROUTES`].
+pub const PANIC_GAME_ROUTES: [&str; 7] = [
+    "connector.boom.handler",
+    "connector.boom.filtered",
+    "connector.boom.armRoute",
+    "connector.boom.armOff",
+    "chat.boom.handler",
+    "chat.boom.filtered",
+    "chat.boom.rpc",
+];
+
 /// Builds the workspace binaries once per test process and returns the target dir holding them
 /// (the profile this test or binary was built with).
 pub fn bin_dir() -> &'static Path {

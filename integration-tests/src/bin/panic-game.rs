@@ -3,7 +3,8 @@
 //! public game has no panic routes; the cluster fixture runs it under the `kennel` master
 //! (`ClusterOptions::game`, master.json's `bin`), `--id <id> --env <env>` like any game.
 //!
-//! Routes added after the chat routes ([`ROUTES`]); `{"later": true}` panics after an `.await`
+//! Routes added after the chat routes (listed in
+//! [`integration_tests::cluster::PANIC_GAME_ROUTES`]); `{"later": true}` panics after an `.await`
 //! that is not ready (in the work's spawned remainder) instead of at once (inline):
 //!
 //! - `connector.boom.handler` / `chat.boom.handler`: the handler panics.
@@ -24,17 +25,6 @@ use serde_json::{Value, json};
 #[path = "../../../chat-demo/src/game.rs"]
 #[allow(dead_code)]
 mod game;
-
-/// The routes this game adds to the chat routes.
-pub const ROUTES: [&str; 7] = [
-    "connector.boom.handler",
-    "connector.boom.filtered",
-    "connector.boom.armRoute",
-    "connector.boom.armOff",
-    "chat.boom.handler",
-    "chat.boom.filtered",
-    "chat.boom.rpc",
-];
 
 /// Waits once for something not ready yet, so what follows runs in the spawned remainder.
 async fn wait_once() {
