@@ -463,3 +463,23 @@ fn cache_key(addr: &str, transport: Transport) -> String {
         Transport::Ws => format!("ws://{addr}/"),
     }
 }
+
+impl Connection {
+    /// Flushes what the writer holds and hands back the TCP socket with the bytes already read
+    /// past the last frame taken, for load generators that drive the socket themselves (e.g.
+    /// with io_uring) after a handshake and setup requests made here. `None` over WebSocket.
+    pub async fn into_tcp(mut self) -> Result<Option<(TcpStream, BytesMut)>> {
+        self.writer.flush().await?;
+        match (self.reader.io, self.writer.io) {
+            (ReadIo::Tcp(mut framed), WriteIo::Tcp(wr)) => {
+                let leftover = framed.read_buffer_mut().split();
+                let stream = framed
+                    .into_inner()
+                    .reunite(wr)
+                    .map_err(|e| Error::Io(std::io::Error::other(e)))?;
+                Ok(Some((stream, leftover)))
+            }
+            _ => Ok(None),
+        }
+    }
+}

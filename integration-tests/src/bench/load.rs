@@ -199,6 +199,13 @@ async fn exchange(
 /// uid.
 async fn login(c: &mut Connection, room: u64, join: bool) -> Result<u64> {
     let uid = next_uid();
+    login_as(c, uid, room, join).await?;
+    Ok(uid)
+}
+
+/// Logs connection `c` in as `uid` in `room` (`connector.main.login`), and joins the room
+/// (`chat.main.join`) when `join`.
+pub(crate) async fn login_as(c: &mut Connection, uid: u64, room: u64, join: bool) -> Result<()> {
     let r = exchange(
         c,
         "connector.main.login",
@@ -214,7 +221,7 @@ async fn login(c: &mut Connection, room: u64, join: bool) -> Result<u64> {
             bail!("join of uid {uid} to room {room} refused: {j}");
         }
     }
-    Ok(uid)
+    Ok(())
 }
 
 /// Runs the phases: warm-up, measure (CPU snapshots of `pids` around it), stop; returns the
