@@ -14,8 +14,10 @@ use bytes::Bytes;
 use kennel_client::{ClientBuilder, Connection, Frame, FrameReader, FrameWriter};
 use serde_json::json;
 use tokio::sync::{Notify, Semaphore, watch};
+use tokio::task::JoinHandle;
 
 use super::procfs::CpuSnapshot;
+use super::report::accounting_problem;
 
 /// Load phases, in order.
 const WARMUP: u8 = 0;
@@ -93,24 +95,34 @@ impl LoadResult {
 
     /// Why this run does not account for every reply, if it does not.
     pub fn accounting_problem(&self) -> Option<String> {
-        if self.errors.is_empty()
-            && self.received == self.expected
-            && self.mismatched == 0
-            && self.unexpected == 0
-            && self.completed > 0
-        {
-            return None;
-        }
-        Some(format!(
-            "sent {} expected {} received {} completed-in-window {} mismatched {} unexpected {} errors {:?}",
+        accounting_problem(
             self.sent,
             self.expected,
             self.received,
             self.completed,
             self.mismatched,
             self.unexpected,
-            self.errors.iter().take(3).collect::<Vec<_>>()
-        ))
+            &self.errors[..self.errors.len().min(3)],
+        )
+    }
+
+    /// The run's result: the window's (server CPU, load generator CPU, wall) seconds and what
+    /// every connection task counted, latencies sorted.
+    async fn gather(
+        (server_cpu, loadgen_cpu, wall): (f64, f64, f64),
+        tasks: Vec<JoinHandle<ConnStats>>,
+    ) -> Result<LoadResult> {
+        let mut result = LoadResult {
+            server_cpu,
+            loadgen_cpu,
+            wall,
+            ..Default::default()
+        };
+        for t in tasks {
+            result.merge(t.await?);
+        }
+        result.latencies_us.sort_unstable();
+        Ok(result)
     }
 
     fn merge(&mut self, o: ConnStats) {
@@ -265,18 +277,8 @@ pub async fn request_load(
             c.reader, c.writer, cmd, payload, inflight, phase,
         )));
     }
-    let (server_cpu, loadgen_cpu, wall) = drive_phases(&phase, window, pids).await;
-    let mut result = LoadResult {
-        server_cpu,
-        loadgen_cpu,
-        wall,
-        ..Default::default()
-    };
-    for t in tasks {
-        result.merge(t.await?);
-    }
-    result.latencies_us.sort_unstable();
-    Ok(result)
+    let cpu = drive_phases(&phase, window, pids).await;
+    LoadResult::gather(cpu, tasks).await
 }
 
 async fn echo_conn(
@@ -416,7 +418,7 @@ pub async fn broadcast_load(
             shared,
         )));
     }
-    let (server_cpu, loadgen_cpu, wall) = drive_phases(&phase, window, pids).await;
+    let cpu = drive_phases(&phase, window, pids).await;
     // Drain: once every sender stopped, wait until every delivery arrived.
     let deadline = Instant::now() + REPLY_TIMEOUT;
     while Instant::now() < deadline
@@ -426,17 +428,8 @@ pub async fn broadcast_load(
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let _ = done_tx.send(true);
-    let mut result = LoadResult {
-        server_cpu,
-        loadgen_cpu,
-        wall,
-        ..Default::default()
-    };
-    for t in tasks {
-        result.merge(t.await?);
-    }
+    let mut result = LoadResult::gather(cpu, tasks).await?;
     result.expected = expected.load(Ordering::Acquire);
-    result.latencies_us.sort_unstable();
     Ok(result)
 }
 

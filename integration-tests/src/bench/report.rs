@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use comfy_table::{Table, presets};
 
+use super::players::StepResult;
 use super::targets::System;
 
 /// What a figure measures, and which way is better.
@@ -165,37 +166,43 @@ impl Row {
     }
 }
 
-/// What one players step sent and got back, for checking (JSON only).
+/// What one players step sent and got back, for checking (JSON only): the step's figures
+/// under its scenario and system.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Accounting {
     /// Scenario (row label).
     pub scenario: String,
     /// System name.
     pub system: &'static str,
-    /// Connections.
-    pub players: usize,
-    /// Offered messages per second (open loop; null for the closed loop).
-    pub offered: Option<f64>,
-    /// Replies or deliveries inside the measured window.
-    pub completed: u64,
-    /// Messages sent inside the measured window.
-    pub sent_in_window: u64,
-    /// The measured window, seconds.
-    pub wall_s: f64,
-    /// Messages sent.
-    pub sent: u64,
-    /// Replies or deliveries they make.
-    pub expected: u64,
-    /// Replies or deliveries received.
-    pub received: u64,
-    /// Wrong payloads.
-    pub mismatched: u64,
-    /// Frames nobody expected.
-    pub unexpected: u64,
-    /// Open-loop sends skipped (player at its in-flight limit).
-    pub overruns: u64,
-    /// Connection errors.
-    pub errors: Vec<String>,
+    /// The step's figures (`offered` is null for the closed loop).
+    #[serde(flatten)]
+    pub step: StepResult,
+}
+
+/// Why a run does not account for every message it sent, if it does not: an error, a reply
+/// (or delivery) missing or unexpected, a wrong payload, or nothing completed in the window.
+/// `errors` are the first few connection errors.
+pub fn accounting_problem(
+    sent: u64,
+    expected: u64,
+    received: u64,
+    completed: u64,
+    mismatched: u64,
+    unexpected: u64,
+    errors: &[String],
+) -> Option<String> {
+    if errors.is_empty()
+        && received == expected
+        && mismatched == 0
+        && unexpected == 0
+        && completed > 0
+    {
+        return None;
+    }
+    Some(format!(
+        "sent {sent} expected {expected} received {received} completed-in-window {completed} \
+         mismatched {mismatched} unexpected {unexpected} errors {errors:?}"
+    ))
 }
 
 /// All figures of a bench run, in the order they were first recorded.

@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use super::load::Window;
+use super::report::accounting_problem;
 
 /// What the players do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -174,6 +175,7 @@ pub struct StepResult {
     /// This process's CPU seconds inside the window.
     pub gen_cpu: f64,
     /// The window's wall seconds.
+    #[serde(rename = "wall_s")]
     pub wall: f64,
     /// From the end of the window to the last reply (or giving up), seconds.
     pub drain_s: f64,
@@ -228,24 +230,15 @@ impl StepResult {
 
     /// Why this step does not account for every reply, if it does not.
     pub fn accounting_problem(&self) -> Option<String> {
-        if self.errors.is_empty()
-            && self.received == self.expected
-            && self.mismatched == 0
-            && self.unexpected == 0
-            && self.completed > 0
-        {
-            return None;
-        }
-        Some(format!(
-            "sent {} expected {} received {} completed-in-window {} mismatched {} unexpected {} errors {:?}",
+        accounting_problem(
             self.sent,
             self.expected,
             self.received,
             self.completed,
             self.mismatched,
             self.unexpected,
-            self.errors
-        ))
+            &self.errors,
+        )
     }
 }
 
