@@ -17,7 +17,7 @@ use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinHandle;
 
 use super::procfs::CpuSnapshot;
-use super::report::accounting_problem;
+use super::report::Counts;
 
 /// Load phases, in order.
 const WARMUP: u8 = 0;
@@ -39,22 +39,11 @@ pub struct Window {
 /// What one load run measured.
 #[derive(Debug, Clone, Default)]
 pub struct LoadResult {
-    /// Operations completed inside the measured window (replies, or deliveries).
-    pub completed: u64,
     /// Latencies (µs) of the operations completed inside the window.
     pub latencies_us: Vec<u32>,
-    /// Requests (or chat messages) sent over the whole run.
-    pub sent: u64,
-    /// Replies (or deliveries) expected over the whole run.
-    pub expected: u64,
-    /// Replies (or deliveries) received over the whole run.
-    pub received: u64,
-    /// Replies whose payload differed from the request.
-    pub mismatched: u64,
-    /// Frames on a cmd the run did not expect.
-    pub unexpected: u64,
-    /// Connection errors and timeouts.
-    pub errors: Vec<String>,
+    /// What the run sent and got back (`completed`: operations inside the measured window;
+    /// `errors`: the first three).
+    pub counts: Counts,
     /// Server CPU seconds inside the window.
     pub server_cpu: f64,
     /// This process's CPU seconds inside the window.
@@ -66,7 +55,7 @@ pub struct LoadResult {
 impl LoadResult {
     /// Completed operations per second.
     pub fn rate(&self) -> f64 {
-        self.completed as f64 / self.wall.max(1e-9)
+        self.counts.completed as f64 / self.wall.max(1e-9)
     }
 
     /// The `q` quantile (0..1) of latencies in µs.
@@ -80,7 +69,7 @@ impl LoadResult {
 
     /// Server CPU µs per completed operation.
     pub fn server_cpu_per_op_us(&self) -> f64 {
-        self.server_cpu * 1e6 / (self.completed.max(1) as f64)
+        self.server_cpu * 1e6 / (self.counts.completed.max(1) as f64)
     }
 
     /// Server CPU as % of one core.
@@ -95,15 +84,7 @@ impl LoadResult {
 
     /// Why this run does not account for every reply, if it does not.
     pub fn accounting_problem(&self) -> Option<String> {
-        accounting_problem(
-            self.sent,
-            self.expected,
-            self.received,
-            self.completed,
-            self.mismatched,
-            self.unexpected,
-            &self.errors[..self.errors.len().min(3)],
-        )
+        self.counts.problem()
     }
 
     /// The run's result: the window's (server CPU, load generator CPU, wall) seconds and what
@@ -126,14 +107,17 @@ impl LoadResult {
     }
 
     fn merge(&mut self, o: ConnStats) {
-        self.completed += o.completed;
+        let c = &mut self.counts;
+        c.completed += o.completed;
+        c.sent += o.sent;
+        c.expected += o.expected;
+        c.received += o.received;
+        c.mismatched += o.mismatched;
+        c.unexpected += o.unexpected;
+        if c.errors.len() < 3 {
+            c.errors.extend(o.error);
+        }
         self.latencies_us.extend(o.latencies_us);
-        self.sent += o.sent;
-        self.expected += o.expected;
-        self.received += o.received;
-        self.mismatched += o.mismatched;
-        self.unexpected += o.unexpected;
-        self.errors.extend(o.error);
     }
 }
 
@@ -429,7 +413,7 @@ pub async fn broadcast_load(
     }
     let _ = done_tx.send(true);
     let mut result = LoadResult::gather(cpu, tasks).await?;
-    result.expected = expected.load(Ordering::Acquire);
+    result.counts.expected = expected.load(Ordering::Acquire);
     Ok(result)
 }
 

@@ -179,30 +179,55 @@ pub struct Accounting {
     pub step: StepResult,
 }
 
-/// Why a run does not account for every message it sent, if it does not: an error, a reply
-/// (or delivery) missing or unexpected, a wrong payload, or nothing completed in the window.
-/// `errors` are the first few connection errors.
-pub fn accounting_problem(
-    sent: u64,
-    expected: u64,
-    received: u64,
-    completed: u64,
-    mismatched: u64,
-    unexpected: u64,
-    errors: &[String],
-) -> Option<String> {
-    if errors.is_empty()
-        && received == expected
-        && mismatched == 0
-        && unexpected == 0
-        && completed > 0
-    {
-        return None;
+/// What a run sent and got back: the figures every run (load run or players step) is checked
+/// against.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Counts {
+    /// Requests (or chat messages) sent over the whole run.
+    pub sent: u64,
+    /// Replies (or deliveries) those messages make.
+    pub expected: u64,
+    /// Replies (or deliveries) received over the whole run (after the drain).
+    pub received: u64,
+    /// Replies (or deliveries) that arrived inside the measured window.
+    pub completed: u64,
+    /// Replies whose payload differed from the request (chat: unparsable deliveries).
+    pub mismatched: u64,
+    /// Frames on another cmd, replies nobody waited for, deliveries from another room.
+    pub unexpected: u64,
+    /// Connection errors and timeouts (the first few).
+    pub errors: Vec<String>,
+}
+
+impl Counts {
+    /// Replies or deliveries that never arrived.
+    pub fn lost(&self) -> u64 {
+        self.expected.saturating_sub(self.received)
     }
-    Some(format!(
-        "sent {sent} expected {expected} received {received} completed-in-window {completed} \
-         mismatched {mismatched} unexpected {unexpected} errors {errors:?}"
-    ))
+
+    /// Why the run does not account for every message it sent, if it does not: an error, a
+    /// reply (or delivery) missing or unexpected, a wrong payload, or nothing completed in
+    /// the window.
+    pub fn problem(&self) -> Option<String> {
+        if self.errors.is_empty()
+            && self.received == self.expected
+            && self.mismatched == 0
+            && self.unexpected == 0
+            && self.completed > 0
+        {
+            return None;
+        }
+        Some(format!(
+            "sent {} expected {} received {} completed-in-window {} mismatched {} unexpected {} errors {:?}",
+            self.sent,
+            self.expected,
+            self.received,
+            self.completed,
+            self.mismatched,
+            self.unexpected,
+            self.errors
+        ))
+    }
 }
 
 /// All figures of a bench run, in the order they were first recorded.
