@@ -343,7 +343,8 @@ pub(crate) fn render(list: &ListReply) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kennel_proto::msg::{RpcStats, ServerInfo, ServerStatus};
+    use crate::state::status_fixture;
+    use kennel_proto::msg::{RpcStats, ServerStatus};
 
     #[test]
     fn renders_states_resources_and_histogram() {
@@ -351,13 +352,6 @@ mod tests {
             ready: true,
             servers: vec![
                 ServerStatus {
-                    info: Some(ServerInfo {
-                        id: "connector-server-1".into(),
-                        server_type: "connector".into(),
-                        frontend: true,
-                        ..Default::default()
-                    }),
-                    state: ServerState::Running.to_wire(),
                     pid: 10,
                     uptime_ms: 1500,
                     restarts: 2,
@@ -374,17 +368,9 @@ mod tests {
                         latency_sum: 0.25,
                     }),
                     panics: [("connector.main.boom".to_owned(), 3)].into(),
-                    ..Default::default()
+                    ..status_fixture("connector-server-1", "connector", ServerState::Running)
                 },
-                ServerStatus {
-                    info: Some(ServerInfo {
-                        id: "chat\"1".into(),
-                        server_type: "chat".into(),
-                        ..Default::default()
-                    }),
-                    state: ServerState::CrashLoop.to_wire(),
-                    ..Default::default()
-                },
+                status_fixture("chat\"1", "chat", ServerState::CrashLoop),
             ],
         };
         let text = render(&list);
