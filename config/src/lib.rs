@@ -41,6 +41,17 @@ pub use secrets::{
 };
 pub use source::SYS_DIR;
 
+/// Every environment variable kennel reads for its secrets and the master's address: what a
+/// harness clears so that the caller's shell does not leak into the processes it starts.
+pub const ENV_VARS: [&str; 6] = [
+    SERVER_SECRET_ENV,
+    SERVER_SECRET_FILE_ENV,
+    CLI_SECRET_ENV,
+    CLI_SECRET_FILE_ENV,
+    MASTER_HOST_ENV,
+    MASTER_PORT_ENV,
+];
+
 /// The default environment name.
 pub const DEFAULT_ENV: &str = "development";
 

@@ -95,14 +95,9 @@ pub fn bin(name: &str) -> PathBuf {
 pub use crate::ports::{free_port, free_ports};
 
 /// Environment variables that would point a kennel process at another cluster or give it
-/// other secrets; every process these fixtures start runs without them (the project's own
-/// `.kennel/secrets.json` and config decide).
-pub const KENNEL_ENV: [&str; 4] = [
-    "KENNEL_SERVER_SECRET",
-    "KENNEL_CLI_SECRET",
-    "KENNEL_MASTER_HOST",
-    "KENNEL_MASTER_PORT",
-];
+/// other secrets (kennel-config's list); every process these fixtures start runs without them
+/// (the project's own `.kennel/secrets.json` and config decide).
+pub use kennel_config::ENV_VARS as KENNEL_ENV;
 
 /// The error [`Cluster::launch`] fails with when the master or a server could not bind its
 /// port because another process took it meanwhile: the caller may retry on fresh ports.
@@ -651,12 +646,7 @@ impl Cluster {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        for var in [
-            "KENNEL_SERVER_SECRET",
-            "KENNEL_CLI_SECRET",
-            "KENNEL_MASTER_HOST",
-            "KENNEL_MASTER_PORT",
-        ] {
+        for var in KENNEL_ENV {
             cmd.env_remove(var);
         }
         let child = cmd.spawn().expect("chat-demo runs");

@@ -707,10 +707,10 @@ async fn external_servers_register_and_are_left_alone() {
         let mut cmd = Command::new(bin("chat-demo"));
         cmd.args(["--id", id, "--env", ENV, "--dir"])
             .arg(p.path())
-            .current_dir(p.path())
-            .env_remove("KENNEL_SERVER_SECRET")
-            .env_remove("KENNEL_MASTER_PORT")
-            .env_remove("KENNEL_MASTER_HOST");
+            .current_dir(p.path());
+        for var in KENNEL_ENV {
+            cmd.env_remove(var);
+        }
         cmd
     };
     let own_log = std::fs::File::create(p.path().join("by-hand.log")).unwrap();
