@@ -338,7 +338,7 @@ mod tests {
     #[test]
     fn mac_binds_every_field() {
         let base = mac(b"k", b"dialer", Role::Server, "a", "b", b"n1", b"n2");
-        // One field changed at a time: the side, the role, the dialer/acceptor split, a nonce, the key.
+        // One field changed at a time: side, role, dialer/acceptor split, a nonce, the key.
         for other in [
             mac(b"k", b"acceptor", Role::Server, "a", "b", b"n1", b"n2"),
             mac(b"k", b"dialer", Role::Cli, "a", "b", b"n1", b"n2"),
