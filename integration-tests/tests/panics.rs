@@ -156,6 +156,12 @@ async fn only_its_request_failed(g: &Game, w: &Witness, mut p: Client) -> Result
     Ok(n)
 }
 
+/// Arms a panic for later with `route` (`connector.boom.armRoute`, `connector.boom.armOff`).
+async fn arm(p: &mut Client, route: &str) {
+    let r = within(route, p.request(route, &json!({}))).await.unwrap();
+    assert_eq!(r["code"], 0, "{route}: {r}");
+}
+
 /// `GET /metrics` body.
 async fn scrape(port: u16) -> Result<String> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).await?;
@@ -335,11 +341,7 @@ async fn a_panicking_before_filter_fails_only_its_request() {
 async fn a_panicking_route_function_fails_only_its_message() {
     let g = boot();
     let (w, mut p) = players(&g).await;
-    let r = p
-        .request("connector.boom.armRoute", &json!({}))
-        .await
-        .unwrap();
-    assert_eq!(r["code"], 0, "{r}");
+    arm(&mut p, "connector.boom.armRoute").await;
     // The first chat message panics in the route function: no reply; the next is answered.
     p.send("chat.main.echo", &json!({"n": 1})).await.unwrap();
     let r = within(
@@ -370,11 +372,7 @@ async fn a_panicking_route_function_fails_only_its_message() {
 async fn a_panicking_on_client_off_still_ends_the_session() {
     let g = boot();
     let (w, mut p) = players(&g).await;
-    let r = p
-        .request("connector.boom.armOff", &json!({}))
-        .await
-        .unwrap();
-    assert_eq!(r["code"], 0, "{r}");
+    arm(&mut p, "connector.boom.armOff").await;
     drop(p);
     // The chat game's own on_client_off (registered after the panicking one) still takes the
     // player out of the room: a new player sees the two witnesses and itself.
