@@ -714,7 +714,18 @@ impl Drop for Cluster {
 /// Server processes (id -> pid) running in project `dir`: every process whose working
 /// directory it is and whose command line has `--id <id>`.
 pub fn servers_in(dir: &Path) -> HashMap<String, i32> {
-    let mut out = HashMap::new();
+    processes_in(dir)
+        .into_iter()
+        .filter_map(|(pid, args)| {
+            let i = args.iter().position(|a| a == "--id")?;
+            Some((args.get(i + 1)?.clone(), pid))
+        })
+        .collect()
+}
+
+/// Live processes (zombies left out) whose working directory is `dir`: (pid, command line).
+pub fn processes_in(dir: &Path) -> Vec<(i32, Vec<String>)> {
+    let mut out = Vec::new();
     let me = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return out;
@@ -729,17 +740,19 @@ pub fn servers_in(dir: &Path) -> HashMap<String, i32> {
         let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
             continue;
         };
-        let args: Vec<String> = cmdline
+        let zombie = std::fs::read_to_string(e.path().join("stat")).is_ok_and(|s| {
+            s.rsplit(')')
+                .next()
+                .is_some_and(|r| r.trim_start().starts_with('Z'))
+        });
+        if zombie {
+            continue;
+        }
+        let args = cmdline
             .split(|b| *b == 0)
             .map(|a| String::from_utf8_lossy(a).into_owned())
             .collect();
-        if let Some(id) = args
-            .iter()
-            .position(|a| a == "--id")
-            .and_then(|i| args.get(i + 1))
-        {
-            out.insert(id.clone(), pid);
-        }
+        out.push((pid, args));
     }
     out
 }

@@ -79,22 +79,16 @@ fn setup(app: &App) {
             Some(json!({"code": 0, "filter": "did not panic"}))
         });
     }
-    app.handler(
-        "connector.boom.armRoute",
-        |_: App, s: Session, _: Value| async move {
-            s.set("boomRoute", true)
-                .expect("a bool fits the settings cap");
+    // Arming sets the session flag the route function / `on_client_off` above look for.
+    for (route, flag) in [
+        ("connector.boom.armRoute", "boomRoute"),
+        ("connector.boom.armOff", "boomOff"),
+    ] {
+        app.handler(route, move |_: App, s: Session, _: Value| async move {
+            s.set(flag, true).expect("a bool fits the settings cap");
             Some(json!({"code": 0}))
-        },
-    );
-    app.handler(
-        "connector.boom.armOff",
-        |_: App, s: Session, _: Value| async move {
-            s.set("boomOff", true)
-                .expect("a bool fits the settings cap");
-            Some(json!({"code": 0}))
-        },
-    );
+        });
+    }
 
     app.remote("chat.boom.remote", |_: App, msg: Value| async move {
         let later = later(&msg);
