@@ -201,7 +201,7 @@ async fn login(c: &mut Connection, room: u64, join: bool) -> Result<u64> {
 
 /// Logs connection `c` in as `uid` in `room` (`connector.main.login`), and joins the room
 /// (`chat.main.join`) when `join`.
-pub(crate) async fn login_as(c: &mut Connection, uid: u64, room: u64, join: bool) -> Result<()> {
+pub async fn login_as(c: &mut Connection, uid: u64, room: u64, join: bool) -> Result<()> {
     let r = exchange(
         c,
         "connector.main.login",
