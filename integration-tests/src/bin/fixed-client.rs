@@ -1,10 +1,13 @@
 //! fixed-client: the fixed-count client of `scripts/callgrind-ab.sh`, on kennel-client's raw
-//! connection. Logs in (a uid from its pid, room 1), sends 200 warm-up requests of `route` one
+//! connection. Logs in (a uid from its pid, room 1), sends 100 warm-up requests of `route` one
 //! at a time, zeroes callgrind's counters in every server (`callgrind_control -z`), waits a
 //! second, sends `n` requests one at a time, then dumps the counters (`callgrind_control -d`).
-//! Every reply has a deadline.
+//! Every reply has a deadline. Before each request it waits a think time (default 2 ms), so
+//! the server waits for every request as it would for a player's: without one, whether a
+//! server slowed down by callgrind finds the next request already read decides its cost, and
+//! the counts of one binary came out 7,400 or 11,000 instructions per request run to run.
 //!
-//! `fixed-client <port> <route> <n>`
+//! `fixed-client <port> <route> <n> [think ms]`
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -19,8 +22,9 @@ const PAYLOAD: &[u8] = br#"{"m": "hello", "n": 12345}"#;
 const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// `k` requests on `cmd`, one in flight.
-async fn requests(c: &mut Connection, cmd: u16, k: usize) -> Result<()> {
+async fn requests(c: &mut Connection, cmd: u16, k: usize, think: Duration) -> Result<()> {
     for i in 0..k {
+        tokio::time::sleep(think).await;
         c.writer.push_message(cmd, PAYLOAD);
         c.writer.flush().await?;
         loop {
@@ -47,10 +51,15 @@ fn callgrind_control(flag: &str) {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [port, route, n] = &args[..] else {
-        bail!("usage: fixed-client <port> <route> <n>");
+    let (port, route, n, think) = match &args[..] {
+        [port, route, n] => (port, route, n, "2"),
+        [port, route, n, think] => (port, route, n, think.as_str()),
+        _ => bail!("usage: fixed-client <port> <route> <n> [think ms]"),
     };
     let n: usize = n.parse().context("<n> takes a number")?;
+    let think = Duration::from_secs_f64(
+        think.parse::<f64>().context("[think ms] takes a number")? / 1000.0,
+    );
     let mut c = ClientBuilder::new(format!("127.0.0.1:{port}"))
         .no_route_cache()
         .connect_timeout(REPLY_TIMEOUT)
@@ -64,11 +73,11 @@ async fn main() -> Result<()> {
         false,
     )
     .await?;
-    requests(&mut c, cmd, 200).await?;
+    requests(&mut c, cmd, 100, think).await?;
     callgrind_control("-z");
     tokio::time::sleep(Duration::from_secs(1)).await;
     let t0 = Instant::now();
-    requests(&mut c, cmd, n).await?;
+    requests(&mut c, cmd, n, think).await?;
     let dt = t0.elapsed();
     callgrind_control("-d");
     println!("{route}: {n} requests in {:.1}s", dt.as_secs_f64());
