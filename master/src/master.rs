@@ -138,7 +138,7 @@ pub async fn run(
         });
     }
     if !spawn {
-        external = project.servers.iter().map(|s| s.id.clone()).collect();
+        external = project.servers.iter().map(|s| s.info.id.clone()).collect();
     }
     let this_host = ThisHost::detect();
     let launches = plan(&project, bin.as_deref(), &external, &this_host)?;
@@ -211,9 +211,14 @@ pub async fn run(
             .zip(&launches)
             .filter(|(_, l)| **l != Launch::External)
         {
-            let path = logs::log_path(&logs_dir, &s.id);
+            let path = logs::log_path(&logs_dir, &s.info.id);
             let from = logs::current_len(&path);
-            tails.spawn(logs::tail(s.id.clone(), path, from, tails_stop.clone()));
+            tails.spawn(logs::tail(
+                s.info.id.clone(),
+                path,
+                from,
+                tails_stop.clone(),
+            ));
         }
     }
 
@@ -347,8 +352,8 @@ pub(crate) fn plain_off_loopback(project: &Project) -> Option<String> {
     let mut off: Vec<String> = project
         .servers
         .iter()
-        .filter(|s| !loopback(&s.host))
-        .map(|s| format!("{} ({})", s.id, s.host))
+        .filter(|s| !loopback(&s.info.host))
+        .map(|s| format!("{} ({})", s.info.id, s.info.host))
         .collect();
     if !loopback(&project.master.host) {
         off.insert(0, format!("master ({})", project.master.host));

@@ -179,56 +179,35 @@ pub fn run(cfg: &Config) -> Result<Results> {
                 }
                 let label = format!("{} {conns}x{inflight}", name.replace('-', " "));
                 let encrypted_label = format!("rpc encrypted {conns}x{inflight}");
-                for run in 1..=cfg.runs {
-                    let mut these: Vec<(&Target, &str)> =
-                        systems.iter().map(|t| (*t, label.as_str())).collect();
-                    if with_raw {
-                        these.extend(raw.as_ref().map(|t| (t, label.as_str())));
-                    }
-                    if name == "rpc" {
-                        these.extend(encrypted.as_ref().map(|t| (t, encrypted_label.as_str())));
-                    }
-                    for (t, label) in these {
-                        let r = rt.block_on(load::request_load(
-                            &t.addrs, route, conns, inflight, login, cfg.window, &t.pids,
-                        ))?;
-                        record(
-                            &mut results,
-                            label,
-                            t.system,
-                            run,
-                            cfg.runs,
-                            &r,
-                            Metric::ReqPerSec,
-                        );
-                    }
+                let mut these: Vec<(&Target, &str)> =
+                    systems.iter().map(|t| (*t, &*label)).collect();
+                if with_raw {
+                    these.extend(raw.as_ref().map(|t| (t, &*label)));
                 }
+                if name == "rpc" {
+                    these.extend(encrypted.as_ref().map(|t| (t, &*encrypted_label)));
+                }
+                load_runs(&mut results, &these, cfg.runs, Metric::ReqPerSec, |t| {
+                    rt.block_on(load::request_load(
+                        &t.addrs, route, conns, inflight, login, cfg.window, &t.pids,
+                    ))
+                })?;
             }
         }
         if cfg.wants("broadcast") {
             for room in [10usize, 100] {
                 let label = format!("broadcast rooms of {room}");
-                for run in 1..=cfg.runs {
-                    for t in &systems {
-                        let r = rt.block_on(load::broadcast_load(
-                            &t.addrs,
-                            cfg.broadcast_conns,
-                            room,
-                            cfg.broadcast_window,
-                            cfg.window,
-                            &t.pids,
-                        ))?;
-                        record(
-                            &mut results,
-                            &label,
-                            t.system,
-                            run,
-                            cfg.runs,
-                            &r,
-                            Metric::MsgPerSec,
-                        );
-                    }
-                }
+                let these: Vec<(&Target, &str)> = systems.iter().map(|t| (*t, &*label)).collect();
+                load_runs(&mut results, &these, cfg.runs, Metric::MsgPerSec, |t| {
+                    rt.block_on(load::broadcast_load(
+                        &t.addrs,
+                        cfg.broadcast_conns,
+                        room,
+                        cfg.broadcast_window,
+                        cfg.window,
+                        &t.pids,
+                    ))
+                })?;
             }
         }
     }
@@ -325,6 +304,24 @@ async fn idle_rss(t: &Target, n: usize) -> Result<f64> {
     let after = procfs::rss_bytes(pid).unwrap_or(0);
     drop(conns);
     Ok((after as f64 - before as f64) / n as f64)
+}
+
+/// Runs `load` on each of `targets`, `runs` times over (run 1 on every target, then run 2,
+/// ...), recording each run's figures under `label` with `rate` as its throughput metric.
+fn load_runs(
+    results: &mut Results,
+    targets: &[(&Target, &str)],
+    runs: usize,
+    rate: Metric,
+    mut load: impl FnMut(&Target) -> Result<LoadResult>,
+) -> Result<()> {
+    for run in 1..=runs {
+        for (t, label) in targets {
+            let r = load(t)?;
+            record(results, label, t.system, run, runs, &r, rate);
+        }
+    }
+    Ok(())
 }
 
 /// Records one load run's figures and says them.

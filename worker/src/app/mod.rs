@@ -17,7 +17,6 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use kennel_config::{Project, SecretKind, Secrets};
-use kennel_proto::msg;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
@@ -106,7 +105,7 @@ impl App {
         for w in project.warnings.iter().filter(|w| w.concerns(&args.id)) {
             warn!("{w}");
         }
-        let me = ServerInfo::from(&msg::ServerInfo::from_config(entry, 0));
+        let me = entry.info.clone();
         let secret = server_secret(&project)?;
         // Typed and checked when the project loaded.
         let rpc = project.master.settings.rpc.clone();
