@@ -72,6 +72,11 @@ pub(crate) async fn dial_loop<H: PeerHandler>(
                 .await
                 .map_err(|_| (false, "authentication timed out".to_string()))?
                 .map_err(|e| {
+                    // The peer proved the secret, then the encrypted handshake failed (changed
+                    // on the way): worth a warning every time.
+                    if let auth::AuthError::Noise(_) = e {
+                        warn!(peer = %info.id, %addr, cause = %e, "encrypted handshake with the peer failed; retrying");
+                    }
                     // A refusal without the peer's proof of the secret is anyone's to send: never
                     // a verdict, the dial goes on like after any other failure.
                     let untrusted = matches!(
