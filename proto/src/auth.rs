@@ -2,11 +2,13 @@
 //! crosses the wire; both sides contribute a fresh nonce, so a recorded answer cannot be replayed.
 //!
 //! ```text
-//! dialer   -> acceptor : Hello      {role, id_d, nonce_d, version, target}
-//! acceptor -> dialer   : Challenge  {id_a, nonce_a, mac_a = HMAC(k, "acceptor" | transcript)}
+//! dialer   -> acceptor : Hello      {role, id_d, nonce_d, version, target, cipher_d}
+//! acceptor -> dialer   : Challenge  {id_a, nonce_a, mac_a = HMAC(k, "acceptor" | transcript),
+//!                                    cipher_a}
 //! dialer   -> acceptor : Proof      {mac_d = HMAC(k, "dialer" | transcript)}
 //! acceptor -> dialer   : AuthResult {ok, error}
-//! transcript = role | id_d | id_a | nonce_d | nonce_a   (each length-prefixed)
+//! transcript = role | id_d | id_a | nonce_d | nonce_a [| cipher_a unless plain]
+//!              (each length-prefixed)
 //! ```
 //!
 //! With `encryptLinks` ([`dial_with`] / [`accept_with`] and a [`Cipher`] other than plain),
