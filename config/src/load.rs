@@ -26,8 +26,9 @@ pub(crate) fn load(dir: &Path, env: &str) -> Result<Project, ConfigError> {
     // Validates the environment; its entries are then taken in file order.
     select_env(&servers_file, &servers_doc, env)?;
     let groups = servers_doc.env_entries(env);
-    let placed = expand::expand_all(&servers_file, env, &groups)?;
+    let mut placed = expand::expand_all(&servers_file, env, &groups)?;
     validate::check_cluster(&master_file, &servers_file, env, &master, &placed)?;
+    crate::settings::check_tls_files(&servers_file, env, dir, &mut placed)?;
     let warnings = warnings(
         (&master_file, select_env(&master_file, &master_doc, env)?),
         (&servers_file, &groups),
