@@ -3,7 +3,7 @@
 //! port, join the mesh, register with the master, wait for a signal or [`App::shutdown`],
 //! then the stop sequence: before-exit hooks, close clients), and the membership callbacks
 //! discovery drives ([`Members`]: servers added and removed, `on_start_all`, the report and
-//! `kennel send`).
+//! `kennel send`, whose `reload-tls` kennel answers itself).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 use tracing::{info, warn};
 
 use crate::edge::connector::{self, Connector};
+use crate::edge::tls::{self, RELOAD_TLS};
 use crate::mesh::master_link::{self, Master};
 use crate::mesh::{Membership, io, peers};
 use crate::routing::handler::{AppCb, ServerCb, SessionlessCb};
@@ -80,7 +81,17 @@ impl App {
         tokio::spawn(peers::expire_calls(mesh.clone(), shutdown.clone()));
         if let (true, Some(port)) = (me.frontend, me.client_port) {
             let (l, bound) = bind("clients", &me.host, port).await?;
-            let c = Arc::new(self.connector(connector_cfg));
+            let mut c = self.connector(connector_cfg);
+            if let Some(certs) = self.client_certs() {
+                c.tls = Some(certs.acceptor());
+                let reload = self
+                    .settings()
+                    .and_then(|s| s.connector.tls.as_ref()?.reload);
+                if let Some(period) = reload {
+                    tokio::spawn(tls::watch(certs.clone(), period, shutdown.clone()));
+                }
+            }
+            let c = Arc::new(c);
             c.log_listening(&bound);
             tokio::spawn(connector::accept_loop(c, l, shutdown.clone()));
         }
@@ -197,6 +208,12 @@ impl Membership for Members {
 
     async fn command(&self, args: Vec<String>) -> Result<String, String> {
         let app = &self.0;
+        if args.first().is_some_and(|a| a == RELOAD_TLS) {
+            return match app.client_certs() {
+                Some(certs) => certs.reload(),
+                None => Err("this server serves no TLS (its entry has no \"ssl\": true)".into()),
+            };
+        }
         let Some(cb) = app.inner.cli_send.get() else {
             return Err("this server has no `kennel send` handler (App::on_cli_send)".to_owned());
         };
