@@ -249,3 +249,22 @@ fn the_checked_pair_describes_itself_for_the_logs() {
         "{text}"
     );
 }
+
+#[test]
+fn commands_on_a_running_cluster_load_without_reading_the_files() {
+    let dir = frontend(ssl(), &[("cert.pem", "junk")]);
+    load_err(dir.path(), &["`cert`", "is not a PEM file"]);
+    let p = kennel_config::Project::load_without_tls_files(dir.path(), "development").unwrap();
+    let tls = p
+        .server("connector-server-1")
+        .unwrap()
+        .settings
+        .connector
+        .tls
+        .clone();
+    assert_eq!(
+        tls.unwrap().cert,
+        dir.path().join("tls/cert.pem"),
+        "paths still resolved"
+    );
+}

@@ -318,14 +318,15 @@ fn asn1_time(secs: u64) -> String {
         .map_or_else(|_| format!("{secs} s after 1970"), |t| t.to_string())
 }
 
-/// Makes the TLS paths of every server absolute (against the project dir `dir`) and reads and
-/// checks their files, once per entry: the first bad file is an error naming the servers
-/// file, the environment, the entry and the key (`cert` or `key`).
+/// Makes the TLS paths of every server absolute (against the project dir `dir`) and, with
+/// `read`, reads and checks their files, once per entry: the first bad file is an error
+/// naming the servers file, the environment, the entry and the key (`cert` or `key`).
 pub(crate) fn check_files(
     servers_file: &crate::source::SourceFile,
     env: &str,
     dir: &Path,
     placed: &mut [crate::expand::Placed],
+    read: bool,
 ) -> Result<(), crate::ConfigError> {
     let mut checked: Vec<String> = Vec::new();
     let now = SystemTime::now();
@@ -334,7 +335,7 @@ pub(crate) fn check_files(
             continue;
         };
         *tls = tls.resolved(dir);
-        if checked.contains(&p.entry) {
+        if !read || checked.contains(&p.entry) {
             continue;
         }
         if let Err(e) = read_cert_and_key(&tls.cert, &tls.key, now) {
