@@ -237,20 +237,20 @@ async fn drive_phases(phase: &AtomicU8, window: Window, pids: &[i32]) -> (f64, f
     before.delta(&after)
 }
 
-/// Closed-loop request/reply load: `conns` connections over `addrs`, each keeping `inflight`
-/// requests of `route` outstanding. `login` logs each connection in first (backend routes
-/// need a chat server; connection `i` gets room `i`, spreading them over the chat servers).
+/// Closed-loop request/reply load: `conns` connections over `t`'s frontends (over TLS with
+/// its `tls`), each keeping `inflight` requests of `route` outstanding; CPU measured on its
+/// processes. `login` logs each connection in first (backend routes need a chat server;
+/// connection `i` gets room `i`, spreading them over the chat servers).
 pub async fn request_load(
-    addrs: &[String],
+    t: &super::targets::Target,
     route: &str,
     conns: usize,
     inflight: usize,
     login_first: bool,
     window: Window,
-    pids: &[i32],
-    tls: Option<&TlsOptions>,
 ) -> Result<LoadResult> {
-    let mut connections = connect_many(addrs, conns, tls).await?;
+    let pids = &t.pids;
+    let mut connections = connect_many(&t.addrs, conns, t.tls.as_ref()).await?;
     if login_first {
         for (i, c) in connections.iter_mut().enumerate() {
             login(c, i as u64, false).await?;

@@ -189,14 +189,7 @@ pub fn run(cfg: &Config) -> Result<Results> {
                     }
                     for t in these {
                         let r = rt.block_on(load::request_load(
-                            &t.addrs,
-                            route,
-                            conns,
-                            inflight,
-                            login,
-                            cfg.window,
-                            &t.pids,
-                            t.tls.as_ref(),
+                            t, route, conns, inflight, login, cfg.window,
                         ))?;
                         record(
                             &mut results,
