@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -39,7 +40,9 @@ fn frontend(extra: Value, files: &[(&str, &str)]) -> tempfile::TempDir {
     );
     std::fs::create_dir_all(dir.path().join("tls")).unwrap();
     for (name, text) in files {
-        std::fs::write(dir.path().join("tls").join(name), text).unwrap();
+        let path = dir.path().join("tls").join(name);
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
     }
     dir
 }
@@ -267,4 +270,22 @@ fn commands_on_a_running_cluster_load_without_reading_the_files() {
         dir.path().join("tls/cert.pem"),
         "paths still resolved"
     );
+}
+
+#[test]
+fn a_private_key_any_user_may_read_is_refused() {
+    let (c, k) = cert(2020, 4000);
+    let dir = frontend(ssl(), &[("cert.pem", &c), ("key.pem", &k)]);
+    let key = dir.path().join("tls/key.pem");
+    for mode in [0o644, 0o604, 0o602] {
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(mode)).unwrap();
+        refused(
+            dir.path(),
+            "key",
+            &["may be accessed by any user", "chmod 600"],
+        );
+    }
+    // A group (ssl-cert) may read it.
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).unwrap();
+    load(dir.path()).unwrap();
 }

@@ -96,10 +96,12 @@ impl ServerCert {
     }
 }
 
-/// Writes `text` to `path` through a temporary file renamed over it.
+/// Writes `text` to `path` (mode 0600) through a temporary file renamed over it.
 pub fn replace(path: &Path, text: &str) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
     let tmp: PathBuf = path.with_extension("tmp");
     std::fs::write(&tmp, text).with_context(|| format!("write {}", tmp.display()))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
     std::fs::rename(&tmp, path).with_context(|| format!("rename onto {}", path.display()))?;
     Ok(())
 }

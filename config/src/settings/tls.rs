@@ -166,6 +166,7 @@ pub fn read_cert_and_key(
         ));
     }
     let key_pem = read_pem("key", key)?;
+    private_enough(key)?;
     let key_der = match PrivateKeyDer::from_pem_slice(&key_pem) {
         Ok(k) => k,
         Err(pem::Error::NoItemsFound) => {
@@ -272,6 +273,30 @@ fn read_pem(key: &'static str, path: &Path) -> Result<Vec<u8>, TlsFileError> {
         )));
     }
     Ok(bytes)
+}
+
+/// Refuses a private key file that others (not the owner, not its group) may read or write:
+/// a group (e.g. `ssl-cert`, mode 0640) is how a server user is usually given the key.
+fn private_enough(path: &Path) -> Result<(), TlsFileError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)
+        .map_err(|e| TlsFileError {
+            key: "key",
+            message: format!("cannot read {}: {e}", path.display()),
+        })?
+        .permissions()
+        .mode()
+        & 0o777;
+    if mode & 0o007 != 0 {
+        return Err(TlsFileError {
+            key: "key",
+            message: format!(
+                "the private key {} may be accessed by any user (mode {mode:04o}): chmod 600 {0} (or 640 for a group such as ssl-cert)",
+                path.display()
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// The subject, subjectAltNames and validity of a DER certificate.
