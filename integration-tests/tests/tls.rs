@@ -141,8 +141,13 @@ async fn clients_chat_over_tls_tcp_and_wss_while_bad_clients_fail_cleanly() -> R
     cluster.wait_log("connector-server-1", "TLS handshake failed")?;
 
     // A plain WebSocket client on the wss port.
+    let start = Instant::now();
     let err = Client::builder(wss).ws().connect().await.err();
     let err = err.context("a plain WebSocket client got through")?;
+    eprintln!(
+        "plain WebSocket client on the wss port: {err} after {:?}",
+        start.elapsed()
+    );
     ensure!(matches!(err, Error::Handshake(_) | Error::Io(_)), "{err}");
     cluster.wait_log("connector-server-2", "TLS handshake failed")?;
 
@@ -151,6 +156,7 @@ async fn clients_chat_over_tls_tcp_and_wss_while_bad_clients_fail_cleanly() -> R
     for (addr, ws) in [(tcp, false), (wss, true)] {
         let err = connect(addr, ws, &stranger).await.err();
         let err = err.context("a client trusting another CA got through")?;
+        eprintln!("client trusting another CA: {err}");
         ensure!(
             matches!(&err, Error::Tls(m) if m.contains("UnknownIssuer")),
             "{err}"
@@ -168,6 +174,7 @@ async fn clients_chat_over_tls_tcp_and_wss_while_bad_clients_fail_cleanly() -> R
     // A socket that sends nothing is closed at the handshake timeout.
     let mut silent = TcpStream::connect(tcp).await?;
     let took = closed_after(&mut silent).await?;
+    eprintln!("silent socket closed after {took:?}");
     ensure!(
         took >= Duration::from_secs(HANDSHAKE_SECS) - Duration::from_millis(500)
             && took < Duration::from_secs(HANDSHAKE_SECS * 2),
@@ -194,6 +201,7 @@ async fn clients_chat_over_tls_tcp_and_wss_while_bad_clients_fail_cleanly() -> R
         };
         tokio::time::timeout(TIMEOUT, writer).await?;
         let took = closed_after(&mut big).await?;
+        eprintln!("64 KiB ClientHello to {addr}: closed {took:?} after the writes");
         ensure!(took < Duration::from_secs(HANDSHAKE_SECS), "{took:?}");
     }
     cluster.wait_log(

@@ -6,8 +6,9 @@
 //! The edge knows nothing of routes, handlers or the app: a connection hands its client up
 //! through [`ClientSink`], which the routing layer implements (a session for a new client, its
 //! messages, its end), and the registry holds the routing layer's sessions as an opaque
-//! [`ClientSession`]. A TLS connector or a resumable session would change this folder and the
-//! sink's implementation, not the callers.
+//! [`ClientSession`]. TLS lives here alone (the app only hands over the certificate and answers
+//! `reload-tls`); a resumable session would likewise change this folder and the sink's
+//! implementation, not the callers.
 
 use std::future::Future;
 use std::sync::Arc;
