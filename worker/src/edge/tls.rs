@@ -178,6 +178,10 @@ pub(crate) async fn accept<const LIMIT: usize>(
     ));
     let reason = match handshake.await {
         Ok(Ok(io)) => return Some(TlsStream(Box::new(Tls { io, deadline }))),
+        // A client that just leaves (a port check, a player closing the tab) stays at debug.
+        Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
+            format!("closed during the TLS handshake: {e}")
+        }
         Ok(Err(e)) => {
             warn!(ip = %addr.ip(), cause = %e, "TLS handshake failed: closing");
             format!("TLS handshake failed: {e}")
