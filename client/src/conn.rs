@@ -194,8 +194,8 @@ impl FrameReader {
     /// for a malformed frame. Cancel-safe.
     pub async fn next(&mut self) -> Result<Frame> {
         match &mut self.io {
-            ReadIo::Tcp(framed) => stream_frame(framed.next().await),
-            ReadIo::TlsTcp(framed) => stream_frame(framed.next().await),
+            ReadIo::Tcp(framed) => stream_frame(framed.next().await, true),
+            ReadIo::TlsTcp(framed) => stream_frame(framed.next().await, false),
             ReadIo::Ws { stream, buf, codec } => loop {
                 match codec.decode(buf) {
                     Ok(Some(f)) => return Ok(f),
@@ -340,13 +340,24 @@ pub(crate) fn encode_json<T: Serialize + ?Sized>(
     Ok(())
 }
 
-/// A frame from a TCP stream's decoder.
+/// A frame from a TCP stream's decoder (`plain`: not over TLS).
 fn stream_frame(
     next: Option<std::result::Result<Frame, kennel_proto::client::FrameError>>,
+    plain: bool,
 ) -> Result<Frame> {
+    use kennel_proto::client::FrameError;
     match next {
         Some(Ok(f)) => Ok(f),
-        Some(Err(kennel_proto::client::FrameError::Io(e))) => Err(Error::Io(e)),
+        Some(Err(FrameError::Io(e))) => Err(Error::Io(e)),
+        // A TLS record header (content type 20-23, version 3.x) read as a frame length: a
+        // TLS port answering a plain client with an alert.
+        Some(Err(FrameError::TooLong { len, .. }))
+            if plain && (0x14..=0x17).contains(&(len >> 24)) && (len >> 16) & 0xff == 3 =>
+        {
+            Err(Error::Tls(
+                "the server answered with a TLS record: this port speaks TLS (connect with ClientBuilder::tls)".into(),
+            ))
+        }
         Some(Err(e)) => Err(decode_err("a frame from the server", e)),
         None => Err(Error::Closed("the server closed the connection".into())),
     }
@@ -413,7 +424,17 @@ impl Connection {
                     Some(cfg),
                 )
                 .await
-                .map_err(|e| Error::Handshake(format!("websocket upgrade: {e}")))?;
+                .map_err(|e| {
+                    // A wss port answers a plain upgrade with a TLS alert, not HTTP.
+                    use tokio_tungstenite::tungstenite::error::{Error as WsError, ProtocolError};
+                    let hint = match (&opts.tls, &e) {
+                        (None, WsError::Protocol(ProtocolError::HttparseError(_))) => {
+                            " (not an HTTP answer: is this a wss:// port? connect with ClientBuilder::tls)"
+                        }
+                        _ => "",
+                    };
+                    Error::Handshake(format!("websocket upgrade: {e}{hint}"))
+                })?;
                 let (sink, stream) = ws.split();
                 (
                     ReadIo::Ws {

@@ -90,7 +90,15 @@ impl TlsOptions {
         let tls = connector
             .connect(name, tcp)
             .await
-            .map_err(|e| Error::Tls(format!("TLS handshake with {addr}: {e}")))?;
+            .map_err(|e| {
+                let why = match e.kind() {
+                    io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset => format!(
+                        "the server closed the connection ({e}: at its connection limit, or not a TLS port?)"
+                    ),
+                    _ => e.to_string(),
+                };
+                Error::Tls(format!("TLS handshake with {addr}: {why}"))
+            })?;
         Ok(Stream::Tls(Box::new(tls)))
     }
 }
