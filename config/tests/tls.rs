@@ -47,6 +47,16 @@ fn frontend(extra: Value, files: &[(&str, &str)]) -> tempfile::TempDir {
     dir
 }
 
+/// The TLS settings of the frontend of `p`.
+fn tls_of(p: &kennel_config::Project) -> Option<TlsSettings> {
+    p.server("connector-server-1")
+        .unwrap()
+        .settings
+        .connector
+        .tls
+        .clone()
+}
+
 fn ssl() -> Value {
     json!({"ssl": true, "cert": "tls/cert.pem", "key": "tls/key.pem"})
 }
@@ -101,13 +111,7 @@ fn a_valid_certificate_loads_with_absolute_paths_and_the_default_reload() {
     extra["certReload"] = json!(0);
     let dir = frontend(extra, &[("cert.pem", &c), ("key.pem", &k)]);
     let p = load(dir.path()).unwrap();
-    let tls = p
-        .server("connector-server-1")
-        .unwrap()
-        .settings
-        .connector
-        .tls
-        .clone();
+    let tls = tls_of(&p);
     assert_eq!(
         tls.unwrap().reload,
         None,
@@ -119,13 +123,7 @@ fn a_valid_certificate_loads_with_absolute_paths_and_the_default_reload() {
     let extra = json!({"ssl": true, "cert": abs, "key": "tls/key.pem"});
     let other = frontend(extra, &[("cert.pem", &c), ("key.pem", &k)]);
     let p = load(other.path()).unwrap();
-    let tls = p
-        .server("connector-server-1")
-        .unwrap()
-        .settings
-        .connector
-        .tls
-        .clone();
+    let tls = tls_of(&p);
     assert_eq!(tls.unwrap().cert, abs);
 }
 
@@ -258,13 +256,7 @@ fn commands_on_a_running_cluster_load_without_reading_the_files() {
     let dir = frontend(ssl(), &[("cert.pem", "junk")]);
     load_err(dir.path(), &["`cert`", "is not a PEM file"]);
     let p = kennel_config::Project::load_without_tls_files(dir.path(), "development").unwrap();
-    let tls = p
-        .server("connector-server-1")
-        .unwrap()
-        .settings
-        .connector
-        .tls
-        .clone();
+    let tls = tls_of(&p);
     assert_eq!(
         tls.unwrap().cert,
         dir.path().join("tls/cert.pem"),

@@ -83,6 +83,18 @@ async fn served(addr: &str, ws: bool, ca: &TestCa) -> Result<Vec<u8>> {
     der.context("no peer certificate over TLS")
 }
 
+/// `kennel send --type connector reload-tls`: whether it succeeded, and what it printed.
+fn reload_tls(cluster: &Cluster) -> (bool, String) {
+    let out = cluster.cli(&["send", "--type", "connector", "reload-tls"]);
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("reload-tls: {printed}");
+    (out.status.success(), printed)
+}
+
 /// Reads `s` until the server closes it; how long that took.
 async fn closed_after(s: &mut TcpStream) -> Result<Duration> {
     let start = Instant::now();
@@ -312,17 +324,8 @@ async fn a_certificate_swapped_on_disk_is_served_to_new_connections_while_old_on
     );
     chat(&a, "during the renewal", &mut [&mut a_chat, &mut b_chat]).await?;
 
-    let out = cluster.cli(&["send", "--type", "connector", "reload-tls"]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    eprintln!(
-        "reload-tls: {stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    ensure!(
-        out.status.success(),
-        "reload-tls: {stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (ok, stdout) = reload_tls(&cluster);
+    ensure!(ok, "reload-tls: {stdout}");
     for id in ["connector-server-1", "connector-server-2"] {
         ensure!(
             stdout.contains(&format!("{id}: new connections get CN=second")),
@@ -343,16 +346,8 @@ async fn a_certificate_swapped_on_disk_is_served_to_new_connections_while_old_on
     };
     mismatched.write(files.path())?;
     cluster.wait_log("connector-server-2", "does not match the certificate")?;
-    let out = cluster.cli(&["send", "--type", "connector", "reload-tls"]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    eprintln!(
-        "reload-tls: {stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    ensure!(
-        !out.status.success(),
-        "a bad reload-tls must fail: {stdout}"
-    );
+    let (ok, stdout) = reload_tls(&cluster);
+    ensure!(!ok, "a bad reload-tls must fail: {stdout}");
     ensure!(
         stdout.contains("does not match the certificate")
             && stdout.contains("new connections still get the previous certificate"),

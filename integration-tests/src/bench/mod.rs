@@ -156,7 +156,7 @@ pub fn run(cfg: &Config) -> Result<Results> {
         // right after the plain kennel's (the kennel column is plain, kennel TLS beside it).
         let tls = if cfg.wants("frontend-echo-tls") {
             say("booting kennel with TLS frontends (2 connectors + 2 chat servers)");
-            Some(Target::kennel_tls(2, 2, cfg.release)?.0)
+            Some(Target::kennel_with(2, 2, cfg.release, true)?.0)
         } else {
             None
         };
@@ -287,7 +287,7 @@ pub fn run(cfg: &Config) -> Result<Results> {
                     // keeps freed memory and would hide the cost of new ones.
                     let t = match system {
                         System::Kennel => Target::kennel(1, 1, cfg.release)?.0,
-                        System::KennelTls => Target::kennel_tls(1, 1, cfg.release)?.0,
+                        System::KennelTls => Target::kennel_with(1, 1, cfg.release, true)?.0,
                         _ => Target::mydog(1, 1)?.0,
                     };
                     let per_conn = rt.block_on(idle_rss(&t, n))?;

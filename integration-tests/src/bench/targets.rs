@@ -88,20 +88,12 @@ impl Target {
         chats: u16,
         release: Option<bool>,
     ) -> Result<(Target, BootTimes)> {
-        Target::kennel_over(connectors, chats, release, false)
+        Target::kennel_with(connectors, chats, release, false)
     }
 
-    /// [`Target::kennel`] with every frontend over TLS (a certificate of a CA made for the
-    /// run); its clients connect with [`Target::tls`].
-    pub fn kennel_tls(
-        connectors: u16,
-        chats: u16,
-        release: Option<bool>,
-    ) -> Result<(Target, BootTimes)> {
-        Target::kennel_over(connectors, chats, release, true)
-    }
-
-    fn kennel_over(
+    /// [`Target::kennel`], with `tls` every frontend over TLS (a certificate of a CA made for
+    /// the run; its clients connect with [`Target::tls`]).
+    pub fn kennel_with(
         connectors: u16,
         chats: u16,
         release: Option<bool>,
