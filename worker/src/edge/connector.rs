@@ -206,10 +206,10 @@ fn upgrade_then_serve<K: ClientSink, S: ClientStream>(
             .write_buffer_size(0)
             .max_message_size(Some(c.cfg.max_len + 4))
             .max_frame_size(Some(c.cfg.max_len + 4));
-        // Boxed: freed once upgraded, instead of sizing the connection's task.
         let deadline = stream
             .handshake_deadline()
             .unwrap_or_else(|| tokio::time::Instant::now() + c.cfg.handshake_timeout);
+        // Boxed: freed once upgraded, instead of sizing the connection's task.
         let upgrade = Box::pin(tokio::time::timeout_at(
             deadline,
             tokio_tungstenite::accept_async_with_config(stream, Some(ws_cfg)),
