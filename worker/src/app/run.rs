@@ -340,6 +340,56 @@ mod tests {
         }
     };
 
+    /// A TLS connection's task (`serve_tls_tcp`, `serve_wss`: the TLS state is boxed) costs at
+    /// most this much more than its plain twin.
+    const TLS_TASK_EXTRA: usize = 256;
+
+    #[tokio::test]
+    async fn a_tls_connection_task_is_a_plain_one_and_a_pointer() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let tls = kennel_config::settings::TlsSettings {
+            cert: cert_path,
+            key: key_path,
+            reload: None,
+        };
+        let certs = Arc::new(crate::edge::tls::ClientCerts::load(&tls).unwrap());
+        let app = crate::app::test_app(true);
+        let (_, cfg) = app.freeze().unwrap();
+        let c = Arc::new(app.connector(cfg));
+        let open = Arc::new(AtomicUsize::new(0));
+        let addr = "127.0.0.1:9".parse().unwrap();
+        let pair = crate::net::tcp_pair;
+        let ((a, _a), (b, _b), (d, _d), (e, _e)) =
+            (pair().await, pair().await, pair().await, pair().await);
+        let io = ClientIo::new(TcpWire::new(a), c.frame_decoder());
+        let tcp = std::mem::size_of_val(&serve(c.clone(), io, addr, OpenGuard::new(&open)));
+        let ws = std::mem::size_of_val(&serve_ws(c.clone(), b, addr, OpenGuard::new(&open)));
+        let acceptor = certs.acceptor();
+        let tls_tcp =
+            connector::serve_tls_tcp(c.clone(), acceptor.clone(), d, addr, OpenGuard::new(&open));
+        let wss = connector::serve_wss(c, acceptor, e, addr, OpenGuard::new(&open));
+        let (tls_tcp, wss) = (std::mem::size_of_val(&tls_tcp), std::mem::size_of_val(&wss));
+        eprintln!(
+            "serve_tls_tcp: {tls_tcp} B (serve tcp {tcp} B); serve_wss: {wss} B (serve_ws {ws} B)"
+        );
+        for (what, tls, plain) in [("TLS TCP", tls_tcp, tcp), ("wss", wss, ws)] {
+            assert!(
+                tls <= plain + TLS_TASK_EXTRA,
+                "a {what} connection's task is {tls} B, its plain twin's {plain} B: something it holds for the task's life is no longer boxed"
+            );
+        }
+    }
+
     #[tokio::test]
     async fn the_connection_and_link_tasks_keep_their_size() {
         let app = crate::app::test_app(true);
