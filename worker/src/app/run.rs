@@ -340,7 +340,7 @@ mod tests {
         }
     };
 
-    /// A TLS connection's task (`serve_tls_tcp`, `serve_wss`: the TLS state is boxed) costs at
+    /// A TLS connection's task (`serve_tls`, both transports: the TLS state is boxed) costs at
     /// most this much more than its plain twin.
     const TLS_TASK_EXTRA: usize = 256;
 
@@ -375,12 +375,27 @@ mod tests {
         let tcp = std::mem::size_of_val(&serve(c.clone(), io, addr, OpenGuard::new(&open)));
         let ws = std::mem::size_of_val(&serve_ws(c.clone(), b, addr, OpenGuard::new(&open)));
         let acceptor = certs.acceptor();
-        let tls_tcp =
-            connector::serve_tls_tcp(c.clone(), acceptor.clone(), d, addr, OpenGuard::new(&open));
-        let wss = connector::serve_wss(c, acceptor, e, addr, OpenGuard::new(&open));
+        use crate::edge::tls::{TLS_PRE_HANDSHAKE_BYTES, WSS_PRE_HANDSHAKE_BYTES};
+        let (o1, o2) = (OpenGuard::new(&open), OpenGuard::new(&open));
+        let tls_tcp = connector::serve_tls::<_, TLS_PRE_HANDSHAKE_BYTES, _, _>(
+            c.clone(),
+            acceptor.clone(),
+            d,
+            addr,
+            o1,
+            connector::serve_frames,
+        );
+        let wss = connector::serve_tls::<_, WSS_PRE_HANDSHAKE_BYTES, _, _>(
+            c,
+            acceptor,
+            e,
+            addr,
+            o2,
+            connector::upgrade_then_serve,
+        );
         let (tls_tcp, wss) = (std::mem::size_of_val(&tls_tcp), std::mem::size_of_val(&wss));
         eprintln!(
-            "serve_tls_tcp: {tls_tcp} B (serve tcp {tcp} B); serve_wss: {wss} B (serve_ws {ws} B)"
+            "serve_tls (tcp): {tls_tcp} B (serve tcp {tcp} B); serve_tls (wss): {wss} B (serve_ws {ws} B)"
         );
         for (what, tls, plain) in [("TLS TCP", tls_tcp, tcp), ("wss", wss, ws)] {
             assert!(

@@ -148,8 +148,24 @@ pub(crate) async fn accept_loop<K: ClientSink>(
         let c = c.clone();
         if let Some(acceptor) = c.tls.clone() {
             match c.cfg.transport {
-                Transport::Tcp => tokio::spawn(serve_tls_tcp(c, acceptor, stream, addr, held)),
-                Transport::WebSocket => tokio::spawn(serve_wss(c, acceptor, stream, addr, held)),
+                Transport::Tcp => tokio::spawn(serve_tls::<_, TLS_PRE_HANDSHAKE_BYTES, _, _>(
+                    c,
+                    acceptor,
+                    stream,
+                    addr,
+                    held,
+                    serve_frames,
+                )),
+                Transport::WebSocket => {
+                    tokio::spawn(serve_tls::<_, WSS_PRE_HANDSHAKE_BYTES, _, _>(
+                        c,
+                        acceptor,
+                        stream,
+                        addr,
+                        held,
+                        upgrade_then_serve,
+                    ))
+                }
             };
             continue;
         }
@@ -197,7 +213,7 @@ pub(crate) fn serve_ws<K: ClientSink>(
 /// A plain function returning an `async move` block, as [`serve`] is: an `async fn` would keep
 /// its arguments beside their moved copies in every WebSocket connection's task.
 #[allow(clippy::manual_async_fn)]
-fn upgrade_then_serve<K: ClientSink, S: ClientStream>(
+pub(crate) fn upgrade_then_serve<K: ClientSink, S: ClientStream>(
     c: Arc<Connector<K>>,
     stream: S,
     addr: SocketAddr,
@@ -235,45 +251,42 @@ fn upgrade_then_serve<K: ClientSink, S: ClientStream>(
     }
 }
 
-/// Runs a TLS TCP client: the TLS handshake, then [`serve`], both by one deadline a handshake
-/// timeout after the accept. A plain function over an async block, as [`serve`]: the task is
-/// the plain TCP one and a few words (`tests::a_tls_connection_task_is_a_plain_one_and_a_pointer`
-/// in `app::run`).
+/// Runs a TLS client: the TLS handshake over the socket capped at `LIMIT` bytes until the
+/// kennel handshake, then `then` ([`serve_frames`] for TLS over TCP, [`upgrade_then_serve`]
+/// for wss), all by one deadline a handshake timeout after the accept. A plain function over
+/// an async block, as [`serve`]: the task is its plain twin's and a few words
+/// (`a_tls_connection_task_is_a_plain_one_and_a_pointer` in `app::run`).
 #[allow(clippy::manual_async_fn)]
-pub(crate) fn serve_tls_tcp<K: ClientSink>(
+pub(crate) fn serve_tls<K, const LIMIT: usize, F, Fut>(
     c: Arc<Connector<K>>,
     acceptor: tokio_rustls::TlsAcceptor,
     stream: TcpStream,
     addr: SocketAddr,
     held: OpenGuard,
-) -> impl Future<Output = ()> + Send {
+    then: F,
+) -> impl Future<Output = ()> + Send
+where
+    K: ClientSink,
+    F: FnOnce(Arc<Connector<K>>, tls::TlsStream<LIMIT>, SocketAddr, OpenGuard) -> Fut + Send,
+    Fut: Future<Output = ()> + Send,
+{
     async move {
         let deadline = tokio::time::Instant::now() + c.cfg.handshake_timeout;
-        let accepted = tls::accept::<TLS_PRE_HANDSHAKE_BYTES>(&acceptor, stream, addr, deadline);
-        if let Some(tls) = accepted.await {
-            let io = ClientIo::new(TcpWire::new(tls), c.frame_decoder());
-            serve(c, io, addr, held).await;
+        if let Some(tls) = tls::accept::<LIMIT>(&acceptor, stream, addr, deadline).await {
+            then(c, tls, addr, held).await;
         }
     }
 }
 
-/// Runs a wss client: the TLS handshake, the WebSocket upgrade, then [`serve`], all by one
-/// deadline a handshake timeout after the accept.
-#[allow(clippy::manual_async_fn)]
-pub(crate) fn serve_wss<K: ClientSink>(
+/// [`serve`] with the frames straight on `stream` (TCP, or TLS carrying them).
+pub(crate) fn serve_frames<K: ClientSink, S: ClientStream>(
     c: Arc<Connector<K>>,
-    acceptor: tokio_rustls::TlsAcceptor,
-    stream: TcpStream,
+    stream: S,
     addr: SocketAddr,
     held: OpenGuard,
 ) -> impl Future<Output = ()> + Send {
-    async move {
-        let deadline = tokio::time::Instant::now() + c.cfg.handshake_timeout;
-        let accepted = tls::accept::<WSS_PRE_HANDSHAKE_BYTES>(&acceptor, stream, addr, deadline);
-        if let Some(tls) = accepted.await {
-            upgrade_then_serve(c, tls, addr, held).await;
-        }
-    }
+    let io = ClientIo::new(TcpWire::new(stream), c.frame_decoder());
+    serve(c, io, addr, held)
 }
 
 /// One count of the open-connection counter, released on drop.
