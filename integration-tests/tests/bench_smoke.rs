@@ -123,9 +123,19 @@ fn every_scenario_completes_and_counts_every_reply() {
     for scenario in ["frontend echo 1x1", "frontend echo 100x16"] {
         assert!(value(scenario, "ReqPerSec", "raw").unwrap() > 0.0);
     }
+    // frontend-echo-tls: plain and TLS frontends side by side, idle TLS connections too.
+    for scenario in ["frontend echo tls 1x1", "frontend echo tls 100x16"] {
+        for system in ["kennel", "kennel-tls"] {
+            let v = value(scenario, "ReqPerSec", system);
+            assert!(v.is_some_and(|v| v > 0.0), "{scenario} / {system}: {v:?}");
+        }
+    }
+    let tls_idle = value("idle connections 200", "RssPerConnBytes", "kennel-tls");
+    assert!(tls_idle.is_some_and(|v| v > 0.0), "idle TLS: {tls_idle:?}");
     // The printed table names every scenario.
     for scenario in [
         "frontend echo 100x16",
+        "frontend echo tls 100x16",
         "rpc 100x16",
         "boot 1+2",
         "idle connections 200",

@@ -20,8 +20,9 @@ use report::{Metric, Results};
 use targets::{System, Target};
 
 /// The scenarios, by their command-line names.
-pub const SCENARIOS: [&str; 6] = [
+pub const SCENARIOS: [&str; 7] = [
     "frontend-echo",
+    "frontend-echo-tls",
     "backend-echo",
     "broadcast",
     "rpc",
@@ -130,7 +131,13 @@ pub fn run(cfg: &Config) -> Result<Results> {
     say(format!("open-file limit {nofile}"));
     let mut results = Results::default();
 
-    let load_scenarios = ["frontend-echo", "backend-echo", "broadcast", "rpc"];
+    let load_scenarios = [
+        "frontend-echo",
+        "frontend-echo-tls",
+        "backend-echo",
+        "broadcast",
+        "rpc",
+    ];
     if load_scenarios.iter().any(|s| cfg.wants(s)) {
         say("booting kennel (2 connectors + 2 chat servers)");
         let (kennel, _) = Target::kennel(2, 2, cfg.release)?;
@@ -145,12 +152,21 @@ pub fn run(cfg: &Config) -> Result<Results> {
         } else {
             None
         };
+        // frontend-echo-tls: the same echo on a kennel whose frontends speak TLS, each run
+        // right after the plain kennel's (the kennel column is plain, kennel TLS beside it).
+        let tls = if cfg.wants("frontend-echo-tls") {
+            say("booting kennel with TLS frontends (2 connectors + 2 chat servers)");
+            Some(Target::kennel_with(2, 2, cfg.release, true)?.0)
+        } else {
+            None
+        };
         let mut systems: Vec<&Target> = vec![&kennel];
         systems.extend(mydog.as_ref());
         let many = (cfg.conns, cfg.inflight);
         let shapes = [(1usize, 1usize), many];
         for (name, route, login, with_raw) in [
             ("frontend-echo", "connector.main.echo", false, true),
+            ("frontend-echo-tls", "connector.main.echo", false, false),
             ("backend-echo", "chat.main.echo", true, false),
             ("rpc", "chat.main.rpcEcho", true, false),
         ] {
@@ -166,6 +182,10 @@ pub fn run(cfg: &Config) -> Result<Results> {
                 if with_raw {
                     these.extend(raw.as_ref());
                 }
+                if name == "frontend-echo-tls" {
+                    these = vec![&kennel];
+                    these.extend(tls.as_ref());
+                }
                 load_runs(
                     &mut results,
                     &label,
@@ -174,7 +194,7 @@ pub fn run(cfg: &Config) -> Result<Results> {
                     Metric::ReqPerSec,
                     |t| {
                         rt.block_on(load::request_load(
-                            &t.addrs, route, conns, inflight, login, cfg.window, &t.pids,
+                            t, route, conns, inflight, login, cfg.window,
                         ))
                     },
                 )?;
@@ -248,12 +268,18 @@ pub fn run(cfg: &Config) -> Result<Results> {
     if cfg.wants("idle") {
         for &n in &cfg.idle_sizes {
             let label = format!("idle connections {n}");
+            // With frontend-echo-tls, idle TLS connections too.
+            let mut systems = cfg.clusters();
+            if cfg.wants("frontend-echo-tls") {
+                systems.push(System::KennelTls);
+            }
             for run in 1..=cfg.runs {
-                for system in cfg.clusters() {
+                for &system in &systems {
                     // A fresh cluster per run: a connector that served connections before
                     // keeps freed memory and would hide the cost of new ones.
                     let t = match system {
                         System::Kennel => Target::kennel(1, 1, cfg.release)?.0,
+                        System::KennelTls => Target::kennel_with(1, 1, cfg.release, true)?.0,
                         _ => Target::mydog(1, 1)?.0,
                     };
                     let per_conn = rt.block_on(idle_rss(&t, n))?;
@@ -291,7 +317,7 @@ async fn idle_rss(t: &Target, n: usize) -> Result<f64> {
         .server_pid("connector-server-1")
         .ok_or_else(|| anyhow::anyhow!("no connector-server-1 process"))?;
     let before = procfs::rss_bytes(pid).unwrap_or(0);
-    let conns = load::connect_many(&t.addrs[..1], n).await?;
+    let conns = load::connect_many(&t.addrs[..1], n, t.tls.as_ref()).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let after = procfs::rss_bytes(pid).unwrap_or(0);
     drop(conns);
