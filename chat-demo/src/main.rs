@@ -6,7 +6,7 @@
 //!   and flag works too (`chat-demo list`, `chat-demo start -e single`).
 //!
 //! A WebSocket frontend whose entry has `"web": <port>` also serves the browser chat page
-//! (`web/`, see [`web`]).
+//! (`web/`, see [`web`]; over https when the entry has `"ssl": true`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -43,7 +43,7 @@ fn server() -> anyhow::Result<()> {
     let page = web::WebConfig::from_app(&app)?;
     app.runtime()?.block_on(async {
         if let Some(page) = page {
-            web::start(page).await?;
+            web::start(page, app.client_tls()).await?;
         }
         app.run().await?;
         Ok(())

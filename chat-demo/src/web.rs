@@ -6,18 +6,26 @@
 //! the project dir; default `web`), `webHost` (address to bind; default the entry's `host`).
 //! Only `GET`/`HEAD` of files inside that folder are answered (tower-http's `ServeDir`: paths
 //! with `..` or outside the folder get 404, other methods 405).
+//!
+//! When the entry has `"ssl": true` the page is served over https with the frontend's own
+//! certificate ([`kennel::App::client_tls`], reloaded with it), and the page connects with
+//! `wss://` (`kennel.js`'s `frontendUrl`). TLS handshakes run in their own tasks, each within
+//! [`TLS_HANDSHAKE_TIMEOUT`], so a slow client holds up nobody.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use axum::Router;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
-use kennel::App;
+use kennel::tokio_rustls::server::TlsStream;
+use kennel::{App, TlsAcceptor};
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
 use tower_http::services::ServeDir;
 
 /// Where and what the page server serves, read from this server's config entry.
@@ -117,8 +125,8 @@ fn join_host_port(host: &str, port: u16) -> String {
     }
 }
 
-/// The page's URL for a bound address (wildcards shown as 127.0.0.1).
-pub fn page_url(addr: SocketAddr) -> String {
+/// The page's URL for a bound address (wildcards shown as 127.0.0.1): `https://` with `tls`.
+pub fn page_url(addr: SocketAddr, tls: bool) -> String {
     let ip = if addr.ip().is_unspecified() {
         "127.0.0.1".to_string()
     } else if addr.is_ipv6() {
@@ -126,22 +134,88 @@ pub fn page_url(addr: SocketAddr) -> String {
     } else {
         addr.ip().to_string()
     };
-    format!("http://{ip}:{}/", addr.port())
+    let scheme = if tls { "https" } else { "http" };
+    format!("{scheme}://{ip}:{}/", addr.port())
 }
 
-/// Binds the page's port, logs `chat page at http://...`, and serves it in a task for the
-/// rest of the process.
-pub async fn start(cfg: WebConfig) -> Result<SocketAddr> {
+/// Binds the page's port, logs `chat page at http(s)://...`, and serves it in a task for the
+/// rest of the process (over TLS with `tls`).
+pub async fn start(cfg: WebConfig, tls: Option<TlsAcceptor>) -> Result<SocketAddr> {
     let listener = cfg.bind().await?;
     let addr = listener.local_addr()?;
     let router = cfg.router();
-    tracing::info!(dir = %cfg.dir.display(), "chat page at {}", page_url(addr));
+    tracing::info!(dir = %cfg.dir.display(), "chat page at {}", page_url(addr, tls.is_some()));
     tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, router).await {
+        let served = match tls {
+            None => axum::serve(listener, router).await,
+            Some(tls) => axum::serve(TlsListener::new(listener, tls, addr), router).await,
+        };
+        if let Err(e) = served {
             tracing::error!("chat page server stopped: {e}");
         }
     });
     Ok(addr)
+}
+
+/// How long a page client's TLS handshake may take.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// TLS handshakes done and waiting for the HTTP server at most.
+const HANDSHAKEN_QUEUE: usize = 64;
+
+/// A listener whose connections have done their TLS handshake: a task accepts and runs each
+/// handshake in a task of its own (within [`TLS_HANDSHAKE_TIMEOUT`]).
+struct TlsListener {
+    rx: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    local: SocketAddr,
+}
+
+impl TlsListener {
+    fn new(listener: TcpListener, tls: TlsAcceptor, local: SocketAddr) -> TlsListener {
+        let (tx, rx) = mpsc::channel(HANDSHAKEN_QUEUE);
+        tokio::spawn(async move {
+            loop {
+                let (tcp, peer) = match listener.accept().await {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!("chat page: accept failed: {e}; retrying");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let (tls, tx) = (tls.clone(), tx.clone());
+                tokio::spawn(async move {
+                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.accept(tcp)).await {
+                        Ok(Ok(stream)) => {
+                            let _ = tx.send((stream, peer)).await;
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, "chat page: TLS handshake failed: {e}")
+                        }
+                        Err(_) => tracing::debug!(%peer, "chat page: no TLS handshake in time"),
+                    }
+                });
+            }
+        });
+        TlsListener { rx, local }
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.rx.recv().await {
+            Some(x) => x,
+            // The accepting task ended (never, short of a panic): accept nothing more.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        Ok(self.local)
+    }
 }
 
 #[cfg(test)]
@@ -154,12 +228,12 @@ mod tests {
         assert_eq!(join_host_port("::1", 80), "[::1]:80");
         assert_eq!(join_host_port("[::1]", 80), "[::1]:80");
         assert_eq!(
-            page_url("0.0.0.0:4080".parse().unwrap()),
+            page_url("0.0.0.0:4080".parse().unwrap(), false),
             "http://127.0.0.1:4080/"
         );
         assert_eq!(
-            page_url("[::1]:4080".parse().unwrap()),
-            "http://[::1]:4080/"
+            page_url("[::1]:4080".parse().unwrap(), true),
+            "https://[::1]:4080/"
         );
     }
 }

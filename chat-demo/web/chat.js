@@ -4,7 +4,7 @@
 // the chat contract: connector.main.login {uid, room}, chat.main.join {room}, chat.main.send
 // {name, text} and the push chat.main.onChat {name, text, u}.
 
-import { KennelClient } from "./kennel.js";
+import { KennelClient, frontendUrl as wsUrl } from "./kennel.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -29,10 +29,7 @@ async function frontendUrl() {
   const res = await fetch("config.json", { cache: "no-store" });
   if (!res.ok) throw new Error(`config.json: HTTP ${res.status}`);
   const cfg = await res.json();
-  let host = cfg.ws.host || location.hostname;
-  if (host.includes(":") && !host.startsWith("[")) host = `[${host}]`;
-  const scheme = location.protocol === "https:" ? "wss" : "ws";
-  return `${scheme}://${host}:${cfg.ws.port}`;
+  return wsUrl(cfg.ws.host || location.hostname, cfg.ws.port);
 }
 
 let client = null;

@@ -3,8 +3,8 @@
 // more whole frames per binary WebSocket message; a handshake whose route list is cached by md5;
 // heartbeats; requests and notifies by route name; listeners for pushes.
 //
-//   import { KennelClient } from "./kennel.js";
-//   const client = new KennelClient("ws://127.0.0.1:4003");
+//   import { KennelClient, frontendUrl } from "./kennel.js";
+//   const client = new KennelClient(frontendUrl("127.0.0.1", 4003)); // wss:// on an https page
 //   await client.connect();                                   // handshake done
 //   const reply = await client.request("connector.main.login", { uid: 7, room: 1 });
 //   client.on("chat.main.onChat", (msg) => console.log(msg));
@@ -17,6 +17,20 @@
 
 /** Frame types of PROTOCOL.md. */
 export const FrameType = Object.freeze({ MESSAGE: 1, HANDSHAKE: 2, HEARTBEAT: 3 });
+
+/**
+ * The WebSocket URL of a frontend at `host`:`port` for this page: `wss://` when the page was
+ * loaded over https (a browser refuses `ws://` from an https page; the frontend's entry then
+ * has `"ssl": true`), else `ws://`. An IPv6 host is bracketed.
+ * @param {string} host
+ * @param {number} port
+ * @param {{protocol: string}} [loc=globalThis.location]  the page's location.
+ */
+export function frontendUrl(host, port, loc = globalThis.location) {
+  if (host.includes(":") && !host.startsWith("[")) host = `[${host}]`;
+  const scheme = loc?.protocol === "https:" ? "wss" : "ws";
+  return `${scheme}://${host}:${port}`;
+}
 
 /** The server's default `maxLen` (10 MiB): a longer incoming frame is a protocol error. */
 export const DEFAULT_MAX_LEN = 10 * 1024 * 1024;

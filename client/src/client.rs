@@ -37,6 +37,13 @@ impl ClientBuilder {
         }
     }
 
+    /// Connects over TLS (TCP: TLS carrying the frames; WebSocket: `wss://addr/`), trusting
+    /// what `tls` trusts.
+    pub fn tls(mut self, tls: crate::TlsOptions) -> Self {
+        self.opts.tls = Some(tls);
+        self
+    }
+
     /// Speaks WebSocket (`ws://addr/`) instead of TCP.
     pub fn ws(mut self) -> Self {
         self.opts.transport = Transport::Ws;

@@ -1,6 +1,7 @@
-//! The raw connection: TCP or WebSocket transport, the PROTOCOL.md handshake (with the route
-//! list cached per address by md5), and a split [`FrameReader`] / [`FrameWriter`] pair that the
-//! high-level [`crate::Client`] and load generators drive directly.
+//! The raw connection: TCP or WebSocket transport (either over TLS with [`Options::tls`]), the
+//! PROTOCOL.md handshake (with the route list cached per address by md5), and a split
+//! [`FrameReader`] / [`FrameWriter`] pair that the high-level [`crate::Client`] and load
+//! generators drive directly.
 //!
 //! The writer appends frames to one reused buffer and writes it with one syscall (TCP) or one
 //! binary WebSocket message per [`FrameWriter::flush`]; the reader decodes frames in place.
@@ -17,15 +18,16 @@ use kennel_proto::client::{
     TYPE_HEARTBEAT, put_frame, put_message,
 };
 use serde::Serialize;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::codec::{Decoder, FramedRead};
 
 use crate::error::{Error, Result};
+use crate::tls::{Stream, TlsOptions};
 
 /// Which transport to speak.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -55,6 +57,8 @@ pub struct Options {
     pub route_cache: Option<RouteCache>,
     /// Set `TCP_NODELAY` (default true: requests are small and latency matters).
     pub no_delay: bool,
+    /// TLS (TCP: TLS carrying the frames; WebSocket: `wss://`), or none (the default).
+    pub tls: Option<TlsOptions>,
 }
 
 impl Default for Options {
@@ -67,6 +71,7 @@ impl Default for Options {
             heartbeat_override: None,
             route_cache: Some(RouteCache::global().clone()),
             no_delay: true,
+            tls: None,
         }
     }
 }
@@ -152,6 +157,8 @@ pub struct Handshake {
     pub reply_body: Bytes,
     /// The md5 this client sent (`""` without a cached list).
     pub sent_md5: String,
+    /// The server's TLS certificate (DER) over TLS, else `None`.
+    pub peer_certificate: Option<Vec<u8>>,
 }
 
 impl Handshake {
@@ -161,10 +168,11 @@ impl Handshake {
     }
 }
 
-type WsStream = WebSocketStream<MaybeTlsStream<TcpStream>>;
+type WsStream = WebSocketStream<Stream>;
 
 enum ReadIo {
     Tcp(FramedRead<OwnedReadHalf, ClientCodec>),
+    TlsTcp(FramedRead<ReadHalf<Stream>, ClientCodec>),
     Ws {
         stream: SplitStream<WsStream>,
         buf: BytesMut,
@@ -174,6 +182,7 @@ enum ReadIo {
 
 enum WriteIo {
     Tcp(OwnedWriteHalf),
+    TlsTcp(WriteHalf<Stream>),
     Ws(SplitSink<WsStream, Message>),
 }
 
@@ -187,12 +196,8 @@ impl FrameReader {
     /// for a malformed frame. Cancel-safe.
     pub async fn next(&mut self) -> Result<Frame> {
         match &mut self.io {
-            ReadIo::Tcp(framed) => match framed.next().await {
-                Some(Ok(f)) => Ok(f),
-                Some(Err(kennel_proto::client::FrameError::Io(e))) => Err(Error::Io(e)),
-                Some(Err(e)) => Err(decode_err("a frame from the server", e)),
-                None => Err(Error::Closed("the server closed the connection".into())),
-            },
+            ReadIo::Tcp(framed) => stream_frame(framed.next().await, true),
+            ReadIo::TlsTcp(framed) => stream_frame(framed.next().await, false),
             ReadIo::Ws { stream, buf, codec } => loop {
                 match codec.decode(buf) {
                     Ok(Some(f)) => return Ok(f),
@@ -274,6 +279,15 @@ impl FrameWriter {
                 self.buf.clear();
                 r?;
             }
+            WriteIo::TlsTcp(w) => {
+                // TLS holds what the socket did not take at once until a flush.
+                let r = match w.write_all(&self.buf).await {
+                    Ok(()) => w.flush().await,
+                    Err(e) => Err(e),
+                };
+                self.buf.clear();
+                r?;
+            }
             WriteIo::Ws(sink) => {
                 let frames = self.buf.split().freeze();
                 sink.send(Message::Binary(frames))
@@ -289,6 +303,9 @@ impl FrameWriter {
         let flushed = self.flush().await;
         match &mut self.io {
             WriteIo::Tcp(w) => {
+                let _ = w.shutdown().await;
+            }
+            WriteIo::TlsTcp(w) => {
                 let _ = w.shutdown().await;
             }
             WriteIo::Ws(sink) => {
@@ -325,6 +342,29 @@ pub(crate) fn encode_json<T: Serialize + ?Sized>(
     Ok(())
 }
 
+/// A frame from a TCP stream's decoder (`plain`: not over TLS).
+fn stream_frame(
+    next: Option<std::result::Result<Frame, kennel_proto::client::FrameError>>,
+    plain: bool,
+) -> Result<Frame> {
+    use kennel_proto::client::FrameError;
+    match next {
+        Some(Ok(f)) => Ok(f),
+        Some(Err(FrameError::Io(e))) => Err(Error::Io(e)),
+        // A TLS record header (content type 20-23, version 3.x) read as a frame length: a
+        // TLS port answering a plain client with an alert.
+        Some(Err(FrameError::TooLong { len, .. }))
+            if plain && (0x14..=0x17).contains(&(len >> 24)) && (len >> 16) & 0xff == 3 =>
+        {
+            Err(Error::Tls(
+                "the server answered with a TLS record: this port speaks TLS (connect with ClientBuilder::tls)".into(),
+            ))
+        }
+        Some(Err(e)) => Err(decode_err("a frame from the server", e)),
+        None => Err(Error::Closed("the server closed the connection".into())),
+    }
+}
+
 fn decode_err(what: &str, e: impl std::fmt::Display) -> Error {
     Error::Decode {
         what: what.to_string(),
@@ -348,10 +388,7 @@ impl Connection {
     /// Connects to `addr` (`host:port`) and completes the handshake, all within
     /// `opts.connect_timeout`.
     pub async fn connect(addr: &str, opts: &Options) -> Result<Connection> {
-        let what = match opts.transport {
-            Transport::Tcp => format!("connect to {addr}"),
-            Transport::Ws => format!("connect to ws://{addr}/"),
-        };
+        let what = format!("connect to {}", cache_key(addr, opts));
         tokio::time::timeout(opts.connect_timeout, Connection::connect_inner(addr, opts))
             .await
             .map_err(|_| Error::Timeout {
@@ -361,25 +398,45 @@ impl Connection {
     }
 
     async fn connect_inner(addr: &str, opts: &Options) -> Result<Connection> {
-        let stream = TcpStream::connect(addr).await?;
-        stream.set_nodelay(opts.no_delay)?;
-        let (mut reader, writer) = match opts.transport {
-            Transport::Tcp => {
+        let tcp = TcpStream::connect(addr).await?;
+        tcp.set_nodelay(opts.no_delay)?;
+        let stream = match &opts.tls {
+            None => Stream::Plain(tcp),
+            Some(tls) => tls.connect(addr, tcp).await?,
+        };
+        let peer_certificate = stream.peer_certificate();
+        let (mut reader, writer) = match (opts.transport, stream) {
+            (Transport::Tcp, Stream::Plain(stream)) => {
                 let (rd, wr) = stream.into_split();
                 let reader = FramedRead::new(rd, ClientCodec::new(opts.max_len));
                 (ReadIo::Tcp(reader), WriteIo::Tcp(wr))
             }
-            Transport::Ws => {
+            (Transport::Tcp, stream) => {
+                let (rd, wr) = tokio::io::split(stream);
+                let reader = FramedRead::new(rd, ClientCodec::new(opts.max_len));
+                (ReadIo::TlsTcp(reader), WriteIo::TlsTcp(wr))
+            }
+            (Transport::Ws, stream) => {
                 let cfg = WebSocketConfig::default()
                     .max_message_size(Some(opts.max_len + 4))
                     .max_frame_size(Some(opts.max_len + 4));
                 let (ws, _) = tokio_tungstenite::client_async_with_config(
-                    format!("ws://{addr}/"),
-                    MaybeTlsStream::Plain(stream),
+                    cache_key(addr, opts),
+                    stream,
                     Some(cfg),
                 )
                 .await
-                .map_err(|e| Error::Handshake(format!("websocket upgrade: {e}")))?;
+                .map_err(|e| {
+                    // A wss port answers a plain upgrade with a TLS alert, not HTTP.
+                    use tokio_tungstenite::tungstenite::error::{Error as WsError, ProtocolError};
+                    let hint = match (&opts.tls, &e) {
+                        (None, WsError::Protocol(ProtocolError::HttparseError(_))) => {
+                            " (not an HTTP answer: is this a wss:// port? connect with ClientBuilder::tls)"
+                        }
+                        _ => "",
+                    };
+                    Error::Handshake(format!("websocket upgrade: {e}{hint}"))
+                })?;
                 let (sink, stream) = ws.split();
                 (
                     ReadIo::Ws {
@@ -391,7 +448,7 @@ impl Connection {
                 )
             }
         };
-        let key = cache_key(addr, opts.transport);
+        let key = cache_key(addr, opts);
         let cached = opts.route_cache.as_ref().and_then(|c| c.get(&key));
         let sent_md5 = cached.as_ref().map(|r| r.md5.clone()).unwrap_or_default();
 
@@ -450,17 +507,21 @@ impl Connection {
                 reply,
                 reply_body: body,
                 sent_md5,
+                peer_certificate,
             },
             addr: addr.to_string(),
         })
     }
 }
 
-/// The route cache key of an address and transport.
-fn cache_key(addr: &str, transport: Transport) -> String {
-    match transport {
-        Transport::Tcp => addr.to_string(),
-        Transport::Ws => format!("ws://{addr}/"),
+/// An address with its transport: `host:port`, `tls://host:port`, `ws://host:port/` or
+/// `wss://host:port/` (the route cache's key, and the WebSocket URL).
+fn cache_key(addr: &str, opts: &Options) -> String {
+    match (opts.transport, opts.tls.is_some()) {
+        (Transport::Tcp, false) => addr.to_string(),
+        (Transport::Tcp, true) => format!("tls://{addr}"),
+        (Transport::Ws, false) => format!("ws://{addr}/"),
+        (Transport::Ws, true) => format!("wss://{addr}/"),
     }
 }
 

@@ -43,6 +43,10 @@ pub enum Error {
     /// The server's handshake reply was missing, malformed, or unusable.
     #[error("handshake failed: {0}")]
     Handshake(String),
+    /// TLS failed: the handshake (e.g. a certificate not trusted, or not for this name) or
+    /// the TLS settings ([`crate::TlsOptions`]).
+    #[error("tls: {0}")]
+    Tls(String),
 }
 
 /// The client's result type.

@@ -1,6 +1,7 @@
 //! kennel-client: a game client speaking kennel's (and mydog 2.x's) client protocol
-//! (`PROTOCOL.md`) over TCP or WebSocket. It is the way to write bots, load tests and
-//! integration tests against a kennel (or mydog) frontend.
+//! (`PROTOCOL.md`) over TCP or WebSocket, either over TLS ([`TlsOptions`]: TLS over TCP, or
+//! `wss://`). It is the way to write bots, load tests and integration tests against a kennel
+//! (or mydog) frontend.
 //!
 //! - **Handshake** with the route list cached by md5 per address ([`RouteCache`]): a reconnect
 //!   sends the cached md5 and the server skips resending the list, as mydog clients do.
@@ -12,7 +13,7 @@
 //! - **Heartbeats** every `heartbeat` seconds the server announced; silence past twice that
 //!   closes the connection ([`Error::Closed`]).
 //! - Errors are one enum, [`Error`]: `Closed`, `Timeout`, `UnknownRoute`, `Decode`, `Encode`,
-//!   `Io`, `Handshake`.
+//!   `Io`, `Handshake`, `Tls`.
 //!
 //! Each connection runs a reader task and a writer task; messages are encoded straight into one
 //! reused buffer and written in batches. For load generators that drive a connection
@@ -70,6 +71,7 @@
 mod client;
 mod conn;
 mod error;
+mod tls;
 
 pub use client::{Client, ClientBuilder, Push, PushStream};
 pub use conn::{
@@ -77,3 +79,4 @@ pub use conn::{
 };
 pub use error::{Error, Result};
 pub use kennel_proto::client::{Frame, HandshakeReply};
+pub use tls::TlsOptions;

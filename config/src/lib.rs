@@ -167,8 +167,18 @@ impl Project {
     /// (`idStart` defaults to 0) on ports `a + k`. A plain `port: N` gives one server whose id
     /// is `id` exactly (`idStart` is ignored). `clientPort: c` gives client ports `c + k`;
     /// `clientPort: [c, d]` must have as many ports as the `port` range and gives `c + k`.
+    ///
+    /// Every frontend entry with `"ssl": true` has its certificate and key files read and
+    /// checked too ([`settings::read_cert_and_key`]); see [`Project::load_without_tls_files`].
     pub fn load(dir: &Path, env: &str) -> Result<Project, ConfigError> {
-        load::load(dir, env)
+        load::load(dir, env, true)
+    }
+
+    /// [`Project::load`] without reading the TLS certificate and key files (their paths are
+    /// still made absolute): for commands that talk to a running cluster, which a certificate
+    /// file broken on disk must not stop (`kennel list`, `stop`, `send ... reload-tls`).
+    pub fn load_without_tls_files(dir: &Path, env: &str) -> Result<Project, ConfigError> {
+        load::load(dir, env, false)
     }
 
     /// The environments of the master config in `dir`, in file order.

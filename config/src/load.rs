@@ -10,7 +10,9 @@ use crate::settings::Warning;
 use crate::source::{SourceFile, locate, parse, select_env};
 use crate::{Project, expand, master, route, source, validate};
 
-pub(crate) fn load(dir: &Path, env: &str) -> Result<Project, ConfigError> {
+/// `read_tls_files`: read and check the TLS files of entries with `ssl` (else only resolve
+/// their paths).
+pub(crate) fn load(dir: &Path, env: &str, read_tls_files: bool) -> Result<Project, ConfigError> {
     let master_file = locate(dir, "master", env)?;
     let servers_file = locate(dir, "servers", env)?;
     let route_file = locate(dir, "route", env)?;
@@ -26,8 +28,9 @@ pub(crate) fn load(dir: &Path, env: &str) -> Result<Project, ConfigError> {
     // Validates the environment; its entries are then taken in file order.
     select_env(&servers_file, &servers_doc, env)?;
     let groups = servers_doc.env_entries(env);
-    let placed = expand::expand_all(&servers_file, env, &groups)?;
+    let mut placed = expand::expand_all(&servers_file, env, &groups)?;
     validate::check_cluster(&master_file, &servers_file, env, &master, &placed)?;
+    crate::settings::check_tls_files(&servers_file, env, dir, &mut placed, read_tls_files)?;
     let warnings = warnings(
         (&master_file, select_env(&master_file, &master_doc, env)?),
         (&servers_file, &groups),

@@ -7,6 +7,9 @@
 //
 //   KENNEL_NODE_MODULES=<dir holding node_modules/playwright-core> \
 //     node chat-e2e.mjs http://127.0.0.1:4080/ target/test-artifacts/browser-chat.png
+//
+// For an https page, KENNEL_SPKI_PIN=<base64 SHA-256 of the certificate's public key> makes
+// Chromium trust that one key (--ignore-certificate-errors-spki-list).
 
 import { createRequire } from "node:module";
 import { join } from "node:path";
@@ -22,6 +25,9 @@ const modules = process.env.KENNEL_NODE_MODULES ?? import.meta.dirname;
 const { chromium } = createRequire(join(modules, "index.js"))("playwright-core");
 const executablePath = process.env.KENNEL_CHROMIUM ?? "/usr/bin/chromium";
 const STEP_TIMEOUT = 20000;
+// An https page's certificate is trusted by its public key's pin (base64 of the SPKI's
+// SHA-256), not by ignoring certificate errors: KENNEL_SPKI_PIN, set by the https test.
+const spkiPin = process.env.KENNEL_SPKI_PIN;
 
 // A hard stop, whatever hangs.
 setTimeout(() => {
@@ -91,6 +97,7 @@ const browser = await chromium.launch({
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
+    ...(spkiPin ? [`--ignore-certificate-errors-spki-list=${spkiPin}`] : []),
   ],
   timeout: STEP_TIMEOUT * 2,
 });

@@ -13,6 +13,7 @@ import {
   decodeMessage,
   encodeFrame,
   encodeMessage,
+  frontendUrl,
 } from "../../chat-demo/web/kennel.js";
 
 const ROUTES = ["connector.main.login", "chat.main.join", "chat.main.send", "chat.main.onChat"];
@@ -228,4 +229,12 @@ test("connect to nothing rejects with the address", async () => {
   }
   const c = new KennelClient("ws://127.0.0.1:9", { WebSocket: Refused, storage: null });
   await assert.rejects(c.connect(), /cannot connect to ws:\/\/127.0.0.1:9 \(code 1006\)/);
+});
+
+test("frontendUrl uses wss:// on an https page and brackets IPv6 hosts", () => {
+  assert.equal(frontendUrl("127.0.0.1", 4003, { protocol: "https:" }), "wss://127.0.0.1:4003");
+  assert.equal(frontendUrl("127.0.0.1", 4003, { protocol: "http:" }), "ws://127.0.0.1:4003");
+  assert.equal(frontendUrl("::1", 4003, { protocol: "https:" }), "wss://[::1]:4003");
+  assert.equal(frontendUrl("[::1]", 4003, { protocol: "http:" }), "ws://[::1]:4003");
+  assert.equal(frontendUrl("game.example.com", 443, undefined), "ws://game.example.com:443");
 });

@@ -1,9 +1,9 @@
 //! Support for kennel's integration tests: a game client speaking PROTOCOL.md ([`client`]), a
 //! fixture that boots the real chat-demo cluster in a temp dir on free ports ([`cluster`],
-//! [`ports`]), chat load for abuse, fault and soak tests ([`load`]), a recording and tampering TCP proxy
-//! for the internal links ([`proxy`]), the mydog peer
-//! ([`mydog`]), the benchmark harness ([`bench`]) and the headless-Chromium tooling of the chat
-//! page ([`browser`]).
+//! [`ports`]), chat load for abuse, fault and soak tests ([`load`]), a recording and tampering
+//! TCP proxy for the internal links ([`proxy`]), the mydog peer
+//! ([`mydog`]), the benchmark harness ([`bench`]), the headless-Chromium tooling of the chat
+//! page ([`browser`]) and test certificates for TLS ([`tls`]).
 
 pub mod bench;
 pub mod browser;
@@ -13,6 +13,7 @@ pub mod load;
 pub mod mydog;
 pub mod ports;
 pub mod proxy;
+pub mod tls;
 
 use std::time::Duration;
 

@@ -123,13 +123,27 @@ fn every_scenario_completes_and_counts_every_reply() {
     for scenario in ["frontend echo 1x1", "frontend echo 100x16"] {
         assert!(value(scenario, "ReqPerSec", "raw").unwrap() > 0.0);
     }
-    // rpc over the encrypted mesh (`rpc-encrypted`), kennel only.
-    let encrypted = value("rpc encrypted 100x16", "ReqPerSec", "kennel")
-        .unwrap_or_else(|| panic!("no encrypted rpc figure:\n{stdout}"));
-    assert!(encrypted > 0.0, "{encrypted}");
+    // frontend-echo-tls: plain and TLS frontends side by side, idle TLS connections too.
+    for scenario in ["frontend echo tls 1x1", "frontend echo tls 100x16"] {
+        for system in ["kennel", "kennel-tls"] {
+            let v = value(scenario, "ReqPerSec", system);
+            assert!(v.is_some_and(|v| v > 0.0), "{scenario} / {system}: {v:?}");
+        }
+    }
+    let tls_idle = value("idle connections 200", "RssPerConnBytes", "kennel-tls");
+    assert!(tls_idle.is_some_and(|v| v > 0.0), "idle TLS: {tls_idle:?}");
+    // rpc-encrypted: plain and encrypted links side by side.
+    for system in ["kennel", "kennel-encrypted"] {
+        let v = value("rpc encrypted 100x16", "ReqPerSec", system);
+        assert!(
+            v.is_some_and(|v| v > 0.0),
+            "rpc encrypted / {system}: {v:?}"
+        );
+    }
     // The printed table names every scenario.
     for scenario in [
         "frontend echo 100x16",
+        "frontend echo tls 100x16",
         "rpc 100x16",
         "boot 1+2",
         "idle connections 200",

@@ -8,6 +8,10 @@
 //!   `target/test-artifacts/browser-chat.png`;
 //! - the `web` port serves the page's files and `/config.json`, and nothing else (traversal,
 //!   other methods);
+//! - over TLS (`ssl` on the WebSocket frontend, a certificate made by the test): the page is
+//!   served over https, Chromium trusts it by its key's pin
+//!   (`--ignore-certificate-errors-spki-list`; without the pin it refuses the page), and the
+//!   same chat runs over wss;
 //! - a wrong `web*` key stops the server with a message naming the server and the key;
 //! - `kennel.js`'s unit tests (`node --test`).
 //!
@@ -16,8 +20,8 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
@@ -25,6 +29,7 @@ use integration_tests::browser;
 use integration_tests::client::Client;
 use integration_tests::cluster::{Cluster, ClusterOptions, free_port};
 use integration_tests::mydog::{run_bounded, target_dir};
+use integration_tests::tls::TestCa;
 use serde_json::{Value, json};
 
 /// The page's uid for a name (FNV-1a 32, as `chat.js` computes it).
@@ -39,15 +44,26 @@ fn uid_of(name: &str) -> u64 {
 
 /// A cluster with one TCP frontend, one WebSocket frontend serving the page, two chat servers.
 fn cluster_with_page() -> Result<(Cluster, u16)> {
+    cluster_with_page_over(None)
+}
+
+/// [`cluster_with_page`], the WebSocket frontend and its page over TLS with `tls` (the
+/// entry's `ssl`, `cert` and `key`).
+fn cluster_with_page_over(tls: Option<Value>) -> Result<(Cluster, u16)> {
     let web = free_port();
+    let mut ws_extra = json!({"web": web, "webDir": browser::web_dir()});
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    for (k, v) in tls.iter().flat_map(|t| t.as_object().unwrap()) {
+        ws_extra[k] = v.clone();
+    }
     let mut cluster = Cluster::start_opts(&ClusterOptions {
         tcp: 1,
         ws: 1,
         chats: 2,
-        ws_extra: json!({"web": web, "webDir": browser::web_dir()}),
+        ws_extra,
         ..ClusterOptions::default()
     })?;
-    cluster.wait_line(&format!("chat page at http://127.0.0.1:{web}/"))?;
+    cluster.wait_line(&format!("chat page at {scheme}://127.0.0.1:{web}/"))?;
     // "cluster ready" means every server registered with the master; a frontend learns of the
     // chat servers a moment later, and a login before that gets no chat server.
     for (id, _) in cluster.frontends.clone() {
@@ -63,7 +79,8 @@ async fn two_browsers_chat_in_one_room() -> Result<()> {
     }
     let modules = tokio::task::spawn_blocking(browser::playwright_modules).await??;
     let (cluster, web) = tokio::task::spawn_blocking(cluster_with_page).await??;
-    let result = chat_through_the_page(&cluster, web, modules).await;
+    let url = format!("http://127.0.0.1:{web}/");
+    let result = chat_through_the_page(&cluster, &url, modules, None, "browser-chat.png").await;
     result.map_err(|e| {
         anyhow::anyhow!(
             "{e:#}\nthe cluster printed:\n{}",
@@ -72,8 +89,76 @@ async fn two_browsers_chat_in_one_room() -> Result<()> {
     })
 }
 
-/// The body of [`two_browsers_chat_in_one_room`] (errors get the cluster's output attached).
-async fn chat_through_the_page(cluster: &Cluster, web: u16, modules: PathBuf) -> Result<()> {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_chats_over_https_and_wss() -> Result<()> {
+    if browser::skip_without_tools(true) {
+        return Ok(());
+    }
+    let modules = tokio::task::spawn_blocking(browser::playwright_modules).await??;
+    let ca = TestCa::new("kennel browser test CA")?;
+    let cert = ca.server_cert("chat page")?;
+    let files = tempfile::tempdir()?;
+    let keys = cert.write(files.path())?;
+    let (cluster, web) =
+        tokio::task::spawn_blocking(move || cluster_with_page_over(Some(keys))).await??;
+    let url = format!("https://127.0.0.1:{web}/");
+
+    // Without the pin Chromium refuses the page: the pin is what makes it trusted.
+    let (url2, modules2) = (url.clone(), modules.clone());
+    let shot = target_dir()?.join("test-artifacts/browser-chat-unpinned.png");
+    let out = tokio::task::spawn_blocking(move || run_e2e(&url2, &shot, &modules2, None)).await??;
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(
+        !out.status.success() && printed.contains("ERR_CERT_AUTHORITY_INVALID"),
+        "an unpinned Chromium loaded the page ({}):\n{printed}",
+        out.status
+    );
+
+    let pin = Some(cert.spki_pin());
+    let result =
+        chat_through_the_page(&cluster, &url, modules, pin, "browser-chat-https.png").await;
+    result.map_err(|e| {
+        anyhow::anyhow!(
+            "{e:#}\nthe cluster printed:\n{}",
+            cluster.lines.lock().unwrap().join("\n")
+        )
+    })?;
+    // connector-server-2, where both pages logged in, accepts TLS only: their sockets were
+    // wss (an https page may not open ws:// anyway).
+    Ok(())
+}
+
+/// Runs `chat-e2e.mjs` on the page at `url` (Chromium trusting the TLS key `pin`, if given),
+/// its screenshot at `target/test-artifacts/<shot>`: what it printed, or its failure.
+fn run_e2e(url: &str, shot: &Path, modules: &Path, pin: Option<&str>) -> Result<Output> {
+    let chromium = browser::chromium();
+    let mut env = vec![
+        ("KENNEL_NODE_MODULES", modules),
+        ("KENNEL_CHROMIUM", chromium.as_path()),
+    ];
+    if let Some(pin) = pin {
+        env.push(("KENNEL_SPKI_PIN", Path::new(pin)));
+    }
+    browser::run_node(
+        &["chat-e2e.mjs", url, &shot.to_string_lossy()],
+        &env,
+        Duration::from_secs(180),
+    )
+}
+
+/// The body of [`two_browsers_chat_in_one_room`] and [`a_browser_chats_over_https_and_wss`]
+/// (errors get the cluster's output attached).
+async fn chat_through_the_page(
+    cluster: &Cluster,
+    url: &str,
+    modules: PathBuf,
+    pin: Option<String>,
+    shot: &str,
+) -> Result<()> {
     // A TCP player in room 7 on the other frontend hears the browsers.
     let mut tcp = Client::connect(cluster.client_addr(0))
         .await
@@ -89,22 +174,12 @@ async fn chat_through_the_page(cluster: &Cluster, web: u16, modules: PathBuf) ->
         .context("tcp join")?;
     ensure!(r["code"] == 0 && r["size"] == 1, "tcp join: {r}");
 
-    let shot = target_dir()?.join("test-artifacts/browser-chat.png");
+    let shot = target_dir()?.join("test-artifacts").join(shot);
     let _ = std::fs::remove_file(&shot);
-    let url = format!("http://127.0.0.1:{web}/");
-    let (url2, shot2, modules2) = (url.clone(), shot.clone(), modules.clone());
-    let out = tokio::task::spawn_blocking(move || {
-        let chromium = browser::chromium();
-        browser::run_node(
-            &["chat-e2e.mjs", &url2, &shot2.to_string_lossy()],
-            &[
-                ("KENNEL_NODE_MODULES", modules2.as_path()),
-                ("KENNEL_CHROMIUM", chromium.as_path()),
-            ],
-            Duration::from_secs(180),
-        )
-    })
-    .await??;
+    let (url2, shot2, modules2) = (url.to_string(), shot.clone(), modules.clone());
+    let out =
+        tokio::task::spawn_blocking(move || run_e2e(&url2, &shot2, &modules2, pin.as_deref()))
+            .await??;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     ensure!(

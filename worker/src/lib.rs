@@ -42,12 +42,15 @@ pub use app::rpc::{RemoteRoute, Rpc};
 pub use app::{App, BEFORE_EXIT_TIMEOUT};
 pub use edge::codec;
 pub use edge::connector::{ConnectorConfig, RateLimit, RateLimitAction, Transport};
+pub use edge::tls::RELOAD_TLS;
 pub use error::{Error, PushError, RpcError, SessionError};
 pub use mesh::ServerInfo;
 pub use mesh::rpc_config::{Interval, RpcConfig};
 pub use routing::handler::Reply;
 pub use routing::session::{SETTINGS_MAX, Session};
 pub use stats::LATENCY_BUCKETS;
+/// The TLS acceptor [`App::client_tls`] gives, and the rustls it runs on (ring provider).
+pub use tokio_rustls::{self, TlsAcceptor};
 
 /// Installs a tracing subscriber writing to stderr (level from `RUST_LOG`, default `info`).
 /// Called by [`App::from_args`]; harmless if a subscriber is already set. A failed write (a

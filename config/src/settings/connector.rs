@@ -2,7 +2,8 @@
 //! [`ConnectorConfig`] with its defaults, and [`ConnectorSettings`], the keys one server entry
 //! writes (`connector`, `heartbeat`, `maxConnectionNum`, `maxLen`, `noDelay`, `interval`,
 //! `handshakeTimeout`, `sendQueueBytes`, `maxInFlight`, `rateLimit`), which override a base
-//! (the defaults, or what the game set with `App::set_connector`).
+//! (the defaults, or what the game set with `App::set_connector`), and its TLS keys (`ssl`,
+//! `cert`, `key`, `certReload`: `tls.rs`), which only the entry sets.
 
 use std::time::Duration;
 
@@ -136,6 +137,9 @@ pub struct ConnectorSettings {
     pub max_in_flight: Option<usize>,
     /// `rateLimit`: `Some(None)` for `false`/`null` (no limit).
     pub rate_limit: Option<Option<RateLimit>>,
+    /// `ssl` (with `cert`, `key`, `certReload`): TLS for this frontend's clients (wss, or TLS
+    /// over TCP). Read from the entry only: [`ConnectorSettings::apply_to`] leaves it out.
+    pub tls: Option<super::TlsSettings>,
 }
 
 impl ConnectorSettings {

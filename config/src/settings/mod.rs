@@ -14,7 +14,8 @@
 //! objects (`rpc`, `rateLimit`, `logs`, `crashLoop`, `metrics`) an unknown key is an error.
 //!
 //! Layout: `server.rs` (the per-entry keys: connector, `threads`, `restart`, `external`),
-//! `connector.rs` (the frontend connector's types and its keys), `master.rs` (`logs`,
+//! `connector.rs` (the frontend connector's types and its keys), `tls.rs` (`ssl`, `cert`,
+//! `key`, `certReload`, and the checks of the PEM files), `master.rs` (`logs`,
 //! `crashLoop`, `metrics`, `launcher`, `remoteSignal`), `rpc.rs` (`rpc`). The worker re-exports
 //! [`ConnectorConfig`], [`RpcConfig`] and their parts as `kennel::...`; the runtime parts
 //! (sockets, timers) stay in the crates that use them.
@@ -23,6 +24,7 @@ mod connector;
 mod master;
 mod rpc;
 mod server;
+mod tls;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -43,9 +45,11 @@ pub use master::{
 };
 pub use rpc::{DEFAULT_RPC_MAX_LEN, Interval, RpcConfig};
 pub use server::{RestartPolicy, ServerSettings};
+pub use tls::{CertAndKey, DEFAULT_CERT_RELOAD_SECS, TlsFileError, TlsSettings, read_cert_and_key};
 
 pub(crate) use master::master_settings;
 pub(crate) use server::server_settings;
+pub(crate) use tls::check_files as check_tls_files;
 
 /// The longest time any setting accepts, in seconds (one day): larger values would overflow
 /// the deadlines computed from them (`now + rpc.timeout` panics past about 10^11 years, `2 x
@@ -53,7 +57,7 @@ pub(crate) use server::server_settings;
 pub const MAX_SECS: u64 = 86_400;
 
 /// The keys of a server entry kennel reads: placement (`id` .. `args`) and settings.
-pub const SERVER_KEYS: [&str; 21] = [
+pub const SERVER_KEYS: [&str; 25] = [
     "id",
     "idStart",
     "host",
@@ -72,6 +76,10 @@ pub const SERVER_KEYS: [&str; 21] = [
     "sendQueueBytes",
     "maxInFlight",
     "rateLimit",
+    "ssl",
+    "cert",
+    "key",
+    "certReload",
     "threads",
     "restart",
     "external",

@@ -1,5 +1,5 @@
 //! The settings of a server entry in `servers.*`: the frontend connector's keys
-//! ([`ConnectorSettings`]), `threads`, `restart` and `external`. Every server the entry expands
+//! ([`ConnectorSettings`], TLS included), `threads`, `restart` and `external`. Every server the entry expands
 //! to gets them, so they are set per type or per server by where they are written.
 
 use serde::Deserialize;
@@ -82,6 +82,11 @@ struct RawServer {
     threads: Option<u64>,
     restart: Option<RestartPolicy>,
     external: Option<bool>,
+    ssl: Option<bool>,
+    // As values: `cert` and `key` are kennel's only with `ssl` (a game may use `key` itself).
+    cert: Option<Value>,
+    key: Option<Value>,
+    cert_reload: Option<u64>,
 }
 
 /// The settings of a server entry (a table).
@@ -119,6 +124,12 @@ pub(crate) fn server_settings(entry: &Value) -> Result<ServerSettings, Problem> 
             .rate_limit
             .map(|r| r.map(|r| r.check()).transpose())
             .transpose()?,
+        tls: super::tls::tls_settings(
+            raw.ssl,
+            raw.cert.as_ref(),
+            raw.key.as_ref(),
+            raw.cert_reload,
+        )?,
     };
     Ok(ServerSettings {
         connector,

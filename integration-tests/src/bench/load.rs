@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
-use kennel_client::{ClientBuilder, Connection, Frame, FrameReader, FrameWriter};
+use kennel_client::{ClientBuilder, Connection, Frame, FrameReader, FrameWriter, TlsOptions};
 use serde_json::json;
 use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinHandle;
@@ -145,17 +145,25 @@ fn next_uid() -> u64 {
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
-/// Opens `n` handshaken raw connections spread round-robin over `addrs`, at most 256
-/// handshakes at a time.
-pub async fn connect_many(addrs: &[String], n: usize) -> Result<Vec<Connection>> {
+/// Opens `n` handshaken raw connections spread round-robin over `addrs` (over TLS with `tls`),
+/// at most 256 handshakes at a time.
+pub async fn connect_many(
+    addrs: &[String],
+    n: usize,
+    tls: Option<&TlsOptions>,
+) -> Result<Vec<Connection>> {
     let gate = Arc::new(Semaphore::new(256));
     let mut tasks = Vec::with_capacity(n);
     for i in 0..n {
         let addr = addrs[i % addrs.len()].clone();
         let gate = gate.clone();
+        let mut builder = ClientBuilder::new(addr);
+        if let Some(tls) = tls {
+            builder = builder.tls(tls.clone());
+        }
         tasks.push(tokio::spawn(async move {
             let _permit = gate.acquire_owned().await;
-            ClientBuilder::new(addr).connect_raw().await
+            builder.connect_raw().await
         }));
     }
     let mut out = Vec::with_capacity(n);
@@ -232,19 +240,20 @@ async fn drive_phases(phase: &AtomicU8, window: Window, pids: &[i32]) -> (f64, f
     before.delta(&after)
 }
 
-/// Closed-loop request/reply load: `conns` connections over `addrs`, each keeping `inflight`
-/// requests of `route` outstanding. `login` logs each connection in first (backend routes
-/// need a chat server; connection `i` gets room `i`, spreading them over the chat servers).
+/// Closed-loop request/reply load: `conns` connections over `t`'s frontends (over TLS with
+/// its `tls`), each keeping `inflight` requests of `route` outstanding; CPU measured on its
+/// processes. `login` logs each connection in first (backend routes need a chat server;
+/// connection `i` gets room `i`, spreading them over the chat servers).
 pub async fn request_load(
-    addrs: &[String],
+    t: &super::targets::Target,
     route: &str,
     conns: usize,
     inflight: usize,
     login_first: bool,
     window: Window,
-    pids: &[i32],
 ) -> Result<LoadResult> {
-    let mut connections = connect_many(addrs, conns).await?;
+    let pids = &t.pids;
+    let mut connections = connect_many(&t.addrs, conns, t.tls.as_ref()).await?;
     if login_first {
         for (i, c) in connections.iter_mut().enumerate() {
             login(c, i as u64, false).await?;
@@ -346,7 +355,7 @@ pub async fn broadcast_load(
     window: Window,
     pids: &[i32],
 ) -> Result<LoadResult> {
-    let mut connections = connect_many(addrs, conns).await?;
+    let mut connections = connect_many(addrs, conns, None).await?;
     let mut uids = Vec::with_capacity(conns);
     for (i, c) in connections.iter_mut().enumerate() {
         uids.push(login(c, (i / room_size) as u64, true).await?);

@@ -20,8 +20,9 @@ use report::{Metric, Results};
 use targets::{System, Target};
 
 /// The scenarios, by their command-line names.
-pub const SCENARIOS: [&str; 7] = [
+pub const SCENARIOS: [&str; 8] = [
     "frontend-echo",
+    "frontend-echo-tls",
     "backend-echo",
     "broadcast",
     "rpc",
@@ -133,6 +134,7 @@ pub fn run(cfg: &Config) -> Result<Results> {
 
     let load_scenarios = [
         "frontend-echo",
+        "frontend-echo-tls",
         "backend-echo",
         "broadcast",
         "rpc",
@@ -152,11 +154,19 @@ pub fn run(cfg: &Config) -> Result<Results> {
         } else {
             None
         };
-        // `rpc-encrypted`: the same cluster with `encryptLinks`, its rpc runs interleaved with
-        // the plain one's (which runs too, for the comparison).
+        // frontend-echo-tls: the same echo on a kennel whose frontends speak TLS, each run
+        // right after the plain kennel's (the kennel column is plain, kennel TLS beside it).
+        let tls = if cfg.wants("frontend-echo-tls") {
+            say("booting kennel with TLS frontends (2 connectors + 2 chat servers)");
+            Some(Target::kennel_with(2, 2, cfg.release, System::KennelTls)?.0)
+        } else {
+            None
+        };
+        // rpc-encrypted: the same rpc echo on a kennel whose internal links are encrypted
+        // (`encryptLinks`), each run right after the plain kennel's.
         let encrypted = if cfg.wants("rpc-encrypted") {
             say("booting kennel with encrypted links (2 connectors + 2 chat servers)");
-            Some(Target::kennel_links(2, 2, cfg.release, true)?.0)
+            Some(Target::kennel_with(2, 2, cfg.release, System::KennelEncrypted)?.0)
         } else {
             None
         };
@@ -166,48 +176,65 @@ pub fn run(cfg: &Config) -> Result<Results> {
         let shapes = [(1usize, 1usize), many];
         for (name, route, login, with_raw) in [
             ("frontend-echo", "connector.main.echo", false, true),
+            ("frontend-echo-tls", "connector.main.echo", false, false),
             ("backend-echo", "chat.main.echo", true, false),
             ("rpc", "chat.main.rpcEcho", true, false),
+            ("rpc-encrypted", "chat.main.rpcEcho", true, false),
         ] {
-            let plain_for_encrypted = name == "rpc" && encrypted.is_some();
-            if !(cfg.wants(name) || plain_for_encrypted) {
+            if !cfg.wants(name) {
                 continue;
             }
             for (conns, inflight) in shapes {
-                if name == "rpc" && (conns, inflight) != many {
+                if name.starts_with("rpc") && (conns, inflight) != many {
                     continue;
                 }
                 let label = format!("{} {conns}x{inflight}", name.replace('-', " "));
-                let encrypted_label = format!("rpc encrypted {conns}x{inflight}");
-                let mut these: Vec<(&Target, &str)> =
-                    systems.iter().map(|t| (*t, &*label)).collect();
+                let mut these = systems.clone();
                 if with_raw {
-                    these.extend(raw.as_ref().map(|t| (t, &*label)));
+                    these.extend(raw.as_ref());
                 }
-                if name == "rpc" {
-                    these.extend(encrypted.as_ref().map(|t| (t, &*encrypted_label)));
+                if name == "frontend-echo-tls" {
+                    these = vec![&kennel];
+                    these.extend(tls.as_ref());
                 }
-                load_runs(&mut results, &these, cfg.runs, Metric::ReqPerSec, |t| {
-                    rt.block_on(load::request_load(
-                        &t.addrs, route, conns, inflight, login, cfg.window, &t.pids,
-                    ))
-                })?;
+                if name == "rpc-encrypted" {
+                    these = vec![&kennel];
+                    these.extend(encrypted.as_ref());
+                }
+                load_runs(
+                    &mut results,
+                    &label,
+                    &these,
+                    cfg.runs,
+                    Metric::ReqPerSec,
+                    |t| {
+                        rt.block_on(load::request_load(
+                            t, route, conns, inflight, login, cfg.window,
+                        ))
+                    },
+                )?;
             }
         }
         if cfg.wants("broadcast") {
             for room in [10usize, 100] {
                 let label = format!("broadcast rooms of {room}");
-                let these: Vec<(&Target, &str)> = systems.iter().map(|t| (*t, &*label)).collect();
-                load_runs(&mut results, &these, cfg.runs, Metric::MsgPerSec, |t| {
-                    rt.block_on(load::broadcast_load(
-                        &t.addrs,
-                        cfg.broadcast_conns,
-                        room,
-                        cfg.broadcast_window,
-                        cfg.window,
-                        &t.pids,
-                    ))
-                })?;
+                load_runs(
+                    &mut results,
+                    &label,
+                    &systems,
+                    cfg.runs,
+                    Metric::MsgPerSec,
+                    |t| {
+                        rt.block_on(load::broadcast_load(
+                            &t.addrs,
+                            cfg.broadcast_conns,
+                            room,
+                            cfg.broadcast_window,
+                            cfg.window,
+                            &t.pids,
+                        ))
+                    },
+                )?;
             }
         }
     }
@@ -256,12 +283,20 @@ pub fn run(cfg: &Config) -> Result<Results> {
     if cfg.wants("idle") {
         for &n in &cfg.idle_sizes {
             let label = format!("idle connections {n}");
+            // With frontend-echo-tls, idle TLS connections too.
+            let mut systems = cfg.clusters();
+            if cfg.wants("frontend-echo-tls") {
+                systems.push(System::KennelTls);
+            }
             for run in 1..=cfg.runs {
-                for system in cfg.clusters() {
+                for &system in &systems {
                     // A fresh cluster per run: a connector that served connections before
                     // keeps freed memory and would hide the cost of new ones.
                     let t = match system {
                         System::Kennel => Target::kennel(1, 1, cfg.release)?.0,
+                        System::KennelTls => {
+                            Target::kennel_with(1, 1, cfg.release, System::KennelTls)?.0
+                        }
                         _ => Target::mydog(1, 1)?.0,
                     };
                     let per_conn = rt.block_on(idle_rss(&t, n))?;
@@ -299,7 +334,7 @@ async fn idle_rss(t: &Target, n: usize) -> Result<f64> {
         .server_pid("connector-server-1")
         .ok_or_else(|| anyhow::anyhow!("no connector-server-1 process"))?;
     let before = procfs::rss_bytes(pid).unwrap_or(0);
-    let conns = load::connect_many(&t.addrs[..1], n).await?;
+    let conns = load::connect_many(&t.addrs[..1], n, t.tls.as_ref()).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let after = procfs::rss_bytes(pid).unwrap_or(0);
     drop(conns);
@@ -310,13 +345,14 @@ async fn idle_rss(t: &Target, n: usize) -> Result<f64> {
 /// ...), recording each run's figures under `label` with `rate` as its throughput metric.
 fn load_runs(
     results: &mut Results,
-    targets: &[(&Target, &str)],
+    label: &str,
+    targets: &[&Target],
     runs: usize,
     rate: Metric,
     mut load: impl FnMut(&Target) -> Result<LoadResult>,
 ) -> Result<()> {
     for run in 1..=runs {
-        for (t, label) in targets {
+        for t in targets {
             let r = load(t)?;
             record(results, label, t.system, run, runs, &r, rate);
         }

@@ -1,5 +1,6 @@
-//! The systems under test, booted and torn down by the bench: kennel's chat-demo cluster, the
-//! mydog peer, and the raw tokio echo server (multi- or single-threaded). Each exposes its client addresses and the pids
+//! The systems under test, booted and torn down by the bench: kennel's chat-demo cluster (plain,
+//! its frontends over TLS, or its internal links encrypted), the mydog peer, and the raw tokio echo server (multi- or
+//! single-threaded). Each exposes its client addresses and the pids
 //! whose CPU and memory are measured; dropping one kills only what it started.
 
 use std::io::{BufRead, BufReader};
@@ -23,6 +24,10 @@ pub enum System {
     Raw,
     /// The raw echo server on a current-thread runtime: the epoll floor of one core.
     RawSt,
+    /// kennel's chat-demo with its frontends over TLS.
+    KennelTls,
+    /// kennel's chat-demo with every internal link encrypted (`encryptLinks`).
+    KennelEncrypted,
 }
 
 impl System {
@@ -33,6 +38,8 @@ impl System {
             System::Mydog => "mydog",
             System::Raw => "raw",
             System::RawSt => "raw-1t",
+            System::KennelTls => "kennel-tls",
+            System::KennelEncrypted => "kennel-encrypted",
         }
     }
 }
@@ -51,7 +58,11 @@ pub struct Target {
     pub addrs: Vec<String>,
     /// Every process of it (master and servers), for CPU and RSS sums.
     pub pids: Vec<i32>,
+    /// What a client needs to connect over TLS (kennel-tls), else `None`.
+    pub tls: Option<kennel_client::TlsOptions>,
     handle: Handle,
+    /// The certificate files of kennel-tls.
+    _certs: Option<tempfile::TempDir>,
 }
 
 /// How long a booted cluster may take to mesh.
@@ -80,17 +91,19 @@ impl Target {
         chats: u16,
         release: Option<bool>,
     ) -> Result<(Target, BootTimes)> {
-        Target::kennel_links(connectors, chats, release, false)
+        Target::kennel_with(connectors, chats, release, System::Kennel)
     }
 
-    /// Like [`Target::kennel`], with every internal link encrypted when `encrypt`
-    /// (`encryptLinks`).
-    pub fn kennel_links(
+    /// [`Target::kennel`] as `system`: [`System::KennelTls`], every frontend over TLS (a
+    /// certificate of a CA made for the run; its clients connect with [`Target::tls`]);
+    /// [`System::KennelEncrypted`], every internal link encrypted (`encryptLinks`).
+    pub fn kennel_with(
         connectors: u16,
         chats: u16,
         release: Option<bool>,
-        encrypt: bool,
+        system: System,
     ) -> Result<(Target, BootTimes)> {
+        let tls = system == System::KennelTls;
         let threads = |var: &str, default: u64| {
             std::env::var(var)
                 .ok()
@@ -107,8 +120,19 @@ impl Target {
             .connector_key("rateLimit", json!(false));
         opts.chat_extra = json!({"threads": threads("KENNEL_BENCH_CHAT_THREADS", 1)});
         opts.release = release;
-        if encrypt {
+        if system == System::KennelEncrypted {
             opts = opts.encrypted();
+        }
+        let (mut certs, mut client_tls) = (None, None);
+        if tls {
+            let ca = crate::tls::TestCa::new("kennel bench CA")?;
+            let dir = tempfile::tempdir()?;
+            let keys = ca.server_cert("kennel bench")?.write(dir.path())?;
+            for (k, v) in keys.as_object().into_iter().flatten() {
+                opts = opts.connector_key(k, v.clone());
+            }
+            client_tls = Some(ca.client_tls()?);
+            certs = Some(dir);
         }
         let cluster = Cluster::start_opts(&opts)?;
         let registered = cluster.spawned_at().elapsed();
@@ -118,10 +142,12 @@ impl Target {
         let addrs = cluster.frontends.iter().map(|f| f.1.clone()).collect();
         Ok((
             Target {
-                system: System::Kennel,
+                system,
                 addrs,
                 pids,
+                tls: client_tls,
                 handle: Handle::Kennel(Box::new(cluster)),
+                _certs: certs,
             },
             BootTimes { registered, meshed },
         ))
@@ -141,7 +167,9 @@ impl Target {
                 system: System::Mydog,
                 addrs,
                 pids,
+                tls: None,
                 handle: Handle::Mydog(Box::new(peer)),
+                _certs: None,
             },
             times,
         ))
@@ -194,7 +222,9 @@ impl Target {
             system,
             addrs: vec![format!("127.0.0.1:{port}")],
             pids: vec![child.id() as i32],
+            tls: None,
             handle: Handle::Raw(child),
+            _certs: None,
         })
     }
 

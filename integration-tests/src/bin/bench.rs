@@ -22,7 +22,8 @@ use integration_tests::bench::{self, Config, PLAYER_SCENARIOS, SCENARIOS, procfs
 #[derive(Parser, Debug)]
 #[command(name = "bench")]
 struct Args {
-    /// Scenarios to run: all, frontend-echo, backend-echo, broadcast, rpc, boot, idle; players
+    /// Scenarios to run: all, frontend-echo, frontend-echo-tls, backend-echo, broadcast, rpc,
+    /// boot, idle; players
     /// (= players-frontend-echo, players-backend-echo, players-rpc, players-chat; not in all).
     #[arg(required = true)]
     scenarios: Vec<String>,

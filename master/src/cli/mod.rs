@@ -426,6 +426,20 @@ async fn execute(command: Command, defaults: &Defaults) -> Result<ExitCode> {
 
 /// The project `args` name (`defaults.dir` when no `--dir`), loaded and checked.
 fn load_project(args: &ProjectArgs, defaults: &Defaults) -> Result<Project> {
+    load_project_with(args, defaults, Project::load)
+}
+
+/// [`load_project`] for commands on a running cluster: the TLS certificate files are not
+/// read (a renewal gone wrong on disk must not stop `kennel stop` or `send reload-tls`).
+fn load_running_project(args: &ProjectArgs, defaults: &Defaults) -> Result<Project> {
+    load_project_with(args, defaults, Project::load_without_tls_files)
+}
+
+fn load_project_with(
+    args: &ProjectArgs,
+    defaults: &Defaults,
+    load: fn(&std::path::Path, &str) -> Result<Project, kennel_config::ConfigError>,
+) -> Result<Project> {
     let dir = args
         .dir
         .clone()
@@ -433,7 +447,7 @@ fn load_project(args: &ProjectArgs, defaults: &Defaults) -> Result<Project> {
         .unwrap_or_else(|| PathBuf::from("."));
     let dir = std::fs::canonicalize(&dir)
         .with_context(|| format!("project directory {}", dir.display()))?;
-    let project = Project::load(&dir, &args.env).context("cannot load the project")?;
+    let project = load(&dir, &args.env).context("cannot load the project")?;
     for w in &project.warnings {
         eprintln!("kennel: warning: {w}");
     }
@@ -455,7 +469,7 @@ async fn connect(target: &TargetArgs, defaults: &Defaults) -> Result<MasterClien
     let given = target.master.secret()?;
     let project = match (&target.master.host, target.master.port, &given) {
         (Some(_), Some(_), Some(_)) => None,
-        _ => Some(load_project(&target.project, defaults)?),
+        _ => Some(load_running_project(&target.project, defaults)?),
     };
     let master = project.as_ref().map(|p| &p.master);
     let host = target

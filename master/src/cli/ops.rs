@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use super::{Defaults, POLL, ProjectArgs, TargetArgs, connect, expand_ids, load_project, out};
+use super::{
+    Defaults, POLL, ProjectArgs, TargetArgs, connect, expand_ids, load_running_project, out,
+};
 use crate::client::MasterClient;
 use crate::master::LOGS_DIR;
 use crate::state::ServerState;
@@ -255,7 +257,7 @@ pub(super) async fn logs(
     lines: usize,
     defaults: &Defaults,
 ) -> Result<ExitCode> {
-    let project = load_project(&args, defaults)?;
+    let project = load_running_project(&args, defaults)?;
     let path = crate::logs::log_path(&project.dir.join(LOGS_DIR), &id);
     if project.server(&id).is_none() && !path.exists() {
         anyhow::bail!(

@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::edge::clients::Clients;
+use crate::edge::tls::ClientCerts;
 use crate::mesh::Mesh;
 use crate::routing::Router;
 use crate::routing::handler::CliSendCb;
@@ -65,6 +66,8 @@ pub(crate) struct Inner {
     shutdown: CancellationToken,
     /// The app's key/value store ([`App::set`]).
     store: Mutex<HashMap<String, Arc<dyn Any + Send + Sync>>>,
+    /// The certificate of a frontend whose entry has `ssl` (read at start, reloaded).
+    client_certs: Option<Arc<ClientCerts>>,
 }
 
 /// The server's handle: cheap to clone, shared by every handler.
@@ -106,6 +109,15 @@ impl App {
             warn!("{w}");
         }
         let me = entry.info.clone();
+        // Checked when the project loaded; read again here for the server's own copy.
+        let client_certs = match (&entry.settings.connector.tls, entry.info.frontend) {
+            (Some(tls), true) => {
+                Some(Arc::new(ClientCerts::load(tls).map_err(|e| {
+                    Error::Setup(format!("{}: TLS for clients: {e}", args.id))
+                })?))
+            }
+            _ => None,
+        };
         let secret = server_secret(&project)?;
         // Typed and checked when the project loaded.
         let rpc = project.master.settings.rpc.clone();
@@ -132,6 +144,7 @@ impl App {
                 started_all: AtomicBool::new(false),
                 shutdown,
                 store: Mutex::new(HashMap::new()),
+                client_certs,
                 args,
                 project,
             }),
@@ -276,6 +289,18 @@ impl App {
     /// This server's id, shared (by its sessions).
     pub(crate) fn server_id(&self) -> &Arc<str> {
         self.inner.mesh.id_shared()
+    }
+
+    /// The TLS acceptor of this frontend's clients when its entry has `"ssl": true`: the same
+    /// certificate and key the connector serves, reloaded with it (when the files change, or
+    /// on `kennel send reload-tls`). For anything else the game serves to the same players
+    /// over TLS, such as a web page on another port.
+    pub fn client_tls(&self) -> Option<tokio_rustls::TlsAcceptor> {
+        self.inner.client_certs.as_ref().map(ClientCerts::acceptor)
+    }
+
+    pub(crate) fn client_certs(&self) -> Option<&Arc<ClientCerts>> {
+        self.inner.client_certs.as_ref()
     }
 
     /// kennel's settings of this server's entry (checked when the project loaded).

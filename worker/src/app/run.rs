@@ -3,7 +3,7 @@
 //! port, join the mesh, register with the master, wait for a signal or [`App::shutdown`],
 //! then the stop sequence: before-exit hooks, close clients), and the membership callbacks
 //! discovery drives ([`Members`]: servers added and removed, `on_start_all`, the report and
-//! `kennel send`).
+//! `kennel send`, whose `reload-tls` kennel answers itself).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 use tracing::{info, warn};
 
 use crate::edge::connector::{self, Connector};
+use crate::edge::tls::{self, RELOAD_TLS};
 use crate::mesh::master_link::{self, Master};
 use crate::mesh::{Membership, io, peers};
 use crate::routing::handler::{AppCb, ServerCb, SessionlessCb};
@@ -80,7 +81,17 @@ impl App {
         tokio::spawn(peers::expire_calls(mesh.clone(), shutdown.clone()));
         if let (true, Some(port)) = (me.frontend, me.client_port) {
             let (l, bound) = bind("clients", &me.host, port).await?;
-            let c = Arc::new(self.connector(connector_cfg));
+            let mut c = self.connector(connector_cfg);
+            if let Some(certs) = self.client_certs() {
+                c.tls = Some(certs.acceptor());
+                let reload = self
+                    .settings()
+                    .and_then(|s| s.connector.tls.as_ref()?.reload);
+                if let Some(period) = reload {
+                    tokio::spawn(tls::watch(certs.clone(), period, shutdown.clone()));
+                }
+            }
+            let c = Arc::new(c);
             c.log_listening(&bound);
             tokio::spawn(connector::accept_loop(c, l, shutdown.clone()));
         }
@@ -197,6 +208,12 @@ impl Membership for Members {
 
     async fn command(&self, args: Vec<String>) -> Result<String, String> {
         let app = &self.0;
+        if args.first().is_some_and(|a| a == RELOAD_TLS) {
+            return match app.client_certs() {
+                Some(certs) => certs.reload(),
+                None => Err("this server serves no TLS (its entry has no \"ssl\": true)".into()),
+            };
+        }
         let Some(cb) = app.inner.cli_send.get() else {
             return Err("this server has no `kennel send` handler (App::on_cli_send)".to_owned());
         };
@@ -322,6 +339,71 @@ mod tests {
             dial_loop: 1344,
         }
     };
+
+    /// A TLS connection's task (`serve_tls`, both transports: the TLS state is boxed) costs at
+    /// most this much more than its plain twin.
+    const TLS_TASK_EXTRA: usize = 256;
+
+    #[tokio::test]
+    async fn a_tls_connection_task_is_a_plain_one_and_a_pointer() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let tls = kennel_config::settings::TlsSettings {
+            cert: cert_path,
+            key: key_path,
+            reload: None,
+        };
+        let certs = Arc::new(crate::edge::tls::ClientCerts::load(&tls).unwrap());
+        let app = crate::app::test_app(true);
+        let (_, cfg) = app.freeze().unwrap();
+        let c = Arc::new(app.connector(cfg));
+        let open = Arc::new(AtomicUsize::new(0));
+        let addr = "127.0.0.1:9".parse().unwrap();
+        let pair = crate::net::tcp_pair;
+        let ((a, _a), (b, _b), (d, _d), (e, _e)) =
+            (pair().await, pair().await, pair().await, pair().await);
+        let io = ClientIo::new(TcpWire::new(a), c.frame_decoder());
+        let tcp = std::mem::size_of_val(&serve(c.clone(), io, addr, OpenGuard::new(&open)));
+        let ws = std::mem::size_of_val(&serve_ws(c.clone(), b, addr, OpenGuard::new(&open)));
+        let acceptor = certs.acceptor();
+        use crate::edge::tls::{TLS_PRE_HANDSHAKE_BYTES, WSS_PRE_HANDSHAKE_BYTES};
+        let (o1, o2) = (OpenGuard::new(&open), OpenGuard::new(&open));
+        let tls_tcp = connector::serve_tls::<_, TLS_PRE_HANDSHAKE_BYTES, _, _>(
+            c.clone(),
+            acceptor.clone(),
+            d,
+            addr,
+            o1,
+            connector::serve_frames,
+        );
+        let wss = connector::serve_tls::<_, WSS_PRE_HANDSHAKE_BYTES, _, _>(
+            c,
+            acceptor,
+            e,
+            addr,
+            o2,
+            connector::upgrade_then_serve,
+        );
+        let (tls_tcp, wss) = (std::mem::size_of_val(&tls_tcp), std::mem::size_of_val(&wss));
+        eprintln!(
+            "serve_tls (tcp): {tls_tcp} B (serve tcp {tcp} B); serve_tls (wss): {wss} B (serve_ws {ws} B)"
+        );
+        for (what, tls, plain) in [("TLS TCP", tls_tcp, tcp), ("wss", wss, ws)] {
+            assert!(
+                tls <= plain + TLS_TASK_EXTRA,
+                "a {what} connection's task is {tls} B, its plain twin's {plain} B: something it holds for the task's life is no longer boxed"
+            );
+        }
+    }
 
     #[tokio::test]
     async fn the_connection_and_link_tasks_keep_their_size() {

@@ -237,7 +237,13 @@ async fn handshake<W: Wire>(
     io: &mut ClientIo<W>,
     timeout: Duration,
 ) -> Result<HandshakeRequest, Option<String>> {
-    let first = tokio::time::timeout(timeout, io.next_frame())
+    // Over TLS the handshake time started at the accept (TLS handshake, upgrade and this
+    // together); otherwise it starts now.
+    let deadline = io
+        .wire
+        .handshake_deadline()
+        .unwrap_or_else(|| tokio::time::Instant::now() + timeout);
+    let first = tokio::time::timeout_at(deadline, io.next_frame())
         .await
         .map_err(|_| Some("no handshake within the timeout".to_string()))?;
     let body = match first {

@@ -7,10 +7,16 @@
 //! its message and frame limits follow `maxLen`; before its handshake a WebSocket client may
 //! send at most [`WS_PRE_HANDSHAKE_BYTES`] (upgrade included), as a TCP client one small frame.
 //!
+//! With TLS (`ssl`, `tls.rs`) the TLS handshake runs first, in the connection's task (so it
+//! counts toward `maxConnectionNum`), and one handshake timeout from the accept covers the TLS
+//! handshake, the WebSocket upgrade and the kennel handshake; the socket is capped at
+//! [`TLS_PRE_HANDSHAKE_BYTES`] (wss: [`WSS_PRE_HANDSHAKE_BYTES`]) until the kennel handshake.
+//!
 //! Per connection: a send queue bounded in frames and bytes (`sendQueueBytes`), at most
 //! `maxInFlight` handlers in flight (then the socket is not read until one finishes), and a
 //! token-bucket rate limit on messages (`rateLimit`: close or drop past it).
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -27,7 +33,8 @@ use crate::edge::ClientSink;
 use crate::edge::clients::{Clients, ConnLimits};
 use crate::edge::codec::{Codecs, FrameDecoder, OutFrame};
 use crate::edge::connection::{ClientIo, serve};
-use crate::edge::wire::{Capped, TcpWire, WS_PRE_HANDSHAKE_BYTES, WsWire};
+use crate::edge::tls::{self, TLS_PRE_HANDSHAKE_BYTES, WSS_PRE_HANDSHAKE_BYTES};
+use crate::edge::wire::{Capped, ClientStream, TcpWire, WS_PRE_HANDSHAKE_BYTES, WsWire};
 use crate::stats::Stats;
 
 /// The connector's settings are typed and checked in kennel-config when the project loads
@@ -50,6 +57,8 @@ pub(crate) struct Connector<K: ClientSink> {
     pub(crate) sink: K,
     /// This server's id (for logs).
     pub(crate) server_id: Arc<str>,
+    /// TLS for every client (`ssl`), or none.
+    pub(crate) tls: Option<tokio_rustls::TlsAcceptor>,
     /// The route list and its md5, for the handshake reply.
     route_md5: String,
     routes: Vec<String>,
@@ -84,6 +93,7 @@ impl<K: ClientSink> Connector<K> {
             stats,
             sink,
             server_id,
+            tls: None,
         }
     }
 
@@ -108,9 +118,11 @@ impl<K: ClientSink> Connector<K> {
 
     /// Logs where clients connect.
     pub(crate) fn log_listening(&self, addr: &SocketAddr) {
-        let t = match self.cfg.transport {
-            Transport::Tcp => "tcp",
-            Transport::WebSocket => "ws",
+        let t = match (self.cfg.transport, self.tls.is_some()) {
+            (Transport::Tcp, false) => "tcp",
+            (Transport::WebSocket, false) => "ws",
+            (Transport::Tcp, true) => "tcp+tls",
+            (Transport::WebSocket, true) => "wss",
         };
         info!(id = %self.server_id, %addr, transport = t, "accepting game clients");
     }
@@ -134,6 +146,29 @@ pub(crate) async fn accept_loop<K: ClientSink>(
         let held = OpenGuard::new(&open);
         let _ = stream.set_nodelay(c.cfg.no_delay);
         let c = c.clone();
+        if let Some(acceptor) = c.tls.clone() {
+            match c.cfg.transport {
+                Transport::Tcp => tokio::spawn(serve_tls::<_, TLS_PRE_HANDSHAKE_BYTES, _, _>(
+                    c,
+                    acceptor,
+                    stream,
+                    addr,
+                    held,
+                    serve_frames,
+                )),
+                Transport::WebSocket => {
+                    tokio::spawn(serve_tls::<_, WSS_PRE_HANDSHAKE_BYTES, _, _>(
+                        c,
+                        acceptor,
+                        stream,
+                        addr,
+                        held,
+                        upgrade_then_serve,
+                    ))
+                }
+            };
+            continue;
+        }
         match c.cfg.transport {
             Transport::Tcp => {
                 let io = ClientIo::new(TcpWire::new(stream), c.frame_decoder());
@@ -163,40 +198,95 @@ async fn close_silent_loop<K: ClientSink>(c: Arc<Connector<K>>, shutdown: Cancel
 }
 
 /// Runs a WebSocket client: the upgrade (within the handshake timeout), then [`serve`].
-pub(crate) async fn serve_ws<K: ClientSink>(
+pub(crate) fn serve_ws<K: ClientSink>(
     c: Arc<Connector<K>>,
     stream: TcpStream,
     addr: SocketAddr,
     held: OpenGuard,
-) {
-    let ws_cfg = WebSocketConfig::default()
-        .read_buffer_size(4096)
-        .write_buffer_size(0)
-        .max_message_size(Some(c.cfg.max_len + 4))
-        .max_frame_size(Some(c.cfg.max_len + 4));
-    // Boxed: freed once upgraded, instead of sizing the connection's task.
-    let upgrade = Box::pin(tokio::time::timeout(
-        c.cfg.handshake_timeout,
-        tokio_tungstenite::accept_async_with_config(
-            Capped::new(stream, WS_PRE_HANDSHAKE_BYTES),
-            Some(ws_cfg),
-        ),
-    ));
-    let reason = match upgrade.await {
-        Ok(Ok(ws)) => {
-            let io = ClientIo::new(WsWire::new(ws), c.frame_decoder());
-            return serve(c, io, addr, held).await;
+) -> impl Future<Output = ()> + Send {
+    upgrade_then_serve(c, Capped::<WS_PRE_HANDSHAKE_BYTES>::new(stream), addr, held)
+}
+
+/// The WebSocket upgrade of `stream` (by the stream's handshake deadline, else within the
+/// handshake timeout), then [`serve`].
+///
+/// A plain function returning an `async move` block, as [`serve`] is: an `async fn` would keep
+/// its arguments beside their moved copies in every WebSocket connection's task.
+#[allow(clippy::manual_async_fn)]
+pub(crate) fn upgrade_then_serve<K: ClientSink, S: ClientStream>(
+    c: Arc<Connector<K>>,
+    stream: S,
+    addr: SocketAddr,
+    held: OpenGuard,
+) -> impl Future<Output = ()> + Send {
+    async move {
+        let ws_cfg = WebSocketConfig::default()
+            .read_buffer_size(4096)
+            .write_buffer_size(0)
+            .max_message_size(Some(c.cfg.max_len + 4))
+            .max_frame_size(Some(c.cfg.max_len + 4));
+        let deadline = stream
+            .handshake_deadline()
+            .unwrap_or_else(|| tokio::time::Instant::now() + c.cfg.handshake_timeout);
+        // Boxed: freed once upgraded, instead of sizing the connection's task.
+        let upgrade = Box::pin(tokio::time::timeout_at(
+            deadline,
+            tokio_tungstenite::accept_async_with_config(stream, Some(ws_cfg)),
+        ));
+        let reason = match upgrade.await {
+            Ok(Ok(ws)) => {
+                let io = ClientIo::new(WsWire::new(ws), c.frame_decoder());
+                return serve(c, io, addr, held).await;
+            }
+            Ok(Err(e)) => {
+                warn!(%addr, cause = %e, "websocket upgrade failed: closing");
+                format!("websocket upgrade failed: {e}")
+            }
+            Err(_) => {
+                warn!(%addr, "no websocket upgrade within the handshake timeout: closing");
+                "no websocket upgrade within the handshake timeout".into()
+            }
+        };
+        debug!(%addr, %reason, "client closed");
+    }
+}
+
+/// Runs a TLS client: the TLS handshake over the socket capped at `LIMIT` bytes until the
+/// kennel handshake, then `then` ([`serve_frames`] for TLS over TCP, [`upgrade_then_serve`]
+/// for wss), all by one deadline a handshake timeout after the accept. A plain function over
+/// an async block, as [`serve`]: the task is its plain twin's and a few words
+/// (`a_tls_connection_task_is_a_plain_one_and_a_pointer` in `app::run`).
+#[allow(clippy::manual_async_fn)]
+pub(crate) fn serve_tls<K, const LIMIT: usize, F, Fut>(
+    c: Arc<Connector<K>>,
+    acceptor: tokio_rustls::TlsAcceptor,
+    stream: TcpStream,
+    addr: SocketAddr,
+    held: OpenGuard,
+    then: F,
+) -> impl Future<Output = ()> + Send
+where
+    K: ClientSink,
+    F: FnOnce(Arc<Connector<K>>, tls::TlsStream<LIMIT>, SocketAddr, OpenGuard) -> Fut + Send,
+    Fut: Future<Output = ()> + Send,
+{
+    async move {
+        let deadline = tokio::time::Instant::now() + c.cfg.handshake_timeout;
+        if let Some(tls) = tls::accept::<LIMIT>(&acceptor, stream, addr, deadline).await {
+            then(c, tls, addr, held).await;
         }
-        Ok(Err(e)) => {
-            warn!(%addr, cause = %e, "websocket upgrade failed: closing");
-            format!("websocket upgrade failed: {e}")
-        }
-        Err(_) => {
-            warn!(%addr, "no websocket upgrade within the handshake timeout: closing");
-            "no websocket upgrade within the handshake timeout".into()
-        }
-    };
-    debug!(%addr, %reason, "client closed");
+    }
+}
+
+/// [`serve`] with the frames straight on `stream` (TCP, or TLS carrying them).
+pub(crate) fn serve_frames<K: ClientSink, S: ClientStream>(
+    c: Arc<Connector<K>>,
+    stream: S,
+    addr: SocketAddr,
+    held: OpenGuard,
+) -> impl Future<Output = ()> + Send {
+    let io = ClientIo::new(TcpWire::new(stream), c.frame_decoder());
+    serve(c, io, addr, held)
 }
 
 /// One count of the open-connection counter, released on drop.

@@ -1,13 +1,14 @@
 //! The client edge of a frontend: the connector (`connector.rs`: settings, the accept loop,
 //! `connection.rs`: one task per client running PROTOCOL.md's lifecycle), the transports
-//! (`wire.rs`), the pluggable codecs (`codec.rs`) and the registry of live clients
-//! (`clients.rs`).
+//! (`wire.rs`, with TLS under either in `tls.rs`), the pluggable codecs (`codec.rs`) and the
+//! registry of live clients (`clients.rs`).
 //!
 //! The edge knows nothing of routes, handlers or the app: a connection hands its client up
 //! through [`ClientSink`], which the routing layer implements (a session for a new client, its
 //! messages, its end), and the registry holds the routing layer's sessions as an opaque
-//! [`ClientSession`]. A TLS connector or a resumable session would change this folder and the
-//! sink's implementation, not the callers.
+//! [`ClientSession`]. TLS lives here alone (the app only hands over the certificate and answers
+//! `reload-tls`); a resumable session would likewise change this folder and the sink's
+//! implementation, not the callers.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -18,6 +19,7 @@ pub(crate) mod clients;
 pub mod codec;
 pub(crate) mod connection;
 pub(crate) mod connector;
+pub(crate) mod tls;
 pub(crate) mod wire;
 
 use clients::Conn;

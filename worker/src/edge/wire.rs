@@ -2,6 +2,11 @@
 //! stream, replies written with one vectored write) and WebSocket (frames in binary messages,
 //! several queued frames in one message). The connection's lifecycle (`connection.rs`) drives
 //! either through [`Wire`] from a single task.
+//!
+//! Both run over a [`ClientStream`]: the TCP socket (plain TCP), the socket with a read budget
+//! before the handshake ([`Capped`], plain WebSocket), or a TLS stream over a capped socket
+//! (`tls.rs`, both transports). The plain paths keep their types and sizes: the stream is a
+//! type parameter, defaulting to what they use.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -17,6 +22,27 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::net::AdaptiveRead;
+
+/// The byte stream under a [`Wire`].
+pub(crate) trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// The client completed its handshake: no more pre-handshake read budget.
+    fn lift(&mut self) {}
+
+    /// Whether the stream holds bytes for the socket that only a flush writes (TLS records a
+    /// write could not send at once).
+    fn holds_output(&self) -> bool {
+        false
+    }
+
+    /// When the client's kennel handshake must be done, if the connection's handshake time
+    /// started before the wire existed (TLS: at the accept). `None`: the handshake timeout
+    /// counts from the wire's first read.
+    fn handshake_deadline(&self) -> Option<tokio::time::Instant> {
+        None
+    }
+}
+
+impl ClientStream for TcpStream {}
 
 /// A client transport as the connection task drives it: bytes in, encoded frames out.
 pub(crate) trait Wire: Send + 'static {
@@ -45,6 +71,11 @@ pub(crate) trait Wire: Send + 'static {
 
     /// The client completed its handshake: lifts what only bounds a client before it.
     fn handshake_done(&mut self) {}
+
+    /// See [`ClientStream::handshake_deadline`].
+    fn handshake_deadline(&self) -> Option<tokio::time::Instant> {
+        None
+    }
 }
 
 /// Writes everything `out` and the transport hold.
@@ -65,14 +96,14 @@ const WS_BATCH: usize = 64 * 1024;
 
 // ---------------------------------------------------------------------- TCP
 
-/// A TCP client: frames straight on the stream.
-pub(crate) struct TcpWire {
-    stream: TcpStream,
+/// A TCP client: frames straight on the stream (a TCP socket, or TLS over one).
+pub(crate) struct TcpWire<S = TcpStream> {
+    stream: S,
     read: AdaptiveRead,
 }
 
-impl TcpWire {
-    pub(crate) fn new(stream: TcpStream) -> TcpWire {
+impl<S: ClientStream> TcpWire<S> {
+    pub(crate) fn new(stream: S) -> TcpWire<S> {
         TcpWire {
             stream,
             read: AdaptiveRead::new(),
@@ -80,7 +111,7 @@ impl TcpWire {
     }
 }
 
-impl Wire for TcpWire {
+impl<S: ClientStream> Wire for TcpWire<S> {
     fn poll_read_into(
         &mut self,
         cx: &mut Context<'_>,
@@ -91,7 +122,7 @@ impl Wire for TcpWire {
     }
 
     fn write_pending(&self, out: &VecDeque<Bytes>) -> bool {
-        !out.is_empty()
+        !out.is_empty() || self.stream.holds_output()
     }
 
     fn poll_write_from(
@@ -99,6 +130,11 @@ impl Wire for TcpWire {
         cx: &mut Context<'_>,
         out: &mut VecDeque<Bytes>,
     ) -> Poll<io::Result<usize>> {
+        if out.is_empty() {
+            // Only the stream's own bytes are left (TLS records).
+            ready!(Pin::new(&mut self.stream).poll_flush(cx))?;
+            return Poll::Ready(Ok(0));
+        }
         let written = {
             let mut slices = [io::IoSlice::new(&[]); WRITE_SLICES];
             let n = out
@@ -126,6 +162,14 @@ impl Wire for TcpWire {
     async fn shutdown(&mut self) {
         let _ = self.stream.shutdown().await;
     }
+
+    fn handshake_done(&mut self) {
+        self.stream.lift();
+    }
+
+    fn handshake_deadline(&self) -> Option<tokio::time::Instant> {
+        self.stream.handshake_deadline()
+    }
 }
 
 // ---------------------------------------------------------------------- WebSocket
@@ -136,28 +180,29 @@ impl Wire for TcpWire {
 /// the connector buffer up to `maxLen`.
 pub(crate) const WS_PRE_HANDSHAKE_BYTES: usize = 16 * 1024;
 
-/// A TCP stream that lets at most a budget of bytes be read until [`Capped::lift`]; past it a
-/// read fails (`InvalidData`). Writes pass through.
-pub(crate) struct Capped {
+/// A TCP stream that lets at most `LIMIT` bytes be read until [`ClientStream::lift`]; past it
+/// a read fails (`InvalidData`). Writes pass through.
+pub(crate) struct Capped<const LIMIT: usize = WS_PRE_HANDSHAKE_BYTES> {
     stream: TcpStream,
     budget: Option<usize>,
 }
 
-impl Capped {
-    pub(crate) fn new(stream: TcpStream, budget: usize) -> Capped {
+impl<const LIMIT: usize> Capped<LIMIT> {
+    pub(crate) fn new(stream: TcpStream) -> Capped<LIMIT> {
         Capped {
             stream,
-            budget: Some(budget),
+            budget: Some(LIMIT),
         }
     }
+}
 
-    /// No more limit.
-    pub(crate) fn lift(&mut self) {
+impl<const LIMIT: usize> ClientStream for Capped<LIMIT> {
+    fn lift(&mut self) {
         self.budget = None;
     }
 }
 
-impl AsyncRead for Capped {
+impl<const LIMIT: usize> AsyncRead for Capped<LIMIT> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -169,7 +214,7 @@ impl AsyncRead for Capped {
         if budget == 0 {
             return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::InvalidData,
-                format!("more than {WS_PRE_HANDSHAKE_BYTES} bytes before the handshake"),
+                format!("more than {LIMIT} bytes before the handshake"),
             )));
         }
         let n = {
@@ -185,7 +230,7 @@ impl AsyncRead for Capped {
     }
 }
 
-impl AsyncWrite for Capped {
+impl<const LIMIT: usize> AsyncWrite for Capped<LIMIT> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -215,15 +260,15 @@ impl AsyncWrite for Capped {
     }
 }
 
-/// A WebSocket client: frames in binary messages.
-pub(crate) struct WsWire {
-    ws: WebSocketStream<Capped>,
+/// A WebSocket client: frames in binary messages (over a capped socket, or TLS over one).
+pub(crate) struct WsWire<S = Capped> {
+    ws: WebSocketStream<S>,
     /// A message was handed to the socket (or a pong queued) and is not flushed yet.
     flushing: bool,
 }
 
-impl WsWire {
-    pub(crate) fn new(ws: WebSocketStream<Capped>) -> WsWire {
+impl<S: ClientStream> WsWire<S> {
+    pub(crate) fn new(ws: WebSocketStream<S>) -> WsWire<S> {
         WsWire {
             ws,
             flushing: false,
@@ -231,7 +276,7 @@ impl WsWire {
     }
 }
 
-impl Wire for WsWire {
+impl<S: ClientStream> Wire for WsWire<S> {
     fn poll_read_into(
         &mut self,
         cx: &mut Context<'_>,
@@ -257,7 +302,7 @@ impl Wire for WsWire {
     }
 
     fn write_pending(&self, out: &VecDeque<Bytes>) -> bool {
-        self.flushing || !out.is_empty()
+        self.flushing || !out.is_empty() || self.ws.get_ref().holds_output()
     }
 
     fn poll_write_from(
@@ -265,12 +310,9 @@ impl Wire for WsWire {
         cx: &mut Context<'_>,
         out: &mut VecDeque<Bytes>,
     ) -> Poll<io::Result<usize>> {
-        if self.flushing {
+        if self.flushing || out.is_empty() {
             ready!(Pin::new(&mut self.ws).poll_flush(cx)).map_err(io::Error::other)?;
             self.flushing = false;
-            return Poll::Ready(Ok(0));
-        }
-        if out.is_empty() {
             return Poll::Ready(Ok(0));
         }
         ready!(Pin::new(&mut self.ws).poll_ready(cx)).map_err(io::Error::other)?;
@@ -301,5 +343,9 @@ impl Wire for WsWire {
 
     fn handshake_done(&mut self) {
         self.ws.get_mut().lift();
+    }
+
+    fn handshake_deadline(&self) -> Option<tokio::time::Instant> {
+        self.ws.get_ref().handshake_deadline()
     }
 }
