@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use bytes::{BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use kennel_proto::client::{
@@ -153,6 +153,8 @@ pub struct Handshake {
     pub routes: Arc<Routes>,
     /// The server's reply as received (`route` is `None` when the cached md5 matched).
     pub reply: HandshakeReply,
+    /// The reply's body, the bytes as received (for byte-exact comparisons with mydog).
+    pub reply_body: Bytes,
     /// The md5 this client sent (`""` without a cached list).
     pub sent_md5: String,
     /// The server's TLS certificate (DER) over TLS, else `None`.
@@ -482,6 +484,7 @@ impl Connection {
             handshake: Handshake {
                 routes,
                 reply,
+                reply_body: body,
                 sent_md5,
                 peer_certificate,
             },
@@ -498,5 +501,25 @@ fn cache_key(addr: &str, opts: &Options) -> String {
         (Transport::Tcp, true) => format!("tls://{addr}"),
         (Transport::Ws, false) => format!("ws://{addr}/"),
         (Transport::Ws, true) => format!("wss://{addr}/"),
+    }
+}
+
+impl Connection {
+    /// Flushes what the writer holds and hands back the TCP socket with the bytes already read
+    /// past the last frame taken, for load generators that drive the socket themselves (e.g.
+    /// with io_uring) after a handshake and setup requests made here. `None` over WebSocket.
+    pub async fn into_tcp(mut self) -> Result<Option<(TcpStream, BytesMut)>> {
+        self.writer.flush().await?;
+        match (self.reader.io, self.writer.io) {
+            (ReadIo::Tcp(mut framed), WriteIo::Tcp(wr)) => {
+                let leftover = framed.read_buffer_mut().split();
+                let stream = framed
+                    .into_inner()
+                    .reunite(wr)
+                    .map_err(|e| Error::Io(std::io::Error::other(e)))?;
+                Ok(Some((stream, leftover)))
+            }
+            _ => Ok(None),
+        }
     }
 }

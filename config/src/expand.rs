@@ -4,10 +4,10 @@
 
 use serde_json::{Map, Value};
 
-use crate::ServerConfig;
 use crate::error::{ConfigError, Problem, describe};
 use crate::master::DEFAULT_HOST;
 use crate::source::SourceFile;
+use crate::{ServerConfig, ServerInfo};
 
 /// The keys of a server entry that are not copied to [`ServerConfig::extra`]: its placement
 /// (the first eight of [`crate::settings::SERVER_KEYS`]).
@@ -182,16 +182,18 @@ pub(crate) fn expand_entry(server_type: &str, entry: &Value) -> Result<Vec<Serve
             Ports::Range(..) => format!("{id}{}", id_start + k as u64),
         };
         out.push(ServerConfig {
-            id,
-            server_type: server_type.to_owned(),
-            host: host.clone(),
-            port,
-            frontend,
-            client_port,
+            info: ServerInfo {
+                id,
+                server_type: server_type.to_owned(),
+                host: host.clone(),
+                port,
+                frontend,
+                client_port,
+                extra: extra.clone(),
+            },
             bin: bin.clone(),
             args: args.clone(),
             settings: settings.clone(),
-            extra: extra.clone(),
         });
     }
     Ok(out)
@@ -296,7 +298,7 @@ mod tests {
     use serde_json::json;
 
     fn ids(servers: &[ServerConfig]) -> Vec<&str> {
-        servers.iter().map(|s| s.id.as_str()).collect()
+        servers.iter().map(|s| s.info.id.as_str()).collect()
     }
 
     #[test]
@@ -304,13 +306,12 @@ mod tests {
         let s = expand_entry("chat", &json!({"id": "chat-", "port": [4101, 4103]})).unwrap();
         assert_eq!(ids(&s), ["chat-0", "chat-1", "chat-2"]);
         assert_eq!(
-            s.iter().map(|s| s.port).collect::<Vec<_>>(),
+            s.iter().map(|s| s.info.port).collect::<Vec<_>>(),
             [4101, 4102, 4103]
         );
-        assert!(
-            s.iter()
-                .all(|s| s.host == "127.0.0.1" && !s.frontend && s.client_port.is_none())
-        );
+        assert!(s.iter().all(|s| s.info.host == "127.0.0.1"
+            && !s.info.frontend
+            && s.info.client_port.is_none()));
     }
 
     #[test]
@@ -364,7 +365,9 @@ mod tests {
             );
         }
         assert_eq!(
-            expand_entry("c", &json!({"id": "c", "port": 65535})).unwrap()[0].port,
+            expand_entry("c", &json!({"id": "c", "port": 65535})).unwrap()[0]
+                .info
+                .port,
             65535
         );
     }
@@ -400,6 +403,9 @@ mod tests {
     #[test]
     fn non_frontend_keeps_client_port() {
         let s = expand_entry("c", &json!({"id": "c", "port": 1, "clientPort": 2})).unwrap();
-        assert_eq!((s[0].frontend, s[0].client_port), (false, Some(2)));
+        assert_eq!(
+            (s[0].info.frontend, s[0].info.client_port),
+            (false, Some(2))
+        );
     }
 }

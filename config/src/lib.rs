@@ -41,6 +41,17 @@ pub use secrets::{
 };
 pub use source::SYS_DIR;
 
+/// Every environment variable kennel reads for its secrets and the master's address: what a
+/// harness clears so that the caller's shell does not leak into the processes it starts.
+pub const ENV_VARS: [&str; 6] = [
+    SERVER_SECRET_ENV,
+    SERVER_SECRET_FILE_ENV,
+    CLI_SECRET_ENV,
+    CLI_SECRET_FILE_ENV,
+    MASTER_HOST_ENV,
+    MASTER_PORT_ENV,
+];
+
 /// The default environment name.
 pub const DEFAULT_ENV: &str = "development";
 
@@ -87,9 +98,12 @@ pub struct MasterConfig {
     pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
-/// One server after range expansion.
+/// A server as the cluster knows it: who it is, where it listens and its entry's extra keys.
+/// The one description of a server: a config entry's `info`, what a server registers with the
+/// master (kennel-proto converts it to and from the wire), and `kennel::ServerInfo`, a server's
+/// view of its peers.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ServerConfig {
+pub struct ServerInfo {
     /// Server id, e.g. `chat-server-1`.
     pub id: String,
     /// Server type: the key of the group in `servers.*`, e.g. `chat`.
@@ -102,15 +116,22 @@ pub struct ServerConfig {
     pub frontend: bool,
     /// Client port (frontends only).
     pub client_port: Option<u16>,
+    /// Every other key of the entry, kept as written (minus `id`, `idStart`, `port`, ...;
+    /// kennel's settings included, so game code reads them as before).
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+/// One server after range expansion.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerConfig {
+    /// Who it is in the cluster.
+    pub info: ServerInfo,
     /// Binary overriding the master's `bin` (key `bin`).
     pub bin: Option<String>,
     /// Extra command-line arguments passed to the server (key `args`, list of strings).
     pub args: Vec<String>,
     /// kennel's settings of the entry, checked (connector keys, `threads`, `restart`, ...).
     pub settings: settings::ServerSettings,
-    /// Every other key of the entry, kept as written (minus `id`, `idStart`, `port`, ...;
-    /// kennel's settings included, so game code reads them as before).
-    pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
 /// The two shared secrets of a cluster: one for servers (master link and peer links) and one
@@ -167,7 +188,7 @@ impl Project {
 
     /// The server with id `id`.
     pub fn server(&self, id: &str) -> Option<&ServerConfig> {
-        self.servers.iter().find(|s| s.id == id)
+        self.servers.iter().find(|s| s.info.id == id)
     }
 
     /// The servers of type `server_type`, in file order.
@@ -177,15 +198,15 @@ impl Project {
     ) -> impl Iterator<Item = &'a ServerConfig> + 'a {
         self.servers
             .iter()
-            .filter(move |s| s.server_type == server_type)
+            .filter(move |s| s.info.server_type == server_type)
     }
 
     /// The server types that have servers, in file order, each once.
     pub fn server_types(&self) -> Vec<&str> {
         let mut types: Vec<&str> = Vec::new();
         for s in &self.servers {
-            if !types.contains(&s.server_type.as_str()) {
-                types.push(&s.server_type);
+            if !types.contains(&s.info.server_type.as_str()) {
+                types.push(&s.info.server_type);
             }
         }
         types

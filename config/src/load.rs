@@ -87,7 +87,7 @@ fn warnings(
             let servers: Vec<String> = placed
                 .iter()
                 .filter(|p| p.entry == label)
-                .map(|p| p.config.id.clone())
+                .map(|p| p.config.info.id.clone())
                 .collect();
             out.extend(
                 odd_keys(obj, &SERVER_KEYS, &MASTER_KEYS, "master")

@@ -117,7 +117,7 @@ pub(crate) fn check_routes(
             [server_type, file_part, method]
                 if !server_type.is_empty() && !file_part.is_empty() && !method.is_empty() =>
             {
-                if !servers.iter().any(|s| s.server_type == *server_type) {
+                if !servers.iter().any(|s| s.info.server_type == *server_type) {
                     return Err(fail(Problem::RouteWithoutServers {
                         server_type: (*server_type).to_owned(),
                     }));

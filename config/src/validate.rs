@@ -33,31 +33,31 @@ pub(crate) fn check_cluster(
     for placed in servers {
         let s = &placed.config;
         let fail = |problem| servers_file.invalid(env, Some(placed.entry.clone()), problem);
-        if let Some(other) = ids.get(s.id.as_str()) {
+        if let Some(other) = ids.get(s.info.id.as_str()) {
             return Err(fail(Problem::DuplicateId {
-                id: s.id.clone(),
+                id: s.info.id.clone(),
                 other: other.clone(),
             }));
         }
-        ids.insert(&s.id, placed.entry.clone());
+        ids.insert(&s.info.id, placed.entry.clone());
 
-        let mut listeners = vec![("RPC port", s.port)];
-        if s.frontend {
-            listeners.extend(s.client_port.map(|p| ("client port", p)));
+        let mut listeners = vec![("RPC port", s.info.port)];
+        if s.info.frontend {
+            listeners.extend(s.info.client_port.map(|p| ("client port", p)));
         }
         for (what, port) in listeners {
-            if let Some(other) = addrs.get(&(s.host.as_str(), port)) {
+            if let Some(other) = addrs.get(&(s.info.host.as_str(), port)) {
                 return Err(fail(Problem::AddressInUse {
-                    id: s.id.clone(),
+                    id: s.info.id.clone(),
                     what,
-                    host: s.host.clone(),
+                    host: s.info.host.clone(),
                     port,
                     other: other.clone(),
                 }));
             }
             addrs.insert(
-                (&s.host, port),
-                format!("the {what} of server \"{}\" ({})", s.id, placed.entry),
+                (&s.info.host, port),
+                format!("the {what} of server \"{}\" ({})", s.info.id, placed.entry),
             );
         }
     }

@@ -25,14 +25,14 @@ fn loads_the_example_project() {
         ]
     );
     let c2 = &p.servers[1];
-    assert_eq!(c2.server_type, "connector");
+    assert_eq!(c2.info.server_type, "connector");
     assert_eq!(
-        (c2.port, c2.client_port, c2.frontend),
+        (c2.info.port, c2.info.client_port, c2.info.frontend),
         (4022, Some(4002), true)
     );
     let chat = &p.servers[3];
     assert_eq!(
-        (chat.port, chat.client_port, chat.frontend),
+        (chat.info.port, chat.info.client_port, chat.info.frontend),
         (4102, None, false)
     );
     assert_eq!(
@@ -89,8 +89,11 @@ fn expansion_rules() {
             "chat-solo"
         ]
     );
-    let ports: Vec<(u16, Option<u16>)> =
-        p.servers.iter().map(|s| (s.port, s.client_port)).collect();
+    let ports: Vec<(u16, Option<u16>)> = p
+        .servers
+        .iter()
+        .map(|s| (s.info.port, s.info.client_port))
+        .collect();
     assert_eq!(
         ports,
         [
@@ -106,16 +109,16 @@ fn expansion_rules() {
     );
     for ws in p
         .servers_of_type("connector")
-        .filter(|s| s.id.starts_with("ws-"))
+        .filter(|s| s.info.id.starts_with("ws-"))
     {
         assert_eq!(ws.args, ["--ws", "--verbose"]);
         assert_eq!(ws.bin.as_deref(), Some("bin/ws"));
-        let keys: Vec<&str> = ws.extra.keys().map(String::as_str).collect();
+        let keys: Vec<&str> = ws.info.extra.keys().map(String::as_str).collect();
         assert_eq!(keys, ["maxConn", "zone"], "only unknown keys (sorted)");
-        assert_eq!(ws.extra["zone"], json!({"name": "eu"}));
-        assert_eq!(ws.extra["maxConn"], json!(100));
+        assert_eq!(ws.info.extra["zone"], json!({"name": "eu"}));
+        assert_eq!(ws.info.extra["maxConn"], json!(100));
     }
-    assert!(p.server("conn-0").unwrap().extra.is_empty());
+    assert!(p.server("conn-0").unwrap().info.extra.is_empty());
     assert!(p.server("conn-0").unwrap().args.is_empty());
     assert_eq!(p.server("chat-solo").unwrap().args, ["--a", "--b"]);
 }
@@ -190,7 +193,7 @@ port = 5001
     std::fs::write(dir.path().join("config/sys/route.json"), r#"["zeta.x.y"]"#).unwrap();
     let p = load(dir.path()).unwrap();
     assert_eq!(ids(&p), ["z", "a"]);
-    assert_eq!(p.servers[0].extra["weight"], json!(3));
+    assert_eq!(p.servers[0].info.extra["weight"], json!(3));
 }
 
 #[test]
@@ -212,11 +215,11 @@ fn master_defaults_and_extra() {
 fn helpers() {
     let dir = project(&[]);
     let p = load(dir.path()).unwrap();
-    assert_eq!(p.server("chat-server-2").map(|s| s.port), Some(4102));
+    assert_eq!(p.server("chat-server-2").map(|s| s.info.port), Some(4102));
     assert!(p.server("chat-server-3").is_none());
     let chat: Vec<&ServerConfig> = p.servers_of_type("chat").collect();
     assert_eq!(chat.len(), 2);
-    assert!(chat.iter().all(|s| s.server_type == "chat"));
+    assert!(chat.iter().all(|s| s.info.server_type == "chat"));
     assert_eq!(p.servers_of_type("nope").count(), 0);
     assert_eq!(p.route_index("chat.main.join"), Some(1));
     assert_eq!(p.route_index("onChat"), Some(3));
@@ -253,6 +256,6 @@ fn non_frontend_client_port_is_kept_and_not_a_listener() {
             "chat": [{"id": "h", "port": 4101, "clientPort": 4021}]}"#,
     );
     let p = load(dir.path()).unwrap();
-    assert_eq!(p.server("h").unwrap().client_port, Some(4021));
-    assert!(!p.server("h").unwrap().frontend);
+    assert_eq!(p.server("h").unwrap().info.client_port, Some(4021));
+    assert!(!p.server("h").unwrap().info.frontend);
 }

@@ -120,13 +120,13 @@ proptest! {
                 prop_assert_eq!(p.servers.len(), n);
                 let start = id_start.unwrap_or(0);
                 for (k, s) in p.servers.iter().enumerate() {
-                    prop_assert_eq!(&s.id, &format!("chat-server-{}", start + k as u64));
-                    prop_assert_eq!(s.port, first + k as u16);
+                    prop_assert_eq!(&s.info.id, &format!("chat-server-{}", start + k as u64));
+                    prop_assert_eq!(s.info.port, first + k as u16);
                     let want = match client {
                         Client::None => None,
                         Client::One(c) | Client::Range(c, _) => Some(c + k as u16),
                     };
-                    prop_assert_eq!(s.client_port, want);
+                    prop_assert_eq!(s.info.client_port, want);
                 }
             }
         }

@@ -381,7 +381,7 @@ fn every_server_key_is_read() {
         (2, RestartPolicy::OnFailure, true)
     );
     // The keys stay in `extra`, as the game saw them before.
-    let extra = &p.server("connector-server-1").unwrap().extra;
+    let extra = &p.server("connector-server-1").unwrap().info.extra;
     assert_eq!(extra["maxLen"], json!(1000));
     assert_eq!(extra["connector"], json!("ws"));
 
@@ -527,7 +527,7 @@ fn a_near_miss_key_gets_a_did_you_mean_warning() {
     // The misspelt key does nothing: the default holds (and the game still sees the key).
     let s = &p.server("connector-server-1").unwrap();
     assert_eq!(s.settings.connector.max_len, None);
-    assert_eq!(s.extra["maxlen"], json!(1000));
+    assert_eq!(s.info.extra["maxlen"], json!(1000));
 
     let dir = master_with(json!({"crashloop": {"restarts": 1}, "threads": 2}));
     let p = load(dir.path()).unwrap();

@@ -6,12 +6,16 @@
 #
 # Each dir holds a release `chat-demo` binary (e.g. copied from target/release of two
 # commits). For each side in turn: the cluster (1 TCP frontend, 2 chat servers, rate limit
-# off) runs under `valgrind --tool=callgrind --trace-children=yes`; fixed-client.py logs in and
-# sends `requests` requests one at a time to each echo route, zeroing the counters before and
-# dumping them after each route. Prints instructions per request per server.
+# off) runs under `valgrind --tool=callgrind --trace-children=yes`; the `fixed-client` binary
+# (integration-tests/src/bin/fixed-client.rs, on kennel-client) logs in and sends `requests`
+# requests one at a time to each echo route, zeroing the counters before and dumping them after
+# each route. Prints instructions per request per server.
 set -euo pipefail
 a=$1; b=$2; n=${3:-3000}; rounds=${4:-2}
 here=$(cd "$(dirname "$0")" && pwd); repo=$(cd "$here/../.." && pwd)
+cargo build -q --manifest-path "$repo/Cargo.toml" -p integration-tests --bin fixed-client
+client=$(cargo metadata -q --format-version 1 --no-deps --manifest-path "$repo/Cargo.toml" \
+  | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')/debug/fixed-client
 work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
 mkdir -p "$work/proj/config/sys"
 cp "$repo/chat-demo/config/sys/route.json" "$work/proj/config/sys/"
@@ -29,7 +33,7 @@ side() { # <label> <dir>
   for _ in $(seq 1 240); do grep -q "cluster ready" "$out/master.log" && break; sleep 1; done
   grep -q "cluster ready" "$out/master.log" || { echo "$1: cluster not ready"; kill -INT $mpid; return 1; }
   for r in connector.main.echo chat.main.echo chat.main.rpcEcho; do
-    python3 "$here/fixed-client.py" 4001 "$r" "$n" > /dev/null
+    "$client" 4001 "$r" "$n" > /dev/null
   done
   kill -INT $mpid; wait $mpid || true
   python3 - "$out" "$n" "$1" <<'PY'

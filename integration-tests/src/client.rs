@@ -1,77 +1,29 @@
-//! A minimal game client speaking PROTOCOL.md over TCP or WebSocket: handshake, requests
-//! (matched by cmd), pushes, heartbeats, raw bytes for abuse tests and raw payloads for byte
-//! comparisons, and [`Client::expect_none`] for "no reply". Every wait is bounded by
-//! [`crate::TIMEOUT`].
+//! The integration tests' game client: a thin test driver on a [`kennel_client::Connection`]
+//! (kennel-client does the transport, TCP or WebSocket, the PROTOCOL.md handshake and the frame
+//! codec). What stays here is what only tests want: requests matched by cmd on one connection
+//! with the messages of other cmds kept in an inbox for later, payloads as received
+//! ([`Client::request_raw`], [`Client::handshake_raw`]), raw bytes for abuse tests,
+//! [`Client::expect_none`] for "no reply" and [`Client::expect_closed`]. No heartbeats are sent
+//! unless a test sends them, and every handshake sends an empty md5 (no route cache), so the
+//! server always sends the route list. Every wait is bounded by [`crate::TIMEOUT`].
 
 use std::collections::VecDeque;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use bytes::{Bytes, BytesMut};
-use futures_util::{SinkExt, StreamExt};
-use kennel_proto::client::{
-    ClientCodec, Frame, HandshakeReply, TYPE_HANDSHAKE, put_frame, put_message,
+use kennel_client::{
+    Connection, Frame, FrameReader, FrameWriter, HandshakeReply, Options, Transport,
 };
 use serde_json::Value;
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::time::timeout;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-use tokio_util::codec::{Decoder, FramedRead};
 
 use crate::TIMEOUT;
 
-/// The client's transport.
-enum Io {
-    Tcp {
-        reader: FramedRead<OwnedReadHalf, ClientCodec>,
-        writer: OwnedWriteHalf,
-    },
-    Ws {
-        ws: Box<WebSocketStream<MaybeTlsStream<TcpStream>>>,
-        buf: BytesMut,
-        codec: ClientCodec,
-    },
-}
-
-impl Io {
-    async fn write(&mut self, bytes: &[u8]) -> Result<()> {
-        match self {
-            Io::Tcp { writer, .. } => writer.write_all(bytes).await?,
-            Io::Ws { ws, .. } => {
-                ws.send(Message::Binary(Bytes::copy_from_slice(bytes)))
-                    .await?
-            }
-        }
-        Ok(())
-    }
-
-    /// The next frame; `None` when the server closed the connection.
-    async fn next(&mut self) -> Option<Result<Frame>> {
-        match self {
-            Io::Tcp { reader, .. } => reader.next().await.map(|r| r.map_err(Into::into)),
-            Io::Ws { ws, buf, codec } => loop {
-                match codec.decode(buf) {
-                    Ok(Some(f)) => return Some(Ok(f)),
-                    Ok(None) => {}
-                    Err(e) => return Some(Err(e.into())),
-                }
-                match ws.next().await? {
-                    Ok(Message::Binary(b)) => buf.extend_from_slice(&b),
-                    Ok(Message::Close(_)) => return None,
-                    Ok(_) => {}
-                    Err(e) => return Some(Err(e.into())),
-                }
-            },
-        }
-    }
-}
-
 /// A connected, handshaken client.
 pub struct Client {
-    io: Io,
+    reader: FrameReader,
+    writer: FrameWriter,
     /// The route list the server announced.
     pub routes: Vec<String>,
     /// The server's handshake reply.
@@ -86,51 +38,29 @@ impl Client {
     /// Connects over TCP to `addr` and completes the handshake (empty md5: the server sends
     /// the routes).
     pub async fn connect(addr: &str) -> Result<Client> {
-        let stream = timeout(TIMEOUT, TcpStream::connect(addr))
-            .await
-            .context("connect timed out")??;
-        stream.set_nodelay(true)?;
-        let (rd, writer) = stream.into_split();
-        let reader = FramedRead::new(rd, ClientCodec::default());
-        Client::handshake(Io::Tcp { reader, writer }).await
+        Client::open(addr, Transport::Tcp).await
     }
 
     /// Connects over WebSocket to `ws://addr/` and completes the handshake.
     pub async fn connect_ws(addr: &str) -> Result<Client> {
-        let (ws, _) = timeout(
-            TIMEOUT,
-            tokio_tungstenite::connect_async(format!("ws://{addr}/")),
-        )
-        .await
-        .context("websocket connect timed out")??;
-        Client::handshake(Io::Ws {
-            ws: Box::new(ws),
-            buf: BytesMut::new(),
-            codec: ClientCodec::default(),
-        })
-        .await
+        Client::open(addr, Transport::Ws).await
     }
 
-    async fn handshake(mut io: Io) -> Result<Client> {
-        let mut hs = BytesMut::new();
-        put_frame(&mut hs, TYPE_HANDSHAKE, br#"{"md5":""}"#);
-        io.write(&hs).await?;
-        let first = timeout(TIMEOUT, io.next())
-            .await
-            .context("handshake reply timed out")?;
-        let (handshake, handshake_raw): (HandshakeReply, Bytes) = match first {
-            Some(Ok(Frame::Handshake(body))) => (serde_json::from_slice(&body)?, body),
-            other => bail!("expected a handshake reply, got {other:?}"),
+    async fn open(addr: &str, transport: Transport) -> Result<Client> {
+        let opts = Options {
+            transport,
+            connect_timeout: TIMEOUT,
+            route_cache: None,
+            ..Options::default()
         };
-        let routes = handshake
-            .route
-            .clone()
-            .ok_or_else(|| anyhow!("handshake reply without routes"))?;
+        let conn = Connection::connect(addr, &opts).await?;
+        let routes = conn.handshake.routes.list().to_vec();
         Ok(Client {
-            io,
+            reader: conn.reader,
+            writer: conn.writer,
             routes,
-            handshake,
-            handshake_raw,
+            handshake: conn.handshake.reply,
+            handshake_raw: conn.handshake.reply_body,
             inbox: VecDeque::new(),
         })
     }
@@ -147,19 +77,15 @@ impl Client {
     /// Sends a message without waiting for anything.
     pub async fn send(&mut self, route: &str, msg: &Value) -> Result<()> {
         let cmd = self.cmd(route)?;
-        let mut b = BytesMut::new();
-        put_message(&mut b, cmd, serde_json::to_string(msg)?.as_bytes());
-        self.io.write(&b).await?;
-        Ok(())
+        self.writer.push_json(cmd, route, msg)?;
+        Ok(self.writer.flush().await?)
     }
 
     /// Sends `payload` (these bytes) as a message to `route` without waiting for anything.
     pub async fn send_raw_message(&mut self, route: &str, payload: &[u8]) -> Result<()> {
         let cmd = self.cmd(route)?;
-        let mut b = BytesMut::new();
-        put_message(&mut b, cmd, payload);
-        self.io.write(&b).await?;
-        Ok(())
+        self.writer.push_message(cmd, payload);
+        Ok(self.writer.flush().await?)
     }
 
     /// Sends a request and waits for the message carrying the same cmd.
@@ -200,10 +126,12 @@ impl Client {
         }
         let deadline = tokio::time::Instant::now() + within;
         loop {
-            let f = match tokio::time::timeout_at(deadline, self.io.next()).await {
+            let f = match tokio::time::timeout_at(deadline, self.reader.next()).await {
                 Err(_) => return Ok(()),
-                Ok(None) => bail!("connection closed while checking that no {route} arrives"),
-                Ok(Some(f)) => f?,
+                Ok(Err(e)) if e.is_closed() => {
+                    bail!("connection closed while checking that no {route} arrives")
+                }
+                Ok(f) => f?,
             };
             match f {
                 Frame::Message { cmd: c, payload } if c == cmd => bail!(
@@ -240,10 +168,9 @@ impl Client {
     /// Like [`Client::next_message`], the payload as received.
     pub async fn next_raw(&mut self) -> Result<(u16, Bytes)> {
         loop {
-            let f = timeout(TIMEOUT, self.io.next())
+            let f = timeout(TIMEOUT, self.reader.next())
                 .await
-                .context("timed out waiting for a message")?
-                .ok_or_else(|| anyhow!("connection closed"))??;
+                .context("timed out waiting for a message")??;
             match f {
                 Frame::Message { cmd, payload } => return Ok((cmd, payload)),
                 Frame::Heartbeat => continue,
@@ -252,19 +179,19 @@ impl Client {
         }
     }
 
-    /// Writes raw bytes.
+    /// Writes raw bytes (over WebSocket: as one binary message).
     pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<()> {
-        self.io.write(bytes).await?;
-        Ok(())
+        self.writer.push_raw(bytes);
+        Ok(self.writer.flush().await?)
     }
 
     /// Waits until the server closes the connection (EOF or reset). Errors if a message
     /// arrives instead or nothing happens before the timeout.
     pub async fn expect_closed(&mut self) -> Result<()> {
-        match timeout(TIMEOUT, self.io.next()).await {
+        match timeout(TIMEOUT, self.reader.next()).await {
             Err(_) => bail!("connection still open after {TIMEOUT:?}"),
-            Ok(None) | Ok(Some(Err(_))) => Ok(()),
-            Ok(Some(Ok(f))) => bail!("expected close, got {f:?}"),
+            Ok(Err(_)) => Ok(()),
+            Ok(Ok(f)) => bail!("expected close, got {f:?}"),
         }
     }
 }

@@ -31,6 +31,17 @@ pub const ROUTES: [&str; 7] = [
     "chat.main.rpcEcho",
 ];
 
+/// The routes the `panic-game` test game (`src/bin/panic-game.rs`) adds after [`ROUTES`].
+pub const PANIC_GAME_ROUTES: [&str; 7] = [
+    "connector.boom.handler",
+    "connector.boom.filtered",
+    "connector.boom.armRoute",
+    "connector.boom.armOff",
+    "chat.boom.handler",
+    "chat.boom.filtered",
+    "chat.boom.rpc",
+];
+
 /// Builds the workspace binaries once per test process and returns the target dir holding them
 /// (the profile this test or binary was built with).
 pub fn bin_dir() -> &'static Path {
@@ -84,14 +95,9 @@ pub fn bin(name: &str) -> PathBuf {
 pub use crate::ports::{free_port, free_ports};
 
 /// Environment variables that would point a kennel process at another cluster or give it
-/// other secrets; every process these fixtures start runs without them (the project's own
-/// `.kennel/secrets.json` and config decide).
-pub const KENNEL_ENV: [&str; 4] = [
-    "KENNEL_SERVER_SECRET",
-    "KENNEL_CLI_SECRET",
-    "KENNEL_MASTER_HOST",
-    "KENNEL_MASTER_PORT",
-];
+/// other secrets (kennel-config's list); every process these fixtures start runs without them
+/// (the project's own `.kennel/secrets.json` and config decide).
+pub use kennel_config::ENV_VARS as KENNEL_ENV;
 
 /// The error [`Cluster::launch`] fails with when the master or a server could not bind its
 /// port because another process took it meanwhile: the caller may retry on fresh ports.
@@ -640,12 +646,7 @@ impl Cluster {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        for var in [
-            "KENNEL_SERVER_SECRET",
-            "KENNEL_CLI_SECRET",
-            "KENNEL_MASTER_HOST",
-            "KENNEL_MASTER_PORT",
-        ] {
+        for var in KENNEL_ENV {
             cmd.env_remove(var);
         }
         let child = cmd.spawn().expect("chat-demo runs");
@@ -713,7 +714,18 @@ impl Drop for Cluster {
 /// Server processes (id -> pid) running in project `dir`: every process whose working
 /// directory it is and whose command line has `--id <id>`.
 pub fn servers_in(dir: &Path) -> HashMap<String, i32> {
-    let mut out = HashMap::new();
+    processes_in(dir)
+        .into_iter()
+        .filter_map(|(pid, args)| {
+            let i = args.iter().position(|a| a == "--id")?;
+            Some((args.get(i + 1)?.clone(), pid))
+        })
+        .collect()
+}
+
+/// Live processes (zombies left out) whose working directory is `dir`: (pid, command line).
+pub fn processes_in(dir: &Path) -> Vec<(i32, Vec<String>)> {
+    let mut out = Vec::new();
     let me = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return out;
@@ -728,17 +740,19 @@ pub fn servers_in(dir: &Path) -> HashMap<String, i32> {
         let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
             continue;
         };
-        let args: Vec<String> = cmdline
+        let zombie = std::fs::read_to_string(e.path().join("stat")).is_ok_and(|s| {
+            s.rsplit(')')
+                .next()
+                .is_some_and(|r| r.trim_start().starts_with('Z'))
+        });
+        if zombie {
+            continue;
+        }
+        let args = cmdline
             .split(|b| *b == 0)
             .map(|a| String::from_utf8_lossy(a).into_owned())
             .collect();
-        if let Some(id) = args
-            .iter()
-            .position(|a| a == "--id")
-            .and_then(|i| args.get(i + 1))
-        {
-            out.insert(id.clone(), pid);
-        }
+        out.push((pid, args));
     }
     out
 }

@@ -1,6 +1,6 @@
 //! Chat load for abuse, fault and soak tests: logging players into rooms, a [`Witness`] pair
 //! that keeps heartbeating and proves on demand that chat still works, and helpers to read a
-//! process's resident memory (now and peak), open fds, and unread TCP bytes.
+//! process's resident memory (now and peak), open fds, unread TCP bytes and listening ports.
 
 use std::time::Duration;
 
@@ -98,10 +98,15 @@ async fn round(a: &mut Client, b: &mut Client, uid: u64, label: &str) -> Result<
 
 /// Resident memory of process `pid` in KiB (`VmRSS` of `/proc/<pid>/status`).
 pub fn rss_kib(pid: i32) -> Option<u64> {
+    status_kib(pid, "VmRSS:")
+}
+
+/// The `key` line (e.g. `VmRSS:`) of `/proc/<pid>/status`, in KiB.
+fn status_kib(pid: i32, key: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(key))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
@@ -113,11 +118,7 @@ pub fn fd_count(pid: i32) -> Option<usize> {
 /// Peak resident memory of process `pid` in KiB (`VmHWM` of `/proc/<pid>/status`), since it
 /// started or since [`reset_peak_rss`].
 pub fn peak_rss_kib(pid: i32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    status_kib(pid, "VmHWM:")
 }
 
 /// Resets the peak resident memory of `pid` to its current RSS (writes `5` to
@@ -135,6 +136,8 @@ struct TcpSocket {
     remote: String,
     /// Bytes received and not yet read by the process.
     rx_queue: u64,
+    /// Listening (state `0A`).
+    listening: bool,
 }
 
 /// The TCP sockets process `pid` holds (its fds matched to the kernel's socket table).
@@ -167,10 +170,20 @@ fn tcp_sockets(pid: i32) -> Vec<TcpSocket> {
                 local: f[1].to_string(),
                 remote: f[2].to_string(),
                 rx_queue: rx,
+                listening: f[3] == "0A",
             });
         }
     }
     out
+}
+
+/// The ports process `pid` listens on over TCP (IPv4 and IPv6), in the kernel's table order.
+pub fn listening_ports(pid: i32) -> Vec<u16> {
+    tcp_sockets(pid)
+        .into_iter()
+        .filter(|s| s.listening)
+        .filter_map(|s| u16::from_str_radix(s.local.rsplit(':').next()?, 16).ok())
+        .collect()
 }
 
 /// Bytes that process `reader` has received from process `peer` over TCP and not read yet

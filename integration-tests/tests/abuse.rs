@@ -589,7 +589,7 @@ async fn cluster_links_refuse_impostors_replays_and_oversized_frames() {
         .parse()
         .unwrap();
     let chat = project.server("chat-server-1").unwrap();
-    let peer_port: SocketAddr = format!("127.0.0.1:{}", chat.port).parse().unwrap();
+    let peer_port: SocketAddr = format!("127.0.0.1:{}", chat.info.port).parse().unwrap();
 
     // A server with a wrong secret: the master's challenge does not verify for it, and its
     // proof is refused.
@@ -650,7 +650,7 @@ async fn cluster_links_refuse_impostors_replays_and_oversized_frames() {
         id: "chat-server-1".into(),
         server_type: "chat".into(),
         host: "127.0.0.1".into(),
-        port: u32::from(chat.port),
+        port: u32::from(chat.info.port),
         pid: std::process::id(),
         extra_json: "{}".into(),
         ..Default::default()

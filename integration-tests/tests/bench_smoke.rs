@@ -214,16 +214,19 @@ fn players_scenarios_count_every_reply_and_delivery() {
                 assert_eq!(s["errors"], serde_json::json!([]), "{label} / {system}");
                 if open {
                     // 40 players x 10/s = 400 msg/s offered: the window sent and got back
-                    // about that many (a step boundary can move a tick's worth either way).
+                    // about that many. A step boundary moves a tick's worth either way, and
+                    // on a loaded machine (the suite's other tests, other builds) the
+                    // generator wakes late and falls up to a quarter behind; a closed loop
+                    // (thousands a second) or a generator at half rate still fails.
                     assert_eq!(n("offered"), 400.0, "{label} / {system}");
                     let sent = n("sent_in_window") / n("wall_s");
                     assert!(
-                        (360.0..=440.0).contains(&sent),
+                        (300.0..=440.0).contains(&sent),
                         "{label} / {system}: {sent}/s sent, {s}"
                     );
                     let done = n("completed") / n("wall_s") / per_msg;
                     assert!(
-                        (340.0..=460.0).contains(&done),
+                        (280.0..=460.0).contains(&done),
                         "{label} / {system}: {done}/s back, {s}"
                     );
                 }

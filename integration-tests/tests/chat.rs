@@ -191,22 +191,16 @@ async fn pre_handshake_limits() {
         .unwrap()
         .unwrap_or(0);
     assert_eq!(n, 0);
-    // A handshake with a cached md5 that matches gets no route list back.
-    let mut c = Client::connect(&addr).await.unwrap();
-    let md5 = c.handshake.md5.clone();
-    c.send("connector.main.echo", &json!(1)).await.unwrap();
-    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    let body = format!(r#"{{"md5":"{md5}"}}"#);
-    s.write_all(&raw_frame(1 + body.len() as u32, 2, body.as_bytes()))
-        .await
-        .unwrap();
-    let mut reply = vec![0u8; 4];
-    s.read_exact(&mut reply).await.unwrap();
-    let len = u32::from_be_bytes([reply[0], reply[1], reply[2], reply[3]]) as usize;
-    let mut rest = vec![0u8; len];
-    s.read_exact(&mut rest).await.unwrap();
-    assert_eq!(rest[0], 2);
-    let v: Value = serde_json::from_slice(&rest[1..]).unwrap();
+    // A handshake with a cached md5 that matches gets no route list back (kennel-client's
+    // route cache sends the md5 of the list the first handshake got).
+    let cache = kennel_client::RouteCache::new();
+    let cached = || kennel_client::Client::builder(&addr).route_cache(cache.clone());
+    let first = cached().connect_raw().await.unwrap();
+    let md5 = first.handshake.reply.md5.clone();
+    assert_eq!(first.handshake.sent_md5, "");
+    let again = cached().connect_raw().await.unwrap();
+    assert_eq!(again.handshake.sent_md5, md5);
+    let v: Value = serde_json::from_slice(&again.handshake.reply_body).unwrap();
     assert_eq!(v["md5"], json!(md5));
     assert!(v.get("route").is_none(), "{v}");
 }

@@ -7,10 +7,12 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use integration_tests::TIMEOUT;
 use integration_tests::client::Client;
 use integration_tests::cluster::{
     Cluster, MasterCommand, PORT_ATTEMPTS, bin, bin_dir, free_port, free_ports, is_port_taken,
 };
+use integration_tests::mydog::run_bounded;
 use serde_json::{Value, json};
 
 /// The code blocks of the guide that follow a `<!-- file: PATH -->` line: (path, text).
@@ -36,6 +38,20 @@ fn guide_files(guide: &str) -> Vec<(String, String)> {
     out
 }
 
+/// Runs `kennel <args> <path>` (bounded by [`TIMEOUT`]), asserts that it succeeded (showing
+/// its stderr otherwise) and returns its stdout.
+fn kennel(args: &[&str], path: &Path) -> String {
+    let mut cmd = Command::new(bin("kennel"));
+    cmd.args(args).arg(path);
+    let out = run_bounded(cmd, "kennel", TIMEOUT).unwrap();
+    assert!(
+        out.status.success(),
+        "kennel {args:?} {path:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 /// Creates the project with `kennel init` (under target/, so cargo can reuse the workspace's
 /// lock file and build dir and compile only the program), checks it is the guide's program, and
 /// builds it. Returns the binary.
@@ -43,22 +59,8 @@ fn init_and_build(guide_main: &str) -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let target = bin_dir().parent().unwrap();
     let pkg = target.join("guide-game");
-    let out = Command::new(bin("kennel"))
-        .arg("init")
-        .arg(&pkg)
-        .args(["--name", "hello-game", "--force"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("cargo build && kennel start"),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    let out = kennel(&["init", "--name", "hello-game", "--force"], &pkg);
+    assert!(out.contains("cargo build && kennel start"), "{out}");
     let main_rs = std::fs::read_to_string(pkg.join("src/main.rs")).unwrap();
     assert_eq!(
         main_rs, guide_main,
@@ -107,17 +109,8 @@ async fn the_guide_program_runs_as_written() {
         assert_eq!(ours, pick(&guide), "{name}");
     }
     // `kennel cmd` turns the route list into client constants.
-    let ts = Command::new(bin("kennel"))
-        .args(["cmd", "ts", "-e", "development", "--dir"])
-        .arg(scaffold.parent().unwrap().parent().unwrap())
-        .output()
-        .unwrap();
-    assert!(
-        ts.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ts.stderr)
-    );
-    let ts = String::from_utf8(ts.stdout).unwrap();
+    let project = scaffold.parent().unwrap().parent().unwrap();
+    let ts = kennel(&["cmd", "ts", "-e", "development", "--dir"], project);
     assert!(
         ts.contains("    room_main_say = \"room.main.say\",\n"),
         "{ts}"

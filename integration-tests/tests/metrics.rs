@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use integration_tests::client::Client;
 use integration_tests::cluster::{Cluster, ClusterOptions, free_port};
+use integration_tests::load::listening_ports;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -221,39 +222,6 @@ async fn metrics_port_serves_states_resources_clients_and_rpc_counters() {
     let (status, _) = get(port, "/nope").await.unwrap();
     assert!(status.contains(" 404 "), "{status}");
     cluster.stop().unwrap();
-}
-
-/// Listening TCP sockets (IPv4 and IPv6) of process `pid`, as local ports.
-fn listening_ports(pid: i32) -> Vec<u16> {
-    let mut inodes = std::collections::HashSet::new();
-    for fd in std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .flatten()
-    {
-        if let Ok(target) = std::fs::read_link(fd.path())
-            && let Some(inode) = target
-                .to_str()
-                .and_then(|t| t.strip_prefix("socket:["))
-                .and_then(|t| t.strip_suffix(']'))
-        {
-            inodes.insert(inode.to_owned());
-        }
-    }
-    let mut ports = Vec::new();
-    for table in ["tcp", "tcp6"] {
-        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")) else {
-            continue;
-        };
-        for line in text.lines().skip(1) {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            // local_address, st (0A = LISTEN), inode
-            if f.len() > 9 && f[3] == "0A" && inodes.contains(f[9]) {
-                let port = f[1].rsplit(':').next().unwrap();
-                ports.push(u16::from_str_radix(port, 16).unwrap());
-            }
-        }
-    }
-    ports
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,22 +14,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use integration_tests::client::Client;
-use integration_tests::cluster::{Cluster, ClusterOptions, free_port};
+use integration_tests::cluster::{Cluster, ClusterOptions, PANIC_GAME_ROUTES, free_port};
 use integration_tests::load::{Witness, login_join};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-/// The panic game's routes (after the chat routes; see `src/bin/panic-game.rs`).
-const GAME_ROUTES: [&str; 7] = [
-    "connector.boom.handler",
-    "connector.boom.filtered",
-    "connector.boom.armRoute",
-    "connector.boom.armOff",
-    "chat.boom.handler",
-    "chat.boom.filtered",
-    "chat.boom.rpc",
-];
 
 /// Every wait of these tests (generous: the suite runs in parallel on a loaded 2-core machine).
 const WAIT: Duration = Duration::from_secs(15);
@@ -54,7 +43,7 @@ fn boot() -> Game {
         tcp: 1,
         chats: 2,
         game: Some(PathBuf::from(env!("CARGO_BIN_EXE_panic-game"))),
-        extra_routes: GAME_ROUTES.map(String::from).to_vec(),
+        extra_routes: PANIC_GAME_ROUTES.map(String::from).to_vec(),
         master_extra: json!({"metrics": {"port": metrics, "host": "127.0.0.1"}}),
         ..ClusterOptions::default()
     })
@@ -156,6 +145,23 @@ async fn logs_in_again(g: &Game, uid: u64) -> Result<Client> {
     }
 }
 
+/// What must hold after a panic that failed only the panicking player's request: its
+/// connection still works ([`still_served`]), everyone else plays on ([`plays_on`], a new
+/// player 20), and once it left it can log in again ([`logs_in_again`]). Returns the new player.
+async fn only_its_request_failed(g: &Game, w: &Witness, mut p: Client) -> Result<Client> {
+    still_served(&mut p).await?;
+    let n = plays_on(g, w, 20).await?;
+    drop(p);
+    logs_in_again(g, PANICKER).await?;
+    Ok(n)
+}
+
+/// Arms a panic for later with `route` (`connector.boom.armRoute`, `connector.boom.armOff`).
+async fn arm(p: &mut Client, route: &str) {
+    let r = within(route, p.request(route, &json!({}))).await.unwrap();
+    assert_eq!(r["code"], 0, "{route}: {r}");
+}
+
 /// `GET /metrics` body.
 async fn scrape(port: u16) -> Result<String> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).await?;
@@ -171,9 +177,10 @@ async fn scrape(port: u16) -> Result<String> {
         .to_owned())
 }
 
-/// Waits until `/metrics` shows `kennel_panics_total` of `server` (of `kind`) for `route` at
-/// `n` (servers report once a second).
-async fn panics_counted(g: &Game, server: &str, kind: &str, route: &str, n: u64) -> Result<()> {
+/// Waits until `/metrics` shows `kennel_panics_total` of `server` for `route` at `n` (servers
+/// report once a second; the `type` label is the server id's prefix, `connector` or `chat`).
+async fn panics_counted(g: &Game, server: &str, route: &str, n: u64) -> Result<()> {
+    let kind = server.split('-').next().unwrap_or(server);
     let series =
         format!("kennel_panics_total{{server=\"{server}\",type=\"{kind}\",route=\"{route}\"}} {n}");
     let deadline = Instant::now() + WAIT;
@@ -210,9 +217,24 @@ fn logged(g: &Game, id: &str, parts: &[&str]) -> Result<()> {
     }
 }
 
-/// The uid field of the panic log line.
-fn uid_field(uid: u64) -> String {
-    format!("uid={uid}")
+/// Waits until `server` reports the panics of `route`: per message in `msgs` an error line
+/// in its log with "panicked", the message, the route and (with `uid`) the player's uid; and
+/// `/metrics` counting as many panics of `route` on `server`.
+async fn reported(
+    g: &Game,
+    server: &str,
+    route: &str,
+    msgs: &[&str],
+    uid: Option<u64>,
+) -> Result<()> {
+    let label = format!("route=\"{route}\"");
+    let uid = uid.map(|u| format!("uid={u}"));
+    for msg in msgs {
+        let mut parts = vec!["panicked", *msg, &label];
+        parts.extend(uid.as_deref());
+        logged(g, server, &parts)?;
+    }
+    panics_counted(g, server, route, msgs.len() as u64).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -224,25 +246,15 @@ async fn a_panicking_frontend_handler_fails_only_its_request() {
             .await
             .unwrap();
     }
-    still_served(&mut p).await.unwrap();
-    let _n = plays_on(&g, &w, 20).await.unwrap();
-    drop(p);
-    logs_in_again(&g, PANICKER).await.unwrap();
-    for when in ["inline", "later"] {
-        let msg = format!("boom in connector.boom.handler ({when})");
-        let uid = uid_field(PANICKER);
-        let parts = ["panicked", &msg, "route=\"connector.boom.handler\"", &uid];
-        logged(&g, "connector-server-1", &parts).unwrap();
-    }
-    panics_counted(
-        &g,
-        "connector-server-1",
-        "connector",
-        "connector.boom.handler",
-        2,
-    )
-    .await
-    .unwrap();
+    let _n = only_its_request_failed(&g, &w, p).await.unwrap();
+    let msgs = [
+        "boom in connector.boom.handler (inline)",
+        "boom in connector.boom.handler (later)",
+    ];
+    let route = "connector.boom.handler";
+    reported(&g, "connector-server-1", route, &msgs, Some(PANICKER))
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -254,21 +266,12 @@ async fn a_panicking_backend_handler_fails_only_its_request() {
             .await
             .unwrap();
     }
-    still_served(&mut p).await.unwrap();
-    let _n = plays_on(&g, &w, 20).await.unwrap();
-    drop(p);
-    logs_in_again(&g, PANICKER).await.unwrap();
-    for when in ["inline", "later"] {
-        let msg = format!("boom in chat.boom.handler ({when})");
-        let uid = uid_field(PANICKER);
-        logged(
-            &g,
-            CHAT,
-            &["panicked", &msg, "route=\"chat.boom.handler\"", &uid],
-        )
-        .unwrap();
-    }
-    panics_counted(&g, CHAT, "chat", "chat.boom.handler", 2)
+    let _n = only_its_request_failed(&g, &w, p).await.unwrap();
+    let msgs = [
+        "boom in chat.boom.handler (inline)",
+        "boom in chat.boom.handler (later)",
+    ];
+    reported(&g, CHAT, "chat.boom.handler", &msgs, Some(PANICKER))
         .await
         .unwrap();
 }
@@ -302,33 +305,14 @@ async fn a_panicking_remote_is_an_rpc_error_at_once_not_a_timeout() {
         );
     }
     eprintln!("panicking remote: the three calls failed in {r} (all in {took:?})");
-    still_served(&mut p).await.unwrap();
-    let _n = plays_on(&g, &w, 20).await.unwrap();
-    drop(p);
-    logs_in_again(&g, PANICKER).await.unwrap();
-    // Two calls over the link to chat-server-1 (inline, later), one local on chat-server-2.
-    logged(
-        &g,
-        "chat-server-1",
-        &["panicked", "(inline)", "route=\"chat.boom.remote\""],
-    )
-    .unwrap();
-    logged(
-        &g,
-        "chat-server-1",
-        &["panicked", "(later)", "route=\"chat.boom.remote\""],
-    )
-    .unwrap();
-    logged(
-        &g,
-        CHAT,
-        &["panicked", "(inline)", "route=\"chat.boom.remote\""],
-    )
-    .unwrap();
-    panics_counted(&g, "chat-server-1", "chat", "chat.boom.remote", 2)
+    let _n = only_its_request_failed(&g, &w, p).await.unwrap();
+    // Two calls over the link to chat-server-1 (inline, later), one local on chat-server-2;
+    // a remote has no session, so no uid.
+    let route = "chat.boom.remote";
+    reported(&g, "chat-server-1", route, &["(inline)", "(later)"], None)
         .await
         .unwrap();
-    panics_counted(&g, CHAT, "chat", "chat.boom.remote", 1)
+    reported(&g, CHAT, route, &["(inline)"], None)
         .await
         .unwrap();
 }
@@ -341,42 +325,23 @@ async fn a_panicking_before_filter_fails_only_its_request() {
     for route in ["connector.boom.filtered", "chat.boom.filtered"] {
         p.send(route, &json!({})).await.unwrap();
     }
-    still_served(&mut p).await.unwrap();
-    let _n = plays_on(&g, &w, 20).await.unwrap();
-    drop(p);
-    logs_in_again(&g, PANICKER).await.unwrap();
-    let uid = uid_field(PANICKER);
+    let _n = only_its_request_failed(&g, &w, p).await.unwrap();
     for (server, route) in [
         ("connector-server-1", "connector.boom.filtered"),
         (CHAT, "chat.boom.filtered"),
     ] {
         let msg = format!("boom in a before filter on {route}");
-        let label = format!("route=\"{route}\"");
-        logged(&g, server, &["panicked", &msg, &label, &uid]).unwrap();
+        reported(&g, server, route, &[&msg], Some(PANICKER))
+            .await
+            .unwrap();
     }
-    panics_counted(
-        &g,
-        "connector-server-1",
-        "connector",
-        "connector.boom.filtered",
-        1,
-    )
-    .await
-    .unwrap();
-    panics_counted(&g, CHAT, "chat", "chat.boom.filtered", 1)
-        .await
-        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_route_function_fails_only_its_message() {
     let g = boot();
     let (w, mut p) = players(&g).await;
-    let r = p
-        .request("connector.boom.armRoute", &json!({}))
-        .await
-        .unwrap();
-    assert_eq!(r["code"], 0, "{r}");
+    arm(&mut p, "connector.boom.armRoute").await;
     // The first chat message panics in the route function: no reply; the next is answered.
     p.send("chat.main.echo", &json!({"n": 1})).await.unwrap();
     let r = within(
@@ -390,32 +355,24 @@ async fn a_panicking_route_function_fails_only_its_message() {
         json!({"n": 2}),
         "the message whose routing panicked got no reply"
     );
-    still_served(&mut p).await.unwrap();
-    let _n = plays_on(&g, &w, 20).await.unwrap();
-    drop(p);
-    logs_in_again(&g, PANICKER).await.unwrap();
-    let uid = uid_field(PANICKER);
-    let parts = [
-        "panicked",
-        "boom in the chat route function",
-        "route=\"chat.main.echo\"",
-        &uid,
-    ];
-    logged(&g, "connector-server-1", &parts).unwrap();
-    panics_counted(&g, "connector-server-1", "connector", "chat.main.echo", 1)
-        .await
-        .unwrap();
+    let _n = only_its_request_failed(&g, &w, p).await.unwrap();
+    let msgs = ["boom in the chat route function"];
+    reported(
+        &g,
+        "connector-server-1",
+        "chat.main.echo",
+        &msgs,
+        Some(PANICKER),
+    )
+    .await
+    .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_on_client_off_still_ends_the_session() {
     let g = boot();
     let (w, mut p) = players(&g).await;
-    let r = p
-        .request("connector.boom.armOff", &json!({}))
-        .await
-        .unwrap();
-    assert_eq!(r["code"], 0, "{r}");
+    arm(&mut p, "connector.boom.armOff").await;
     drop(p);
     // The chat game's own on_client_off (registered after the panicking one) still takes the
     // player out of the room: a new player sees the two witnesses and itself.
@@ -436,15 +393,14 @@ async fn a_panicking_on_client_off_still_ends_the_session() {
     let mut again = logs_in_again(&g, PANICKER).await.unwrap();
     let j = again.request("chat.main.join", &json!({})).await.unwrap();
     assert_eq!(j["size"], 4, "{j}");
-    let uid = uid_field(PANICKER);
-    let parts = [
-        "panicked",
-        "boom in on_client_off of uid Some(10)",
-        "route=\"on_client_off\"",
-        &uid,
-    ];
-    logged(&g, "connector-server-1", &parts).unwrap();
-    panics_counted(&g, "connector-server-1", "connector", "on_client_off", 1)
-        .await
-        .unwrap();
+    let msgs = ["boom in on_client_off of uid Some(10)"];
+    reported(
+        &g,
+        "connector-server-1",
+        "on_client_off",
+        &msgs,
+        Some(PANICKER),
+    )
+    .await
+    .unwrap();
 }

@@ -22,7 +22,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use integration_tests::TIMEOUT;
 use integration_tests::client::Client;
-use integration_tests::cluster::{KENNEL_ENV, ROUTES, bin, free_port, secs_between, times_of};
+use integration_tests::cluster::{
+    KENNEL_ENV, ROUTES, bin, free_port, processes_in, secs_between, times_of,
+};
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 use serde_json::{Value, json};
@@ -157,37 +159,17 @@ impl Project {
     /// Live processes whose working directory is this project, by `--id` (servers) or
     /// `master` / `other`.
     fn processes(&self) -> Vec<(String, i32)> {
-        let me = self.path().canonicalize().unwrap();
-        let mut out = Vec::new();
-        for e in std::fs::read_dir("/proc").unwrap().flatten() {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-                continue;
-            };
-            if std::fs::read_link(e.path().join("cwd")).ok().as_deref() != Some(me.as_path()) {
-                continue;
-            }
-            let Ok(raw) = std::fs::read(e.path().join("cmdline")) else {
-                continue;
-            };
-            if std::fs::read_to_string(e.path().join("stat")).is_ok_and(|s| {
-                s.rsplit(')')
-                    .next()
-                    .is_some_and(|r| r.trim_start().starts_with('Z'))
-            }) {
-                continue;
-            }
-            let args: Vec<String> = raw
-                .split(|b| *b == 0)
-                .map(|a| String::from_utf8_lossy(a).into_owned())
-                .collect();
-            let name = match args.iter().position(|a| a == "--id") {
-                Some(i) => args.get(i + 1).cloned().unwrap_or_default(),
-                None if args.iter().any(|a| a == "--detached") => "master".to_owned(),
-                None => "other".to_owned(),
-            };
-            out.push((name, pid));
-        }
-        out
+        processes_in(self.path())
+            .into_iter()
+            .map(|(pid, args)| {
+                let name = match args.iter().position(|a| a == "--id") {
+                    Some(i) => args.get(i + 1).cloned().unwrap_or_default(),
+                    None if args.iter().any(|a| a == "--detached") => "master".to_owned(),
+                    None => "other".to_owned(),
+                };
+                (name, pid)
+            })
+            .collect()
     }
 
     /// Server pids by id (processes running `chat-demo --id <id>` in this project).
@@ -707,10 +689,10 @@ async fn external_servers_register_and_are_left_alone() {
         let mut cmd = Command::new(bin("chat-demo"));
         cmd.args(["--id", id, "--env", ENV, "--dir"])
             .arg(p.path())
-            .current_dir(p.path())
-            .env_remove("KENNEL_SERVER_SECRET")
-            .env_remove("KENNEL_MASTER_PORT")
-            .env_remove("KENNEL_MASTER_HOST");
+            .current_dir(p.path());
+        for var in KENNEL_ENV {
+            cmd.env_remove(var);
+        }
         cmd
     };
     let own_log = std::fs::File::create(p.path().join("by-hand.log")).unwrap();

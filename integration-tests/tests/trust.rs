@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use integration_tests::TIMEOUT;
-use integration_tests::cluster::{Cluster, ROUTES, bin, free_port, servers_in};
+use integration_tests::cluster::{Cluster, KENNEL_ENV, ROUTES, bin, free_port, servers_in};
 use integration_tests::load::Witness;
 use kennel_proto::frame::{AUTH_MAX_FRAME, length_codec};
 use kennel_proto::msg::{Challenge, Hello};
@@ -344,12 +344,7 @@ fn sighup_stops_the_cluster_after_the_masters_output_pipe_closed() {
 fn kennel(cwd: &Path, args: &[&str], env: &[(&str, &Path)]) -> std::process::Output {
     let mut cmd = Command::new(bin("kennel"));
     cmd.args(args).current_dir(cwd).stdin(Stdio::null());
-    for var in [
-        "KENNEL_CLI_SECRET",
-        "KENNEL_CLI_SECRET_FILE",
-        "KENNEL_MASTER_HOST",
-        "KENNEL_MASTER_PORT",
-    ] {
+    for var in KENNEL_ENV {
         cmd.env_remove(var);
     }
     for (k, v) in env {

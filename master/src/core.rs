@@ -78,9 +78,9 @@ impl Core {
                 .servers
                 .iter()
                 .enumerate()
-                .map(|(i, s)| (s.id.clone(), i))
+                .map(|(i, s)| (s.info.id.clone(), i))
                 .collect(),
-            registry: Registry::new(project.servers.iter().map(|s| s.id.clone()).collect()),
+            registry: Registry::new(project.servers.iter().map(|s| s.info.id.clone()).collect()),
             project,
             supervisor,
             sampler,
@@ -143,7 +143,7 @@ impl Core {
                 self.supervisor.on_exit(index, generation, exit);
                 // Its link dies with it; do not wait for the socket to tell us, so the
                 // restarted server is not refused as a duplicate.
-                let id = &self.project.servers[index].id;
+                let id = &self.project.servers[index].info.id;
                 if let Some(link) = self.registry.get(id)
                     && pid.is_some_and(|p| p == link.info.pid)
                 {
@@ -221,7 +221,7 @@ impl Core {
         Ok(slots
             .into_iter()
             .map(|i| {
-                let id = self.project.servers[i].id.clone();
+                let id = self.project.servers[i].info.id.clone();
                 let answer = self
                     .registry
                     .command(&id, args)
@@ -240,7 +240,7 @@ impl Core {
         }
         for t in types {
             let of_type: Vec<usize> = (0..self.project.servers.len())
-                .filter(|&i| self.project.servers[i].server_type == *t)
+                .filter(|&i| self.project.servers[i].info.server_type == *t)
                 .collect();
             if of_type.is_empty() {
                 return Err(format!(
@@ -266,8 +266,11 @@ impl Core {
             .collect();
         for slot in &self.supervisor.slots {
             if slot.launch == Launch::External
-                && let Some(link) = self.registry.get(&slot.config.id)
-                && self.spawning.this_host.is_known_local(&slot.config.host)
+                && let Some(link) = self.registry.get(&slot.config.info.id)
+                && self
+                    .spawning
+                    .this_host
+                    .is_known_local(&slot.config.info.host)
             {
                 pids.push(link.info.pid);
             }
@@ -347,7 +350,7 @@ impl Core {
             }
         }
         for (s, launch) in new {
-            let id = s.id.clone();
+            let id = s.info.id.clone();
             let external = launch == Launch::External;
             let i = self
                 .supervisor
@@ -390,7 +393,7 @@ impl Core {
                 self.project.dir.display()
             ));
         };
-        let configured = &self.project.servers[i].server_type;
+        let configured = &self.project.servers[i].info.server_type;
         if info.server_type != *configured {
             return Err(format!(
                 "server {} registered as type {:?} but is configured as {configured:?}",
@@ -443,7 +446,7 @@ impl Core {
             .slots
             .iter()
             .filter(|s| s.launch != Launch::External)
-            .all(|s| self.registry.registered_once(&s.config.id))
+            .all(|s| self.registry.registered_once(&s.config.info.id))
     }
 
     /// Prints the readiness lines once every server this master starts has registered.
@@ -457,9 +460,9 @@ impl Core {
             .slots
             .iter()
             .filter(|s| {
-                s.launch == Launch::External && !self.registry.registered_once(&s.config.id)
+                s.launch == Launch::External && !self.registry.registered_once(&s.config.info.id)
             })
-            .map(|s| s.config.id.as_str())
+            .map(|s| s.config.info.id.as_str())
             .collect();
         let registered = self.project.servers.len() - waiting.len();
         if waiting.is_empty() {
@@ -475,11 +478,11 @@ impl Core {
                 waiting.join(", ")
             ));
         }
-        for s in self.project.servers.iter().filter(|s| s.frontend) {
-            if let Some(port) = s.client_port {
+        for s in self.project.servers.iter().filter(|s| s.info.frontend) {
+            if let Some(port) = s.info.client_port {
                 say(format_args!(
                     "kennel: clients connect to {} at {}:{port}",
-                    s.id, s.host
+                    s.info.id, s.info.host
                 ));
             }
         }
@@ -488,7 +491,7 @@ impl Core {
     /// The state `kennel list` shows for slot `i`.
     fn state_of(&self, i: usize) -> ServerState {
         let slot = &self.supervisor.slots[i];
-        ServerState::of(slot.proc, self.registry.link_state(&slot.config.id))
+        ServerState::of(slot.proc, self.registry.link_state(&slot.config.info.id))
     }
 
     /// The server table for `kennel list`. The pid of a remote server is the one it
@@ -500,7 +503,7 @@ impl Core {
             .iter()
             .enumerate()
             .map(|(i, slot)| {
-                let link = self.registry.get(&slot.config.id);
+                let link = self.registry.get(&slot.config.info.id);
                 let state = self.state_of(i);
                 let remote = matches!(slot.launch, Launch::Remote(_));
                 let (pid, uptime, adopted, local_pid) = match slot.proc {
@@ -528,7 +531,7 @@ impl Core {
                             false,
                             self.spawning
                                 .this_host
-                                .is_known_local(&slot.config.host)
+                                .is_known_local(&slot.config.info.host)
                                 .then_some(l.info.pid),
                         ),
                         None => (0, Duration::ZERO, false, None),

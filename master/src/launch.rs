@@ -268,19 +268,19 @@ pub(crate) fn plan_one(
     external: &[String],
     this_host: &ThisHost,
 ) -> Result<Launch, MasterError> {
-    if s.settings.external || external.contains(&s.id) {
+    if s.settings.external || external.contains(&s.info.id) {
         return Ok(Launch::External);
     }
     let path = match override_bin {
         Some(b) => b.to_path_buf(),
-        None => project
-            .server_bin(s)
-            .ok_or_else(|| MasterError::NoBinary { id: s.id.clone() })?,
+        None => project.server_bin(s).ok_or_else(|| MasterError::NoBinary {
+            id: s.info.id.clone(),
+        })?,
     };
-    if !this_host.is_local(&s.host) {
+    if !this_host.is_local(&s.info.host) {
         return Ok(Launch::Remote(path));
     }
-    check_bin(&s.id, &path)?;
+    check_bin(&s.info.id, &path)?;
     Ok(Launch::Local(path))
 }
 
@@ -326,7 +326,7 @@ impl Launch {
             Launch::Local(bin) => {
                 let mut cmd = Command::new(bin);
                 cmd.arg("--id")
-                    .arg(&config.id)
+                    .arg(&config.info.id)
                     .arg("--env")
                     .arg(&env.env)
                     .args(&config.args);
@@ -334,10 +334,10 @@ impl Launch {
             }
             Launch::Remote(bin) => {
                 let argv = launcher.start_argv(
-                    &config.host,
+                    &config.info.host,
                     &env.dir,
                     bin,
-                    &config.id,
+                    &config.info.id,
                     &env.env,
                     &config.args,
                 );

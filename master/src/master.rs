@@ -137,7 +137,7 @@ pub async fn run(
         });
     }
     if !spawn {
-        external = project.servers.iter().map(|s| s.id.clone()).collect();
+        external = project.servers.iter().map(|s| s.info.id.clone()).collect();
     }
     let this_host = ThisHost::detect();
     let launches = plan(&project, bin.as_deref(), &external, &this_host)?;
@@ -201,9 +201,14 @@ pub async fn run(
             .zip(&launches)
             .filter(|(_, l)| **l != Launch::External)
         {
-            let path = logs::log_path(&logs_dir, &s.id);
+            let path = logs::log_path(&logs_dir, &s.info.id);
             let from = logs::current_len(&path);
-            tails.spawn(logs::tail(s.id.clone(), path, from, tails_stop.clone()));
+            tails.spawn(logs::tail(
+                s.info.id.clone(),
+                path,
+                from,
+                tails_stop.clone(),
+            ));
         }
     }
 

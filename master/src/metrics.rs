@@ -13,7 +13,7 @@
 //! holds (the servers send cumulative counters), so there is nothing to record between
 //! scrapes; `axum` (already in the workspace for chat-demo) serves `GET /metrics`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::time::Duration;
 
@@ -23,7 +23,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use kennel_config::MasterConfig;
-use kennel_proto::msg::ListReply;
+use kennel_proto::msg::{ListReply, ServerStatus};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -118,11 +118,48 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
+/// A server's label set (`server="..",type=".."`), whether it is a frontend, and its status.
+type Labelled<'a> = (String, bool, &'a ServerStatus);
+
+/// A family with one sample per server that has a value: `name{server="..",type=".."} value`.
+fn per_server<V: std::fmt::Display>(
+    out: &mut String,
+    (name, kind, help): (&str, &str, &str),
+    servers: &[Labelled<'_>],
+    value: impl Fn(bool, &ServerStatus) -> Option<V>,
+) {
+    family(out, name, kind, help);
+    for (l, frontend, s) in servers {
+        if let Some(v) = value(*frontend, s) {
+            let _ = writeln!(out, "{name}{{{l}}} {v}");
+        }
+    }
+}
+
+/// A family with one sample per server and key of its `counts` (in key order):
+/// `name{server="..",type="..",<label>="key"} n`.
+fn per_server_by(
+    out: &mut String,
+    (name, kind, help): (&str, &str, &str),
+    label: &str,
+    servers: &[Labelled<'_>],
+    counts: impl Fn(&ServerStatus) -> Option<&HashMap<String, u64>>,
+) {
+    family(out, name, kind, help);
+    for (l, _, s) in servers {
+        let Some(counts) = counts(s) else { continue };
+        let sorted: BTreeMap<_, _> = counts.iter().collect();
+        for (key, n) in sorted {
+            let _ = writeln!(out, "{name}{{{l},{label}=\"{}\"}} {n}", escape(key));
+        }
+    }
+}
+
 /// The cluster in the Prometheus text format (version 0.0.4).
 pub(crate) fn render(list: &ListReply) -> String {
     let mut out = String::new();
     // (server label set, status) for each server with its info.
-    let servers: Vec<_> = list
+    let servers: Vec<Labelled<'_>> = list
         .servers
         .iter()
         .map(|s| {
@@ -175,120 +212,103 @@ pub(crate) fn render(list: &ListReply) -> String {
         );
     }
 
-    family(
+    per_server(
         &mut out,
-        "kennel_server_restarts_total",
-        "counter",
-        "Restarts of the server by this master.",
+        (
+            "kennel_server_restarts_total",
+            "counter",
+            "Restarts of the server by this master.",
+        ),
+        &servers,
+        |_, s| Some(s.restarts),
     );
-    for (l, _, s) in &servers {
-        let _ = writeln!(out, "kennel_server_restarts_total{{{l}}} {}", s.restarts);
-    }
-
-    family(
+    per_server(
         &mut out,
-        "kennel_server_uptime_seconds",
-        "gauge",
-        "Seconds since the server process started (running servers).",
+        (
+            "kennel_server_uptime_seconds",
+            "gauge",
+            "Seconds since the server process started (running servers).",
+        ),
+        &servers,
+        |_, s| (s.pid != 0).then(|| s.uptime_ms as f64 / 1000.0),
     );
-    for (l, _, s) in servers.iter().filter(|(_, _, s)| s.pid != 0) {
-        let _ = writeln!(
-            out,
-            "kennel_server_uptime_seconds{{{l}}} {}",
-            s.uptime_ms as f64 / 1000.0
-        );
-    }
-
-    family(
+    per_server(
         &mut out,
-        "kennel_server_rss_bytes",
-        "gauge",
-        "Resident memory of the server process (local servers, sampled every second).",
+        (
+            "kennel_server_rss_bytes",
+            "gauge",
+            "Resident memory of the server process (local servers, sampled every second).",
+        ),
+        &servers,
+        |_, s| s.rss_bytes,
     );
-    for (l, _, s) in &servers {
-        if let Some(rss) = s.rss_bytes {
-            let _ = writeln!(out, "kennel_server_rss_bytes{{{l}}} {rss}");
-        }
-    }
-
-    family(
+    per_server(
         &mut out,
-        "kennel_server_cpu_percent",
-        "gauge",
-        "CPU use of the server process over the last second (100 = one core).",
+        (
+            "kennel_server_cpu_percent",
+            "gauge",
+            "CPU use of the server process over the last second (100 = one core).",
+        ),
+        &servers,
+        |_, s| s.cpu_percent,
     );
-    for (l, _, s) in &servers {
-        if let Some(cpu) = s.cpu_percent {
-            let _ = writeln!(out, "kennel_server_cpu_percent{{{l}}} {cpu}");
-        }
-    }
-
-    family(
+    per_server(
         &mut out,
-        "kennel_frontend_clients",
-        "gauge",
-        "Connected clients of a frontend, as it last reported.",
+        (
+            "kennel_frontend_clients",
+            "gauge",
+            "Connected clients of a frontend, as it last reported.",
+        ),
+        &servers,
+        |frontend, s| s.clients.filter(|_| frontend),
     );
-    for (l, frontend, s) in &servers {
-        if let (true, Some(n)) = (frontend, s.clients) {
-            let _ = writeln!(out, "kennel_frontend_clients{{{l}}} {n}");
-        }
-    }
 
     let rpc: Vec<_> = servers
         .iter()
         .filter_map(|(l, _, s)| s.rpc.as_ref().map(|r| (l, r)))
         .collect();
-    family(
+    per_server(
         &mut out,
-        "kennel_rpc_calls_total",
-        "counter",
-        "RPC calls made by the server (Rpc::call), ok or not.",
+        (
+            "kennel_rpc_calls_total",
+            "counter",
+            "RPC calls made by the server (Rpc::call), ok or not.",
+        ),
+        &servers,
+        |_, s| s.rpc.as_ref().map(|r| r.calls),
     );
-    for (l, r) in &rpc {
-        let _ = writeln!(out, "kennel_rpc_calls_total{{{l}}} {}", r.calls);
-    }
-    family(
+    per_server(
         &mut out,
-        "kennel_rpc_notifies_total",
-        "counter",
-        "RPC notifies sent by the server (Rpc::notify, once per target).",
+        (
+            "kennel_rpc_notifies_total",
+            "counter",
+            "RPC notifies sent by the server (Rpc::notify, once per target).",
+        ),
+        &servers,
+        |_, s| s.rpc.as_ref().map(|r| r.notifies),
     );
-    for (l, r) in &rpc {
-        let _ = writeln!(out, "kennel_rpc_notifies_total{{{l}}} {}", r.notifies);
-    }
-    family(
+    per_server_by(
         &mut out,
-        "kennel_rpc_errors_total",
-        "counter",
-        "Failed RPC calls and notifies of the server, by kind.",
+        (
+            "kennel_rpc_errors_total",
+            "counter",
+            "Failed RPC calls and notifies of the server, by kind.",
+        ),
+        "kind",
+        &servers,
+        |s| s.rpc.as_ref().map(|r| &r.errors),
     );
-    for (l, r) in &rpc {
-        let errors: BTreeMap<_, _> = r.errors.iter().collect();
-        for (kind, n) in errors {
-            let _ = writeln!(
-                out,
-                "kennel_rpc_errors_total{{{l},kind=\"{}\"}} {n}",
-                escape(kind)
-            );
-        }
-    }
-    family(
+    per_server_by(
         &mut out,
-        "kennel_panics_total",
-        "counter",
-        "Panics caught in the server's game code, by route (or callback name, e.g. on_client_off); each failed only its own request or call.",
+        (
+            "kennel_panics_total",
+            "counter",
+            "Panics caught in the server's game code, by route (or callback name, e.g. on_client_off); each failed only its own request or call.",
+        ),
+        "route",
+        &servers,
+        |s| Some(&s.panics),
     );
-    for (l, _, s) in &servers {
-        let panics: BTreeMap<_, _> = s.panics.iter().collect();
-        for (route, n) in panics {
-            let _ = writeln!(
-                out,
-                "kennel_panics_total{{{l},route=\"{}\"}} {n}",
-                escape(route)
-            );
-        }
-    }
     family(
         &mut out,
         "kennel_rpc_call_duration_seconds",
@@ -318,32 +338,28 @@ pub(crate) fn render(list: &ListReply) -> String {
             r.latency_count
         );
     }
-    family(
+    per_server_by(
         &mut out,
-        "kennel_dropped_total",
-        "counter",
-        "Client messages dropped and clients closed by a limit, by reason (forward: a message \
-         the frontend could not forward, its backend's link full, congested or gone; \
-         peer_message: a reply or push to a congested or gone link; rate_limited; \
-         rate_limit_close; send_queue_close).",
+        (
+            "kennel_dropped_total",
+            "counter",
+            "Client messages dropped and clients closed by a limit, by reason (forward: a message \
+             the frontend could not forward, its backend's link full, congested or gone; \
+             peer_message: a reply or push to a congested or gone link; rate_limited; \
+             rate_limit_close; send_queue_close).",
+        ),
+        "reason",
+        &servers,
+        |s| Some(&s.dropped),
     );
-    for (l, _, s) in &servers {
-        let dropped: BTreeMap<_, _> = s.dropped.iter().collect();
-        for (reason, n) in dropped {
-            let _ = writeln!(
-                out,
-                "kennel_dropped_total{{{l},reason=\"{}\"}} {n}",
-                escape(reason)
-            );
-        }
-    }
     out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kennel_proto::msg::{RpcStats, ServerInfo, ServerStatus};
+    use crate::state::status_fixture;
+    use kennel_proto::msg::RpcStats;
 
     #[test]
     fn renders_states_resources_and_histogram() {
@@ -351,13 +367,6 @@ mod tests {
             ready: true,
             servers: vec![
                 ServerStatus {
-                    info: Some(ServerInfo {
-                        id: "connector-server-1".into(),
-                        server_type: "connector".into(),
-                        frontend: true,
-                        ..Default::default()
-                    }),
-                    state: ServerState::Running.to_wire(),
                     pid: 10,
                     uptime_ms: 1500,
                     restarts: 2,
@@ -374,17 +383,10 @@ mod tests {
                         latency_sum: 0.25,
                     }),
                     panics: [("connector.main.boom".to_owned(), 3)].into(),
-                    ..Default::default()
+                    dropped: [("rate_limited".to_owned(), 4)].into(),
+                    ..status_fixture("connector-server-1", "connector", ServerState::Running)
                 },
-                ServerStatus {
-                    info: Some(ServerInfo {
-                        id: "chat\"1".into(),
-                        server_type: "chat".into(),
-                        ..Default::default()
-                    }),
-                    state: ServerState::CrashLoop.to_wire(),
-                    ..Default::default()
-                },
+                status_fixture("chat\"1", "chat", ServerState::CrashLoop),
             ],
         };
         let text = render(&list);
@@ -400,6 +402,8 @@ mod tests {
             format!("kennel_server_uptime_seconds{{{c}}} 1.5"),
             format!("kennel_frontend_clients{{{c}}} 3"),
             format!("kennel_rpc_calls_total{{{c}}} 5"),
+            format!("kennel_rpc_notifies_total{{{c}}} 1"),
+            format!("kennel_dropped_total{{{c},reason=\"rate_limited\"}} 4"),
             format!("kennel_rpc_errors_total{{{c},kind=\"timeout\"}} 2"),
             format!("kennel_panics_total{{{c},route=\"connector.main.boom\"}} 3"),
             format!("kennel_rpc_call_duration_seconds_bucket{{{c},le=\"0.01\"}} 3"),

@@ -215,6 +215,27 @@ impl serde::Serialize for ServerState {
     }
 }
 
+/// The `ServerStatus` of server `id` of type `server_type` in `state` (a frontend when the type
+/// is `connector`, as in chat-demo), every other field default: the fixture of the tests that
+/// render lists (table, metrics).
+#[cfg(test)]
+pub(crate) fn status_fixture(
+    id: &str,
+    server_type: &str,
+    state: ServerState,
+) -> kennel_proto::msg::ServerStatus {
+    kennel_proto::msg::ServerStatus {
+        info: Some(kennel_proto::msg::ServerInfo {
+            id: id.into(),
+            server_type: server_type.into(),
+            frontend: server_type == "connector",
+            ..Default::default()
+        }),
+        state: state.to_wire(),
+        ..Default::default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

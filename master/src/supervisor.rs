@@ -137,8 +137,8 @@ impl Supervisor {
     ) -> Result<usize, MasterError> {
         let policy = config.settings.restart;
         self.slots.push(Slot {
-            log: logs::log_path(&self.logs_dir, &config.id),
-            pid_file: procfs::pid_file(&self.run_dir, &config.id),
+            log: logs::log_path(&self.logs_dir, &config.info.id),
+            pid_file: procfs::pid_file(&self.run_dir, &config.info.id),
             proc: if launch == Launch::External {
                 Proc::Unmanaged
             } else {
@@ -166,9 +166,9 @@ impl Supervisor {
                 continue;
             }
             let slot = &self.slots[i];
-            match procfs::find_adoptable(&slot.pid_file, &slot.config.id) {
+            match procfs::find_adoptable(&slot.pid_file, &slot.config.info.id) {
                 Some(found) => {
-                    adopted.push(slot.config.id.clone());
+                    adopted.push(slot.config.info.id.clone());
                     self.adopt(i, found);
                 }
                 None => {
@@ -194,7 +194,7 @@ impl Supervisor {
             signalled: false,
             adopted: true,
         };
-        info!(server = %slot.config.id, pid, "adopted the running server (left by an earlier master)");
+        info!(server = %slot.config.info.id, pid, "adopted the running server (left by an earlier master)");
         let events = self.events.clone();
         let generation = slot.generation;
         tokio::spawn(async move {
@@ -225,7 +225,7 @@ impl Supervisor {
         let slot = &mut self.slots[i];
         slot.on_exit = OnExit::Policy;
         slot.registered_pid = None;
-        let id = slot.config.id.clone();
+        let id = slot.config.info.id.clone();
         match spawned {
             Ok(mut child) => {
                 let pid = child.id().unwrap_or(0);
@@ -242,7 +242,7 @@ impl Supervisor {
                         "cannot write the pid file: a new master could not adopt this server");
                 }
                 if matches!(slot.launch, Launch::Remote(_)) {
-                    info!(server = %id, launcher_pid = pid, host = %slot.config.host,
+                    info!(server = %id, launcher_pid = pid, host = %slot.config.info.host,
                         bin = %bin.display(), "server launched on its host");
                 } else {
                     info!(server = %id, pid, bin = %bin.display(), "server started");
@@ -300,7 +300,7 @@ impl Supervisor {
         }
         let ran = since.elapsed();
         let status = exit.text;
-        let id = slot.config.id.clone();
+        let id = slot.config.info.id.clone();
         // A server's process group lives and dies with it: anything it started and left
         // behind would otherwise be an orphan nobody accounts for.
         procfs::signal_group(pid, Signal::SIGKILL);
@@ -384,7 +384,7 @@ impl Supervisor {
         let pid = *pid;
         *signalled = true;
         slot.on_exit = then;
-        info!(server = %slot.config.id, pid, "signalling server: SIGTERM");
+        info!(server = %slot.config.info.id, pid, "signalling server: SIGTERM");
         self.signal_server(i, pid, Signal::SIGTERM);
         let slot = &self.slots[i];
         let (events, generation, stop) = (
@@ -408,7 +408,7 @@ impl Supervisor {
         if let Proc::Running { pid, .. } = slot.proc
             && slot.generation == generation
         {
-            warn!(server = %slot.config.id, pid, "still running {:.1} s after SIGTERM: SIGKILL",
+            warn!(server = %slot.config.info.id, pid, "still running {:.1} s after SIGTERM: SIGKILL",
                 self.kill_after.as_secs_f64());
             self.signal_server(i, pid, Signal::SIGKILL);
         }
@@ -418,7 +418,7 @@ impl Supervisor {
     /// if it is not running).
     pub(crate) fn restart(&mut self, i: usize) -> Result<String, String> {
         let slot = &mut self.slots[i];
-        let id = slot.config.id.clone();
+        let id = slot.config.info.id.clone();
         match slot.proc {
             Proc::Unmanaged => Err(format!(
                 "{id} is external (started by hand or by another supervisor): this master does not restart it"
@@ -440,7 +440,7 @@ impl Supervisor {
     /// `kennel remove`: stop server `i` and do not restart it.
     pub(crate) fn remove(&mut self, i: usize) -> String {
         let slot = &mut self.slots[i];
-        let id = slot.config.id.clone();
+        let id = slot.config.info.id.clone();
         match slot.proc {
             Proc::Unmanaged => format!("{id} is external: left alone"),
             Proc::Running { pid, .. } => {
@@ -460,7 +460,7 @@ impl Supervisor {
     /// `kennel start <id>`: start server `i` now unless it is running.
     pub(crate) fn start(&mut self, i: usize) -> Result<String, String> {
         let slot = &mut self.slots[i];
-        let id = slot.config.id.clone();
+        let id = slot.config.info.id.clone();
         match slot.proc {
             Proc::Unmanaged => Err(format!(
                 "{id} is external (started by hand or by another supervisor): this master does not start it"
@@ -498,7 +498,7 @@ impl Supervisor {
     /// container's own pid namespace, a wrapper) is accepted while the master's process runs.
     pub(crate) fn check_registering_pid(&self, i: usize, pid: u32) -> Result<(), String> {
         let slot = &self.slots[i];
-        let id = &slot.config.id;
+        let id = &slot.config.info.id;
         let hint = format!(
             "to run {id} by hand or under another supervisor, set \"external\": true in its \
              entry of servers.json or start the master with --external {id}"
@@ -536,8 +536,8 @@ impl Supervisor {
         };
         launch::signal_remote(
             &self.launcher,
-            &slot.config.id,
-            &slot.config.host,
+            &slot.config.info.id,
+            &slot.config.info.host,
             remote_pid,
             sig,
             logs::open_log(&slot.log),
@@ -579,7 +579,7 @@ impl Supervisor {
     /// How many servers are running; `frontend` filters by kind.
     pub(crate) fn running_count(&self, frontend: Option<bool>) -> usize {
         self.running()
-            .filter(|(i, _)| frontend.is_none_or(|f| self.slots[*i].config.frontend == f))
+            .filter(|(i, _)| frontend.is_none_or(|f| self.slots[*i].config.info.frontend == f))
             .count()
     }
 
@@ -588,10 +588,10 @@ impl Supervisor {
     pub(crate) fn signal(&mut self, frontend: Option<bool>, sig: Signal) -> usize {
         let targets: Vec<(usize, u32)> = self
             .running()
-            .filter(|(i, _)| frontend.is_none_or(|f| self.slots[*i].config.frontend == f))
+            .filter(|(i, _)| frontend.is_none_or(|f| self.slots[*i].config.info.frontend == f))
             .collect();
         for &(i, pid) in &targets {
-            info!(server = %self.slots[i].config.id, pid, signal = %sig, "signalling server");
+            info!(server = %self.slots[i].config.info.id, pid, signal = %sig, "signalling server");
             self.signal_server(i, pid, sig);
             if let Proc::Running { signalled, .. } = &mut self.slots[i].proc {
                 *signalled = true;

@@ -208,6 +208,7 @@ pub(crate) fn align(header: &[&str], cells: &[Vec<String>]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::status_fixture;
     use kennel_proto::msg::ServerInfo;
 
     #[test]
@@ -222,17 +223,11 @@ mod tests {
     #[test]
     fn app_columns_are_the_union_of_keys() {
         let server = |id: &str, status: &[(&str, &str)]| ServerStatus {
-            info: Some(ServerInfo {
-                id: id.into(),
-                server_type: "chat".into(),
-                ..Default::default()
-            }),
-            state: ServerState::Running.to_wire(),
             status: status
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect(),
-            ..Default::default()
+            ..status_fixture(id, "chat", ServerState::Running)
         };
         let reply = ListReply {
             servers: vec![
@@ -257,17 +252,11 @@ mod tests {
 
     #[test]
     fn table_is_aligned() {
+        let mut connector = status_fixture("connector-server-1", "connector", ServerState::Running);
+        connector.info.as_mut().unwrap().client_port = 4001;
         let reply = ListReply {
             servers: vec![
                 ServerStatus {
-                    info: Some(ServerInfo {
-                        id: "connector-server-1".into(),
-                        server_type: "connector".into(),
-                        frontend: true,
-                        client_port: 4001,
-                        ..Default::default()
-                    }),
-                    state: ServerState::Running.to_wire(),
                     pid: 4242,
                     uptime_ms: 65_000,
                     restarts: 1,
@@ -275,19 +264,13 @@ mod tests {
                     rss_bytes: Some(12_900_000),
                     cpu_percent: Some(1.25),
                     clients: Some(17),
-                    ..Default::default()
+                    ..connector
                 },
                 ServerStatus {
-                    info: Some(ServerInfo {
-                        id: "chat-server-1".into(),
-                        server_type: "chat".into(),
-                        ..Default::default()
-                    }),
-                    state: ServerState::Restarting.to_wire(),
                     pid: 0,
                     uptime_ms: 0,
                     restarts: 3,
-                    ..Default::default()
+                    ..status_fixture("chat-server-1", "chat", ServerState::Restarting)
                 },
                 ServerStatus {
                     info: Some(ServerInfo {

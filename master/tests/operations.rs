@@ -276,11 +276,11 @@ mod live {
         let s = project.server(id).unwrap();
         let info = ServerInfo {
             id: id.to_owned(),
-            server_type: s.server_type.clone(),
-            host: s.host.clone(),
-            port: u32::from(s.port),
-            frontend: s.frontend,
-            client_port: s.client_port.map(u32::from).unwrap_or(0),
+            server_type: s.info.server_type.clone(),
+            host: s.info.host.clone(),
+            port: u32::from(s.info.port),
+            frontend: s.info.frontend,
+            client_port: s.info.client_port.map(u32::from).unwrap_or(0),
             pid,
             extra_json: "{}".to_owned(),
         };
@@ -465,7 +465,7 @@ mod live {
 
         // start: a removed server, and one new in the config file.
         let servers = std::fs::read_to_string(dir.path().join("config/sys/servers.json")).unwrap();
-        let port = project.server("chat-server-2").unwrap().port;
+        let port = project.server("chat-server-2").unwrap().info.port;
         let widened = servers.replace(&format!("{port}]"), &format!("{}]", port + 1));
         assert_ne!(widened, servers);
         std::fs::write(dir.path().join("config/sys/servers.json"), widened).unwrap();

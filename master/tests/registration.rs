@@ -40,11 +40,11 @@ fn info(project: &Project, id: &str) -> ServerInfo {
     let s = project.server(id).unwrap();
     ServerInfo {
         id: id.to_owned(),
-        server_type: s.server_type.clone(),
-        host: s.host.clone(),
-        port: u32::from(s.port),
-        frontend: s.frontend,
-        client_port: s.client_port.map(u32::from).unwrap_or(0),
+        server_type: s.info.server_type.clone(),
+        host: s.info.host.clone(),
+        port: u32::from(s.info.port),
+        frontend: s.info.frontend,
+        client_port: s.info.client_port.map(u32::from).unwrap_or(0),
         pid: std::process::id(),
         extra_json: "{}".to_owned(),
     }
@@ -244,8 +244,8 @@ async fn readiness_lines_once_every_server_registered() {
             "ready too early"
         );
         // A server the master started registers from the process it started.
-        let mut me = info(&project, &s.id);
-        me.pid = pids.iter().find(|(id, _)| *id == s.id).unwrap().1;
+        let mut me = info(&project, &s.info.id);
+        me.pid = pids.iter().find(|(id, _)| *id == s.info.id).unwrap().1;
         let (link, reply) = register(addr, &secret, me).await;
         assert!(matches!(reply, from_master::Msg::List(_)), "{reply:?}");
         links.push(link);
@@ -259,6 +259,7 @@ async fn readiness_lines_once_every_server_registered() {
     let cp = project
         .server("connector-server-1")
         .unwrap()
+        .info
         .client_port
         .unwrap();
     // The next line may still be on its way through the pipe: wait for it, then check order.
@@ -286,7 +287,7 @@ async fn readiness_lines_once_every_server_registered() {
     let chat1 = project
         .servers
         .iter()
-        .position(|s| s.id == "chat-server-1")
+        .position(|s| s.info.id == "chat-server-1")
         .unwrap();
     drop(links.remove(chat1));
     wait_until("chat-server-1's link to close", || {

@@ -3,7 +3,9 @@
 //! describes itself when it registers), and the reading of the fields the wire encodes (a
 //! client port of 0 is none; the entry's extra keys travel as a JSON object).
 //!
-//! A server's in-memory view of its peers (`kennel::ServerInfo`) is built from this only.
+//! The one in-memory description of a server is [`kennel_config::ServerInfo`] (a config
+//! entry's `info`, and `kennel::ServerInfo`, a server's view of its peers); a peer's is built
+//! from the wire by the `From` conversion here only.
 
 use serde_json::{Map, Value};
 
@@ -13,6 +15,7 @@ impl msg::ServerInfo {
     /// A config entry as the cluster describes it, with the process id `pid` (0: not known).
     #[cfg(feature = "config")]
     pub fn from_config(s: &kennel_config::ServerConfig, pid: u32) -> msg::ServerInfo {
+        let s = &s.info;
         msg::ServerInfo {
             id: s.id.clone(),
             server_type: s.server_type.clone(),
@@ -41,6 +44,22 @@ impl msg::ServerInfo {
     }
 }
 
+/// A peer as the cluster knows it: what it registered.
+#[cfg(feature = "config")]
+impl From<&msg::ServerInfo> for kennel_config::ServerInfo {
+    fn from(s: &msg::ServerInfo) -> Self {
+        kennel_config::ServerInfo {
+            id: s.id.clone(),
+            server_type: s.server_type.clone(),
+            host: s.host.clone(),
+            port: s.rpc_port(),
+            frontend: s.frontend,
+            client_port: s.client_port(),
+            extra: s.extra(),
+        }
+    }
+}
+
 #[cfg(all(test, feature = "config"))]
 mod tests {
     use super::*;
@@ -50,15 +69,17 @@ mod tests {
         let mut extra = Map::new();
         extra.insert("threads".into(), Value::from(2));
         let cfg = kennel_config::ServerConfig {
-            id: "gate-1".into(),
-            server_type: "gate".into(),
-            host: "10.0.0.2".into(),
-            port: 4010,
-            frontend: true,
-            client_port: Some(4000),
+            info: kennel_config::ServerInfo {
+                id: "gate-1".into(),
+                server_type: "gate".into(),
+                host: "10.0.0.2".into(),
+                port: 4010,
+                frontend: true,
+                client_port: Some(4000),
+                extra: extra.clone(),
+            },
             bin: Some("other".into()),
             args: vec!["x".into()],
-            extra: extra.clone(),
             settings: Default::default(),
         };
         let w = msg::ServerInfo::from_config(&cfg, 77);
@@ -70,14 +91,13 @@ mod tests {
             (w.rpc_port(), w.client_port(), w.extra()),
             (4010, Some(4000), extra)
         );
-        let none = msg::ServerInfo::from_config(
-            &kennel_config::ServerConfig {
-                client_port: None,
-                ..cfg
-            },
-            0,
-        );
+        // A peer's view of it is the entry's info.
+        assert_eq!(kennel_config::ServerInfo::from(&w), cfg.info);
+        let mut no_client_port = cfg.clone();
+        no_client_port.info.client_port = None;
+        let none = msg::ServerInfo::from_config(&no_client_port, 0);
         assert_eq!(none.client_port(), None);
+        assert_eq!(kennel_config::ServerInfo::from(&none), no_client_port.info);
         let junk = msg::ServerInfo {
             extra_json: "[1]".into(),
             client_port: 70_000,

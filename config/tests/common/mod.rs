@@ -70,5 +70,5 @@ pub fn load_err(dir: &Path, needles: &[&str]) -> ConfigError {
 }
 
 pub fn ids(p: &Project) -> Vec<&str> {
-    p.servers.iter().map(|s| s.id.as_str()).collect()
+    p.servers.iter().map(|s| s.info.id.as_str()).collect()
 }

@@ -14,8 +14,10 @@ use bytes::Bytes;
 use kennel_client::{ClientBuilder, Connection, Frame, FrameReader, FrameWriter};
 use serde_json::json;
 use tokio::sync::{Notify, Semaphore, watch};
+use tokio::task::JoinHandle;
 
 use super::procfs::CpuSnapshot;
+use super::report::Counts;
 
 /// Load phases, in order.
 const WARMUP: u8 = 0;
@@ -37,22 +39,11 @@ pub struct Window {
 /// What one load run measured.
 #[derive(Debug, Clone, Default)]
 pub struct LoadResult {
-    /// Operations completed inside the measured window (replies, or deliveries).
-    pub completed: u64,
     /// Latencies (µs) of the operations completed inside the window.
     pub latencies_us: Vec<u32>,
-    /// Requests (or chat messages) sent over the whole run.
-    pub sent: u64,
-    /// Replies (or deliveries) expected over the whole run.
-    pub expected: u64,
-    /// Replies (or deliveries) received over the whole run.
-    pub received: u64,
-    /// Replies whose payload differed from the request.
-    pub mismatched: u64,
-    /// Frames on a cmd the run did not expect.
-    pub unexpected: u64,
-    /// Connection errors and timeouts.
-    pub errors: Vec<String>,
+    /// What the run sent and got back (`completed`: operations inside the measured window;
+    /// `errors`: the first three).
+    pub counts: Counts,
     /// Server CPU seconds inside the window.
     pub server_cpu: f64,
     /// This process's CPU seconds inside the window.
@@ -64,7 +55,7 @@ pub struct LoadResult {
 impl LoadResult {
     /// Completed operations per second.
     pub fn rate(&self) -> f64 {
-        self.completed as f64 / self.wall.max(1e-9)
+        self.counts.completed as f64 / self.wall.max(1e-9)
     }
 
     /// The `q` quantile (0..1) of latencies in µs.
@@ -78,7 +69,7 @@ impl LoadResult {
 
     /// Server CPU µs per completed operation.
     pub fn server_cpu_per_op_us(&self) -> f64 {
-        self.server_cpu * 1e6 / (self.completed.max(1) as f64)
+        self.server_cpu * 1e6 / (self.counts.completed.max(1) as f64)
     }
 
     /// Server CPU as % of one core.
@@ -93,35 +84,40 @@ impl LoadResult {
 
     /// Why this run does not account for every reply, if it does not.
     pub fn accounting_problem(&self) -> Option<String> {
-        if self.errors.is_empty()
-            && self.received == self.expected
-            && self.mismatched == 0
-            && self.unexpected == 0
-            && self.completed > 0
-        {
-            return None;
+        self.counts.problem()
+    }
+
+    /// The run's result: the window's (server CPU, load generator CPU, wall) seconds and what
+    /// every connection task counted, latencies sorted.
+    async fn gather(
+        (server_cpu, loadgen_cpu, wall): (f64, f64, f64),
+        tasks: Vec<JoinHandle<ConnStats>>,
+    ) -> Result<LoadResult> {
+        let mut result = LoadResult {
+            server_cpu,
+            loadgen_cpu,
+            wall,
+            ..Default::default()
+        };
+        for t in tasks {
+            result.merge(t.await?);
         }
-        Some(format!(
-            "sent {} expected {} received {} completed-in-window {} mismatched {} unexpected {} errors {:?}",
-            self.sent,
-            self.expected,
-            self.received,
-            self.completed,
-            self.mismatched,
-            self.unexpected,
-            self.errors.iter().take(3).collect::<Vec<_>>()
-        ))
+        result.latencies_us.sort_unstable();
+        Ok(result)
     }
 
     fn merge(&mut self, o: ConnStats) {
-        self.completed += o.completed;
+        let c = &mut self.counts;
+        c.completed += o.completed;
+        c.sent += o.sent;
+        c.expected += o.expected;
+        c.received += o.received;
+        c.mismatched += o.mismatched;
+        c.unexpected += o.unexpected;
+        if c.errors.len() < 3 {
+            c.errors.extend(o.error);
+        }
         self.latencies_us.extend(o.latencies_us);
-        self.sent += o.sent;
-        self.expected += o.expected;
-        self.received += o.received;
-        self.mismatched += o.mismatched;
-        self.unexpected += o.unexpected;
-        self.errors.extend(o.error);
     }
 }
 
@@ -199,6 +195,13 @@ async fn exchange(
 /// uid.
 async fn login(c: &mut Connection, room: u64, join: bool) -> Result<u64> {
     let uid = next_uid();
+    login_as(c, uid, room, join).await?;
+    Ok(uid)
+}
+
+/// Logs connection `c` in as `uid` in `room` (`connector.main.login`), and joins the room
+/// (`chat.main.join`) when `join`.
+pub async fn login_as(c: &mut Connection, uid: u64, room: u64, join: bool) -> Result<()> {
     let r = exchange(
         c,
         "connector.main.login",
@@ -214,7 +217,7 @@ async fn login(c: &mut Connection, room: u64, join: bool) -> Result<u64> {
             bail!("join of uid {uid} to room {room} refused: {j}");
         }
     }
-    Ok(uid)
+    Ok(())
 }
 
 /// Runs the phases: warm-up, measure (CPU snapshots of `pids` around it), stop; returns the
@@ -258,18 +261,8 @@ pub async fn request_load(
             c.reader, c.writer, cmd, payload, inflight, phase,
         )));
     }
-    let (server_cpu, loadgen_cpu, wall) = drive_phases(&phase, window, pids).await;
-    let mut result = LoadResult {
-        server_cpu,
-        loadgen_cpu,
-        wall,
-        ..Default::default()
-    };
-    for t in tasks {
-        result.merge(t.await?);
-    }
-    result.latencies_us.sort_unstable();
-    Ok(result)
+    let cpu = drive_phases(&phase, window, pids).await;
+    LoadResult::gather(cpu, tasks).await
 }
 
 async fn echo_conn(
@@ -409,7 +402,7 @@ pub async fn broadcast_load(
             shared,
         )));
     }
-    let (server_cpu, loadgen_cpu, wall) = drive_phases(&phase, window, pids).await;
+    let cpu = drive_phases(&phase, window, pids).await;
     // Drain: once every sender stopped, wait until every delivery arrived.
     let deadline = Instant::now() + REPLY_TIMEOUT;
     while Instant::now() < deadline
@@ -419,17 +412,8 @@ pub async fn broadcast_load(
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let _ = done_tx.send(true);
-    let mut result = LoadResult {
-        server_cpu,
-        loadgen_cpu,
-        wall,
-        ..Default::default()
-    };
-    for t in tasks {
-        result.merge(t.await?);
-    }
-    result.expected = expected.load(Ordering::Acquire);
-    result.latencies_us.sort_unstable();
+    let mut result = LoadResult::gather(cpu, tasks).await?;
+    result.counts.expected = expected.load(Ordering::Acquire);
     Ok(result)
 }
 

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use comfy_table::{Table, presets};
 
+use super::players::StepResult;
 use super::targets::System;
 
 /// What a figure measures, and which way is better.
@@ -165,37 +166,68 @@ impl Row {
     }
 }
 
-/// What one players step sent and got back, for checking (JSON only).
+/// What one players step sent and got back, for checking (JSON only): the step's figures
+/// under its scenario and system.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Accounting {
     /// Scenario (row label).
     pub scenario: String,
     /// System name.
     pub system: &'static str,
-    /// Connections.
-    pub players: usize,
-    /// Offered messages per second (open loop; null for the closed loop).
-    pub offered: Option<f64>,
-    /// Replies or deliveries inside the measured window.
-    pub completed: u64,
-    /// Messages sent inside the measured window.
-    pub sent_in_window: u64,
-    /// The measured window, seconds.
-    pub wall_s: f64,
-    /// Messages sent.
+    /// The step's figures (`offered` is null for the closed loop).
+    #[serde(flatten)]
+    pub step: StepResult,
+}
+
+/// What a run sent and got back: the figures every run (load run or players step) is checked
+/// against.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Counts {
+    /// Requests (or chat messages) sent over the whole run.
     pub sent: u64,
-    /// Replies or deliveries they make.
+    /// Replies (or deliveries) those messages make.
     pub expected: u64,
-    /// Replies or deliveries received.
+    /// Replies (or deliveries) received over the whole run (after the drain).
     pub received: u64,
-    /// Wrong payloads.
+    /// Replies (or deliveries) that arrived inside the measured window.
+    pub completed: u64,
+    /// Replies whose payload differed from the request (chat: unparsable deliveries).
     pub mismatched: u64,
-    /// Frames nobody expected.
+    /// Frames on another cmd, replies nobody waited for, deliveries from another room.
     pub unexpected: u64,
-    /// Open-loop sends skipped (player at its in-flight limit).
-    pub overruns: u64,
-    /// Connection errors.
+    /// Connection errors and timeouts (the first few).
     pub errors: Vec<String>,
+}
+
+impl Counts {
+    /// Replies or deliveries that never arrived.
+    pub fn lost(&self) -> u64 {
+        self.expected.saturating_sub(self.received)
+    }
+
+    /// Why the run does not account for every message it sent, if it does not: an error, a
+    /// reply (or delivery) missing or unexpected, a wrong payload, or nothing completed in
+    /// the window.
+    pub fn problem(&self) -> Option<String> {
+        if self.errors.is_empty()
+            && self.received == self.expected
+            && self.mismatched == 0
+            && self.unexpected == 0
+            && self.completed > 0
+        {
+            return None;
+        }
+        Some(format!(
+            "sent {} expected {} received {} completed-in-window {} mismatched {} unexpected {} errors {:?}",
+            self.sent,
+            self.expected,
+            self.received,
+            self.completed,
+            self.mismatched,
+            self.unexpected,
+            self.errors
+        ))
+    }
 }
 
 /// All figures of a bench run, in the order they were first recorded.

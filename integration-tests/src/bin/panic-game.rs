@@ -3,7 +3,8 @@
 //! public game has no panic routes; the cluster fixture runs it under the `kennel` master
 //! (`ClusterOptions::game`, master.json's `bin`), `--id <id> --env <env>` like any game.
 //!
-//! Routes added after the chat routes ([`ROUTES`]); `{"later": true}` panics after an `.await`
+//! Routes added after the chat routes (listed in
+//! [`integration_tests::cluster::PANIC_GAME_ROUTES`]); `{"later": true}` panics after an `.await`
 //! that is not ready (in the work's spawned remainder) instead of at once (inline):
 //!
 //! - `connector.boom.handler` / `chat.boom.handler`: the handler panics.
@@ -24,17 +25,6 @@ use serde_json::{Value, json};
 #[path = "../../../chat-demo/src/game.rs"]
 #[allow(dead_code)]
 mod game;
-
-/// The routes this game adds to the chat routes.
-pub const ROUTES: [&str; 7] = [
-    "connector.boom.handler",
-    "connector.boom.filtered",
-    "connector.boom.armRoute",
-    "connector.boom.armOff",
-    "chat.boom.handler",
-    "chat.boom.filtered",
-    "chat.boom.rpc",
-];
 
 /// Waits once for something not ready yet, so what follows runs in the spawned remainder.
 async fn wait_once() {
@@ -89,22 +79,16 @@ fn setup(app: &App) {
             Some(json!({"code": 0, "filter": "did not panic"}))
         });
     }
-    app.handler(
-        "connector.boom.armRoute",
-        |_: App, s: Session, _: Value| async move {
-            s.set("boomRoute", true)
-                .expect("a bool fits the settings cap");
+    // Arming sets the session flag the route function / `on_client_off` above look for.
+    for (route, flag) in [
+        ("connector.boom.armRoute", "boomRoute"),
+        ("connector.boom.armOff", "boomOff"),
+    ] {
+        app.handler(route, move |_: App, s: Session, _: Value| async move {
+            s.set(flag, true).expect("a bool fits the settings cap");
             Some(json!({"code": 0}))
-        },
-    );
-    app.handler(
-        "connector.boom.armOff",
-        |_: App, s: Session, _: Value| async move {
-            s.set("boomOff", true)
-                .expect("a bool fits the settings cap");
-            Some(json!({"code": 0}))
-        },
-    );
+        });
+    }
 
     app.remote("chat.boom.remote", |_: App, msg: Value| async move {
         let later = later(&msg);

@@ -189,6 +189,15 @@ fn count(cluster: &Cluster, id: &str, needle: &str) -> usize {
     cluster.log(id).matches(needle).count()
 }
 
+/// How many times the two frontends announced that `server` was added, together.
+fn added(cluster: &Cluster, server: &str) -> usize {
+    let needle = format!("server added server={server}");
+    ["connector-server-1", "connector-server-2"]
+        .iter()
+        .map(|f| count(cluster, f, &needle))
+        .sum()
+}
+
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> Result<()> {
     let setup = args()?;
@@ -249,15 +258,7 @@ async fn main() -> Result<()> {
         let victim = rotation[k % rotation.len()];
         k += 1;
         let pid = cluster.server_pids()[victim];
-        let before_added = count(
-            &cluster,
-            "connector-server-1",
-            &format!("server added server={victim}"),
-        ) + count(
-            &cluster,
-            "connector-server-2",
-            &format!("server added server={victim}"),
-        );
+        let before_added = added(&cluster, victim);
         let registered = count(&cluster, victim, "every configured server has registered");
         kill(Pid::from_raw(pid), Signal::SIGKILL)?;
         let killed = Instant::now();
@@ -269,15 +270,7 @@ async fn main() -> Result<()> {
         // registered again and knows everyone.
         let back = loop {
             let done = if victim.starts_with("chat") {
-                count(
-                    &cluster,
-                    "connector-server-1",
-                    &format!("server added server={victim}"),
-                ) + count(
-                    &cluster,
-                    "connector-server-2",
-                    &format!("server added server={victim}"),
-                ) >= before_added + 2
+                added(&cluster, victim) >= before_added + 2
             } else {
                 count(&cluster, victim, "every configured server has registered") > registered
             };

@@ -78,18 +78,18 @@ pub(super) fn config(
         let policy = s.settings.restart;
         let launch = if s.settings.external {
             "external"
-        } else if this_host.is_local(&s.host) {
+        } else if this_host.is_local(&s.info.host) {
             "local"
         } else {
             "remote"
         };
         rows.push(ConfigRow {
-            id: s.id.clone(),
-            server_type: s.server_type.clone(),
-            host: s.host.clone(),
-            port: s.port,
-            frontend: s.frontend,
-            client_port: s.client_port,
+            id: s.info.id.clone(),
+            server_type: s.info.server_type.clone(),
+            host: s.info.host.clone(),
+            port: s.info.port,
+            frontend: s.info.frontend,
+            client_port: s.info.client_port,
             bin: bin
                 .clone()
                 .or_else(|| project.server_bin(s))

@@ -1,11 +1,12 @@
 //! `kennel start`: the master in the foreground (signals, `logs/master.log`, [`run`]) and
 //! `kennel start --daemon` (the same, detached, watched until the cluster is up).
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use kennel_config::Secrets;
+use kennel_config::{Project, Secrets};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
@@ -44,12 +45,7 @@ pub(super) async fn start(args: StartArgs, defaults: &Defaults) -> Result<ExitCo
         // In the foreground the master also logs to logs/master.log, so losing the terminal
         // (or the pipe it prints into) loses none of its log. Detached, its stdout and stderr
         // are that file already.
-        let logs_dir = project.dir.join(LOGS_DIR);
-        std::fs::create_dir_all(&logs_dir)
-            .with_context(|| format!("cannot create {}", logs_dir.display()))?;
-        let path = logs_dir.join(MASTER_LOG);
-        let log = crate::logs::open_log(&path)
-            .with_context(|| format!("cannot open {}", path.display()))?;
+        let (_, log) = open_master_log(&project)?;
         crate::console::log_to(log);
     }
 
@@ -84,6 +80,18 @@ pub(super) async fn start(args: StartArgs, defaults: &Defaults) -> Result<ExitCo
     Ok(ExitCode::SUCCESS)
 }
 
+/// Opens the master's log, `logs/master.log` of the project (creating the dir), for appending;
+/// returns its path and the file.
+fn open_master_log(project: &Project) -> Result<(PathBuf, std::fs::File)> {
+    let logs_dir = project.dir.join(LOGS_DIR);
+    std::fs::create_dir_all(&logs_dir)
+        .with_context(|| format!("cannot create {}", logs_dir.display()))?;
+    let path = logs_dir.join(MASTER_LOG);
+    let log =
+        crate::logs::open_log(&path).with_context(|| format!("cannot open {}", path.display()))?;
+    Ok((path, log))
+}
+
 /// `kennel start --daemon`: starts `kennel start --detached` in a session of its own with its
 /// output in `logs/master.log`, then waits until every server it starts has registered.
 /// Fails (exit 1) with the reason when the master exits during startup (its last log lines),
@@ -99,12 +107,7 @@ pub(super) async fn start_daemon(args: StartArgs, defaults: &Defaults) -> Result
             "something already listens on the master port {addr} (a running master? `kennel list`)"
         );
     }
-    let logs_dir = project.dir.join(LOGS_DIR);
-    std::fs::create_dir_all(&logs_dir)
-        .with_context(|| format!("cannot create {}", logs_dir.display()))?;
-    let log_path = logs_dir.join(MASTER_LOG);
-    let log = crate::logs::open_log(&log_path)
-        .with_context(|| format!("cannot open {}", log_path.display()))?;
+    let (log_path, log) = open_master_log(&project)?;
     let log_err = log.try_clone()?;
     let from = crate::logs::current_len(&log_path);
 
@@ -185,7 +188,7 @@ pub(super) async fn start_daemon(args: StartArgs, defaults: &Defaults) -> Result
                 anyhow::bail!(
                     "{} is crash-looping (see {}); {keeps_running}",
                     r.id,
-                    crate::logs::log_path(&logs_dir, &r.id).display()
+                    crate::logs::log_path(&project.dir.join(LOGS_DIR), &r.id).display()
                 );
             }
         }

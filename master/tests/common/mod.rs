@@ -91,12 +91,7 @@ pub fn write_script(path: &Path, text: &str) {
 /// The `kennel` binary under test.
 pub fn kennel() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_kennel"));
-    for var in [
-        "KENNEL_SERVER_SECRET",
-        "KENNEL_CLI_SECRET",
-        "KENNEL_MASTER_HOST",
-        "KENNEL_MASTER_PORT",
-    ] {
+    for var in kennel_config::ENV_VARS {
         cmd.env_remove(var);
     }
     cmd

@@ -17,7 +17,6 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use kennel_config::{Project, SecretKind, Secrets};
-use kennel_proto::msg;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
@@ -109,9 +108,9 @@ impl App {
         for w in project.warnings.iter().filter(|w| w.concerns(&args.id)) {
             warn!("{w}");
         }
-        let me = ServerInfo::from(&msg::ServerInfo::from_config(entry, 0));
+        let me = entry.info.clone();
         // Checked when the project loaded; read again here for the server's own copy.
-        let client_certs = match (&entry.settings.connector.tls, entry.frontend) {
+        let client_certs = match (&entry.settings.connector.tls, entry.info.frontend) {
             (Some(tls), true) => {
                 Some(Arc::new(ClientCerts::load(tls).map_err(|e| {
                     Error::Setup(format!("{}: TLS for clients: {e}", args.id))

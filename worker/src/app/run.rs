@@ -240,7 +240,7 @@ impl Members {
             .project
             .servers
             .iter()
-            .all(|s| known.contains(&s.id));
+            .all(|s| known.contains(&s.info.id));
         if all && !app.inner.started_all.swap(true, Ordering::AcqRel) {
             info!("every configured server has registered");
             for cb in app.callbacks().map_or(&[][..], |c| &c.on_start_all[..]) {

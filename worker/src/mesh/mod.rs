@@ -14,8 +14,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use kennel_proto::msg::{self, ClientPush, ClientRequest, Report, RpcRequest, SessionApply};
-use serde_json::{Map, Value};
+use kennel_proto::msg::{ClientPush, ClientRequest, Report, RpcRequest, SessionApply};
 use tokio_util::sync::CancellationToken;
 
 pub(crate) mod io;
@@ -30,38 +29,9 @@ use link::Link;
 use peers::Peers;
 use rpc_config::RpcConfig;
 
-/// A server as the cluster knows it (from the master's list: what the server registered).
-#[derive(Debug, Clone, PartialEq)]
-pub struct ServerInfo {
-    /// Server id.
-    pub id: String,
-    /// Server type.
-    pub server_type: String,
-    /// RPC host.
-    pub host: String,
-    /// RPC port.
-    pub port: u16,
-    /// Whether clients connect to it.
-    pub frontend: bool,
-    /// Client port (frontends).
-    pub client_port: Option<u16>,
-    /// The config entry's extra keys.
-    pub extra: Map<String, Value>,
-}
-
-impl From<&msg::ServerInfo> for ServerInfo {
-    fn from(s: &msg::ServerInfo) -> Self {
-        ServerInfo {
-            id: s.id.clone(),
-            server_type: s.server_type.clone(),
-            host: s.host.clone(),
-            port: s.rpc_port(),
-            frontend: s.frontend,
-            client_port: s.client_port(),
-            extra: s.extra(),
-        }
-    }
-}
+/// A server as the cluster knows it (from the master's list: what the server registered; the
+/// same description as a config entry's `info`, built from the wire in kennel-proto).
+pub use kennel_config::ServerInfo;
 
 /// How the messages a link reads for the game leave the mesh (implemented by routing). Each
 /// is called on the link's reader task, in arrival order, and must not wait.

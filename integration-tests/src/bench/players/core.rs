@@ -13,6 +13,7 @@ use hdrhistogram::Histogram;
 use kennel_proto::client::{TYPE_HEARTBEAT, TYPE_MESSAGE};
 
 use super::{Mode, Spec, StepResult, cpu};
+use crate::bench::report::Counts;
 
 /// Messages one player may have in flight in the open loop. A player that would exceed it
 /// skips the send and counts an overrun: 32 messages at 10/s is 3.2 s of backlog, far past any
@@ -464,7 +465,6 @@ impl Core {
                 Mode::Closed => f64::NAN,
                 Mode::Open { rate } => rate * self.spec.players as f64,
             },
-            completed: self.completed,
             sent_in_window: self.sent_in_window,
             p50_ms: q(&self.hist, 0.5),
             p99_ms: q(&self.hist, 0.99),
@@ -474,13 +474,16 @@ impl Core {
                 self.hist.max() as f64 / 1e3
             },
             lag_p99_ms: q(&self.lag, 0.99),
-            sent: self.sent,
-            expected: self.expected,
-            received: self.received,
-            mismatched: self.mismatched,
-            unexpected: self.unexpected,
             overruns: self.overruns,
-            errors,
+            counts: Counts {
+                sent: self.sent,
+                expected: self.expected,
+                received: self.received,
+                completed: self.completed,
+                mismatched: self.mismatched,
+                unexpected: self.unexpected,
+                errors,
+            },
             server_cpu,
             gen_cpu,
             wall,

@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use super::load::Window;
+use super::report::Counts;
 
 /// What the players do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -143,8 +144,6 @@ pub struct StepResult {
     pub players: usize,
     /// Offered messages per second (open loop; NaN for the closed loop).
     pub offered: f64,
-    /// Replies (chat: deliveries) that arrived inside the measured window.
-    pub completed: u64,
     /// Messages sent inside the measured window.
     pub sent_in_window: u64,
     /// Latency quantiles of `completed`, ms (open loop: from the scheduled send time).
@@ -155,25 +154,17 @@ pub struct StepResult {
     pub max_ms: f64,
     /// Open loop: 99th percentile of how late the generator sent (actual - scheduled), ms.
     pub lag_p99_ms: f64,
-    /// Messages sent over the whole step.
-    pub sent: u64,
-    /// Replies or deliveries those messages make.
-    pub expected: u64,
-    /// Replies or deliveries received (after the drain).
-    pub received: u64,
-    /// Replies whose payload differed from the request (chat: unparsable deliveries).
-    pub mismatched: u64,
-    /// Frames on another cmd, replies nobody waited for, deliveries from another room.
-    pub unexpected: u64,
     /// Open-loop sends skipped because the player had its maximum in flight.
     pub overruns: u64,
-    /// Connection errors (the first few).
-    pub errors: Vec<String>,
+    /// What the step sent and got back (`completed`: inside the measured window).
+    #[serde(flatten)]
+    pub counts: Counts,
     /// Server CPU seconds inside the window.
     pub server_cpu: f64,
     /// This process's CPU seconds inside the window.
     pub gen_cpu: f64,
     /// The window's wall seconds.
+    #[serde(rename = "wall_s")]
     pub wall: f64,
     /// From the end of the window to the last reply (or giving up), seconds.
     pub drain_s: f64,
@@ -182,7 +173,7 @@ pub struct StepResult {
 impl StepResult {
     /// Replies (or deliveries) per second inside the window.
     pub fn rate(&self) -> f64 {
-        self.completed as f64 / self.wall.max(1e-9)
+        self.counts.completed as f64 / self.wall.max(1e-9)
     }
 
     /// Messages sent per second inside the window.
@@ -196,7 +187,7 @@ impl StepResult {
         (if chat {
             self.sent_in_window
         } else {
-            self.completed
+            self.counts.completed
         })
         .max(1) as f64
     }
@@ -208,7 +199,7 @@ impl StepResult {
 
     /// Server CPU µs per delivery (chat).
     pub fn server_us_per_delivery(&self) -> f64 {
-        self.server_cpu * 1e6 / self.completed.max(1) as f64
+        self.server_cpu * 1e6 / self.counts.completed.max(1) as f64
     }
 
     /// Load generator CPU µs per client message.
@@ -223,29 +214,12 @@ impl StepResult {
 
     /// Replies or deliveries that never arrived.
     pub fn lost(&self) -> u64 {
-        self.expected.saturating_sub(self.received)
+        self.counts.lost()
     }
 
     /// Why this step does not account for every reply, if it does not.
     pub fn accounting_problem(&self) -> Option<String> {
-        if self.errors.is_empty()
-            && self.received == self.expected
-            && self.mismatched == 0
-            && self.unexpected == 0
-            && self.completed > 0
-        {
-            return None;
-        }
-        Some(format!(
-            "sent {} expected {} received {} completed-in-window {} mismatched {} unexpected {} errors {:?}",
-            self.sent,
-            self.expected,
-            self.received,
-            self.completed,
-            self.mismatched,
-            self.unexpected,
-            self.errors
-        ))
+        self.counts.problem()
     }
 }
 

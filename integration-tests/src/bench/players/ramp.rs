@@ -328,18 +328,7 @@ fn record(
     results.accounting.push(Accounting {
         scenario: label.to_string(),
         system: system.name(),
-        players: r.players,
-        offered: (!r.offered.is_nan()).then_some(r.offered),
-        completed: r.completed,
-        sent_in_window: r.sent_in_window,
-        wall_s: r.wall,
-        sent: r.sent,
-        expected: r.expected,
-        received: r.received,
-        mismatched: r.mismatched,
-        unexpected: r.unexpected,
-        overruns: r.overruns,
-        errors: r.errors.clone(),
+        step: r.clone(),
     });
 }
 
