@@ -90,7 +90,7 @@ fn a_valid_certificate_loads_with_absolute_paths_and_the_default_reload() {
     );
     // The keys stay in `extra` for the game, as mydog's do.
     assert_eq!(
-        p.server("connector-server-1").unwrap().extra["ssl"],
+        p.server("connector-server-1").unwrap().info.extra["ssl"],
         json!(true)
     );
 
@@ -132,7 +132,7 @@ fn without_ssl_cert_and_key_are_game_keys() {
     let p = load(dir.path()).unwrap();
     let s = p.server("connector-server-1").unwrap();
     assert_eq!(s.settings.connector.tls, None);
-    assert_eq!(s.extra["key"], json!({"a": 1}));
+    assert_eq!(s.info.extra["key"], json!({"a": 1}));
     let p = load(frontend(json!({"key": "not a file"}), &[]).path()).unwrap();
     assert_eq!(
         p.server("connector-server-1")

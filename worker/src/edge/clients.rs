@@ -394,3 +394,115 @@ impl<S: ClientSession> Clients<S> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    /// A loopback pair with small socket buffers: the server side (direct writes), the client.
+    async fn small_pair() -> (TcpStream, TcpStream) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let s = tokio::net::TcpSocket::new_v4().unwrap();
+        s.set_recv_buffer_size(4096).unwrap();
+        let client = s.connect(l.local_addr().unwrap()).await.unwrap();
+        let (server, _) = l.accept().await.unwrap();
+        socket2::SockRef::from(&server)
+            .set_send_buffer_size(4096)
+            .unwrap();
+        (server, client)
+    }
+
+    fn conn(direct: Option<Arc<TcpStream>>) -> Arc<Conn> {
+        let limits = Arc::new(ConnLimits {
+            send_queue_bytes: 16 << 20,
+            max_in_flight: 8,
+            drops: Arc::default(),
+        });
+        Arc::new(Conn::new(1, limits, direct))
+    }
+
+    /// Frames sent while the task is idle go straight to the socket; once it is full, the rest
+    /// of a frame and every later one wait in the queue for the task, in order, and the
+    /// pending-byte count covers exactly what the socket has not taken.
+    #[tokio::test]
+    async fn direct_writes_leave_what_the_socket_refuses_queued_in_order() {
+        let (server, mut client) = small_pair().await;
+        let socket = Arc::new(server);
+        let conn = conn(Some(socket.clone()));
+        let mut out = VecDeque::new();
+        assert!(
+            conn.take(&mut out, true),
+            "an idle task with a socket marks itself idle"
+        );
+
+        let frames: Vec<Bytes> = (0..64u8).map(|i| Bytes::from(vec![i; 10_000])).collect();
+        let mut woken = false;
+        for f in &frames {
+            conn.send(f.clone());
+            // The queue's wake-up fires once the socket refused part of a frame.
+            woken |= tokio::time::timeout(std::time::Duration::ZERO, conn.queued())
+                .await
+                .is_ok();
+        }
+        assert!(woken, "a full socket wakes the task");
+        let pending = conn.pending.load(Ordering::Relaxed);
+        assert!(pending > 0 && pending < 640_000, "pending {pending}");
+
+        // The task's part: it runs again, takes the rest and writes it as the socket drains.
+        conn.wake();
+        conn.take(&mut out, false);
+        assert_eq!(out.iter().map(Bytes::len).sum::<usize>(), pending);
+        let expected: Vec<u8> = frames.iter().flat_map(|f| f.iter().copied()).collect();
+        let reading = tokio::spawn(async move {
+            let mut got = vec![0; expected.len()];
+            client.read_exact(&mut got).await.unwrap();
+            assert!(got == expected, "the bytes differ from the frames in order");
+        });
+        for mut f in out.drain(..) {
+            while !f.is_empty() {
+                socket.writable().await.unwrap();
+                match socket.try_write(&f) {
+                    Ok(n) => f.advance(n),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        }
+        reading.await.unwrap();
+    }
+
+    /// Inside `deferred`, frames wait for `flush`, which writes each client's in one go.
+    #[tokio::test]
+    async fn deferred_frames_go_out_at_the_flush() {
+        let (server, mut client) = small_pair().await;
+        let conn = conn(Some(Arc::new(server)));
+        let mut out = VecDeque::new();
+        conn.take(&mut out, true);
+        direct::deferred(|| {
+            conn.send(Bytes::from_static(b"one "));
+            conn.send(Bytes::from_static(b"two"));
+        });
+        assert_eq!(
+            conn.pending.load(Ordering::Relaxed),
+            7,
+            "held until the flush"
+        );
+        direct::flush();
+        assert_eq!(conn.pending.load(Ordering::Relaxed), 0);
+        let mut got = [0; 7];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"one two");
+    }
+
+    /// A busy task (not idle) gets its frames queued, never written behind its back.
+    #[tokio::test]
+    async fn a_busy_task_is_never_written_past() {
+        let (server, _client) = small_pair().await;
+        let conn = conn(Some(Arc::new(server)));
+        conn.send(Bytes::from_static(b"queued"));
+        let mut out = VecDeque::new();
+        assert!(!conn.take(&mut out, false));
+        assert_eq!(out, [Bytes::from_static(b"queued")]);
+    }
+}

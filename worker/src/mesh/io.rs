@@ -548,13 +548,13 @@ mod tests {
             }
         });
         for seq in 0..20_000 {
-            let m = tokio::time::timeout(Duration::from_secs(10), r.next())
+            let m = tokio::time::timeout(Duration::from_secs(10), r.next(|| {}))
                 .await
                 .unwrap();
             assert_eq!(m.unwrap().unwrap(), ping(seq));
         }
         writer.await.unwrap();
-        let end = tokio::time::timeout(Duration::from_secs(10), r.next()).await;
+        let end = tokio::time::timeout(Duration::from_secs(10), r.next(|| {})).await;
         assert!(
             end.unwrap().is_none(),
             "a close between messages ends the link"
@@ -568,7 +568,7 @@ mod tests {
         encode_frame(&ping(1), &mut bytes);
         w.write_all(&bytes[..bytes.len() - 1]).await.unwrap();
         drop(w);
-        let m = tokio::time::timeout(Duration::from_secs(10), r.next()).await;
+        let m = tokio::time::timeout(Duration::from_secs(10), r.next(|| {})).await;
         assert!(matches!(m.unwrap(), Some(Err(LinkError::Io(_)))));
     }
 
@@ -607,7 +607,7 @@ mod tests {
     async fn an_oversized_frame_is_an_error() {
         let (mut r, mut w) = reader().await;
         w.write_all(&(2u32 << 20).to_be_bytes()).await.unwrap();
-        let m = tokio::time::timeout(Duration::from_secs(10), r.next()).await;
+        let m = tokio::time::timeout(Duration::from_secs(10), r.next(|| {})).await;
         assert!(matches!(m.unwrap(), Some(Err(_))));
     }
 }

@@ -349,7 +349,7 @@ mod tests {
 
     fn queued(conn: &Conn) -> usize {
         let mut out = VecDeque::new();
-        conn.take(&mut out);
+        conn.take(&mut out, false);
         out.len()
     }
 
