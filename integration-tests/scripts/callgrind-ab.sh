@@ -8,8 +8,9 @@
 # commits). For each side in turn: the cluster (1 TCP frontend, 2 chat servers, rate limit
 # off) runs under `valgrind --tool=callgrind --trace-children=yes`; the `fixed-client` binary
 # (integration-tests/src/bin/fixed-client.rs, on kennel-client) logs in and sends `requests`
-# requests one at a time to each echo route, zeroing the counters before and dumping them after
-# each route. Prints instructions per request per server.
+# requests one at a time to each echo route, then as many room-of-20 chat messages, zeroing the
+# counters before and dumping them after each. Prints instructions per request (per chat
+# message: its 20 pushes included) per server.
 set -euo pipefail
 a=$1; b=$2; n=${3:-3000}; rounds=${4:-2}
 here=$(cd "$(dirname "$0")" && pwd); repo=$(cd "$here/../.." && pwd)
@@ -32,14 +33,14 @@ side() { # <label> <dir>
   local mpid=$!
   for _ in $(seq 1 240); do grep -q "cluster ready" "$out/master.log" && break; sleep 1; done
   grep -q "cluster ready" "$out/master.log" || { echo "$1: cluster not ready"; kill -INT $mpid; return 1; }
-  for r in connector.main.echo chat.main.echo chat.main.rpcEcho; do
+  for r in connector.main.echo chat.main.echo chat.main.rpcEcho room-chat; do
     "$client" 4001 "$r" "$n" > /dev/null
   done
   kill -INT $mpid; wait $mpid || true
   python3 - "$out" "$n" "$1" <<'PY'
 import glob, re, sys, collections
 out, n, label = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-routes = ["connector.main.echo", "chat.main.echo", "chat.main.rpcEcho"]
+routes = ["connector.main.echo", "chat.main.echo", "chat.main.rpcEcho", "room-chat"]
 tot = collections.defaultdict(dict)
 for f in glob.glob(f"{out}/*.out.*"):
     text = open(f).read()

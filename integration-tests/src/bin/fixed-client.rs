@@ -8,6 +8,9 @@
 //! the counts of one binary came out 7,400 or 11,000 instructions per request run to run.
 //!
 //! `fixed-client <port> <route> <n> [think ms]`
+//!
+//! With the route `room-chat`, 20 players log in to one room and join it, and the first sends
+//! `n` `chat.main.send` messages, each awaited at every player (20 pushes per message).
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -48,6 +51,46 @@ fn callgrind_control(flag: &str) {
         .status();
 }
 
+/// Players in the `room-chat` room.
+const ROOM: usize = 20;
+
+/// One player: connected and logged in to room 7, joined when `join`.
+async fn player(port: &str, uid: u64, join: bool) -> Result<Connection> {
+    let mut c = ClientBuilder::new(format!("127.0.0.1:{port}"))
+        .no_route_cache()
+        .connect_timeout(REPLY_TIMEOUT)
+        .connect_raw()
+        .await?;
+    login_as(&mut c, uid, 7, join).await?;
+    Ok(c)
+}
+
+/// `k` chat messages from the first player, each awaited at every player.
+async fn chat(room: &mut [Connection], k: usize, think: Duration) -> Result<()> {
+    let send = room[0].handshake.routes.cmd("chat.main.send")?;
+    let on_chat = room[0].handshake.routes.cmd("chat.main.onChat")?;
+    for i in 0..k {
+        tokio::time::sleep(think).await;
+        room[0]
+            .writer
+            .push_message(send, br#"{"msg": "hello there, room"}"#);
+        room[0].writer.flush().await?;
+        for p in room.iter_mut() {
+            loop {
+                let f = tokio::time::timeout(REPLY_TIMEOUT, p.reader.next())
+                    .await
+                    .with_context(|| {
+                        format!("no push of message {i} within {REPLY_TIMEOUT:?}")
+                    })??;
+                if matches!(f, Frame::Message { cmd, .. } if cmd == on_chat) {
+                    break;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -60,19 +103,24 @@ async fn main() -> Result<()> {
     let think = Duration::from_secs_f64(
         think.parse::<f64>().context("[think ms] takes a number")? / 1000.0,
     );
-    let mut c = ClientBuilder::new(format!("127.0.0.1:{port}"))
-        .no_route_cache()
-        .connect_timeout(REPLY_TIMEOUT)
-        .connect_raw()
-        .await?;
+    let base = u64::from(std::process::id() % 10_000) * 100 + 1;
+    if route == "room-chat" {
+        let mut room = Vec::new();
+        for i in 0..ROOM {
+            room.push(player(port, base + i as u64, true).await?);
+        }
+        chat(&mut room, 50, think).await?;
+        callgrind_control("-z");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let t0 = Instant::now();
+        chat(&mut room, n, think).await?;
+        let dt = t0.elapsed();
+        callgrind_control("-d");
+        println!("{route}: {n} messages in {:.1}s", dt.as_secs_f64());
+        return Ok(());
+    }
+    let mut c = player(port, base, false).await?;
     let cmd = c.handshake.routes.cmd(route)?;
-    login_as(
-        &mut c,
-        u64::from(std::process::id() % 100_000 + 1),
-        1,
-        false,
-    )
-    .await?;
     requests(&mut c, cmd, 100, think).await?;
     callgrind_control("-z");
     tokio::time::sleep(Duration::from_secs(1)).await;

@@ -14,21 +14,28 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
+use std::io;
+
+use bytes::{Buf, Bytes};
+use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 use crate::clock::now_ms;
-use crate::edge::ClientSession;
+use crate::edge::{ClientSession, direct};
 
 /// Frames queued per connection before a non-reading client is closed.
 pub(crate) const SEND_QUEUE: usize = 1024;
 
 /// One live client connection's sending side: a queue of encoded frames (a plain deque under
-/// a lock: an idle connection holds no queue memory) and the wake-up of its task.
+/// a lock: an idle connection holds no queue memory) and the wake-up of its task; for a plain
+/// TCP client, its socket, which others write to directly while the task is idle
+/// (`direct.rs`).
 pub(crate) struct Conn {
     /// Connection id (unique on this frontend).
     pub(crate) id: u64,
-    queue: Mutex<VecDeque<Bytes>>,
+    queue: Mutex<Queue>,
+    /// The socket direct writes go to (plain TCP without `interval`).
+    direct: Option<Arc<TcpStream>>,
     /// Signalled when the queue goes from empty to non-empty.
     ready: Notify,
     /// Set to close the connection (by the server, or when the client leaves); what is
@@ -43,6 +50,17 @@ pub(crate) struct Conn {
     limits: Arc<ConnLimits>,
 }
 
+/// A connection's frames not yet taken by its task, and whether the task is idle.
+#[derive(Default)]
+struct Queue {
+    frames: VecDeque<Bytes>,
+    /// The task waits with nothing to write: others may write to the socket (under the lock).
+    idle: bool,
+}
+
+/// Frames one direct write hands to the socket at most (one `writev`).
+const DIRECT_SLICES: usize = 64;
+
 /// What bounds every connection of a frontend (shared by them).
 pub(crate) struct ConnLimits {
     /// `sendQueueBytes`.
@@ -54,10 +72,12 @@ pub(crate) struct ConnLimits {
 }
 
 impl Conn {
-    pub(crate) fn new(id: u64, limits: Arc<ConnLimits>) -> Conn {
+    /// A connection; `direct`: its socket, when others may write to it while it is idle.
+    pub(crate) fn new(id: u64, limits: Arc<ConnLimits>, direct: Option<Arc<TcpStream>>) -> Conn {
         Conn {
             id,
-            queue: Mutex::new(VecDeque::new()),
+            queue: Mutex::new(Queue::default()),
+            direct,
             ready: Notify::new(),
             closing: AtomicBool::new(false),
             heard: AtomicU64::new(now_ms()),
@@ -74,10 +94,11 @@ impl Conn {
 
     /// Queues one encoded frame; a full queue (frames or bytes) closes the connection and
     /// drops the frame. A single frame larger than `sendQueueBytes` goes out when nothing
-    /// else is pending.
-    pub(crate) fn send(&self, frame: Bytes) {
+    /// else is pending. While the task is idle the frame is written at once (or, inside
+    /// [`direct::deferred`], at the next [`direct::flush`]) instead of waking the task.
+    pub(crate) fn send(self: &Arc<Self>, frame: Bytes) {
         let mut q = self.queue.lock().unwrap();
-        if q.len() >= SEND_QUEUE {
+        if q.frames.len() >= SEND_QUEUE {
             drop(q);
             self.queue_full(format_args!("{SEND_QUEUE} frames"));
             return;
@@ -92,12 +113,71 @@ impl Conn {
             return;
         }
         self.pending.fetch_add(frame.len(), Ordering::Relaxed);
-        let wake = q.is_empty();
-        q.push_back(frame);
-        drop(q);
-        if wake {
-            self.ready.notify_one();
+        let first = q.frames.is_empty();
+        q.frames.push_back(frame);
+        if !first {
+            return; // already written for, deferred or the task woken
         }
+        if self.direct.is_some() {
+            if !q.idle {
+                // The task is running or waits to write: it takes the queue before it idles.
+                return;
+            }
+            if !self.is_closing() {
+                if direct::deferring() {
+                    drop(q);
+                    direct::defer(self);
+                    return;
+                }
+                if self.write_direct(&mut q) {
+                    return;
+                }
+            }
+        }
+        drop(q);
+        self.ready.notify_one();
+    }
+
+    /// Writes what [`Conn::send`] deferred, if the task is still idle; otherwise (or for what
+    /// the socket does not take) wakes the task.
+    pub(crate) fn flush_direct(&self) {
+        let mut q = self.queue.lock().unwrap();
+        if q.frames.is_empty() {
+            return;
+        }
+        if q.idle && !self.is_closing() && self.write_direct(&mut q) {
+            return;
+        }
+        drop(q);
+        self.ready.notify_one();
+    }
+
+    /// One vectored write of the queue to the socket, the lock held (so nobody else writes);
+    /// true when the queue is empty after it. An error is left for the task to meet.
+    fn write_direct(&self, q: &mut Queue) -> bool {
+        let Some(socket) = &self.direct else {
+            return false;
+        };
+        let mut slices = [io::IoSlice::new(&[]); DIRECT_SLICES];
+        let n = q
+            .frames
+            .iter()
+            .zip(slices.iter_mut())
+            .map(|(f, s)| *s = io::IoSlice::new(f))
+            .count();
+        let Ok(mut written) = socket.try_write_vectored(&slices[..n]) else {
+            return false;
+        };
+        self.written(written);
+        while let Some(front) = q.frames.front_mut() {
+            if front.len() > written {
+                front.advance(written);
+                break;
+            }
+            written -= front.len();
+            q.frames.pop_front();
+        }
+        q.frames.is_empty()
     }
 
     /// Closes the connection for a full send queue (logged and counted once).
@@ -129,14 +209,24 @@ impl Conn {
         self.in_flight.load(Ordering::Acquire) >= self.limits.max_in_flight
     }
 
-    /// Moves every queued frame to the end of `out` (the next writes).
-    pub(crate) fn take(&self, out: &mut VecDeque<Bytes>) {
+    /// Moves every queued frame to the end of `out` (the next writes). With `may_idle` (the
+    /// task has nothing else to write and is about to wait), a still empty `out` marks the
+    /// connection idle: until [`Conn::wake`], others write to its socket directly.
+    pub(crate) fn take(&self, out: &mut VecDeque<Bytes>, may_idle: bool) -> bool {
         let mut q = self.queue.lock().unwrap();
         if out.is_empty() {
-            std::mem::swap(&mut *q, out);
+            std::mem::swap(&mut q.frames, out);
         } else {
-            out.extend(q.drain(..));
+            out.extend(q.frames.drain(..));
         }
+        q.idle = may_idle && out.is_empty() && self.direct.is_some();
+        q.idle
+    }
+
+    /// The task is running again (after [`Conn::take`] marked it idle): from here on only it
+    /// writes to the socket.
+    pub(crate) fn wake(&self) {
+        self.queue.lock().unwrap().idle = false;
     }
 
     /// Waits until a frame is queued (returns at once if one was queued since the last wait).
@@ -302,5 +392,117 @@ impl<S: ClientSession> Clients<S> {
         for (c, _) in self.conns.lock().unwrap().values() {
             c.send(frame.clone());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    /// A loopback pair with small socket buffers: the server side (direct writes), the client.
+    async fn small_pair() -> (TcpStream, TcpStream) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let s = tokio::net::TcpSocket::new_v4().unwrap();
+        s.set_recv_buffer_size(4096).unwrap();
+        let client = s.connect(l.local_addr().unwrap()).await.unwrap();
+        let (server, _) = l.accept().await.unwrap();
+        socket2::SockRef::from(&server)
+            .set_send_buffer_size(4096)
+            .unwrap();
+        (server, client)
+    }
+
+    fn conn(direct: Option<Arc<TcpStream>>) -> Arc<Conn> {
+        let limits = Arc::new(ConnLimits {
+            send_queue_bytes: 16 << 20,
+            max_in_flight: 8,
+            drops: Arc::default(),
+        });
+        Arc::new(Conn::new(1, limits, direct))
+    }
+
+    /// Frames sent while the task is idle go straight to the socket; once it is full, the rest
+    /// of a frame and every later one wait in the queue for the task, in order, and the
+    /// pending-byte count covers exactly what the socket has not taken.
+    #[tokio::test]
+    async fn direct_writes_leave_what_the_socket_refuses_queued_in_order() {
+        let (server, mut client) = small_pair().await;
+        let socket = Arc::new(server);
+        let conn = conn(Some(socket.clone()));
+        let mut out = VecDeque::new();
+        assert!(
+            conn.take(&mut out, true),
+            "an idle task with a socket marks itself idle"
+        );
+
+        let frames: Vec<Bytes> = (0..64u8).map(|i| Bytes::from(vec![i; 10_000])).collect();
+        let mut woken = false;
+        for f in &frames {
+            conn.send(f.clone());
+            // The queue's wake-up fires once the socket refused part of a frame.
+            woken |= tokio::time::timeout(std::time::Duration::ZERO, conn.queued())
+                .await
+                .is_ok();
+        }
+        assert!(woken, "a full socket wakes the task");
+        let pending = conn.pending.load(Ordering::Relaxed);
+        assert!(pending > 0 && pending < 640_000, "pending {pending}");
+
+        // The task's part: it runs again, takes the rest and writes it as the socket drains.
+        conn.wake();
+        conn.take(&mut out, false);
+        assert_eq!(out.iter().map(Bytes::len).sum::<usize>(), pending);
+        let expected: Vec<u8> = frames.iter().flat_map(|f| f.iter().copied()).collect();
+        let reading = tokio::spawn(async move {
+            let mut got = vec![0; expected.len()];
+            client.read_exact(&mut got).await.unwrap();
+            assert!(got == expected, "the bytes differ from the frames in order");
+        });
+        for mut f in out.drain(..) {
+            while !f.is_empty() {
+                socket.writable().await.unwrap();
+                match socket.try_write(&f) {
+                    Ok(n) => f.advance(n),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        }
+        reading.await.unwrap();
+    }
+
+    /// Inside `deferred`, frames wait for `flush`, which writes each client's in one go.
+    #[tokio::test]
+    async fn deferred_frames_go_out_at_the_flush() {
+        let (server, mut client) = small_pair().await;
+        let conn = conn(Some(Arc::new(server)));
+        let mut out = VecDeque::new();
+        conn.take(&mut out, true);
+        direct::deferred(|| {
+            conn.send(Bytes::from_static(b"one "));
+            conn.send(Bytes::from_static(b"two"));
+        });
+        assert_eq!(
+            conn.pending.load(Ordering::Relaxed),
+            7,
+            "held until the flush"
+        );
+        direct::flush();
+        assert_eq!(conn.pending.load(Ordering::Relaxed), 0);
+        let mut got = [0; 7];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"one two");
+    }
+
+    /// A busy task (not idle) gets its frames queued, never written behind its back.
+    #[tokio::test]
+    async fn a_busy_task_is_never_written_past() {
+        let (server, _client) = small_pair().await;
+        let conn = conn(Some(Arc::new(server)));
+        conn.send(Bytes::from_static(b"queued"));
+        let mut out = VecDeque::new();
+        assert!(!conn.take(&mut out, false));
+        assert_eq!(out, [Bytes::from_static(b"queued")]);
     }
 }

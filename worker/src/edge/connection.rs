@@ -218,7 +218,9 @@ async fn open<W: Wire, K: ClientSink>(
     };
     io.codec.max_len = c.cfg.max_len;
     io.wire.handshake_done();
-    let conn = Arc::new(Conn::new(c.clients.next_id(), c.limits.clone()));
+    // Direct writes need the plain socket and no `interval` (which holds frames back).
+    let direct = io.wire.direct().filter(|_| c.cfg.interval.is_zero());
+    let conn = Arc::new(Conn::new(c.clients.next_id(), c.limits.clone(), direct));
     let session = c.sink.open(conn.clone(), addr.ip().to_string());
     conn.send(c.handshake_reply(&req));
     c.clients.add(conn.clone(), session.clone());
@@ -271,7 +273,7 @@ const OUT_BATCH: usize = 64;
 async fn conn_loop<W: Wire, K: ClientSink>(
     c: &Connector<K>,
     session: &K::Session,
-    conn: &Conn,
+    conn: &Arc<Conn>,
     io: &mut ClientIo<W>,
     out: &mut VecDeque<Bytes>,
 ) -> Result<(), String> {
@@ -314,9 +316,13 @@ async fn conn_loop<W: Wire, K: ClientSink>(
         if conn.is_closing() {
             return Ok(());
         }
+        // Idle (nothing to write, about to wait): others may write to the socket directly
+        // until this task runs again (`direct.rs`).
+        let mut idle = false;
         if out.len() < OUT_BATCH {
             let was_empty = out.is_empty();
-            conn.take(out);
+            let may_idle = was_empty && hold.is_none() && !io.wire.write_pending(out);
+            idle = conn.take(out, may_idle);
             if was_empty && !out.is_empty() && !cfg.interval.is_zero() {
                 hold = Some(Box::pin(tokio::time::sleep(cfg.interval)));
             }
@@ -356,6 +362,9 @@ async fn conn_loop<W: Wire, K: ClientSink>(
             Poll::Pending
         })
         .await;
+        if idle {
+            conn.wake();
+        }
         match event {
             Ok(Event::Progress) => {}
             Ok(Event::Eof) => return Ok(()),
@@ -404,7 +413,7 @@ fn rate_limited<K: ClientSink>(
 async fn handle_frame<K: ClientSink>(
     c: &Connector<K>,
     session: &K::Session,
-    conn: &Conn,
+    conn: &Arc<Conn>,
     frame: Frame,
 ) -> Result<(), String> {
     match frame {
@@ -443,7 +452,7 @@ async fn close<W: Wire, K: ClientSink>(
     if !flush {
         return;
     }
-    live.conn.take(&mut out);
+    live.conn.take(&mut out, false);
     if let Ok(Ok(())) = tokio::time::timeout(FLUSH_GRACE, write_all(&mut wire, &mut out)).await {
         let _ = tokio::time::timeout(FLUSH_GRACE, wire.shutdown()).await;
     }

@@ -33,6 +33,7 @@ use crate::edge::ClientSink;
 use crate::edge::clients::{Clients, ConnLimits};
 use crate::edge::codec::{Codecs, FrameDecoder, OutFrame};
 use crate::edge::connection::{ClientIo, serve};
+use crate::edge::direct::SharedTcp;
 use crate::edge::tls::{self, TLS_PRE_HANDSHAKE_BYTES, WSS_PRE_HANDSHAKE_BYTES};
 use crate::edge::wire::{Capped, ClientStream, TcpWire, WS_PRE_HANDSHAKE_BYTES, WsWire};
 use crate::stats::Stats;
@@ -171,7 +172,7 @@ pub(crate) async fn accept_loop<K: ClientSink>(
         }
         match c.cfg.transport {
             Transport::Tcp => {
-                let io = ClientIo::new(TcpWire::new(stream), c.frame_decoder());
+                let io = ClientIo::new(TcpWire::new(SharedTcp::new(stream)), c.frame_decoder());
                 tokio::spawn(serve(c, io, addr, held))
             }
             Transport::WebSocket => tokio::spawn(serve_ws(c, stream, addr, held)),

@@ -40,6 +40,12 @@ pub(crate) trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     fn handshake_deadline(&self) -> Option<tokio::time::Instant> {
         None
     }
+
+    /// The socket others may write to while the connection is idle (`direct.rs`); `None`:
+    /// only the connection's task writes.
+    fn direct(&self) -> Option<std::sync::Arc<TcpStream>> {
+        None
+    }
 }
 
 impl ClientStream for TcpStream {}
@@ -74,6 +80,11 @@ pub(crate) trait Wire: Send + 'static {
 
     /// See [`ClientStream::handshake_deadline`].
     fn handshake_deadline(&self) -> Option<tokio::time::Instant> {
+        None
+    }
+
+    /// See [`ClientStream::direct`].
+    fn direct(&self) -> Option<std::sync::Arc<TcpStream>> {
         None
     }
 }
@@ -169,6 +180,10 @@ impl<S: ClientStream> Wire for TcpWire<S> {
 
     fn handshake_deadline(&self) -> Option<tokio::time::Instant> {
         self.stream.handshake_deadline()
+    }
+
+    fn direct(&self) -> Option<std::sync::Arc<TcpStream>> {
+        self.stream.direct()
     }
 }
 

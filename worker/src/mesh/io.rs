@@ -329,9 +329,10 @@ pub(crate) fn run_link<H: PeerHandler>(
         let read = guarded(async {
             loop {
                 // Messages first: the other branches are polled only when none is ready.
+                // Before the reader waits for more, what it held back for clients goes out.
                 let m = tokio::select! {
                     biased;
-                    m = stream.next() => m,
+                    m = stream.next(|| handler.read_all()) => m,
                     _ = &mut cancelled => break,
                     _ = check.tick() => {
                         if std::mem::take(&mut heard) {
@@ -355,7 +356,9 @@ pub(crate) fn run_link<H: PeerHandler>(
                 }
             }
         });
-        if let Err(p) = read.await {
+        let read = read.await;
+        handler.read_all();
+        if let Err(p) = read {
             tracing::error!(
                 server = mesh.id(),
                 %peer,

@@ -50,6 +50,9 @@ pub(crate) trait PeerHandler: Clone + Send + Sync + 'static {
     fn call(&self, link: &Arc<Link>, req: RpcRequest);
     /// A backend's copy of a session's settings, for the live session here.
     fn apply(&self, link: &Link, apply: SessionApply);
+    /// The reader handled every message its reads brought and is about to wait (or ends):
+    /// what the calls above held back to write once per client goes out now.
+    fn read_all(&self) {}
 }
 
 /// How what discovery learns leaves the mesh (implemented by the app's membership).

@@ -88,46 +88,60 @@ impl LinkReader {
     }
 
     /// The next message; `None` when the peer closed the link between messages. Cancel-safe:
-    /// bytes read stay in the buffer.
-    pub(crate) async fn next(&mut self) -> Option<Result<PeerMsg, LinkError>> {
+    /// bytes read stay in the buffer. Before it waits for the socket it calls `before_wait`.
+    pub(crate) async fn next(
+        &mut self,
+        before_wait: impl Fn(),
+    ) -> Option<Result<PeerMsg, LinkError>> {
         std::future::poll_fn(|cx| {
-            loop {
-                match self.codec.decode(&mut self.buf) {
-                    Ok(Some(m)) => return Poll::Ready(Some(Ok(m))),
-                    Ok(None) => {}
-                    Err(e) => return Poll::Ready(Some(Err(e))),
-                }
-                // Encrypted: the next bytes come from the records read so far, else from a
-                // read of more ciphertext.
-                let (into, between_records) = match &mut self.opener {
-                    None => (&mut self.buf, true),
-                    Some(open) => {
-                        let before = self.buf.len();
-                        if let Err(e) = open.opener.open(&mut open.raw, &mut self.buf) {
-                            return Poll::Ready(Some(Err(e.into())));
-                        }
-                        if self.buf.len() > before {
-                            continue;
-                        }
-                        let between = open.raw.is_empty();
-                        (&mut open.raw, between)
-                    }
-                };
-                match ready!(self.read.poll_read(&mut self.io, cx, into)) {
-                    Ok(0) if self.buf.is_empty() && between_records => return Poll::Ready(None),
-                    Ok(0) => {
-                        let e = std::io::Error::new(
-                            std::io::ErrorKind::UnexpectedEof,
-                            "link closed in the middle of a message",
-                        );
-                        return Poll::Ready(Some(Err(e.into())));
-                    }
-                    Ok(_) => {}
-                    Err(e) => return Poll::Ready(Some(Err(e.into()))),
-                }
+            let r = self.poll_next(cx);
+            if r.is_pending() {
+                before_wait();
             }
+            r
         })
         .await
+    }
+
+    fn poll_next(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Option<Result<PeerMsg, LinkError>>> {
+        loop {
+            match self.codec.decode(&mut self.buf) {
+                Ok(Some(m)) => return Poll::Ready(Some(Ok(m))),
+                Ok(None) => {}
+                Err(e) => return Poll::Ready(Some(Err(e))),
+            }
+            // Encrypted: the next bytes come from the records read so far, else from a
+            // read of more ciphertext.
+            let (into, between_records) = match &mut self.opener {
+                None => (&mut self.buf, true),
+                Some(open) => {
+                    let before = self.buf.len();
+                    if let Err(e) = open.opener.open(&mut open.raw, &mut self.buf) {
+                        return Poll::Ready(Some(Err(e.into())));
+                    }
+                    if self.buf.len() > before {
+                        continue;
+                    }
+                    let between = open.raw.is_empty();
+                    (&mut open.raw, between)
+                }
+            };
+            match ready!(self.read.poll_read(&mut self.io, cx, into)) {
+                Ok(0) if self.buf.is_empty() && between_records => return Poll::Ready(None),
+                Ok(0) => {
+                    let e = std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "link closed in the middle of a message",
+                    );
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+                Ok(_) => {}
+                Err(e) => return Poll::Ready(Some(Err(e.into()))),
+            }
+        }
     }
 }
 
@@ -253,13 +267,13 @@ mod tests {
             }
         });
         for seq in 0..20_000 {
-            let m = tokio::time::timeout(Duration::from_secs(10), r.next())
+            let m = tokio::time::timeout(Duration::from_secs(10), r.next(|| {}))
                 .await
                 .unwrap();
             assert_eq!(m.unwrap().unwrap(), ping(seq));
         }
         writer.await.unwrap();
-        let end = tokio::time::timeout(Duration::from_secs(10), r.next()).await;
+        let end = tokio::time::timeout(Duration::from_secs(10), r.next(|| {})).await;
         assert!(
             end.unwrap().is_none(),
             "a close between messages ends the link"
@@ -273,7 +287,7 @@ mod tests {
         encode_frame(&ping(1), &mut bytes);
         w.write_all(&bytes[..bytes.len() - 1]).await.unwrap();
         drop(w);
-        let m = tokio::time::timeout(Duration::from_secs(10), r.next()).await;
+        let m = tokio::time::timeout(Duration::from_secs(10), r.next(|| {})).await;
         assert!(matches!(m.unwrap(), Some(Err(LinkError::Io(_)))));
     }
 
@@ -281,7 +295,7 @@ mod tests {
     async fn an_oversized_frame_is_an_error() {
         let (mut r, mut w) = reader().await;
         w.write_all(&(2u32 << 20).to_be_bytes()).await.unwrap();
-        let m = tokio::time::timeout(Duration::from_secs(10), r.next()).await;
+        let m = tokio::time::timeout(Duration::from_secs(10), r.next(|| {})).await;
         assert!(matches!(m.unwrap(), Some(Err(_))));
     }
 }

@@ -340,7 +340,7 @@ mod tests {
             max_in_flight: 8,
             drops: app.stats().drops.clone(),
         });
-        let conn = Arc::new(Conn::new(id, limits));
+        let conn = Arc::new(Conn::new(id, limits, None));
         let session = Session::live(app, conn.clone(), "10.0.0.1".into());
         app.clients().add(conn.clone(), session.clone());
         assert!(session.bind(uid));
@@ -349,7 +349,7 @@ mod tests {
 
     fn queued(conn: &Conn) -> usize {
         let mut out = VecDeque::new();
-        conn.take(&mut out);
+        conn.take(&mut out, false);
         out.len()
     }
 

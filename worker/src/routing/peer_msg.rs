@@ -10,6 +10,7 @@ use std::task::Poll;
 use kennel_proto::msg::{ClientPush, ClientRequest, RpcRequest, SessionApply};
 use tracing::warn;
 
+use crate::edge::direct;
 use crate::mesh::PeerHandler;
 use crate::mesh::link::Link;
 use crate::routing::dispatch::{poll_now, spawn_rest};
@@ -37,7 +38,8 @@ impl PeerHandler for PeerMessages {
     }
 
     fn push(&self, _link: &Link, push: ClientPush) {
-        deliver::push_here(&self.0, push);
+        // Held back until the reader has read everything: one write per client per read.
+        direct::deferred(|| deliver::push_here(&self.0, push));
     }
 
     fn call(&self, link: &Arc<Link>, req: RpcRequest) {
@@ -64,6 +66,10 @@ impl PeerHandler for PeerMessages {
 
     fn apply(&self, link: &Link, apply: SessionApply) {
         deliver::apply_here(&self.0, apply.conn_id, &apply.settings, link.peer());
+    }
+
+    fn read_all(&self) {
+        direct::flush();
     }
 }
 
