@@ -261,6 +261,11 @@ fn a_bad_master_setting_names_file_env_entry_and_key() {
             "remoteSignal",
             "invalid type",
         ),
+        (
+            json!({"encryptLinks": "yes"}),
+            "encryptLinks",
+            "expected a boolean",
+        ),
     ] {
         let dir = master_with(extra.clone());
         refused(dir.path(), "config/sys/master.json", entry, key, what);
@@ -295,6 +300,10 @@ fn defaults_are_the_documented_ones() {
         }
     );
     let m = &p.master.settings;
+    assert!(
+        !m.encrypt_links,
+        "links are plain unless encryptLinks is set"
+    );
     assert_eq!(m, &MasterSettings::default());
     let rpc = &m.rpc;
     assert_eq!(rpc, &RpcConfig::default());
@@ -424,9 +433,11 @@ fn every_master_key_is_read() {
         "crashLoop": {"restarts": 2},
         "metrics": {"port": 9100},
         "launcher": ["docker", "exec", "{host}", "{bin}"],
-        "remoteSignal": ["docker", "kill", "-s", "{signal}", "{host}"]
+        "remoteSignal": ["docker", "kill", "-s", "{signal}", "{host}"],
+        "encryptLinks": true
     }));
     let m = load(dir.path()).unwrap().master.settings;
+    assert!(m.encrypt_links);
     let c = &m.rpc;
     assert_eq!(c.timeout, Duration::from_secs(2));
     assert_eq!(c.msg_cache_count, 3);

@@ -69,6 +69,7 @@ fuzz_target!(|data: &[u8]| {
                 nonce: s.nonce.into(),
                 version: s.version,
                 target: s.target,
+                ..Default::default()
             },
         );
         frame(&mut input, &Proof { mac: s.mac.into() });

@@ -117,6 +117,17 @@ pub fn is_port_taken(e: &anyhow::Error) -> bool {
     e.downcast_ref::<PortTaken>().is_some()
 }
 
+/// Set to `1`, every cluster these fixtures boot encrypts its internal links
+/// (`"encryptLinks": true` in master.json, unless a test sets the key itself), so any test
+/// file can be run over the encrypted mesh:
+/// `KENNEL_TEST_ENCRYPT_LINKS=1 cargo test -p integration-tests --test chat --test rpc_links`.
+pub const ENCRYPT_ENV: &str = "KENNEL_TEST_ENCRYPT_LINKS";
+
+/// Whether [`ENCRYPT_ENV`] asks for encrypted links.
+pub fn encrypt_all() -> bool {
+    std::env::var(ENCRYPT_ENV).is_ok_and(|v| v == "1")
+}
+
 /// How many times [`Cluster::start_opts`] boots a cluster on fresh ports when a port was
 /// taken.
 pub const PORT_ATTEMPTS: usize = 3;
@@ -209,6 +220,15 @@ impl ClusterOptions {
         }
     }
 
+    /// With every internal link encrypted (`"encryptLinks": true` in master.json).
+    pub fn encrypted(mut self) -> ClusterOptions {
+        if !self.master_extra.is_object() {
+            self.master_extra = json!({});
+        }
+        self.master_extra["encryptLinks"] = json!(true);
+        self
+    }
+
     /// Adds `key: value` to every connector entry.
     pub fn connector_key(mut self, key: &str, value: Value) -> ClusterOptions {
         if !self.connector_extra.is_object() {
@@ -235,6 +255,22 @@ pub struct MasterCommand {
     pub program: PathBuf,
     /// Its arguments.
     pub args: Vec<OsString>,
+}
+
+impl MasterCommand {
+    /// `chat-demo start -e test --dir <dir>`: chat-demo as its own master, env `test`.
+    pub fn chat_demo(dir: &Path) -> MasterCommand {
+        MasterCommand {
+            program: bin("chat-demo"),
+            args: vec![
+                "start".into(),
+                "-e".into(),
+                "test".into(),
+                "--dir".into(),
+                dir.into(),
+            ],
+        }
+    }
 }
 
 /// Spawns the master (without [`KENNEL_ENV`]); its stdout and stderr lines go to `lines` and
@@ -385,6 +421,9 @@ impl Cluster {
             master["bin"] = json!(game);
         }
         merge(&mut master, &master_extra);
+        if encrypt_all() && master.get("encryptLinks").is_none() {
+            master["encryptLinks"] = json!(true);
+        }
         std::fs::write(sys.join("master.json"), json!({env: master}).to_string())?;
         std::fs::write(
             sys.join("servers.json"),
@@ -797,16 +836,7 @@ mod tests {
         )
         .unwrap();
         std::fs::write(sys.join("route.json"), json!(ROUTES).to_string()).unwrap();
-        let cmd = MasterCommand {
-            program: bin("chat-demo"),
-            args: vec![
-                "start".into(),
-                "-e".into(),
-                "test".into(),
-                "--dir".into(),
-                dir.path().into(),
-            ],
-        };
+        let cmd = MasterCommand::chat_demo(dir.path());
         let ids = vec!["connector-server-1".into(), "chat-server-1".into()];
         let t0 = Instant::now();
         let err = Cluster::launch(dir, cmd, vec![], master_port, ids)

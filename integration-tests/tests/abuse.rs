@@ -536,6 +536,7 @@ fn hello(role: Role, id: &str, target: &str) -> msg::Hello {
         nonce: auth::nonce().into(),
         version: kennel_proto::VERSION.into(),
         target: target.into(),
+        ..Default::default()
     }
 }
 

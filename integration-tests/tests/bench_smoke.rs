@@ -132,6 +132,14 @@ fn every_scenario_completes_and_counts_every_reply() {
     }
     let tls_idle = value("idle connections 200", "RssPerConnBytes", "kennel-tls");
     assert!(tls_idle.is_some_and(|v| v > 0.0), "idle TLS: {tls_idle:?}");
+    // rpc-encrypted: plain and encrypted links side by side.
+    for system in ["kennel", "kennel-encrypted"] {
+        let v = value("rpc encrypted 100x16", "ReqPerSec", system);
+        assert!(
+            v.is_some_and(|v| v > 0.0),
+            "rpc encrypted / {system}: {v:?}"
+        );
+    }
     // The printed table names every scenario.
     for scenario in [
         "frontend echo 100x16",

@@ -1,5 +1,8 @@
 //! The operator CLI's side of the CLI link: dial the master, authenticate as `Role::Cli` with
 //! the CLI secret, then exchange `CliRequest` / `CliResponse` (one response per request).
+//! The link is encrypted when the master's authenticated answer says so (`encryptLinks` in
+//! its master.json): the CLI needs no setting of its own, and nobody without the CLI secret
+//! can make it talk in clear to an encrypting master.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), kennel_master::ClientError> {
@@ -17,9 +20,10 @@ use futures_util::{SinkExt, StreamExt};
 use kennel_proto::auth::{self, AuthError};
 use kennel_proto::frame::{AUTH_MAX_FRAME, DEFAULT_MAX_FRAME, ProtoCodec, length_codec};
 use kennel_proto::msg::{
-    CliRequest, CliResponse, ListReply, ListRequest, RemoveRequest, RestartRequest, Role,
+    Cipher, CliRequest, CliResponse, ListReply, ListRequest, RemoveRequest, RestartRequest, Role,
     SendReply, SendRequest, StartRequest, StopRequest, cli_request, cli_response,
 };
+use kennel_proto::noise::{LinkIo, framed_link};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_util::codec::Framed;
@@ -37,7 +41,7 @@ pub const CLI_ID: &str = "cli";
 #[derive(Debug)]
 pub struct MasterClient {
     addr: String,
-    link: Framed<TcpStream, ProtoCodec<CliResponse, CliRequest>>,
+    link: Framed<LinkIo<TcpStream>, ProtoCodec<CliResponse, CliRequest>>,
 }
 
 impl MasterClient {
@@ -72,7 +76,14 @@ impl MasterClient {
         let mut framed = Framed::new(stream, length_codec(AUTH_MAX_FRAME));
         let dialed = timeout(
             REQUEST_TIMEOUT,
-            auth::dial(&mut framed, secret.as_bytes(), Role::Cli, CLI_ID, ""),
+            auth::dial_with(
+                &mut framed,
+                secret.as_bytes(),
+                Role::Cli,
+                CLI_ID,
+                "",
+                Cipher::Any,
+            ),
         )
         .await;
         match dialed {
@@ -87,11 +98,16 @@ impl MasterClient {
                 addr: addr.to_owned(),
                 source,
             }),
-            Ok(Ok(_master_id)) => Ok(MasterClient {
+            Ok(Ok((_master_id, transport))) => Ok(MasterClient {
                 addr: addr.to_owned(),
-                link: framed.map_codec(|_| ProtoCodec::new(DEFAULT_MAX_FRAME)),
+                link: framed_link(framed, transport, ProtoCodec::new(DEFAULT_MAX_FRAME)),
             }),
         }
+    }
+
+    /// Whether the link is encrypted (the master has `encryptLinks` on).
+    pub fn is_encrypted(&self) -> bool {
+        kennel_proto::noise::is_encrypted(self.link.get_ref())
     }
 
     /// The address this client dialed.

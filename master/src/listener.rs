@@ -9,7 +9,9 @@
 //!   `CliResponse`. After `stop` the link stays open until the cluster has stopped, so the
 //!   CLI can wait for the master to close it.
 //!
-//! Any other role is refused during authentication.
+//! Any other role is refused during authentication. With `encryptLinks` both kinds of link
+//! are Noise-encrypted after authentication (a server whose setting differs is refused with
+//! a reason naming it; the CLI follows the master's authenticated choice).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,10 +20,11 @@ use futures_util::{SinkExt, StreamExt};
 use kennel_proto::auth;
 use kennel_proto::frame::{AUTH_MAX_FRAME, DEFAULT_MAX_FRAME, ProtoCodec, length_codec};
 use kennel_proto::msg::{
-    CliRequest, CliResponse, FromMaster, Hello, RegisterError, Role, SendReply, SendRequest,
-    SendResult, ToMaster, cli_request, cli_response, from_master, to_master,
+    Cipher, CliRequest, CliResponse, FromMaster, Hello, RegisterError, Role, SendReply,
+    SendRequest, SendResult, ToMaster, cli_request, cli_response, from_master, to_master,
 };
 use kennel_proto::net::{Eviction, PreAuthGate, Ticket};
+use kennel_proto::noise::{LinkIo, framed_link};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::timeout;
@@ -45,8 +48,8 @@ const CLI_MAX_FRAME: usize = 64 * 1024;
 /// Longest `kennel send` timeout honoured.
 pub(crate) const MAX_SEND_TIMEOUT_MS: u32 = 120_000;
 
-type ServerLink = Framed<TcpStream, ProtoCodec<ToMaster, FromMaster>>;
-type CliLink = Framed<TcpStream, ProtoCodec<CliRequest, CliResponse>>;
+type ServerLink = Framed<LinkIo<TcpStream>, ProtoCodec<ToMaster, FromMaster>>;
+type CliLink = Framed<LinkIo<TcpStream>, ProtoCodec<CliRequest, CliResponse>>;
 
 /// What every connection task shares.
 #[derive(Debug)]
@@ -54,6 +57,8 @@ pub(crate) struct Shared {
     pub(crate) master_id: String,
     pub(crate) server_secret: Vec<u8>,
     pub(crate) cli_secret: Vec<u8>,
+    /// What protects every link after authentication (`encryptLinks`).
+    pub(crate) cipher: Cipher,
     /// Into the master's event loop.
     pub(crate) events: mpsc::Sender<Event>,
     /// Cancelled by a CLI `stop` (and by the master's shutdown): starts the stop sequence.
@@ -140,7 +145,7 @@ async fn connection(stream: TcpStream, shared: Arc<Shared>, ticket: Ticket) {
             debug!("closed before authenticating, for a newer connection");
             return;
         }
-        r = timeout(AUTH_TIMEOUT, auth::accept(&mut framed, &shared.master_id, |h| admit(&shared, h))) => r,
+        r = timeout(AUTH_TIMEOUT, auth::accept_with(&mut framed, &shared.master_id, shared.cipher, |h| admit(&shared, h))) => r,
     };
     let hello = match accepted {
         Err(_) => {
@@ -151,16 +156,17 @@ async fn connection(stream: TcpStream, shared: Arc<Shared>, ticket: Ticket) {
             warn!(cause = %e, "authentication failed");
             return;
         }
-        Ok(Ok(hello)) => hello,
+        Ok(Ok(accepted)) => accepted,
     };
+    let (hello, transport) = hello;
     drop(ticket);
     match Role::try_from(hello.role) {
         Ok(Role::Server) => {
-            let link = framed.map_codec(|_| ProtoCodec::new(DEFAULT_MAX_FRAME));
+            let link = framed_link(framed, transport, ProtoCodec::new(DEFAULT_MAX_FRAME));
             server_link(link, hello.id, &shared).await;
         }
         Ok(Role::Cli) => {
-            let link = framed.map_codec(|_| ProtoCodec::new(CLI_MAX_FRAME));
+            let link = framed_link(framed, transport, ProtoCodec::new(CLI_MAX_FRAME));
             cli_link(link, &shared).await;
         }
         _ => {} // refused by `admit`

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kennel_config::{Project, Secrets};
+use kennel_proto::msg::Cipher;
 use kennel_proto::net::PreAuthGate;
 use nix::sys::signal::Signal;
 use tokio::net::TcpListener;
@@ -164,6 +165,10 @@ pub async fn run(
         project.dir.display()
     ));
 
+    if let Some(w) = plain_off_loopback(&project) {
+        say(format_args!("kennel: warning: {w}"));
+    }
+
     let (events_tx, mut events) = mpsc::channel(EVENT_QUEUE);
     // Cancelled by the caller's `shutdown` or by a CLI `stop`; ends the event loop.
     let stop = shutdown.child_token();
@@ -174,6 +179,11 @@ pub async fn run(
         master_id: project.master.id.clone(),
         server_secret: secrets.server.clone().into_bytes(),
         cli_secret: secrets.cli.clone().into_bytes(),
+        cipher: if project.master.settings.encrypt_links {
+            Cipher::Noise
+        } else {
+            Cipher::Plain
+        },
         events: events_tx.clone(),
         stop: stop.clone(),
         conns: conns.clone(),
@@ -322,5 +332,90 @@ async fn stop_all(
                 core.running(None)
             );
         }
+    }
+}
+
+/// The warning a cluster with a process off loopback and `encryptLinks` off gets at start
+/// (sessions and RPC bodies would cross the network in clear), or `None`.
+pub(crate) fn plain_off_loopback(project: &Project) -> Option<String> {
+    if project.master.settings.encrypt_links {
+        return None;
+    }
+    let loopback = |host: &str| {
+        host.eq_ignore_ascii_case("localhost")
+            || host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    };
+    let mut off: Vec<String> = project
+        .servers
+        .iter()
+        .filter(|s| !loopback(&s.info.host))
+        .map(|s| format!("{} ({})", s.info.id, s.info.host))
+        .collect();
+    if !loopback(&project.master.host) {
+        off.insert(0, format!("master ({})", project.master.host));
+    }
+    if off.is_empty() {
+        return None;
+    }
+    let more = off.len().saturating_sub(3);
+    off.truncate(3);
+    let list = off.join(", ")
+        + &if more > 0 {
+            format!(" and {more} more")
+        } else {
+            String::new()
+        };
+    Some(format!(
+        "{list} not on loopback, and `encryptLinks` is off in master.json: the master, peer and CLI links carry sessions and RPC bodies in clear; set \"encryptLinks\": true (see docs/operations.md, \"Encrypting links between hosts\")"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A project with a master on `master_host`, one server on `server_host`, and
+    /// `encryptLinks` as given.
+    fn project(master_host: &str, server_host: &str, encrypt: bool) -> Project {
+        let dir = tempfile::tempdir().unwrap();
+        let sys = dir.path().join("config/sys");
+        std::fs::create_dir_all(&sys).unwrap();
+        let master = serde_json::json!({"development": {
+            "id": "m", "host": master_host, "port": 3005, "encryptLinks": encrypt
+        }});
+        let servers = serde_json::json!({"development": {"chat": [
+            {"id": "chat-1", "host": server_host, "port": 4001}
+        ]}});
+        std::fs::write(sys.join("master.json"), master.to_string()).unwrap();
+        std::fs::write(sys.join("servers.json"), servers.to_string()).unwrap();
+        std::fs::write(sys.join("route.json"), "[\"chat.main.hello\"]").unwrap();
+        Project::load(dir.path(), "development").unwrap()
+    }
+
+    #[test]
+    fn plain_links_off_loopback_are_warned_about_and_only_they() {
+        for host in ["127.0.0.1", "localhost", "::1", "[::1]", "127.0.0.9"] {
+            assert_eq!(
+                plain_off_loopback(&project(host, host, false)),
+                None,
+                "{host}"
+            );
+        }
+        let w = plain_off_loopback(&project("127.0.0.1", "10.1.2.3", false)).unwrap();
+        assert!(
+            w.contains("chat-1 (10.1.2.3)") && w.contains("encryptLinks"),
+            "{w}"
+        );
+        let w = plain_off_loopback(&project("0.0.0.0", "127.0.0.1", false)).unwrap();
+        assert!(w.starts_with("master (0.0.0.0)"), "{w}");
+        // Encrypted: nothing to warn about, wherever the processes are.
+        assert_eq!(
+            plain_off_loopback(&project("db.example", "10.1.2.3", true)),
+            None
+        );
     }
 }

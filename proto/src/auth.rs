@@ -2,12 +2,21 @@
 //! crosses the wire; both sides contribute a fresh nonce, so a recorded answer cannot be replayed.
 //!
 //! ```text
-//! dialer   -> acceptor : Hello      {role, id_d, nonce_d, version, target}
-//! acceptor -> dialer   : Challenge  {id_a, nonce_a, mac_a = HMAC(k, "acceptor" | transcript)}
+//! dialer   -> acceptor : Hello      {role, id_d, nonce_d, version, target, cipher_d}
+//! acceptor -> dialer   : Challenge  {id_a, nonce_a, mac_a = HMAC(k, "acceptor" | transcript),
+//!                                    cipher_a}
 //! dialer   -> acceptor : Proof      {mac_d = HMAC(k, "dialer" | transcript)}
 //! acceptor -> dialer   : AuthResult {ok, error}
-//! transcript = role | id_d | id_a | nonce_d | nonce_a   (each length-prefixed)
+//! transcript = role | id_d | id_a | nonce_d | nonce_a [| cipher_a unless plain]
+//!              (each length-prefixed)
 //! ```
+//!
+//! With `encryptLinks` ([`dial_with`] / [`accept_with`] and a [`Cipher`] other than plain),
+//! `Hello` says what the dialer protects the link with, the acceptor refuses a dialer that does
+//! not match it with a reason naming the setting, the `Challenge` carries the acceptor's
+//! choice, both MACs bind it (a man in the middle cannot turn it off), and a Noise handshake
+//! ([`crate::noise`]) follows `AuthResult`, bound to this transcript. Plain links keep the
+//! MACs above byte for byte.
 //!
 //! MACs are compared in constant time. Both functions run on a `Framed` with the small
 //! [`crate::frame::AUTH_MAX_FRAME`] limit; callers bound them with a timeout.
@@ -27,7 +36,8 @@ use subtle::ConstantTimeEq;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
-use crate::msg::{AuthResult, Challenge, Hello, Proof, Role};
+use crate::msg::{AuthResult, Challenge, Cipher, Hello, Proof, Role};
+use crate::noise::{self, Transport};
 
 /// Nonce length in bytes.
 pub const NONCE_LEN: usize = 16;
@@ -57,6 +67,9 @@ pub enum AuthError {
     /// proof, with its reason.
     #[error("rejected by the authenticated acceptor: {0}")]
     Rejected(String),
+    /// The encrypted handshake after the HMAC one failed.
+    #[error("encrypted handshake failed: {0}")]
+    Noise(String),
 }
 
 type Link<S> = Framed<S, LengthDelimitedCodec>;
@@ -68,7 +81,7 @@ pub fn nonce() -> Vec<u8> {
     n
 }
 
-/// The MAC one side sends: `side` is `b"dialer"` or `b"acceptor"`.
+/// The MAC one side sends on a plain link: `side` is `b"dialer"` or `b"acceptor"`.
 pub fn mac(
     secret: &[u8],
     side: &[u8],
@@ -78,21 +91,64 @@ pub fn mac(
     nonce_d: &[u8],
     nonce_a: &[u8],
 ) -> Vec<u8> {
-    let mut m =
-        <Hmac<Sha256> as KeyInit>::new_from_slice(secret).expect("hmac takes any key length");
-    m.update(b"kennel-auth-v1");
-    for part in [
-        side,
-        &(role as i32).to_be_bytes(),
-        dialer.as_bytes(),
-        acceptor.as_bytes(),
+    let t = Transcript {
+        role,
+        dialer,
+        acceptor,
         nonce_d,
         nonce_a,
-    ] {
-        m.update(&(part.len() as u32).to_be_bytes());
-        m.update(part);
+        cipher: Cipher::Plain,
+    };
+    t.mac(secret, side)
+}
+
+/// What both MACs cover.
+struct Transcript<'a> {
+    role: Role,
+    dialer: &'a str,
+    acceptor: &'a str,
+    nonce_d: &'a [u8],
+    nonce_a: &'a [u8],
+    /// The acceptor's choice: bound unless plain (plain MACs are those of kennel-auth-v1).
+    cipher: Cipher,
+}
+
+impl Transcript<'_> {
+    /// Feeds `out` the transcript after `label` and `side`, each part length-prefixed (the
+    /// cipher only when it is not plain).
+    fn feed(&self, label: &[u8], side: &[u8], mut out: impl FnMut(&[u8])) {
+        out(label);
+        let role = (self.role as i32).to_be_bytes();
+        let cipher = (self.cipher as i32).to_be_bytes();
+        let parts = [
+            side,
+            &role,
+            self.dialer.as_bytes(),
+            self.acceptor.as_bytes(),
+            self.nonce_d,
+            self.nonce_a,
+            &cipher,
+        ];
+        let bound = if self.cipher == Cipher::Plain { 6 } else { 7 };
+        for part in &parts[..bound] {
+            out(&(part.len() as u32).to_be_bytes());
+            out(part);
+        }
     }
-    m.finalize().into_bytes().to_vec()
+
+    fn mac(&self, secret: &[u8], side: &[u8]) -> Vec<u8> {
+        let mut m =
+            <Hmac<Sha256> as KeyInit>::new_from_slice(secret).expect("hmac takes any key length");
+        self.feed(b"kennel-auth-v1", side, |b| m.update(b));
+        m.finalize().into_bytes().to_vec()
+    }
+
+    /// The Noise prologue of this handshake: the same transcript under its own label.
+    fn prologue(&self) -> Vec<u8> {
+        let mut p = Vec::new();
+        self.feed(b"kennel-noise-v1", b"", |b| p.extend_from_slice(b));
+        p
+    }
 }
 
 fn verify(expected: &[u8], got: &[u8]) -> Result<(), AuthError> {
@@ -118,8 +174,8 @@ async fn send<S: AsyncRead + AsyncWrite + Unpin, M: Message>(
     Ok(())
 }
 
-/// Dialer side: proves `id` knows `secret` to the acceptor and checks the acceptor does too.
-/// Returns the acceptor's id.
+/// Dialer side of a plain link: proves `id` knows `secret` to the acceptor and checks the
+/// acceptor does too. Returns the acceptor's id.
 pub async fn dial<S: AsyncRead + AsyncWrite + Unpin>(
     link: &mut Link<S>,
     secret: &[u8],
@@ -127,6 +183,21 @@ pub async fn dial<S: AsyncRead + AsyncWrite + Unpin>(
     id: &str,
     target: &str,
 ) -> Result<String, AuthError> {
+    let (acceptor, _) = dial_with(link, secret, role, id, target, Cipher::Plain).await?;
+    Ok(acceptor)
+}
+
+/// Dialer side, protecting the link with `want` (`Cipher::Any`: whatever the acceptor's
+/// authenticated `Challenge` says, as the CLI does). Returns the acceptor's id and, on an
+/// encrypted link, its keys (the link's bytes from here on are [`noise`] records).
+pub async fn dial_with<S: AsyncRead + AsyncWrite + Unpin>(
+    link: &mut Link<S>,
+    secret: &[u8],
+    role: Role,
+    id: &str,
+    target: &str,
+    want: Cipher,
+) -> Result<(String, Option<Transport>), AuthError> {
     let nonce_d = nonce();
     let hello = Hello {
         role: role as i32,
@@ -134,6 +205,7 @@ pub async fn dial<S: AsyncRead + AsyncWrite + Unpin>(
         nonce: nonce_d.clone().into(),
         version: crate::VERSION.to_string(),
         target: target.to_string(),
+        cipher: want as i32,
     };
     send(link, &hello).await?;
     let ch: Challenge = recv(link).await?;
@@ -149,76 +221,121 @@ pub async fn dial<S: AsyncRead + AsyncWrite + Unpin>(
             ch.id
         )));
     }
-    let expect = mac(secret, b"acceptor", role, id, &ch.id, &nonce_d, &ch.nonce);
-    verify(&expect, &ch.mac)?;
+    let cipher = match Cipher::try_from(ch.cipher) {
+        Ok(c @ (Cipher::Plain | Cipher::Noise)) => c,
+        _ => return Err(AuthError::Malformed("unknown cipher".into())),
+    };
+    let t = Transcript {
+        role,
+        dialer: id,
+        acceptor: &ch.id,
+        nonce_d: &nonce_d,
+        nonce_a: &ch.nonce,
+        cipher,
+    };
+    verify(&t.mac(secret, b"acceptor"), &ch.mac)?;
+    // The acceptor proved the secret, so its choice is genuine; one we did not ask for is a
+    // mismatch of the two sides' settings.
+    if want != Cipher::Any && cipher != want {
+        return Err(AuthError::Rejected(mismatch(want, cipher)));
+    }
     let proof = Proof {
-        mac: mac(secret, b"dialer", role, id, &ch.id, &nonce_d, &ch.nonce).into(),
+        mac: t.mac(secret, b"dialer").into(),
     };
     send(link, &proof).await?;
     let res: AuthResult = recv(link).await?;
-    if res.ok {
-        Ok(ch.id)
-    } else {
-        Err(AuthError::Rejected(res.error))
+    if !res.ok {
+        return Err(AuthError::Rejected(res.error));
     }
+    let transport = match cipher {
+        Cipher::Noise => {
+            Some(noise::handshake(link, &noise::psk(secret, role), &t.prologue(), true).await?)
+        }
+        _ => None,
+    };
+    Ok((ch.id, transport))
 }
 
-/// Acceptor side. `admit` sees the dialer's `Hello` and returns the secret for its role, or
-/// the reason it is refused (unknown role, unknown id, ...). Returns the verified `Hello`.
+/// Why a link of `dialer`'s cipher cannot talk to an acceptor of `acceptor`'s.
+fn mismatch(dialer: Cipher, acceptor: Cipher) -> String {
+    let say = |c: Cipher| match c {
+        Cipher::Noise => "encrypts its links",
+        _ => "does not encrypt its links",
+    };
+    format!(
+        "the dialer {} and the acceptor {}: `encryptLinks` in master.json differs between them (set it the same for every process of the cluster)",
+        say(dialer),
+        say(acceptor)
+    )
+}
+
+/// Acceptor side of a plain link. `admit` sees the dialer's `Hello` and returns the secret
+/// for its role, or the reason it is refused (unknown role, unknown id, ...). Returns the
+/// verified `Hello`.
 pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     link: &mut Link<S>,
     id: &str,
     admit: impl FnOnce(&Hello) -> Result<Vec<u8>, String>,
 ) -> Result<Hello, AuthError> {
+    let (hello, _) = accept_with(link, id, Cipher::Plain, admit).await?;
+    Ok(hello)
+}
+
+/// Acceptor side, protecting the link with `mine`: a dialer that asks for another cipher
+/// (not `Any`) is refused with a reason naming the setting. Returns the verified `Hello` and,
+/// on an encrypted link, its keys.
+pub async fn accept_with<S: AsyncRead + AsyncWrite + Unpin>(
+    link: &mut Link<S>,
+    id: &str,
+    mine: Cipher,
+    admit: impl FnOnce(&Hello) -> Result<Vec<u8>, String>,
+) -> Result<(Hello, Option<Transport>), AuthError> {
     let hello: Hello = recv(link).await?;
     if hello.nonce.len() < NONCE_LEN {
         return Err(AuthError::Malformed("short nonce".into()));
     }
     let role =
         Role::try_from(hello.role).map_err(|_| AuthError::Malformed("unknown role".into()))?;
-    let secret = match admit(&hello) {
+    let refuse = |reason: String| Challenge {
+        refused: reason,
+        ..Default::default()
+    };
+    let admitted = match Cipher::try_from(hello.cipher) {
+        Ok(Cipher::Any) => admit(&hello),
+        Ok(c) if c == mine => admit(&hello),
+        Ok(c) => Err(mismatch(c, mine)),
+        Err(_) => Err(format!(
+            "unknown cipher {} (is the dialer newer?)",
+            hello.cipher
+        )),
+    };
+    let secret = match admitted {
         Ok(s) => s,
         Err(reason) => {
-            let _ = send(
-                link,
-                &Challenge {
-                    refused: reason.clone(),
-                    ..Default::default()
-                },
-            )
-            .await;
+            let _ = send(link, &refuse(reason.clone())).await;
             return Err(AuthError::Refused(reason));
         }
     };
     let nonce_a = nonce();
+    let t = Transcript {
+        role,
+        dialer: &hello.id,
+        acceptor: id,
+        nonce_d: &hello.nonce,
+        nonce_a: &nonce_a,
+        cipher: mine,
+    };
     let ch = Challenge {
         id: id.to_string(),
         nonce: nonce_a.clone().into(),
-        mac: mac(
-            &secret,
-            b"acceptor",
-            role,
-            &hello.id,
-            id,
-            &hello.nonce,
-            &nonce_a,
-        )
-        .into(),
+        mac: t.mac(&secret, b"acceptor").into(),
         version: crate::VERSION.to_string(),
         refused: String::new(),
+        cipher: mine as i32,
     };
     send(link, &ch).await?;
     let proof: Proof = recv(link).await?;
-    let expect = mac(
-        &secret,
-        b"dialer",
-        role,
-        &hello.id,
-        id,
-        &hello.nonce,
-        &nonce_a,
-    );
-    if let Err(e) = verify(&expect, &proof.mac) {
+    if let Err(e) = verify(&t.mac(&secret, b"dialer"), &proof.mac) {
         let _ = send(
             link,
             &AuthResult {
@@ -237,7 +354,13 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         },
     )
     .await?;
-    Ok(hello)
+    let transport = match mine {
+        Cipher::Noise => {
+            Some(noise::handshake(link, &noise::psk(&secret, role), &t.prologue(), false).await?)
+        }
+        _ => None,
+    };
+    Ok((hello, transport))
 }
 
 #[cfg(test)]

@@ -434,6 +434,7 @@ fn replayed_proof_is_refused() {
             nonce: Bytes::from_static(&[7; 16]),
             version: kennel_proto::VERSION.into(),
             target: String::new(),
+            ..Default::default()
         };
         // Session 1: an honest dialer (it knows the secret); the proof is recorded.
         let (mut d, mut a) = pair();

@@ -1,6 +1,6 @@
 //! The settings of the master entry in `master.*`: `rpc` (for every server, [`RpcConfig`]),
-//! and the master's own `logs` (rotation), `crashLoop`, `metrics`, `launcher` and
-//! `remoteSignal`.
+//! `encryptLinks` (every internal link: master, peer and CLI links), and the master's own
+//! `logs` (rotation), `crashLoop`, `metrics`, `launcher` and `remoteSignal`.
 
 use std::time::Duration;
 
@@ -23,6 +23,10 @@ pub const DEFAULT_METRICS_HOST: &str = "127.0.0.1";
 pub struct MasterSettings {
     /// Server-to-server settings for every server of the cluster (`rpc`).
     pub rpc: RpcConfig,
+    /// Encrypt and authenticate every internal link after its handshake (`encryptLinks`,
+    /// default false): the master links, the peer mesh and the CLI link (Noise, keyed by the
+    /// cluster secrets). Recommended whenever a server or the master is on another host.
+    pub encrypt_links: bool,
     /// Log file rotation (`logs`).
     pub logs: LogRotation,
     /// The crash-loop limit (`crashLoop`).
@@ -42,6 +46,7 @@ impl Default for MasterSettings {
         let argv = |a: &[&str]| a.iter().map(|s| (*s).to_owned()).collect();
         MasterSettings {
             rpc: RpcConfig::default(),
+            encrypt_links: false,
             logs: LogRotation::default(),
             crash_loop: CrashLoop::default(),
             metrics: None,
@@ -103,6 +108,7 @@ pub struct MetricsListen {
 #[serde(rename_all = "camelCase")]
 struct RawMaster {
     rpc: Option<RawRpc>,
+    encrypt_links: Option<bool>,
     logs: Option<RawLogs>,
     crash_loop: Option<RawCrashLoop>,
     metrics: Option<RawMetrics>,
@@ -150,6 +156,7 @@ pub(crate) fn master_settings(entry: &Value) -> Result<MasterSettings, Problem> 
     let raw: RawMaster = parse(entry)?;
     let mut s = MasterSettings {
         rpc: raw.rpc.map(RawRpc::check).transpose()?.unwrap_or_default(),
+        encrypt_links: raw.encrypt_links.unwrap_or(false),
         launcher: argv("launcher", raw.launcher, &DEFAULT_LAUNCHER)?,
         remote_signal: argv("remoteSignal", raw.remote_signal, &DEFAULT_REMOTE_SIGNAL)?,
         ..MasterSettings::default()

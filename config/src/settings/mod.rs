@@ -86,7 +86,7 @@ pub const SERVER_KEYS: [&str; 25] = [
 ];
 
 /// The keys of the master entry kennel reads: placement and secrets, then settings.
-pub const MASTER_KEYS: [&str; 12] = [
+pub const MASTER_KEYS: [&str; 13] = [
     "id",
     "host",
     "port",
@@ -94,6 +94,7 @@ pub const MASTER_KEYS: [&str; 12] = [
     "serverSecret",
     "cliSecret",
     "rpc",
+    "encryptLinks",
     "logs",
     "crashLoop",
     "metrics",

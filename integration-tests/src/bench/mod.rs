@@ -20,12 +20,13 @@ use report::{Metric, Results};
 use targets::{System, Target};
 
 /// The scenarios, by their command-line names.
-pub const SCENARIOS: [&str; 7] = [
+pub const SCENARIOS: [&str; 8] = [
     "frontend-echo",
     "frontend-echo-tls",
     "backend-echo",
     "broadcast",
     "rpc",
+    "rpc-encrypted",
     "boot",
     "idle",
 ];
@@ -137,6 +138,7 @@ pub fn run(cfg: &Config) -> Result<Results> {
         "backend-echo",
         "broadcast",
         "rpc",
+        "rpc-encrypted",
     ];
     if load_scenarios.iter().any(|s| cfg.wants(s)) {
         say("booting kennel (2 connectors + 2 chat servers)");
@@ -156,7 +158,15 @@ pub fn run(cfg: &Config) -> Result<Results> {
         // right after the plain kennel's (the kennel column is plain, kennel TLS beside it).
         let tls = if cfg.wants("frontend-echo-tls") {
             say("booting kennel with TLS frontends (2 connectors + 2 chat servers)");
-            Some(Target::kennel_with(2, 2, cfg.release, true)?.0)
+            Some(Target::kennel_with(2, 2, cfg.release, System::KennelTls)?.0)
+        } else {
+            None
+        };
+        // rpc-encrypted: the same rpc echo on a kennel whose internal links are encrypted
+        // (`encryptLinks`), each run right after the plain kennel's.
+        let encrypted = if cfg.wants("rpc-encrypted") {
+            say("booting kennel with encrypted links (2 connectors + 2 chat servers)");
+            Some(Target::kennel_with(2, 2, cfg.release, System::KennelEncrypted)?.0)
         } else {
             None
         };
@@ -169,12 +179,13 @@ pub fn run(cfg: &Config) -> Result<Results> {
             ("frontend-echo-tls", "connector.main.echo", false, false),
             ("backend-echo", "chat.main.echo", true, false),
             ("rpc", "chat.main.rpcEcho", true, false),
+            ("rpc-encrypted", "chat.main.rpcEcho", true, false),
         ] {
             if !cfg.wants(name) {
                 continue;
             }
             for (conns, inflight) in shapes {
-                if name == "rpc" && (conns, inflight) != many {
+                if name.starts_with("rpc") && (conns, inflight) != many {
                     continue;
                 }
                 let label = format!("{} {conns}x{inflight}", name.replace('-', " "));
@@ -185,6 +196,10 @@ pub fn run(cfg: &Config) -> Result<Results> {
                 if name == "frontend-echo-tls" {
                     these = vec![&kennel];
                     these.extend(tls.as_ref());
+                }
+                if name == "rpc-encrypted" {
+                    these = vec![&kennel];
+                    these.extend(encrypted.as_ref());
                 }
                 load_runs(
                     &mut results,
@@ -279,7 +294,9 @@ pub fn run(cfg: &Config) -> Result<Results> {
                     // keeps freed memory and would hide the cost of new ones.
                     let t = match system {
                         System::Kennel => Target::kennel(1, 1, cfg.release)?.0,
-                        System::KennelTls => Target::kennel_with(1, 1, cfg.release, true)?.0,
+                        System::KennelTls => {
+                            Target::kennel_with(1, 1, cfg.release, System::KennelTls)?.0
+                        }
                         _ => Target::mydog(1, 1)?.0,
                     };
                     let per_conn = rt.block_on(idle_rss(&t, n))?;

@@ -277,11 +277,17 @@ impl Results {
             presets::ASCII_BORDERS_ONLY_CONDENSED
         });
         // The raw columns appear when a raw server ran (the multi-threaded one for the classic
-        // scenarios, the single-threaded one for the players'), kennel TLS when it ran.
+        // scenarios, the single-threaded one for the players'), kennel TLS and kennel encrypted
+        // when they ran.
         let raws: Vec<(System, &str, &str)> = [
             (System::Raw, "raw tokio", "kennel/raw"),
             (System::RawSt, "raw 1-thread", "kennel/raw1t"),
             (System::KennelTls, "kennel TLS", "plain/TLS"),
+            (
+                System::KennelEncrypted,
+                "kennel encrypted",
+                "plain/encrypted",
+            ),
         ]
         .into_iter()
         .filter(|(s, _, _)| self.rows.iter().any(|r| r.runs.contains_key(s.name())))

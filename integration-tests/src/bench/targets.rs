@@ -1,5 +1,5 @@
 //! The systems under test, booted and torn down by the bench: kennel's chat-demo cluster (plain,
-//! or its frontends over TLS), the mydog peer, and the raw tokio echo server (multi- or
+//! its frontends over TLS, or its internal links encrypted), the mydog peer, and the raw tokio echo server (multi- or
 //! single-threaded). Each exposes its client addresses and the pids
 //! whose CPU and memory are measured; dropping one kills only what it started.
 
@@ -26,6 +26,8 @@ pub enum System {
     RawSt,
     /// kennel's chat-demo with its frontends over TLS.
     KennelTls,
+    /// kennel's chat-demo with every internal link encrypted (`encryptLinks`).
+    KennelEncrypted,
 }
 
 impl System {
@@ -37,6 +39,7 @@ impl System {
             System::Raw => "raw",
             System::RawSt => "raw-1t",
             System::KennelTls => "kennel-tls",
+            System::KennelEncrypted => "kennel-encrypted",
         }
     }
 }
@@ -88,17 +91,19 @@ impl Target {
         chats: u16,
         release: Option<bool>,
     ) -> Result<(Target, BootTimes)> {
-        Target::kennel_with(connectors, chats, release, false)
+        Target::kennel_with(connectors, chats, release, System::Kennel)
     }
 
-    /// [`Target::kennel`], with `tls` every frontend over TLS (a certificate of a CA made for
-    /// the run; its clients connect with [`Target::tls`]).
+    /// [`Target::kennel`] as `system`: [`System::KennelTls`], every frontend over TLS (a
+    /// certificate of a CA made for the run; its clients connect with [`Target::tls`]);
+    /// [`System::KennelEncrypted`], every internal link encrypted (`encryptLinks`).
     pub fn kennel_with(
         connectors: u16,
         chats: u16,
         release: Option<bool>,
-        tls: bool,
+        system: System,
     ) -> Result<(Target, BootTimes)> {
+        let tls = system == System::KennelTls;
         let threads = |var: &str, default: u64| {
             std::env::var(var)
                 .ok()
@@ -115,6 +120,9 @@ impl Target {
             .connector_key("rateLimit", json!(false));
         opts.chat_extra = json!({"threads": threads("KENNEL_BENCH_CHAT_THREADS", 1)});
         opts.release = release;
+        if system == System::KennelEncrypted {
+            opts = opts.encrypted();
+        }
         let (mut certs, mut client_tls) = (None, None);
         if tls {
             let ca = crate::tls::TestCa::new("kennel bench CA")?;
@@ -134,11 +142,7 @@ impl Target {
         let addrs = cluster.frontends.iter().map(|f| f.1.clone()).collect();
         Ok((
             Target {
-                system: if tls {
-                    System::KennelTls
-                } else {
-                    System::Kennel
-                },
+                system,
                 addrs,
                 pids,
                 tls: client_tls,

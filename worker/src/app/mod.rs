@@ -126,6 +126,7 @@ impl App {
         let mesh = Mesh::new(
             me,
             secret.into_bytes(),
+            project.master.settings.encrypt_links,
             rpc,
             stats.clone(),
             shutdown.clone(),

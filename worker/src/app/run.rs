@@ -427,6 +427,7 @@ mod tests {
             handler.clone(),
             "room-1".into(),
             framed,
+            None,
             CancellationToken::new(),
         );
         let gate = kennel_proto::net::PreAuthGate::new(4, 4);

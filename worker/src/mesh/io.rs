@@ -1,7 +1,14 @@
 //! The sockets of the mesh: dialing a peer (the smaller id dials, and redials after a delay
 //! for as long as discovery lists the peer), accepting peers (unauthenticated connections
 //! capped), the mutual authentication, and each link's task: its reader loop, here, and its
-//! writer task ([`write_loop`]).
+//! writer task ([`write_loop`]; both on the link's bytes of `stream.rs`).
+//!
+//! With `encryptLinks` the handshake ends with a Noise handshake and the link's bytes are Noise
+//! records ([`kennel_proto::noise`]): the writer seals each batch at once (one write per batch,
+//! as plain), the reader opens records into the buffer its frames are decoded from. A record
+//! that fails to decrypt ends the link like any bad message (the dialer redials; calls in
+//! flight fail with the link-dropped error). The plain path is unchanged: no copy, no branch
+//! per frame.
 //!
 //! Game code run for a message (handlers, remotes, codecs) is behind panic boundaries in
 //! routing. Should anything else panic in a link's reader or writer, the link is closed, not
@@ -12,30 +19,26 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::task::{Poll, ready};
 use std::time::Duration;
 
 use bytes::BytesMut;
 use kennel_proto::auth;
-use kennel_proto::frame::{AUTH_MAX_FRAME, LinkError, ProtoCodec, length_codec};
-use kennel_proto::msg::{PeerMsg, Ping, Role, peer_msg};
+use kennel_proto::frame::{AUTH_MAX_FRAME, length_codec};
+use kennel_proto::msg::{PeerMsg, Role, peer_msg};
 use kennel_proto::net::Ticket;
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use kennel_proto::noise::Transport;
 use tokio::net::{TcpListener, TcpStream};
-use tokio_util::codec::{Decoder, Framed, FramedParts};
+use tokio_util::codec::{Framed, FramedParts};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::mesh::link::{Link, encode_frame, msg};
+use crate::mesh::link::Link;
 use crate::mesh::peers::Peers;
+use crate::mesh::stream::{LinkReader, write_loop};
 use crate::mesh::{Mesh, PeerHandler, ServerInfo};
-use crate::net::AdaptiveRead;
 use crate::panic::guarded;
 use crate::stats::LogThrottle;
 
-/// A write buffer grown past this is not kept for the next batch.
-const KEEP_BUFFER: usize = 1 << 20;
 /// How long authentication may take.
 const AUTH_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -57,32 +60,50 @@ pub(crate) async fn dial_loop<H: PeerHandler>(
                 .map_err(|e| (false, e.to_string()))?;
             let _ = stream.set_nodelay(mesh.config().no_delay);
             let mut framed = Framed::new(stream, length_codec(AUTH_MAX_FRAME));
-            tokio::time::timeout(
-                AUTH_TIMEOUT,
-                auth::dial(&mut framed, &mesh.secret, Role::Peer, mesh.id(), &info.id),
-            )
-            .await
-            .map_err(|_| (false, "authentication timed out".to_string()))?
-            .map_err(|e| {
-                // A refusal without the peer's proof of the secret is anyone's to send: never
-                // a verdict, the dial goes on like after any other failure.
-                let untrusted = matches!(
-                    e,
-                    auth::AuthError::Refused(_) | auth::AuthError::Rejected(_)
-                );
-                (untrusted, e.to_string())
-            })?;
-            Ok::<_, (bool, String)>(framed)
+            let dial = auth::dial_with(
+                &mut framed,
+                &mesh.secret,
+                Role::Peer,
+                mesh.id(),
+                &info.id,
+                mesh.cipher,
+            );
+            let (_, transport) = tokio::time::timeout(AUTH_TIMEOUT, dial)
+                .await
+                .map_err(|_| (false, "authentication timed out".to_string()))?
+                .map_err(|e| {
+                    // The peer proved the secret, then the encrypted handshake failed (changed
+                    // on the way): worth a warning every time.
+                    if let auth::AuthError::Noise(_) = e {
+                        warn!(peer = %info.id, %addr, cause = %e, "encrypted handshake with the peer failed; retrying");
+                    }
+                    // A refusal without the peer's proof of the secret is anyone's to send: never
+                    // a verdict, the dial goes on like after any other failure.
+                    let untrusted = matches!(
+                        e,
+                        auth::AuthError::Refused(_) | auth::AuthError::Rejected(_)
+                    );
+                    (untrusted, e.to_string())
+                })?;
+            Ok::<_, (bool, String)>((framed, transport))
         });
         let result = tokio::select! {
             _ = cancel.cancelled() => return,
             r = attempt => r,
         };
         match result {
-            Ok(framed) => {
+            Ok((framed, transport)) => {
                 logged = false;
                 let peer = info.id.as_str().into();
-                run_link(mesh.clone(), handler.clone(), peer, framed, cancel.clone()).await;
+                let link = run_link(
+                    mesh.clone(),
+                    handler.clone(),
+                    peer,
+                    framed,
+                    transport,
+                    cancel.clone(),
+                );
+                link.await;
             }
             Err((true, e)) if !logged => {
                 warn!(peer = %info.id, %addr, cause = %e, "peer port refused this link before proving it knows the secret: not trusted, retrying");
@@ -161,14 +182,14 @@ pub(crate) fn inbound<H: PeerHandler>(
             }
         };
         drop(ticket);
-        if let Some((peer, framed)) = authenticated {
-            run_link(mesh, handler, peer.into(), framed, shutdown).await
+        if let Some((peer, framed, transport)) = authenticated {
+            run_link(mesh, handler, peer.into(), framed, transport, shutdown).await
         }
     }
 }
 
-/// Authenticates an inbound peer link: the peer's id and the framed stream, or `None` (logged)
-/// when it is refused or too slow.
+/// Authenticates an inbound peer link: the peer's id, the framed stream and, on an encrypted
+/// link, its keys; or `None` (logged) when it is refused or too slow.
 async fn authenticate_inbound(
     mesh: &Mesh,
     stream: TcpStream,
@@ -176,6 +197,7 @@ async fn authenticate_inbound(
 ) -> Option<(
     String,
     Framed<TcpStream, tokio_util::codec::LengthDelimitedCodec>,
+    Option<Transport>,
 )> {
     let _ = stream.set_nodelay(mesh.config().no_delay);
     let mut framed = Framed::new(stream, length_codec(AUTH_MAX_FRAME));
@@ -203,10 +225,11 @@ async fn authenticate_inbound(
         }
         Ok(mesh.secret.clone())
     };
-    match tokio::time::timeout(AUTH_TIMEOUT, auth::accept(&mut framed, me, admit)).await {
+    let accept = auth::accept_with(&mut framed, me, mesh.cipher, admit);
+    match tokio::time::timeout(AUTH_TIMEOUT, accept).await {
         // The rest of the hello may hold slices of the authentication's read buffer: dropped
         // now, not when the link ends.
-        Ok(Ok(hello)) => Some((hello.id, framed)),
+        Ok(Ok((hello, transport))) => Some((hello.id, framed, transport)),
         Ok(Err(e)) => {
             warn!(%addr, cause = %e, "peer link refused");
             None
@@ -222,132 +245,132 @@ async fn authenticate_inbound(
 /// silent past the heartbeat timeout: installs it, runs its writer task, and reads it here,
 /// handing what arrives to `handler` (replies to this server's calls and heartbeats are the
 /// mesh's own). The size of this future is what every link's task costs: the app's tests pin
-/// it.
-pub(crate) async fn run_link<H: PeerHandler>(
+/// it. A plain fn returning an `async move` block, as [`inbound`]: its arguments are
+/// not kept twice.
+#[allow(clippy::manual_async_fn)]
+pub(crate) fn run_link<H: PeerHandler>(
     mesh: Arc<Mesh>,
     handler: H,
     peer: Arc<str>,
     framed: Framed<TcpStream, tokio_util::codec::LengthDelimitedCodec>,
+    transport: Option<Transport>,
     cancel: CancellationToken,
-) {
-    // The settings it needs, not a copy of the whole config held for the link's life.
-    let (max_len, heartbeat, silence) = {
-        let cfg = mesh.config();
-        (cfg.max_len, cfg.heartbeat, cfg.heartbeat_timeout)
-    };
-    // Reader and writer own their halves of the socket (no lock between them); bytes the
-    // authentication step read ahead stay in the reader's buffer.
-    // Both buffers start small (the authentication step's 8 KiB ones are dropped unless they
-    // hold bytes): most links of a large mesh are idle, and a busy link's buffers grow to its
-    // traffic.
-    let FramedParts {
-        io,
-        read_buf: auth_read,
-        write_buf: auth_write,
-        ..
-    } = framed.into_parts();
-    // The kernel gives up on a peer that acknowledges nothing for as long as the heartbeat
-    // would (a host gone without a FIN or RST; a full window probed in vain).
-    if !heartbeat.is_zero() {
-        kennel_proto::net::set_user_timeout(&io, silence);
-    }
-    let (read_half, write_half) = io.into_split();
-    let mut stream = LinkReader {
-        io: read_half,
-        buf: BytesMut::from(&auth_read[..]),
-        read: AdaptiveRead::new(),
-        codec: ProtoCodec::new(max_len),
-    };
-    let write_buf = BytesMut::from(&auth_write[..]);
-    // Freed now, not when the link ends.
-    drop((auth_read, auth_write));
-    let link = Arc::new(Link::new(
-        mesh.peers.generation.fetch_add(1, Ordering::Relaxed),
-        peer.clone(),
-        write_buf,
-        mesh.timeout(),
-        mesh.peers.calls_waiting.clone(),
-        cancel.child_token(),
-        mesh.stats.drops.clone(),
-    ));
-    mesh.peers.install(link.clone());
-    // From here on every exit path closes and uninstalls the link and fails its calls.
-    let installed = Installed {
-        peers: &mesh.peers,
-        link: &link,
-    };
-    info!(%peer, "peer link up");
-
-    let interval = mesh.config().interval.of(mesh.server_type());
-    let writer = tokio::spawn({
-        let closes = CloseOnDrop(link.clone());
-        let link = link.clone();
-        async move {
-            write_loop(write_half, link, interval, heartbeat).await;
-            drop(closes);
+) -> impl Future<Output = ()> + Send {
+    async move {
+        // The settings it needs, not a copy of the whole config held for the link's life.
+        let (max_len, heartbeat, silence) = {
+            let cfg = mesh.config();
+            (cfg.max_len, cfg.heartbeat, cfg.heartbeat_timeout)
+        };
+        // Reader and writer own their halves of the socket (no lock between them); bytes the
+        // authentication step read ahead stay in the reader's buffer.
+        // Both buffers start small (the authentication step's 8 KiB ones are dropped unless they
+        // hold bytes): most links of a large mesh are idle, and a busy link's buffers grow to its
+        // traffic.
+        let FramedParts {
+            io,
+            read_buf: auth_read,
+            write_buf: auth_write,
+            ..
+        } = framed.into_parts();
+        // The kernel gives up on a peer that acknowledges nothing for as long as the heartbeat
+        // would (a host gone without a FIN or RST; a full window probed in vain).
+        if !heartbeat.is_zero() {
+            kennel_proto::net::set_user_timeout(&io, silence);
         }
-    });
+        let (read_half, write_half) = io.into_split();
+        let (mut stream, seal) = LinkReader::new(read_half, &auth_read, max_len, transport);
+        let write_buf = BytesMut::from(&auth_write[..]);
+        // Freed now, not when the link ends.
+        drop((auth_read, auth_write));
+        let link = Arc::new(Link::new(
+            mesh.peers.generation.fetch_add(1, Ordering::Relaxed),
+            peer.clone(),
+            write_buf,
+            mesh.timeout(),
+            mesh.peers.calls_waiting.clone(),
+            cancel.child_token(),
+            mesh.stats.drops.clone(),
+        ));
+        mesh.peers.install(link.clone());
+        // From here on every exit path closes and uninstalls the link and fails its calls.
+        let installed = Installed {
+            peers: &mesh.peers,
+            link: &link,
+        };
+        info!(%peer, encrypted = stream.is_encrypted(), "peer link up");
 
-    // Silence is checked once per heartbeat period (neither a timer nor a clock read per
-    // message): a period with traffic counts as heard at its end; a link quiet past the
-    // timeout is closed. With heartbeats off, never.
-    let mut check = tokio::time::interval(if heartbeat.is_zero() {
-        Duration::from_secs(3600)
-    } else {
-        heartbeat
-    });
-    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_heard = tokio::time::Instant::now();
-    let mut heard = false;
-    // Registered once (not per message).
-    let closed = link.closed.clone();
-    let cancelled = closed.cancelled();
-    tokio::pin!(cancelled);
-    // Behind a panic boundary: a panic here closes the link (the dialer redials).
-    let read = guarded(async {
-        loop {
-            // Messages first: the other branches are polled only when none is ready.
-            // Before the reader waits for more, what it held back for clients goes out.
-            let m = tokio::select! {
-                biased;
-                m = stream.next(|| handler.read_all()) => m,
-                _ = &mut cancelled => break,
-                _ = check.tick() => {
-                    if std::mem::take(&mut heard) {
-                        last_heard = tokio::time::Instant::now();
-                    } else if !heartbeat.is_zero() && last_heard.elapsed() > silence {
-                        warn!(%peer, "peer link silent for {silence:?} (heartbeat timeout): closing it");
+        let interval = mesh.config().interval.of(mesh.server_type());
+        let writer = tokio::spawn({
+            let closes = CloseOnDrop(link.clone());
+            let link = link.clone();
+            async move {
+                write_loop(write_half, link, seal, interval, heartbeat).await;
+                drop(closes);
+            }
+        });
+
+        // Silence is checked once per heartbeat period (neither a timer nor a clock read per
+        // message): a period with traffic counts as heard at its end; a link quiet past the
+        // timeout is closed. With heartbeats off, never.
+        let mut check = tokio::time::interval(if heartbeat.is_zero() {
+            Duration::from_secs(3600)
+        } else {
+            heartbeat
+        });
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_heard = tokio::time::Instant::now();
+        let mut heard = false;
+        // Registered once (not per message).
+        let closed = link.closed.clone();
+        let cancelled = closed.cancelled();
+        tokio::pin!(cancelled);
+        // Behind a panic boundary: a panic here closes the link (the dialer redials).
+        let read = guarded(async {
+            loop {
+                // Messages first: the other branches are polled only when none is ready.
+                // Before the reader waits for more, what it held back for clients goes out.
+                let m = tokio::select! {
+                    biased;
+                    m = stream.next(|| handler.read_all()) => m,
+                    _ = &mut cancelled => break,
+                    _ = check.tick() => {
+                        if std::mem::take(&mut heard) {
+                            last_heard = tokio::time::Instant::now();
+                        } else if !heartbeat.is_zero() && last_heard.elapsed() > silence {
+                            warn!(%peer, "peer link silent for {silence:?} (heartbeat timeout): closing it");
+                            break;
+                        }
+                        continue;
+                    }
+                };
+                heard = true;
+                match m {
+                    None => break,
+                    Some(Err(e)) => {
+                        warn!(%peer, cause = %e, "bad message on peer link: closing it");
                         break;
                     }
-                    continue;
+                    Some(Ok(PeerMsg { msg: Some(m) })) => dispatch(&handler, &link, m),
+                    Some(Ok(PeerMsg { msg: None })) => {}
                 }
-            };
-            heard = true;
-            match m {
-                None => break,
-                Some(Err(e)) => {
-                    warn!(%peer, cause = %e, "bad message on peer link: closing it");
-                    break;
-                }
-                Some(Ok(PeerMsg { msg: Some(m) })) => dispatch(&handler, &link, m),
-                Some(Ok(PeerMsg { msg: None })) => {}
             }
+        });
+        let read = read.await;
+        handler.read_all();
+        if let Err(p) = read {
+            tracing::error!(
+                server = mesh.id(),
+                %peer,
+                "panic in a peer link's reader: {}; closing the link",
+                p.message()
+            );
+            mesh.stats.panic("peer link");
         }
-    });
-    let read = read.await;
-    handler.read_all();
-    if let Err(p) = read {
-        tracing::error!(
-            server = mesh.id(),
-            %peer,
-            "panic in a peer link's reader: {}; closing the link",
-            p.message()
-        );
-        mesh.stats.panic("peer link");
+        drop(installed);
+        let _ = writer.await;
+        info!(%peer, "peer link down");
     }
-    drop(installed);
-    let _ = writer.await;
-    info!(%peer, "peer link down");
 }
 
 /// Hands one message of `link` to where it goes.
@@ -389,187 +412,15 @@ impl Drop for CloseOnDrop {
     }
 }
 
-/// The reading side of a link: frames decoded from a buffer filled by reads of an adaptive
-/// size (an idle link holds a few dozen bytes, a busy one reads up to 64 KiB at once).
-struct LinkReader {
-    io: OwnedReadHalf,
-    buf: BytesMut,
-    read: AdaptiveRead,
-    codec: ProtoCodec<PeerMsg, PeerMsg>,
-}
-
-impl LinkReader {
-    /// The next message; `None` when the peer closed the link between messages. Cancel-safe:
-    /// bytes read stay in the buffer. Before it waits for the socket it calls `before_wait`.
-    async fn next(&mut self, before_wait: impl Fn()) -> Option<Result<PeerMsg, LinkError>> {
-        std::future::poll_fn(|cx| {
-            let r = self.poll_next(cx);
-            if r.is_pending() {
-                before_wait();
-            }
-            r
-        })
-        .await
-    }
-
-    fn poll_next(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-    ) -> Poll<Option<Result<PeerMsg, LinkError>>> {
-        loop {
-            match self.codec.decode(&mut self.buf) {
-                Ok(Some(m)) => return Poll::Ready(Some(Ok(m))),
-                Ok(None) => {}
-                Err(e) => return Poll::Ready(Some(Err(e))),
-            }
-            match ready!(self.read.poll_read(&mut self.io, cx, &mut self.buf)) {
-                Ok(0) if self.buf.is_empty() => return Poll::Ready(None),
-                Ok(0) => {
-                    let e = std::io::Error::new(
-                        std::io::ErrorKind::UnexpectedEof,
-                        "link closed in the middle of a message",
-                    );
-                    return Poll::Ready(Some(Err(e.into())));
-                }
-                Ok(_) => {}
-                Err(e) => return Poll::Ready(Some(Err(e.into()))),
-            }
-        }
-    }
-}
-
-/// Writes a link's outbox to its socket: each wake-up takes every frame queued so far and
-/// writes them at once; with an `interval`, frames are held up to that long to batch more.
-/// Sends a ping when the link has been idle for `heartbeat`.
-async fn write_loop(
-    mut io: OwnedWriteHalf,
-    link: Arc<Link>,
-    interval: Duration,
-    heartbeat: Duration,
-) {
-    let out = &link.out;
-    let closed = &link.closed;
-    // One ticker for the heartbeat (not a timer per message): a tick after a period with
-    // nothing sent sends a ping.
-    let mut seq = 0u64;
-    let mut tick = tokio::time::interval(if heartbeat.is_zero() {
-        Duration::from_secs(3600)
-    } else {
-        heartbeat
-    });
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await; // the first tick is immediate
-    let mut sent = false;
-    // The buffer being written; swapped with the outbox's so neither is reallocated.
-    let mut batch = BytesMut::new();
-    // Bytes queued before the writer started (from authentication) go out first.
-    out.ready.notify_one();
-    loop {
-        tokio::select! {
-            biased;
-            _ = closed.cancelled() => break,
-            _ = out.ready.notified() => sent = true,
-            _ = tick.tick(), if !heartbeat.is_zero() => {
-                if std::mem::take(&mut sent) {
-                    continue;
-                }
-                seq += 1;
-                let ping = msg(peer_msg::Msg::Ping(Ping { seq }));
-                encode_frame(&ping, &mut out.state.lock().unwrap().buf);
-            }
-        }
-        if !interval.is_zero() {
-            tokio::select! {
-                _ = tokio::time::sleep(interval) => {}
-                _ = closed.cancelled() => {}
-            }
-        }
-        {
-            let mut st = out.state.lock().unwrap();
-            if st.buf.is_empty() {
-                continue;
-            }
-            std::mem::swap(&mut st.buf, &mut batch);
-            st.full_since = None;
-        }
-        out.room.notify_waiters();
-        // Raced with the close: a link declared dead while its peer reads nothing ends now,
-        // failing whoever waits on it, instead of when the peer reads again.
-        let written = tokio::select! {
-            r = io.write_all(&batch) => r.is_ok(),
-            _ = closed.cancelled() => false,
-        };
-        if !written {
-            break;
-        }
-        batch.clear();
-        if batch.capacity() > KEEP_BUFFER {
-            batch = BytesMut::new();
-        }
-    }
-    out.close();
-    closed.cancel();
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::RpcError;
-    use crate::mesh::link::{LINK_QUEUE_BYTES, Pushed};
-
-    /// A link reader on one end of a loopback TCP pair, and the other end's writer.
-    async fn reader() -> (LinkReader, TcpStream) {
-        let (a, b) = crate::net::tcp_pair().await;
-        let (rd, _wr) = b.into_split();
-        let r = LinkReader {
-            io: rd,
-            buf: BytesMut::new(),
-            read: AdaptiveRead::new(),
-            codec: ProtoCodec::new(1 << 20),
-        };
-        (r, a)
-    }
+    use crate::mesh::link::{LINK_QUEUE_BYTES, Pushed, msg};
+    use kennel_proto::msg::Ping;
 
     fn ping(seq: u64) -> PeerMsg {
         msg(peer_msg::Msg::Ping(Ping { seq }))
-    }
-
-    #[tokio::test]
-    async fn reads_every_message_of_a_burst_in_order_then_the_end() {
-        let (mut r, mut w) = reader().await;
-        let mut bytes = BytesMut::new();
-        for seq in 0..20_000 {
-            encode_frame(&ping(seq), &mut bytes);
-        }
-        // Written in uneven pieces, so frames straddle reads.
-        let writer = tokio::spawn(async move {
-            for chunk in bytes.chunks(777) {
-                w.write_all(chunk).await.unwrap();
-            }
-        });
-        for seq in 0..20_000 {
-            let m = tokio::time::timeout(Duration::from_secs(10), r.next(|| {}))
-                .await
-                .unwrap();
-            assert_eq!(m.unwrap().unwrap(), ping(seq));
-        }
-        writer.await.unwrap();
-        let end = tokio::time::timeout(Duration::from_secs(10), r.next(|| {})).await;
-        assert!(
-            end.unwrap().is_none(),
-            "a close between messages ends the link"
-        );
-    }
-
-    #[tokio::test]
-    async fn a_close_in_the_middle_of_a_message_is_an_error() {
-        let (mut r, mut w) = reader().await;
-        let mut bytes = BytesMut::new();
-        encode_frame(&ping(1), &mut bytes);
-        w.write_all(&bytes[..bytes.len() - 1]).await.unwrap();
-        drop(w);
-        let m = tokio::time::timeout(Duration::from_secs(10), r.next(|| {})).await;
-        assert!(matches!(m.unwrap(), Some(Err(LinkError::Io(_)))));
     }
 
     #[tokio::test]
@@ -601,13 +452,5 @@ mod tests {
             link.out.try_push(ping(1), LINK_QUEUE_BYTES),
             Pushed::Closed
         ));
-    }
-
-    #[tokio::test]
-    async fn an_oversized_frame_is_an_error() {
-        let (mut r, mut w) = reader().await;
-        w.write_all(&(2u32 << 20).to_be_bytes()).await.unwrap();
-        let m = tokio::time::timeout(Duration::from_secs(10), r.next(|| {})).await;
-        assert!(matches!(m.unwrap(), Some(Err(_))));
     }
 }

@@ -1,4 +1,5 @@
-//! The link to the master: authenticate, register, and keep the server list current.
+//! The link to the master: authenticate, register, and keep the server list current
+//! (encrypted after authentication with `encryptLinks`).
 //!
 //! ```text
 //! server -> master : (auth, role SERVER) Register{info}
@@ -110,8 +111,14 @@ pub(crate) async fn run<M: Membership>(
                     last_logged = Some(e);
                 }
             }
-            Err(LinkErr::Other(e, registered)) => {
-                registered_before |= registered;
+            Err(LinkErr::Other(e, true)) => {
+                // E.g. a record that failed to decrypt: the link is gone, as if dropped.
+                warn!(master = %addr, cause = %e, "master link broken; serving on, redialing");
+                registered_before = true;
+                delay = Duration::from_millis(100);
+                last_logged = None;
+            }
+            Err(LinkErr::Other(e, false)) => {
                 if last_logged.as_deref() != Some(e.as_str()) {
                     warn!(master = %addr, cause = %e, "cannot register with the master yet; retrying");
                     last_logged = Some(e);
@@ -168,27 +175,25 @@ async fn session<M: Membership>(
     // The kernel gives up on a master that acknowledges nothing for this long.
     kennel_proto::net::set_user_timeout(&stream, MASTER_USER_TIMEOUT);
     let mut framed = Framed::new(stream, length_codec(AUTH_MAX_FRAME));
-    match tokio::time::timeout(
-        Duration::from_secs(5),
-        auth::dial(
-            &mut framed,
-            &mesh.secret,
-            Role::Server,
-            mesh.id(),
-            &master.id,
-        ),
-    )
-    .await
-    {
+    let dial = auth::dial_with(
+        &mut framed,
+        &mesh.secret,
+        Role::Server,
+        mesh.id(),
+        &master.id,
+        mesh.cipher,
+    );
+    let transport = match tokio::time::timeout(Duration::from_secs(5), dial).await {
         Err(_) => return Err(other("authentication timed out".into())),
         Ok(Err(auth::AuthError::Refused(r) | auth::AuthError::Rejected(r))) => {
             return Err(LinkErr::Untrusted(r));
         }
         Ok(Err(e)) => return Err(other(e.to_string())),
-        Ok(Ok(_)) => {}
-    }
-    let mut framed =
-        framed.map_codec(|_| ProtoCodec::<FromMaster, ToMaster>::new(DEFAULT_MAX_FRAME));
+        Ok(Ok((_, transport))) => transport,
+    };
+    // Encrypted (`encryptLinks`): the link's bytes are Noise records from here on.
+    let codec = ProtoCodec::<FromMaster, ToMaster>::new(DEFAULT_MAX_FRAME);
+    let mut framed = kennel_proto::noise::framed_link(framed, transport, codec);
     let info = master.info.clone();
     framed
         .send(ToMaster {
@@ -222,7 +227,11 @@ async fn session<M: Membership>(
         match m.msg {
             Some(from_master::Msg::List(list)) => {
                 registered = true;
-                info!(servers = list.servers.len(), "registered with the master");
+                let encrypted = kennel_proto::noise::is_encrypted(framed.get_ref());
+                info!(
+                    servers = list.servers.len(),
+                    encrypted, "registered with the master"
+                );
                 let ids: HashSet<String> = list.servers.iter().map(|s| s.id.clone()).collect();
                 for s in &list.servers {
                     membership.server_added(ServerInfo::from(s));

@@ -1,20 +1,22 @@
 //! The RPC mesh: every known server ([`peers`]), one authenticated TCP link per pair of
-//! servers ([`link`]: its outbox and calls in flight; [`io`]: dial, accept, authenticate, read,
-//! write), the wire side of RPC ([`rpc`]), its settings ([`rpc_config`]), and discovery
-//! ([`master_link`]: the master as the one backend so far).
+//! servers ([`link`]: its outbox and calls in flight; [`io`]: dial, accept, authenticate, run;
+//! [`stream`]: read and write, encrypted or not), the wire side of RPC ([`rpc`]), its
+//! settings ([`rpc_config`]), and discovery ([`master_link`]: the master as the one backend so
+//! far).
 //!
 //! The mesh imports nothing from the app or routing: messages for the game leave it through
 //! [`PeerHandler`] (client messages, pushes, remote calls, session applies; replies to its own
 //! calls and heartbeats it handles itself), and what discovery learns leaves it through
 //! [`Membership`]. An etcd backend would be a second [`Membership`] driver beside
-//! `master_link`; an encrypted mesh would change `io` only.
+//! `master_link`. `encryptLinks` ([`Mesh::cipher`]) changes how `io`, `stream` and
+//! `master_link` carry bytes, nothing above them.
 
 use std::future::Future;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use kennel_proto::msg::{ClientPush, ClientRequest, Report, RpcRequest, SessionApply};
+use kennel_proto::msg::{Cipher, ClientPush, ClientRequest, Report, RpcRequest, SessionApply};
 use tokio_util::sync::CancellationToken;
 
 pub(crate) mod io;
@@ -23,6 +25,9 @@ pub(crate) mod master_link;
 pub(crate) mod peers;
 pub(crate) mod rpc;
 pub(crate) mod rpc_config;
+pub(crate) mod stream;
+#[cfg(test)]
+mod wire_tests;
 
 use crate::stats::Stats;
 use link::Link;
@@ -68,6 +73,8 @@ pub(crate) struct Mesh {
     me: ServerInfo,
     id: Arc<str>,
     secret: Vec<u8>,
+    /// What protects the master link and peer links after authentication (`encryptLinks`).
+    pub(crate) cipher: Cipher,
     /// The RPC settings, fixed when first read ([`Mesh::config`]).
     config: OnceLock<RpcConfig>,
     /// What [`Mesh::config`] fixes: the master config's, or [`Mesh::set_config`]'s.
@@ -81,10 +88,12 @@ pub(crate) struct Mesh {
 }
 
 impl Mesh {
-    /// `config`: the RPC settings of the master config (replaceable until first read).
+    /// `config`: the RPC settings of the master config (replaceable until first read);
+    /// `encrypt`: `encryptLinks`.
     pub(crate) fn new(
         me: ServerInfo,
         secret: Vec<u8>,
+        encrypt: bool,
         config: RpcConfig,
         stats: Arc<Stats>,
         shutdown: CancellationToken,
@@ -93,6 +102,11 @@ impl Mesh {
             id: me.id.as_str().into(),
             me,
             secret,
+            cipher: if encrypt {
+                Cipher::Noise
+            } else {
+                Cipher::Plain
+            },
             config: OnceLock::new(),
             draft: Mutex::new(Some(config)),
             peers: Peers::default(),
