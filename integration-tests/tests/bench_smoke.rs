@@ -173,6 +173,11 @@ fn players_scenarios_count_every_reply_and_delivery() {
         "0.3",
         "--measure",
         "1",
+        // Players per core counts only steps under this p99: the smoke run checks the
+        // accounting, and a loaded machine (the suite's other tests) can push an unoptimised
+        // or Node server's p99 past the default 50 ms at 40 players.
+        "--p99-limit-ms",
+        "2000",
         "--json",
     ])
     .arg(&json);
