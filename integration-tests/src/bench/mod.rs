@@ -8,6 +8,7 @@ pub mod load;
 pub mod players;
 pub mod procfs;
 pub mod raw_echo;
+pub mod raw_uring;
 pub mod report;
 pub mod targets;
 

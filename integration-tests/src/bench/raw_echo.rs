@@ -36,14 +36,38 @@ pub fn main(port: u16, single_thread: bool) -> anyhow::Result<()> {
     })
 }
 
-async fn serve(mut stream: TcpStream) {
+/// The handshake reply the raw servers send: the chat route list and its md5, no heartbeat.
+pub(crate) fn handshake_reply() -> Vec<u8> {
     let routes: Vec<String> = ROUTES.iter().map(|s| s.to_string()).collect();
-    let reply = serde_json::to_vec(&HandshakeReply {
+    serde_json::to_vec(&HandshakeReply {
         md5: route_md5(&routes),
         route: Some(routes),
         heartbeat: 0,
     })
-    .expect("handshake reply serializes");
+    .expect("handshake reply serializes")
+}
+
+/// Answers every whole frame in `inbuf` into `out` (echo, handshake reply, heartbeat); `Err` on
+/// a frame that does not decode.
+pub(crate) fn answer(
+    codec: &mut ClientCodec,
+    inbuf: &mut BytesMut,
+    out: &mut BytesMut,
+    reply: &[u8],
+) -> Result<(), ()> {
+    loop {
+        match codec.decode(inbuf) {
+            Ok(Some(Frame::Message { cmd, payload })) => put_message(out, cmd, &payload),
+            Ok(Some(Frame::Handshake(_))) => put_frame(out, TYPE_HANDSHAKE, reply),
+            Ok(Some(Frame::Heartbeat)) => put_frame(out, kennel_proto::client::TYPE_HEARTBEAT, &[]),
+            Ok(None) => return Ok(()),
+            Err(_) => return Err(()),
+        }
+    }
+}
+
+async fn serve(mut stream: TcpStream) {
+    let reply = handshake_reply();
     let mut codec = ClientCodec::default();
     let mut inbuf = BytesMut::with_capacity(8192);
     let mut out = BytesMut::with_capacity(8192);
@@ -52,16 +76,8 @@ async fn serve(mut stream: TcpStream) {
             Ok(0) | Err(_) => return,
             Ok(_) => {}
         }
-        loop {
-            match codec.decode(&mut inbuf) {
-                Ok(Some(Frame::Message { cmd, payload })) => put_message(&mut out, cmd, &payload),
-                Ok(Some(Frame::Handshake(_))) => put_frame(&mut out, TYPE_HANDSHAKE, &reply),
-                Ok(Some(Frame::Heartbeat)) => {
-                    put_frame(&mut out, kennel_proto::client::TYPE_HEARTBEAT, &[])
-                }
-                Ok(None) => break,
-                Err(_) => return,
-            }
+        if answer(&mut codec, &mut inbuf, &mut out, &reply).is_err() {
+            return;
         }
         if !out.is_empty() {
             if stream.write_all(&out).await.is_err() {

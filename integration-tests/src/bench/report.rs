@@ -1,6 +1,7 @@
 //! Results: every run's figure per (scenario, metric, system), medians, the printed table
-//! (scenario, metric, kennel, mydog, kennel/mydog, then the raw servers that ran: raw tokio,
-//! kennel/raw, raw 1-thread, kennel/raw1t) and a JSON dump.
+//! (scenario, metric, kennel, mydog, kennel/mydog, then each other system that ran with its
+//! ratio: raw tokio, raw 1-thread, kennel TLS / encrypted, kennel on io_uring against mydog,
+//! raw io_uring against kennel on io_uring) and a JSON dump.
 
 use std::collections::BTreeMap;
 
@@ -276,24 +277,59 @@ impl Results {
         } else {
             presets::ASCII_BORDERS_ONLY_CONDENSED
         });
-        // The raw columns appear when a raw server ran (the multi-threaded one for the classic
-        // scenarios, the single-threaded one for the players'), kennel TLS and kennel encrypted
-        // when they ran.
-        let raws: Vec<(System, &str, &str)> = [
-            (System::Raw, "raw tokio", "kennel/raw"),
-            (System::RawSt, "raw 1-thread", "kennel/raw1t"),
-            (System::KennelTls, "kennel TLS", "plain/TLS"),
+        // The extra columns appear when their system ran (the multi-threaded raw server for
+        // the classic scenarios, the single-threaded and io_uring ones for the players'; kennel
+        // TLS, encrypted and on io_uring when they ran), each with a ratio (numerator /
+        // denominator system).
+        let raws: Vec<(System, &str, &str, System, System)> = [
+            (
+                System::Raw,
+                "raw tokio",
+                "kennel/raw",
+                System::Kennel,
+                System::Raw,
+            ),
+            (
+                System::RawSt,
+                "raw 1-thread",
+                "kennel/raw1t",
+                System::Kennel,
+                System::RawSt,
+            ),
+            (
+                System::KennelTls,
+                "kennel TLS",
+                "plain/TLS",
+                System::Kennel,
+                System::KennelTls,
+            ),
             (
                 System::KennelEncrypted,
                 "kennel encrypted",
                 "plain/encrypted",
+                System::Kennel,
+                System::KennelEncrypted,
+            ),
+            (
+                System::KennelUring,
+                "kennel uring",
+                "uring/mydog",
+                System::KennelUring,
+                System::Mydog,
+            ),
+            (
+                System::RawUring,
+                "raw uring",
+                "kuring/rawuring",
+                System::KennelUring,
+                System::RawUring,
             ),
         ]
         .into_iter()
-        .filter(|(s, _, _)| self.rows.iter().any(|r| r.runs.contains_key(s.name())))
+        .filter(|(s, ..)| self.rows.iter().any(|r| r.runs.contains_key(s.name())))
         .collect();
         let mut header = vec!["scenario", "metric", "kennel", "mydog", "kennel/mydog"];
-        for (_, name, ratio) in &raws {
+        for (_, name, ratio, ..) in &raws {
             header.extend([*name, *ratio]);
         }
         t.set_header(header);
@@ -321,13 +357,13 @@ impl Results {
                 r.metric.format(m),
                 ratio(k, m),
             ];
-            for (s, _, _) in &raws {
-                let raw = r.median(*s);
+            for (s, _, _, num, den) in &raws {
+                let (raw, a, b) = (r.median(*s), r.median(*num), r.median(*den));
                 row.push(r.metric.format(raw));
                 row.push(if raw.is_nan() {
                     String::new()
                 } else {
-                    ratio(k, raw)
+                    ratio(a, b)
                 });
             }
             t.add_row(row);

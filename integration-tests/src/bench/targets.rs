@@ -1,6 +1,6 @@
 //! The systems under test, booted and torn down by the bench: kennel's chat-demo cluster (plain,
-//! its frontends over TLS, or its internal links encrypted), the mydog peer, and the raw tokio echo server (multi- or
-//! single-threaded). Each exposes its client addresses and the pids
+//! its frontends over TLS or on io_uring, or its internal links encrypted), the mydog peer, and
+//! the raw echo server (tokio multi- or single-threaded, or one io_uring ring). Each exposes its client addresses and the pids
 //! whose CPU and memory are measured; dropping one kills only what it started.
 
 use std::io::{BufRead, BufReader};
@@ -28,6 +28,10 @@ pub enum System {
     KennelTls,
     /// kennel's chat-demo with every internal link encrypted (`encryptLinks`).
     KennelEncrypted,
+    /// kennel's chat-demo with its frontends on the io_uring connector (`"io": "uring"`).
+    KennelUring,
+    /// The raw echo server on one thread and one io_uring ring: the io_uring floor of one core.
+    RawUring,
 }
 
 impl System {
@@ -40,6 +44,8 @@ impl System {
             System::RawSt => "raw-1t",
             System::KennelTls => "kennel-tls",
             System::KennelEncrypted => "kennel-encrypted",
+            System::KennelUring => "kennel-uring",
+            System::RawUring => "raw-uring",
         }
     }
 }
@@ -123,6 +129,9 @@ impl Target {
         if system == System::KennelEncrypted {
             opts = opts.encrypted();
         }
+        if system == System::KennelUring {
+            opts = opts.connector_key("io", json!("uring"));
+        }
         let (mut certs, mut client_tls) = (None, None);
         if tls {
             let ca = crate::tls::TestCa::new("kennel bench CA")?;
@@ -186,11 +195,18 @@ impl Target {
         Target::raw_echo(System::RawSt)
     }
 
+    /// The raw echo server on one io_uring ring (`<exe> raw-echo <port> uring`).
+    pub fn raw_uring() -> Result<Target> {
+        Target::raw_echo(System::RawUring)
+    }
+
     fn raw_echo(system: System) -> Result<Target> {
         let port = free_port();
         let mut args = vec!["raw-echo".to_string(), port.to_string()];
-        if system == System::RawSt {
-            args.push("1".into());
+        match system {
+            System::RawSt => args.push("1".into()),
+            System::RawUring => args.push("uring".into()),
+            _ => {}
         }
         let mut child = Command::new(std::env::current_exe()?)
             .args(&args)

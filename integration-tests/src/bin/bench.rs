@@ -8,8 +8,8 @@
 //! ```
 //!
 //! Prints progress on stderr and the table of medians on stdout; exits 1 if any run lost a
-//! reply. `bench raw-echo <port> [1]` is the raw tokio echo server the harness spawns (`1`: on
-//! a current-thread runtime).
+//! reply. `bench raw-echo <port> [1|uring]` is the raw echo server the harness spawns (`1`: on
+//! a current-thread runtime; `uring`: one thread on one io_uring ring).
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -78,14 +78,20 @@ struct Args {
     /// Players: open loop, io_uring: the generator wakes at most once per this many µs.
     #[arg(long)]
     tick_us: Option<u64>,
+    /// Players: leave out kennel on the io_uring connector and the raw io_uring echo.
+    #[arg(long)]
+    no_uring: bool,
 }
 
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().collect();
     if argv.get(1).map(String::as_str) == Some("raw-echo") {
         let port = argv.get(2).and_then(|p| p.parse().ok()).unwrap_or(0);
-        let single = argv.get(3).map(String::as_str) == Some("1");
-        return match bench::raw_echo::main(port, single) {
+        let run = match argv.get(3).map(String::as_str) {
+            Some("uring") => bench::raw_uring::main(port),
+            single => bench::raw_echo::main(port, single == Some("1")),
+        };
+        return match run {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("raw-echo: {e:#}");
@@ -148,6 +154,7 @@ fn main() -> ExitCode {
     if let Some(v) = args.tick_us {
         p.tick = Duration::from_micros(v);
     }
+    p.uring = !args.no_uring;
     if let Some(g) = args.generator.as_deref() {
         p.backend = if g == "epoll" {
             Backend::Epoll

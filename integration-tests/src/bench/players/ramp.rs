@@ -1,5 +1,6 @@
 //! The players scenarios, side by side: kennel (2 connectors + 2 chat servers), the mydog
-//! peer (same topology) and, for frontend echo, the single-threaded raw echo server, booted
+//! peer (same topology), kennel with its connectors on io_uring and, for frontend echo, the
+//! single-threaded raw echo server and the raw io_uring echo, booted
 //! once and pinned to one CPU; the load generator on another. Per scenario:
 //!
 //! - **closed loop** at each `closed` size (one message in flight per player);
@@ -9,7 +10,7 @@
 //!
 //! **Players per core** = players of the largest step that met the limit / the cores the
 //! servers used in that step (their CPU seconds per second). Steps of one size run
-//! interleaved over the systems (kennel, mydog, raw), each on fresh connections, after the
+//! interleaved over the systems (kennel, mydog, kennel on io_uring, the raw servers), each on fresh connections, after the
 //! servers have gone quiet from the previous step.
 
 use std::collections::HashMap;
@@ -47,6 +48,9 @@ pub struct PlayersConfig {
     pub p99_limit_ms: f64,
     /// The open loop's wake-up tick (io_uring back end).
     pub tick: Duration,
+    /// Also kennel with its frontends on the io_uring connector (`"io": "uring"`) and, for
+    /// frontend echo, the raw io_uring echo (the io_uring floor).
+    pub uring: bool,
 }
 
 impl PlayersConfig {
@@ -68,6 +72,7 @@ impl PlayersConfig {
             release: None,
             p99_limit_ms: 50.0,
             tick: Duration::from_micros(100),
+            uring: true,
         }
     }
 
@@ -102,8 +107,20 @@ pub fn run(cfg: &PlayersConfig, results: &mut Results) -> Result<()> {
     } else {
         None
     };
-    let raw = if cfg.kinds.contains(&Kind::FrontendEcho) {
+    let echo = cfg.kinds.contains(&Kind::FrontendEcho);
+    let raw = if echo {
         Some(Target::raw_single()?)
+    } else {
+        None
+    };
+    let kennel_uring = if cfg.uring {
+        say("players: booting kennel with its connectors on io_uring");
+        Some(Target::kennel_with(2, 2, cfg.release, System::KennelUring)?.0)
+    } else {
+        None
+    };
+    let raw_uring = if cfg.uring && echo {
+        Some(Target::raw_uring()?)
     } else {
         None
     };
@@ -113,6 +130,8 @@ pub fn run(cfg: &PlayersConfig, results: &mut Results) -> Result<()> {
     let mut all: Vec<&Target> = vec![&kennel];
     all.extend(mydog.as_ref());
     all.extend(raw.as_ref());
+    all.extend(kennel_uring.as_ref());
+    all.extend(raw_uring.as_ref());
     for t in &all {
         pin.pin_servers(&t.pids)?;
     }
@@ -124,23 +143,38 @@ pub fn run(cfg: &PlayersConfig, results: &mut Results) -> Result<()> {
         cfg.rate,
         cfg.room_size
     ));
-    let outcome = run_kinds(cfg, results, &kennel, mydog.as_ref(), raw.as_ref());
+    let others = Others {
+        mydog: mydog.as_ref(),
+        raw: raw.as_ref(),
+        kennel_uring: kennel_uring.as_ref(),
+        raw_uring: raw_uring.as_ref(),
+    };
+    let outcome = run_kinds(cfg, results, &kennel, &others);
     pin.restore_self();
     outcome
+}
+
+/// The systems beside kennel, those that run.
+struct Others<'a> {
+    mydog: Option<&'a Target>,
+    raw: Option<&'a Target>,
+    kennel_uring: Option<&'a Target>,
+    raw_uring: Option<&'a Target>,
 }
 
 fn run_kinds(
     cfg: &PlayersConfig,
     results: &mut Results,
     kennel: &Target,
-    mydog: Option<&Target>,
-    raw: Option<&Target>,
+    others: &Others<'_>,
 ) -> Result<()> {
     for &kind in &cfg.kinds {
         let mut systems: Vec<&Target> = vec![kennel];
-        systems.extend(mydog);
+        systems.extend(others.mydog);
+        systems.extend(others.kennel_uring);
         if kind == Kind::FrontendEcho {
-            systems.extend(raw);
+            systems.extend(others.raw);
+            systems.extend(others.raw_uring);
         }
         let spec = |mode, players| Spec {
             kind,
