@@ -125,7 +125,7 @@ impl<K: ClientSink> Connector<K> {
     /// Logs where clients connect.
     pub(crate) fn log_listening(&self, addr: &SocketAddr) {
         let t = match (self.cfg.transport, self.tls.is_some()) {
-            (Transport::Tcp, false) if self.cfg.io == crate::Io::Uring => "tcp (io_uring)",
+            (Transport::Tcp, false) if self.cfg.io == crate::Io::Uring => "tcp+uring",
             (Transport::Tcp, false) => "tcp",
             (Transport::WebSocket, false) => "ws",
             (Transport::Tcp, true) => "tcp+tls",
