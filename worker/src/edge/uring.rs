@@ -158,12 +158,27 @@ impl Reactor {
             }
             *self.shared.reactor.lock().unwrap() = Some(cx.waker().clone());
             std::mem::swap(&mut self.batch, &mut *self.shared.queued.lock().unwrap());
-            if self.batch.is_empty() && !signalled && !self.ring.submission().taskrun() {
+            if !self.batch.is_empty() || signalled || self.work_waits() {
+                // No signal for what completes while this turn runs (inline sends, the
+                // deferred work the enter runs): it is reaped below, and a signal would only
+                // cost another epoll_wait and turn.
+                self.ring.completion().disable_eventfd();
+                self.submit();
+                self.reap();
+            }
+            // Signals on again, then a last look (the kernel sets the TASKRUN flag or posts
+            // the completion before it checks whether to signal; each side fences).
+            self.ring.completion().enable_eventfd();
+            std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+            if !self.work_waits() && self.shared.queued.lock().unwrap().is_empty() {
                 return Poll::Pending;
             }
-            self.submit();
-            self.reap();
         }
+    }
+
+    /// Whether completions, or deferred work that posts them, wait.
+    fn work_waits(&mut self) -> bool {
+        self.ring.submission().taskrun() || !self.ring.completion().is_empty()
     }
 
     /// Pushes `batch` to the ring and enters the kernel once (more when over the queue size):
