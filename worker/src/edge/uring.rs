@@ -17,9 +17,11 @@
 //!   operation ([`RecvOp`], adaptive 512 B .. 64 KiB), copied into the connection's read
 //!   buffer at completion and re-armed at the next read.
 //! - **Writes.** One `sendmsg` (`MSG_NOSIGNAL`) in flight per connection carrying up to 64
-//!   queued frames ([`SendOp`] holds their `Bytes` and the iovecs); the frames stay at the
-//!   front of the connection's queue until the completion says how much the kernel took, so
-//!   order, short writes and `sendQueueBytes` work as on epoll.
+//!   queued frames ([`SendOp`] holds their `Bytes` and the iovecs). Optimistic: the frames
+//!   count as written once submitted (the connection goes on without waiting), a completion
+//!   that wrote them all wakes nobody, and only a short write (its rest is sent first) or an
+//!   error wakes the connection. So frames keep their order, and `sendQueueBytes` bounds what
+//!   waits behind the send in flight (which carries at most 64 frames more).
 //! - **Buffers outlive their operation.** Each submission carries a strong reference to its
 //!   operation (`Arc::into_raw` as the user data), given back only by its completion, so a
 //!   connection dropped with operations in flight leaves their buffers alive until the
@@ -238,9 +240,7 @@ impl Reactor {
                 TAG_RECV => unsafe { Arc::from_raw(ptr as *const RecvOp) }
                     .slot
                     .complete(cqe.result()),
-                TAG_SEND => unsafe { Arc::from_raw(ptr as *const SendOp) }
-                    .slot
-                    .complete(cqe.result()),
+                TAG_SEND => unsafe { Arc::from_raw(ptr as *const SendOp) }.complete(cqe.result()),
                 _ => {}
             }
         }
@@ -297,11 +297,27 @@ struct RecvOp {
 // lock), and by the kernel only while one is.
 unsafe impl Sync for RecvOp {}
 
-/// A connection's `sendmsg`: the frames it writes (kept alive by their `Bytes`), their iovecs
-/// and the message header pointing at them.
+/// A connection's `sendmsg`: the frames it writes (taken from the connection's queue, kept
+/// alive by their `Bytes`), their iovecs and the message header pointing at them.
+///
+/// Optimistic: the frames count as written once submitted, and a completion that wrote them
+/// all wakes nobody (the connection takes it at its next poll); only a short write or an
+/// error wakes the connection ([`SendOp::attention`]), or a connection waiting to send more.
 struct SendOp {
-    slot: Slot,
+    state: Mutex<SendState>,
+    /// A completion the connection must act on (short write, error) arrived.
+    attention: std::sync::atomic::AtomicBool,
     bufs: UnsafeCell<SendBufs>,
+}
+
+#[derive(Default)]
+struct SendState {
+    result: Option<i32>,
+    /// Bytes submitted.
+    expect: usize,
+    waker: Option<Waker>,
+    /// The connection waits for the completion whatever it is (more to send, closing).
+    wait: bool,
 }
 
 struct SendBufs {
@@ -315,6 +331,47 @@ struct SendBufs {
 // and `iov`, which are not moved or resized while in flight.
 unsafe impl Sync for SendOp {}
 unsafe impl Send for SendOp {}
+
+impl SendOp {
+    fn complete(&self, res: i32) {
+        use std::sync::atomic::Ordering;
+        let waker = {
+            let mut s = self.state.lock().unwrap();
+            s.result = Some(res);
+            let unexpected = usize::try_from(res).ok() != Some(s.expect);
+            if unexpected {
+                self.attention.store(true, Ordering::Release);
+            }
+            if unexpected || s.wait {
+                s.waker.take()
+            } else {
+                None
+            }
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    /// The result once the send completed; else keeps `cx`'s waker, woken at the completion
+    /// whatever it is with `wait`, else only for a short write or an error.
+    fn poll(&self, cx: &mut Context<'_>, wait: bool) -> Poll<i32> {
+        let mut s = self.state.lock().unwrap();
+        if let Some(res) = s.result.take() {
+            s.waker = None;
+            s.wait = false;
+            self.attention
+                .store(false, std::sync::atomic::Ordering::Relaxed);
+            return Poll::Ready(res);
+        }
+        match &mut s.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            w => *w = Some(cx.waker().clone()),
+        }
+        s.wait = wait;
+        Poll::Pending
+    }
+}
 
 /// A plain TCP client on the ring.
 pub(crate) struct UringWire {
@@ -341,7 +398,8 @@ impl UringWire {
                 buf: UnsafeCell::new(Vec::new()),
             }),
             send: Arc::new(SendOp {
-                slot: Slot::default(),
+                state: Mutex::default(),
+                attention: Default::default(),
                 bufs: UnsafeCell::new(SendBufs {
                     frames: Vec::new(),
                     iov: Vec::new(),
@@ -375,11 +433,11 @@ impl UringWire {
         self.ring.push(entry);
     }
 
-    fn arm_send(&mut self, out: &VecDeque<Bytes>) {
+    /// Submits the frames in the send's buffers (taken from the queue, or what a short write
+    /// left); the completion may wake `cx` (see [`SendOp::poll`]).
+    fn arm_send(&mut self, cx: &mut Context<'_>) {
         // SAFETY: no send is in flight (`send_armed` is false), so only this task uses `bufs`.
         let b = unsafe { &mut *self.send.bufs.get() };
-        b.frames.clear();
-        b.frames.extend(out.iter().take(SEND_SLICES).cloned());
         b.iov.clear();
         b.iov.extend(b.frames.iter().map(|f| libc::iovec {
             iov_base: f.as_ptr() as *mut libc::c_void,
@@ -387,6 +445,15 @@ impl UringWire {
         }));
         b.msg.msg_iov = b.iov.as_mut_ptr();
         b.msg.msg_iovlen = b.iov.len() as _;
+        {
+            let mut s = self.send.state.lock().unwrap();
+            *s = SendState {
+                result: None,
+                expect: b.frames.iter().map(Bytes::len).sum(),
+                waker: Some(cx.waker().clone()),
+                wait: false,
+            };
+        }
         let entry = opcode::SendMsg::new(types::Fd(self.fd.as_raw_fd()), &b.msg)
             .flags(libc::MSG_NOSIGNAL as u32)
             .build()
@@ -396,6 +463,41 @@ impl UringWire {
         // completion; none of them is touched until then (`send_armed`).
         self.send_armed = true;
         self.ring.push(entry);
+    }
+
+    /// Takes the in-flight send's completion when there is one (waiting for it with
+    /// `wait`): `Ready(Ok(()))` once no send is in flight, a short write's rest submitted
+    /// again (then `Pending` until it completes, when waiting).
+    fn poll_send(&mut self, cx: &mut Context<'_>, wait: bool) -> Poll<io::Result<()>> {
+        while self.send_armed {
+            let res = ready!(self.send.poll(cx, wait));
+            self.send_armed = false;
+            // SAFETY: the send completed, so the kernel is done with its buffers.
+            let b = unsafe { &mut *self.send.bufs.get() };
+            if res <= 0 {
+                b.frames.clear();
+                return Poll::Ready(Err(if res == 0 {
+                    io::ErrorKind::WriteZero.into()
+                } else {
+                    io::Error::from_raw_os_error(-res)
+                }));
+            }
+            let mut left = res as usize;
+            b.frames.retain_mut(|f| {
+                let n = left.min(f.len());
+                f.advance(n);
+                left -= n;
+                !f.is_empty()
+            });
+            if b.frames.is_empty() {
+                break;
+            }
+            self.arm_send(cx); // a short write: the rest goes first
+            if !wait {
+                return Poll::Ready(Ok(()));
+            }
+        }
+        Poll::Ready(Ok(()))
     }
 
     /// Queues a cancellation of the operation whose user data is `ud`.
@@ -436,6 +538,10 @@ impl Wire for UringWire {
 
     fn write_pending(&self, out: &VecDeque<Bytes>) -> bool {
         !out.is_empty()
+            || self
+                .send
+                .attention
+                .load(std::sync::atomic::Ordering::Acquire)
     }
 
     fn poll_write_from(
@@ -443,37 +549,30 @@ impl Wire for UringWire {
         cx: &mut Context<'_>,
         out: &mut VecDeque<Bytes>,
     ) -> Poll<io::Result<usize>> {
-        if !self.send_armed {
-            if out.is_empty() {
-                return Poll::Ready(Ok(0));
-            }
-            self.arm_send(out);
+        // One send in flight at a time (two could complete out of order).
+        let more = !out.is_empty();
+        ready!(self.poll_send(cx, more))?;
+        if self.send_armed || !more {
+            // A short write's rest went out again; or only a completion was taken.
+            return Poll::Ready(Ok(0));
         }
-        let res = ready!(self.send.slot.poll(cx));
-        self.send_armed = false;
-        // SAFETY: the send completed, so the kernel is done with its buffers.
-        unsafe { (*self.send.bufs.get()).frames.clear() };
-        if res < 0 {
-            return Poll::Ready(Err(io::Error::from_raw_os_error(-res)));
-        }
-        if res == 0 {
-            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-        }
-        let written = res as usize;
-        let mut left = written;
-        while let Some(front) = out.front_mut() {
-            if front.len() > left {
-                front.advance(left);
-                break;
-            }
-            left -= front.len();
-            out.pop_front();
-        }
-        Poll::Ready(Ok(written))
+        // SAFETY: no send is in flight, so only this task uses `bufs`.
+        let b = unsafe { &mut *self.send.bufs.get() };
+        let n = out.len().min(SEND_SLICES);
+        b.frames.extend(out.drain(..n));
+        let taken = b.frames.iter().map(Bytes::len).sum();
+        self.arm_send(cx);
+        Poll::Ready(Ok(taken))
     }
 
     async fn shutdown(&mut self) {
-        let _ = socket2::SockRef::from(&self.fd).shutdown(std::net::Shutdown::Write);
+        // What is in flight goes first (a shutdown would fail it).
+        if std::future::poll_fn(|cx| self.poll_send(cx, true))
+            .await
+            .is_ok()
+        {
+            let _ = socket2::SockRef::from(&self.fd).shutdown(std::net::Shutdown::Write);
+        }
     }
 }
 
@@ -502,6 +601,15 @@ mod tests {
             .unwrap()
     }
 
+    /// Writes `out` and waits until the kernel took all of it (`write_all` returns once the
+    /// last send is submitted; the connection's loop takes completions as they come).
+    async fn flush(w: &mut UringWire, out: &mut VecDeque<Bytes>) {
+        write_all(w, out).await.unwrap();
+        std::future::poll_fn(|cx| w.poll_send(cx, true))
+            .await
+            .unwrap();
+    }
+
     async fn echo_round_trips() {
         let (ring, r) = Ring::new().unwrap();
         tokio::spawn(reactor(r));
@@ -518,7 +626,7 @@ mod tests {
             assert_eq!(&buf[..], msg.as_bytes());
             let mut out: VecDeque<Bytes> =
                 [Bytes::from(msg.clone()), Bytes::from_static(b"!")].into();
-            write_all(&mut w, &mut out).await.unwrap();
+            flush(&mut w, &mut out).await;
             let mut got = vec![0; msg.len() + 1];
             client.read_exact(&mut got).await.unwrap();
             assert_eq!(got, format!("{msg}!").as_bytes());
@@ -531,7 +639,7 @@ mod tests {
             client.read_exact(&mut got).await.unwrap();
             (client, got)
         });
-        write_all(&mut w, &mut out).await.unwrap();
+        flush(&mut w, &mut out).await;
         let (client, got) = reader.await.unwrap();
         assert!(got == big, "the bytes differ");
         // The client's close ends the stream.
