@@ -305,4 +305,60 @@ mod tests {
         }
         panic!("the recv's buffer is still held");
     }
+
+    /// Frames for an idle client go out through direct writes on the ring; what a direct
+    /// write cannot take (a send in flight, a short write on small socket buffers) waits for
+    /// the task, and the client reads every byte in order.
+    #[tokio::test]
+    async fn direct_writes_on_the_ring_keep_the_order() {
+        use crate::edge::clients::{Conn, ConnLimits};
+        let (ring, r) = Ring::new().unwrap();
+        tokio::spawn(reactor(r));
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.set_recv_buffer_size(4096).unwrap();
+        let mut client = sock.connect(l.local_addr().unwrap()).await.unwrap();
+        let (server, _) = l.accept().await.unwrap();
+        socket2::SockRef::from(&server)
+            .set_send_buffer_size(4096)
+            .unwrap();
+        let mut w = UringWire::new(server, ring).unwrap();
+        let limits = Arc::new(ConnLimits {
+            send_queue_bytes: 64 << 20,
+            max_in_flight: 8,
+            drops: Arc::default(),
+        });
+        let conn = Arc::new(Conn::new(1, limits, w.direct()));
+        let frames: Vec<Bytes> = (0..200u32)
+            .map(|i| Bytes::from(vec![i as u8; 1000 + (i as usize * 37) % 5000]))
+            .collect();
+        let expected: Vec<u8> = frames.iter().flat_map(|f| f.iter().copied()).collect();
+        let reading = tokio::spawn(async move {
+            let mut got = vec![0; expected.len()];
+            client.read_exact(&mut got).await.unwrap();
+            assert!(got == expected, "the bytes differ from the frames in order");
+        });
+        let mut out = VecDeque::new();
+        let task = async {
+            for chunk in frames.chunks(10) {
+                // Idle: direct writes.
+                assert!(conn.take(&mut out, true));
+                for f in chunk {
+                    conn.send(f.clone());
+                }
+                tokio::task::yield_now().await;
+                // The task's turn: what the direct writes left, in order after them.
+                conn.wake();
+                conn.take(&mut out, false);
+                flush(&mut w, &mut out).await;
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(20), task)
+            .await
+            .unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(20), reading)
+            .await
+            .unwrap()
+            .unwrap();
+    }
 }
