@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::*;
 use kennel_config::settings::{
-    ConnectorConfig, CrashLoop, LogRotation, MasterSettings, MetricsListen, RateLimit,
+    ConnectorConfig, CrashLoop, Io, LogRotation, MasterSettings, MetricsListen, RateLimit,
     RateLimitAction, RestartPolicy, RpcConfig, ServerSettings, Transport, WarningKind,
 };
 use kennel_config::{ConfigError, Problem, Project};
@@ -284,6 +284,7 @@ fn defaults_are_the_documented_ones() {
         ConnectorConfig::from(&s.connector),
         ConnectorConfig {
             transport: Transport::Tcp,
+            io: Io::Epoll,
             heartbeat: 60,
             max_len: 10 * 1024 * 1024,
             max_connections: 20_000,

@@ -11,7 +11,12 @@
 # requests one at a time to each echo route, then as many room-of-20 chat messages, zeroing the
 # counters before and dumping them after each. Prints instructions per request (per chat
 # message: its 20 pushes included) per server.
+#
+# IO_A / IO_B (`epoll`, the default, or `uring`) set the frontend's `io` key of each side, so
+# one binary can be compared with itself on epoll and io_uring:
+#   IO_B=uring integration-tests/scripts/callgrind-ab.sh target/release target/release
 set -euo pipefail
+io_a=${IO_A:-epoll}; io_b=${IO_B:-epoll}
 a=$1; b=$2; n=${3:-3000}; rounds=${4:-2}
 here=$(cd "$(dirname "$0")" && pwd); repo=$(cd "$here/../.." && pwd)
 cargo build -q --manifest-path "$repo/Cargo.toml" -p integration-tests --bin fixed-client
@@ -21,13 +26,16 @@ work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
 mkdir -p "$work/proj/config/sys"
 cp "$repo/chat-demo/config/sys/route.json" "$work/proj/config/sys/"
 echo '{ "cg": { "id": "master-server-1", "host": "127.0.0.1", "port": 3005 } }' > "$work/proj/config/sys/master.json"
-cat > "$work/proj/config/sys/servers.json" <<'JSON'
+servers() { # <io>
+  cat > "$work/proj/config/sys/servers.json" <<JSON
 { "cg": {
-    "connector": [ { "id": "connector-server-1", "host": "127.0.0.1", "port": 4021, "frontend": true, "clientPort": 4001, "rateLimit": false } ],
+    "connector": [ { "id": "connector-server-1", "host": "127.0.0.1", "port": 4021, "frontend": true, "clientPort": 4001, "rateLimit": false, "io": "$1" } ],
     "chat": [ { "id": "chat-server-", "idStart": 1, "host": "127.0.0.1", "port": [4101, 4102] } ] } }
 JSON
-side() { # <label> <dir>
+}
+side() { # <label> <dir> <io>
   local out="$work/$1"; rm -rf "$out"; mkdir -p "$out"
+  servers "$3"
   valgrind --tool=callgrind --trace-children=yes --callgrind-out-file="$out/cg.%p.out" \
     "$2/chat-demo" start -e cg -d "$work/proj" --bin "$2/chat-demo" > "$out/master.log" 2>&1 &
   local mpid=$!
@@ -53,4 +61,4 @@ for r in routes:
     print(f"{label:6} {r:22} servers {servers:8.0f} instr/req  (" + ", ".join(f"{k} {v / n:.0f}" for k, v in sorted(d.items())) + ")")
 PY
 }
-for _ in $(seq 1 "$rounds"); do side A "$a"; side B "$b"; done
+for _ in $(seq 1 "$rounds"); do side A "$a" "$io_a"; side B "$b" "$io_b"; done

@@ -128,6 +128,17 @@ pub fn encrypt_all() -> bool {
     std::env::var(ENCRYPT_ENV).is_ok_and(|v| v == "1")
 }
 
+/// Set to `uring`, every plain-TCP frontend these fixtures boot drives its clients on io_uring
+/// (`"io": "uring"` in its entry, unless the test sets `io` or `ssl` itself), so the cluster
+/// tests can be run on the io_uring connector:
+/// `KENNEL_TEST_IO=uring cargo test -p integration-tests --test chat --test push_order`.
+pub const IO_ENV: &str = "KENNEL_TEST_IO";
+
+/// Whether [`IO_ENV`] asks for io_uring frontends.
+pub fn uring_all() -> bool {
+    std::env::var(IO_ENV).is_ok_and(|v| v == "uring")
+}
+
 /// How many times [`Cluster::start_opts`] boots a cluster on fresh ports when a port was
 /// taken.
 pub const PORT_ATTEMPTS: usize = 3;
@@ -185,6 +196,8 @@ pub fn secs_between(earlier: SystemTime, later: SystemTime) -> f64 {
 pub struct ClusterOptions {
     /// TCP frontends (`connector-server-1..`).
     pub tcp: u16,
+    /// How many of the TCP frontends (the first ones) run on io_uring (`"io": "uring"`).
+    pub uring: u16,
     /// WebSocket frontends (ids continue after the TCP ones).
     pub ws: u16,
     /// Chat servers (`chat-server-1..`).
@@ -375,6 +388,7 @@ impl Cluster {
     fn start_once(opts: &ClusterOptions) -> Result<Cluster> {
         let ClusterOptions {
             tcp,
+            uring,
             ws,
             chats,
             release,
@@ -401,7 +415,13 @@ impl Cluster {
             let id = format!("connector-server-{i}");
             let transport = if i > tcp { "ws" } else { "tcp" };
             let mut entry = json!({"id": id, "host": "127.0.0.1", "port": port, "frontend": true, "clientPort": client, "connector": transport});
+            if i <= uring || (transport == "tcp" && uring_all()) {
+                entry["io"] = json!("uring");
+            }
             merge(&mut entry, &connector_extra);
+            if entry.get("ssl").is_some_and(|v| v == true) && connector_extra.get("io").is_none() {
+                entry.as_object_mut().unwrap().remove("io");
+            }
             if transport == "ws" {
                 merge(&mut entry, &ws_extra);
             }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use integration_tests::TIMEOUT;
 use integration_tests::client::Client;
-use integration_tests::cluster::free_port;
+use integration_tests::cluster::{free_port, uring_all};
 use kennel::{App, Args, RpcError, Session};
 use kennel_config::{Project, Secrets};
 use serde_json::{Value, json};
@@ -262,7 +262,7 @@ async fn rig_with(extra: fn(&App)) -> Rig {
     std::fs::write(
         sys.join("servers.json"),
         json!({"test": {
-            "gate": [{"id": "gate-1", "host": "127.0.0.1", "port": free_port(), "frontend": true, "clientPort": client_port}],
+            "gate": [{"id": "gate-1", "host": "127.0.0.1", "port": free_port(), "frontend": true, "clientPort": client_port, "io": if uring_all() { "uring" } else { "epoll" }}],
             "game": [{"id": "game-1", "host": "127.0.0.1", "port": free_port()}, {"id": "game-2", "host": "127.0.0.1", "port": free_port()}],
         }})
         .to_string(),

@@ -11,6 +11,7 @@ use integration_tests::TIMEOUT;
 use integration_tests::client::Client;
 use integration_tests::cluster::{
     Cluster, MasterCommand, PORT_ATTEMPTS, bin, bin_dir, free_port, free_ports, is_port_taken,
+    uring_all,
 };
 use integration_tests::mydog::run_bounded;
 use serde_json::{Value, json};
@@ -132,6 +133,9 @@ async fn the_guide_program_runs_as_written() {
         let gate = &mut servers["development"]["gate"][0];
         gate["port"] = json!(free_port());
         gate["clientPort"] = json!(client_port);
+        if uring_all() {
+            gate["io"] = json!("uring");
+        }
         let p = free_ports(2);
         servers["development"]["room"][0]["port"] = json!([p, p + 1]);
         std::fs::write(sys.join("master.json"), master.to_string()).unwrap();

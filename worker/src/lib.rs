@@ -41,7 +41,7 @@ pub use app::args::Args;
 pub use app::rpc::{RemoteRoute, Rpc};
 pub use app::{App, BEFORE_EXIT_TIMEOUT};
 pub use edge::codec;
-pub use edge::connector::{ConnectorConfig, RateLimit, RateLimitAction, Transport};
+pub use edge::connector::{ConnectorConfig, Io, RateLimit, RateLimitAction, Transport};
 pub use edge::tls::RELOAD_TLS;
 pub use error::{Error, PushError, RpcError, SessionError};
 pub use mesh::ServerInfo;

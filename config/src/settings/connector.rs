@@ -1,6 +1,6 @@
 //! The frontend connector's settings (mydog's `connector` config): the runtime form
 //! [`ConnectorConfig`] with its defaults, and [`ConnectorSettings`], the keys one server entry
-//! writes (`connector`, `heartbeat`, `maxConnectionNum`, `maxLen`, `noDelay`, `interval`,
+//! writes (`connector`, `io`, `heartbeat`, `maxConnectionNum`, `maxLen`, `noDelay`, `interval`,
 //! `handshakeTimeout`, `sendQueueBytes`, `maxInFlight`, `rateLimit`), which override a base
 //! (the defaults, or what the game set with `App::set_connector`), and its TLS keys (`ssl`,
 //! `cert`, `key`, `certReload`: `tls.rs`), which only the entry sets.
@@ -29,6 +29,29 @@ pub enum Transport {
     WebSocket,
 }
 
+/// How a frontend's client sockets are driven (key `io`: `"epoll"`, the default, or
+/// `"uring"`: io_uring, plain TCP only, Linux >= 6.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Io {
+    /// Readiness (tokio's epoll reactor): a `recv`/`writev` per read and write.
+    #[default]
+    Epoll,
+    /// Completions (io_uring): reads and writes queued on one ring and handed to the kernel
+    /// together, one `io_uring_enter` for every connection's operations of a loop turn.
+    Uring,
+}
+
+impl Io {
+    /// The name used in the configuration.
+    pub fn name(self) -> &'static str {
+        match self {
+            Io::Epoll => "epoll",
+            Io::Uring => "uring",
+        }
+    }
+}
+
 /// Frontend connector settings (mydog's `connector` config). A frontend's entry in
 /// `servers.json` may override them with `connector` (`"tcp"`/`"ws"`), `heartbeat`,
 /// `maxConnectionNum`, `maxLen`, `noDelay`, `interval` (ms), `handshakeTimeout` (seconds),
@@ -37,6 +60,8 @@ pub enum Transport {
 pub struct ConnectorConfig {
     /// TCP or WebSocket.
     pub transport: Transport,
+    /// epoll or io_uring (key `io`; io_uring only with plain TCP).
+    pub io: Io,
     /// Heartbeat interval in seconds announced to clients; a client silent for twice this long
     /// is closed. 0 turns heartbeats off.
     pub heartbeat: u64,
@@ -68,6 +93,7 @@ impl Default for ConnectorConfig {
     fn default() -> Self {
         ConnectorConfig {
             transport: Transport::Tcp,
+            io: Io::Epoll,
             heartbeat: 60,
             max_len: DEFAULT_CLIENT_MAX_LEN,
             max_connections: 20_000,
@@ -119,6 +145,8 @@ pub enum RateLimitAction {
 pub struct ConnectorSettings {
     /// `connector`.
     pub transport: Option<Transport>,
+    /// `io` (`uring` refused with `connector: "ws"` or `ssl`).
+    pub io: Option<Io>,
     /// `heartbeat` (seconds, 0 to [`super::MAX_SECS`]).
     pub heartbeat: Option<u64>,
     /// `maxConnectionNum`.
@@ -151,6 +179,7 @@ impl ConnectorSettings {
             }
         }
         set(&mut base.transport, &self.transport);
+        set(&mut base.io, &self.io);
         set(&mut base.heartbeat, &self.heartbeat);
         set(&mut base.max_connections, &self.max_connections);
         set(&mut base.max_len, &self.max_len);

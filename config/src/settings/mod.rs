@@ -36,7 +36,7 @@ use serde_json::{Map, Value};
 use crate::error::Problem;
 
 pub use connector::{
-    ConnectorConfig, ConnectorSettings, DEFAULT_CLIENT_MAX_LEN, RateLimit, RateLimitAction,
+    ConnectorConfig, ConnectorSettings, DEFAULT_CLIENT_MAX_LEN, Io, RateLimit, RateLimitAction,
     Transport,
 };
 pub use master::{
@@ -57,7 +57,7 @@ pub(crate) use tls::check_files as check_tls_files;
 pub const MAX_SECS: u64 = 86_400;
 
 /// The keys of a server entry kennel reads: placement (`id` .. `args`) and settings.
-pub const SERVER_KEYS: [&str; 25] = [
+pub const SERVER_KEYS: [&str; 26] = [
     "id",
     "idStart",
     "host",
@@ -67,6 +67,7 @@ pub const SERVER_KEYS: [&str; 25] = [
     "bin",
     "args",
     "connector",
+    "io",
     "heartbeat",
     "maxConnectionNum",
     "maxLen",
@@ -283,6 +284,7 @@ mod tests {
         assert_eq!(s("ratelimit"), Some("rateLimit"));
         assert_eq!(s("clientport"), Some("clientPort"));
         assert_eq!(s("ID"), Some("id"));
+        assert_eq!(s("IO"), Some("io"));
         for game in [
             "web", "webDir", "webHost", "ip", "roomCap", "rooms", "region",
         ] {

@@ -5,7 +5,7 @@
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::connector::{ConnectorSettings, RawRateLimit, Transport, rate_limit};
+use super::connector::{ConnectorSettings, Io, RawRateLimit, Transport, rate_limit};
 use super::{at_least, in_range, parse, size, whole_secs};
 use crate::error::Problem;
 
@@ -69,6 +69,7 @@ impl RestartPolicy {
 #[serde(rename_all = "camelCase")]
 struct RawServer {
     connector: Option<Transport>,
+    io: Option<Io>,
     heartbeat: Option<u64>,
     max_connection_num: Option<u64>,
     max_len: Option<u64>,
@@ -92,8 +93,23 @@ struct RawServer {
 /// The settings of a server entry (a table).
 pub(crate) fn server_settings(entry: &Value) -> Result<ServerSettings, Problem> {
     let raw: RawServer = parse(entry)?;
+    if raw.io == Some(Io::Uring) {
+        if raw.connector == Some(Transport::WebSocket) {
+            return Err(super::setting(
+                "io",
+                "`uring` drives plain TCP clients only, and this entry has `connector: \"ws\"`: use `\"io\": \"epoll\"` (the default) for a WebSocket frontend",
+            ));
+        }
+        if raw.ssl == Some(true) {
+            return Err(super::setting(
+                "io",
+                "`uring` drives plain TCP clients only, and this entry has `ssl: true`: use `\"io\": \"epoll\"` (the default) for a TLS frontend",
+            ));
+        }
+    }
     let connector = ConnectorSettings {
         transport: raw.connector,
+        io: raw.io,
         heartbeat: raw
             .heartbeat
             .map(|n| in_range("heartbeat", n, 0, super::MAX_SECS))

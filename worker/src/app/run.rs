@@ -91,6 +91,9 @@ impl App {
                     tokio::spawn(tls::watch(certs.clone(), period, shutdown.clone()));
                 }
             }
+            if c.cfg.io == crate::Io::Uring {
+                c = self.with_uring(c)?;
+            }
             let c = Arc::new(c);
             c.log_listening(&bound);
             tokio::spawn(connector::accept_loop(c, l, shutdown.clone()));
@@ -159,6 +162,38 @@ impl App {
             self.router().md5().to_owned(),
             self.routes().to_vec(),
         )
+    }
+
+    /// The connector on io_uring (`"io": "uring"`): plain TCP only, and the ring must set up
+    /// here (no silent fallback to epoll).
+    fn with_uring(&self, mut c: Connector<Inbound>) -> Result<Connector<Inbound>, Error> {
+        let refuse = |why: String| {
+            Error::Setup(format!(
+                "{}: `\"io\": \"uring\"` in its servers entry: {why}",
+                self.id()
+            ))
+        };
+        if c.cfg.transport != crate::Transport::Tcp || c.tls.is_some() {
+            return Err(refuse(
+                "io_uring drives plain TCP clients only (this frontend is WebSocket or TLS): use `\"io\": \"epoll\"`".into(),
+            ));
+        }
+        #[cfg(target_os = "linux")]
+        {
+            let (ring, reactor) = crate::edge::uring::Ring::new().map_err(|e| {
+                refuse(format!(
+                    "{e}; set `\"io\": \"epoll\"` to run without io_uring"
+                ))
+            })?;
+            tokio::spawn(crate::edge::uring::reactor(reactor));
+            c.uring = Some(ring);
+            Ok(c)
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            let _ = &mut c;
+            Err(refuse("io_uring is Linux only".into()))
+        }
     }
 
     fn callbacks(&self) -> Option<&Callbacks> {

@@ -17,7 +17,6 @@ use std::time::Duration;
 use std::io;
 
 use bytes::{Buf, Bytes};
-use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 use crate::clock::now_ms;
@@ -34,8 +33,8 @@ pub(crate) struct Conn {
     /// Connection id (unique on this frontend).
     pub(crate) id: u64,
     queue: Mutex<Queue>,
-    /// The socket direct writes go to (plain TCP without `interval`).
-    direct: Option<Arc<TcpStream>>,
+    /// Where direct writes go (plain TCP or io_uring, without `interval`).
+    direct: Option<direct::Direct>,
     /// Signalled when the queue goes from empty to non-empty.
     ready: Notify,
     /// Set to close the connection (by the server, or when the client leaves); what is
@@ -73,7 +72,7 @@ pub(crate) struct ConnLimits {
 
 impl Conn {
     /// A connection; `direct`: its socket, when others may write to it while it is idle.
-    pub(crate) fn new(id: u64, limits: Arc<ConnLimits>, direct: Option<Arc<TcpStream>>) -> Conn {
+    pub(crate) fn new(id: u64, limits: Arc<ConnLimits>, direct: Option<direct::Direct>) -> Conn {
         Conn {
             id,
             queue: Mutex::new(Queue::default()),
@@ -155,8 +154,13 @@ impl Conn {
     /// One vectored write of the queue to the socket, the lock held (so nobody else writes);
     /// true when the queue is empty after it. An error is left for the task to meet.
     fn write_direct(&self, q: &mut Queue) -> bool {
-        let Some(socket) = &self.direct else {
-            return false;
+        let socket = match &self.direct {
+            None => return false,
+            Some(direct::Direct::Tcp(socket)) => socket,
+            #[cfg(target_os = "linux")]
+            Some(direct::Direct::Uring(d)) => {
+                return d.write(&mut q.frames, |n| self.written(n));
+            }
         };
         let mut slices = [io::IoSlice::new(&[]); DIRECT_SLICES];
         let n = q
@@ -399,6 +403,7 @@ impl<S: ClientSession> Clients<S> {
 mod tests {
     use super::*;
     use tokio::io::AsyncReadExt;
+    use tokio::net::TcpStream;
 
     /// A loopback pair with small socket buffers: the server side (direct writes), the client.
     async fn small_pair() -> (TcpStream, TcpStream) {
@@ -414,6 +419,7 @@ mod tests {
     }
 
     fn conn(direct: Option<Arc<TcpStream>>) -> Arc<Conn> {
+        let direct = direct.map(direct::Direct::Tcp);
         let limits = Arc::new(ConnLimits {
             send_queue_bytes: 16 << 20,
             max_in_flight: 8,

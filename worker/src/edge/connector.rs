@@ -41,7 +41,7 @@ use crate::stats::Stats;
 /// The connector's settings are typed and checked in kennel-config when the project loads
 /// (a frontend's entry overrides [`crate::App::set_connector`]'s base, see
 /// [`crate::App::run`]).
-pub use kennel_config::settings::{ConnectorConfig, RateLimit, RateLimitAction, Transport};
+pub use kennel_config::settings::{ConnectorConfig, Io, RateLimit, RateLimitAction, Transport};
 
 const _: () = assert!(
     kennel_config::settings::DEFAULT_CLIENT_MAX_LEN == client::DEFAULT_MAX_LEN,
@@ -60,6 +60,9 @@ pub(crate) struct Connector<K: ClientSink> {
     pub(crate) server_id: Arc<str>,
     /// TLS for every client (`ssl`), or none.
     pub(crate) tls: Option<tokio_rustls::TlsAcceptor>,
+    /// The ring plain TCP clients are driven on (`"io": "uring"`), or none (epoll).
+    #[cfg(target_os = "linux")]
+    pub(crate) uring: Option<Arc<crate::edge::uring::Ring>>,
     /// The route list and its md5, for the handshake reply.
     route_md5: String,
     routes: Vec<String>,
@@ -95,6 +98,8 @@ impl<K: ClientSink> Connector<K> {
             sink,
             server_id,
             tls: None,
+            #[cfg(target_os = "linux")]
+            uring: None,
         }
     }
 
@@ -120,6 +125,7 @@ impl<K: ClientSink> Connector<K> {
     /// Logs where clients connect.
     pub(crate) fn log_listening(&self, addr: &SocketAddr) {
         let t = match (self.cfg.transport, self.tls.is_some()) {
+            (Transport::Tcp, false) if self.cfg.io == crate::Io::Uring => "tcp+uring",
             (Transport::Tcp, false) => "tcp",
             (Transport::WebSocket, false) => "ws",
             (Transport::Tcp, true) => "tcp+tls",
@@ -168,6 +174,19 @@ pub(crate) async fn accept_loop<K: ClientSink>(
                     ))
                 }
             };
+            continue;
+        }
+        #[cfg(target_os = "linux")]
+        if let Some(ring) = c.uring.clone() {
+            match crate::edge::uring::UringWire::new(stream, ring) {
+                Ok(wire) => {
+                    let io = ClientIo::new(wire, c.frame_decoder());
+                    tokio::spawn(serve(c, io, addr, held));
+                }
+                Err(e) => {
+                    warn!(%addr, cause = %e, "cannot move the client socket to io_uring: closing")
+                }
+            }
             continue;
         }
         match c.cfg.transport {

@@ -16,7 +16,9 @@
 //! one `writev`.
 //!
 //! [`SharedTcp`] is the plain TCP stream of such a connection, shared between its task (reads,
-//! queued writes) and direct writers.
+//! queued writes) and direct writers. On io_uring (`uring.rs`) a direct write queues the
+//! connection's `sendmsg` on the ring instead ([`Direct::Uring`]): no system call until the
+//! reactor's next submission, which carries every client's writes of that turn together.
 
 use std::cell::{Cell, RefCell};
 use std::io;
@@ -30,6 +32,15 @@ use tokio::net::TcpStream;
 use crate::edge::clients::Conn;
 use crate::edge::wire::ClientStream;
 
+/// Where direct writes to an idle client go.
+pub(crate) enum Direct {
+    /// Its plain TCP socket (one `writev`).
+    Tcp(Arc<TcpStream>),
+    /// Its `sendmsg` on the io_uring connector's ring.
+    #[cfg(target_os = "linux")]
+    Uring(Arc<crate::edge::uring::DirectSend>),
+}
+
 /// A plain TCP client socket its connection task and direct writers share.
 pub(crate) struct SharedTcp(Arc<TcpStream>);
 
@@ -40,8 +51,8 @@ impl SharedTcp {
 }
 
 impl ClientStream for SharedTcp {
-    fn direct(&self) -> Option<Arc<TcpStream>> {
-        Some(self.0.clone())
+    fn direct(&self) -> Option<Direct> {
+        Some(Direct::Tcp(self.0.clone()))
     }
 }
 

@@ -1,7 +1,7 @@
 //! The client edge of a frontend: the connector (`connector.rs`: settings, the accept loop,
 //! `connection.rs`: one task per client running PROTOCOL.md's lifecycle), the transports
 //! (`wire.rs`, with TLS under either in `tls.rs`; writes to idle plain-TCP clients from outside
-//! their task in `direct.rs`), the pluggable codecs (`codec.rs`) and the
+//! their task in `direct.rs`; plain TCP on io_uring in `uring.rs`), the pluggable codecs (`codec.rs`) and the
 //! registry of live clients (`clients.rs`).
 //!
 //! The edge knows nothing of routes, handlers or the app: a connection hands its client up
@@ -22,6 +22,8 @@ pub(crate) mod connection;
 pub(crate) mod connector;
 pub(crate) mod direct;
 pub(crate) mod tls;
+#[cfg(target_os = "linux")]
+pub(crate) mod uring;
 pub(crate) mod wire;
 
 use clients::Conn;

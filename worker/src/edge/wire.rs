@@ -43,7 +43,7 @@ pub(crate) trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
 
     /// The socket others may write to while the connection is idle (`direct.rs`); `None`:
     /// only the connection's task writes.
-    fn direct(&self) -> Option<std::sync::Arc<TcpStream>> {
+    fn direct(&self) -> Option<crate::edge::direct::Direct> {
         None
     }
 }
@@ -84,7 +84,7 @@ pub(crate) trait Wire: Send + 'static {
     }
 
     /// See [`ClientStream::direct`].
-    fn direct(&self) -> Option<std::sync::Arc<TcpStream>> {
+    fn direct(&self) -> Option<crate::edge::direct::Direct> {
         None
     }
 }
@@ -182,7 +182,7 @@ impl<S: ClientStream> Wire for TcpWire<S> {
         self.stream.handshake_deadline()
     }
 
-    fn direct(&self) -> Option<std::sync::Arc<TcpStream>> {
+    fn direct(&self) -> Option<crate::edge::direct::Direct> {
         self.stream.direct()
     }
 }

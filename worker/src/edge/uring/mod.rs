@@ -1,0 +1,254 @@
+//! The io_uring connector (`"io": "uring"` on a plain-TCP frontend, Linux >= 6.1): client
+//! sockets read and written through one ring per connector instead of tokio's epoll reactor.
+//! The connection lifecycle (`connection.rs`: handshake, heartbeats, limits, close path) is
+//! the same: [`UringWire`] is one more [`Wire`](crate::edge::wire::Wire).
+//!
+//! - **One ring, one submitter.** Connections queue their submissions ([`Ring::push`], a
+//!   lock and a wake-up, no syscall); the [`reactor`] task hands everything queued to the
+//!   kernel with one `io_uring_enter` per turn, reaps the completions and wakes the
+//!   connections waiting for them. Under the default current-thread runtime the ring is
+//!   `SINGLE_ISSUER | DEFER_TASKRUN` (completion work runs only when the reactor enters the
+//!   kernel, in one batch); under `"threads": N` (tasks move between threads) it is a plain
+//!   ring with `COOP_TASKRUN`.
+//! - **Waking the reactor.** An eventfd registered with the ring, itself registered with
+//!   tokio ([`AsyncFd`]), signals that completions (or deferred completion work) wait. It is
+//!   never read: tokio's edge-triggered epoll reports every signal.
+//! - **Reads.** One single-shot `recv` in flight per connection, into a buffer owned by the
+//!   operation (`RecvOp`, adaptive 512 B .. 64 KiB), copied into the connection's read
+//!   buffer at completion and re-armed at the next read.
+//! - **Writes.** One `sendmsg` in flight per connection carrying up to 64 queued frames,
+//!   optimistic (the frames count as written once submitted; only a short write or an error
+//!   wakes the connection), submitted by the connection's task or, while it is idle, by a
+//!   direct writer (`direct.rs`: a push to an idle client queues its `sendmsg` where the frame
+//!   was made, no task wake-up, and every such write of a turn shares one `io_uring_enter`).
+//!   `send.rs`. `sendQueueBytes` bounds what waits behind the send in flight (at most 64
+//!   frames more).
+//! - **Buffers outlive their operation.** Each submission carries a strong reference to its
+//!   operation (`Arc::into_raw` as the user data), given back only by its completion, so a
+//!   connection dropped with operations in flight leaves their buffers alive until the
+//!   kernel is done with them; its drop queues a cancellation of each. Should the reactor end
+//!   with operations in flight, their references are never given back (leaked, not freed).
+//!
+//! A ring that cannot be set up (`io_uring_setup` refused: EPERM when
+//! `/proc/sys/kernel/io_uring_disabled` forbids it, ENOSYS on an old kernel) stops the server
+//! at start ([`Ring::new`]'s error names the cause); there is no silent fallback to epoll.
+//!
+//! Layout: this file (the ring and its reactor), `wire.rs` (the `Wire`: reads, and the
+//! tests), `send.rs` (the send side and [`DirectSend`]).
+
+mod send;
+mod wire;
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+
+use io_uring::{IoUring, squeue};
+use tokio::io::unix::AsyncFd;
+
+pub(crate) use send::DirectSend;
+use send::SendOp;
+use wire::RecvOp;
+pub(crate) use wire::UringWire;
+
+/// Submission queue entries; a turn with more queued submits them in batches this size.
+const SQ_ENTRIES: u32 = 1024;
+/// Completion queue entries (the kernel buffers an overflow: `IORING_FEAT_NODROP`).
+const CQ_ENTRIES: u32 = 8 * SQ_ENTRIES;
+/// Smallest and largest receive buffer of a connection.
+const RECV_MIN: usize = 512;
+const RECV_MAX: usize = 64 * 1024;
+/// Frames one `sendmsg` carries at most.
+const SEND_SLICES: usize = 64;
+/// The tag in the low bits of a submission's user data (the rest: the operation's address).
+const TAG_MASK: u64 = 0b11;
+const TAG_RECV: u64 = 0;
+const TAG_SEND: u64 = 1;
+/// A submission whose completion carries nothing to hand back (a cancellation).
+const TAG_NONE: u64 = 2;
+
+/// A connector's ring as connections see it: where they queue submissions.
+pub(crate) struct Ring {
+    queued: Mutex<Vec<squeue::Entry>>,
+    /// The reactor, when it waits.
+    reactor: Mutex<Option<Waker>>,
+}
+
+impl Ring {
+    /// Sets up the ring (on the calling thread, which must be the runtime's when it is
+    /// current-thread) and its reactor, to be spawned on the same runtime.
+    pub(crate) fn new() -> io::Result<(Arc<Ring>, Reactor)> {
+        let single_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread);
+        let mut b = IoUring::builder();
+        b.setup_cqsize(CQ_ENTRIES).setup_submit_all();
+        if single_thread {
+            b.setup_single_issuer()
+                .setup_defer_taskrun()
+                .setup_taskrun_flag();
+        } else {
+            b.setup_coop_taskrun().setup_taskrun_flag();
+        }
+        let ring = b.build(SQ_ENTRIES).map_err(|e| {
+            let disabled = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
+                .map(|s| s.trim().to_owned())
+                .unwrap_or_else(|_| "unreadable".into());
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "io_uring_setup failed: {e} (/proc/sys/kernel/io_uring_disabled is {disabled}; io_uring needs Linux >= 6.1 with it 0, or 1 and this user in kernel.io_uring_group)"
+                ),
+            )
+        })?;
+        // SAFETY: `eventfd` has no memory arguments; the result is checked before use.
+        let efd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if efd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `efd` is a fresh descriptor nobody else owns.
+        let efd = unsafe { OwnedFd::from_raw_fd(efd) };
+        ring.submitter().register_eventfd(efd.as_raw_fd())?;
+        let shared = Arc::new(Ring {
+            queued: Mutex::new(Vec::new()),
+            reactor: Mutex::new(None),
+        });
+        // SAFETY: `efd` is an open eventfd owned by the `AsyncFd` (an `OwnedFd` keeps its
+        // number for its life).
+        let signal = unsafe { AsyncFd::register_with_interest(efd, tokio::io::Interest::READABLE) }
+            .map_err(io::Error::from)?;
+        let reactor = Reactor {
+            ring,
+            signal,
+            shared: shared.clone(),
+            batch: Vec::new(),
+        };
+        Ok((shared, reactor))
+    }
+
+    /// Queues `entry` for the reactor's next submission.
+    fn push(&self, entry: squeue::Entry) {
+        self.queued.lock().unwrap().push(entry);
+        if let Some(w) = self.reactor.lock().unwrap().take() {
+            w.wake();
+        }
+    }
+}
+
+/// The reactor's side of the ring: submits what connections queued, reaps completions.
+pub(crate) struct Reactor {
+    ring: IoUring,
+    /// The eventfd the ring signals when completions (or their deferred work) wait.
+    signal: AsyncFd<OwnedFd>,
+    shared: Arc<Ring>,
+    /// The queue taken from connections, being pushed to the ring.
+    batch: Vec<squeue::Entry>,
+}
+
+/// Runs the reactor for as long as the runtime runs (operations of closing connections still
+/// complete during shutdown).
+pub(crate) async fn reactor(mut r: Reactor) {
+    std::future::poll_fn(|cx| r.turn(cx)).await
+}
+
+impl Reactor {
+    /// One turn: notes the signal, submits everything queued in one `io_uring_enter` (which
+    /// also runs deferred completion work), reaps and dispatches the completions. Pending
+    /// with the reactor's waker left for connections and the eventfd.
+    fn turn(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            // Cleared before the enter: a signal after it makes the eventfd ready again.
+            let mut signalled = false;
+            while let Poll::Ready(Ok(mut guard)) = self.signal.poll_read_ready(cx) {
+                guard.clear_ready();
+                signalled = true;
+            }
+            *self.shared.reactor.lock().unwrap() = Some(cx.waker().clone());
+            std::mem::swap(&mut self.batch, &mut *self.shared.queued.lock().unwrap());
+            if !self.batch.is_empty() || signalled || self.work_waits() {
+                // No signal for what completes while this turn runs (inline sends, the
+                // deferred work the enter runs): it is reaped below, and a signal would only
+                // cost another epoll_wait and turn.
+                self.ring.completion().disable_eventfd();
+                self.submit();
+                self.reap();
+            }
+            // Signals on again, then a last look (the kernel sets the TASKRUN flag or posts
+            // the completion before it checks whether to signal; each side fences).
+            self.ring.completion().enable_eventfd();
+            std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+            if !self.work_waits() && self.shared.queued.lock().unwrap().is_empty() {
+                return Poll::Pending;
+            }
+        }
+    }
+
+    /// Whether completions, or deferred work that posts them, wait.
+    fn work_waits(&mut self) -> bool {
+        self.ring.submission().taskrun() || !self.ring.completion().is_empty()
+    }
+
+    /// Pushes `batch` to the ring and enters the kernel once (more when over the queue size):
+    /// submissions in, deferred completion work run (`GETEVENTS`, no wait).
+    fn submit(&mut self) {
+        let mut from = 0;
+        loop {
+            let mut sq = self.ring.submission();
+            while from < self.batch.len() {
+                // SAFETY: every entry's buffers belong to the operation its user data holds a
+                // strong reference to (see `RecvOp`, `SendOp`), alive until its completion.
+                if unsafe { sq.push(&self.batch[from]) }.is_err() {
+                    break;
+                }
+                from += 1;
+            }
+            let len = sq.len() as u32;
+            drop(sq);
+            // SAFETY: plain flags, no argument.
+            let r = unsafe {
+                self.ring.submitter().enter::<libc::sigset_t>(
+                    len,
+                    0,
+                    io_uring::EnterFlags::GETEVENTS.bits(),
+                    None,
+                )
+            };
+            match r {
+                Ok(_) => {}
+                // EBUSY: completions must be reaped first; EINTR: a signal. Submitted again
+                // on the next round (what the kernel took is gone from the queue).
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY) | Some(libc::EINTR)) => {}
+                Err(e) => {
+                    // Left queued for the next turn.
+                    tracing::error!(cause = %e, "io_uring_enter failed");
+                    break;
+                }
+            }
+            if from == self.batch.len() && self.ring.submission().is_empty() {
+                break;
+            }
+            self.reap();
+        }
+        self.batch.clear();
+    }
+
+    /// Hands each completion to its operation; the number reaped.
+    fn reap(&mut self) -> usize {
+        let mut n = 0;
+        for cqe in self.ring.completion() {
+            n += 1;
+            let ud = cqe.user_data();
+            let ptr = (ud & !TAG_MASK) as usize;
+            match ud & TAG_MASK {
+                // SAFETY: the user data of a recv/send holds the strong reference taken by
+                // `Arc::into_raw` at its submission, given back here once, at its completion.
+                TAG_RECV => unsafe { Arc::from_raw(ptr as *const RecvOp) }
+                    .slot
+                    .complete(cqe.result()),
+                TAG_SEND => unsafe { Arc::from_raw(ptr as *const SendOp) }.complete(cqe.result()),
+                _ => {}
+            }
+        }
+        n
+    }
+}

@@ -1,0 +1,364 @@
+//! A plain TCP client on the ring ([`UringWire`], a [`Wire`]): its `recv` ([`RecvOp`], one
+//! in flight, into a buffer the operation owns) and its send side (`send.rs`).
+
+use std::cell::UnsafeCell;
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+
+use bytes::{Bytes, BytesMut};
+use io_uring::{opcode, types};
+
+use super::send::{DirectSend, SendOp};
+use super::{RECV_MAX, RECV_MIN, Ring, TAG_NONE, TAG_RECV};
+use crate::edge::direct::Direct;
+use crate::edge::wire::Wire;
+
+/// The state of an operation shared by its connection and the reactor.
+#[derive(Default)]
+pub(super) struct Slot(Mutex<SlotState>);
+
+#[derive(Default)]
+struct SlotState {
+    /// The completion's result, until the connection takes it.
+    result: Option<i32>,
+    waker: Option<Waker>,
+}
+
+impl Slot {
+    pub(super) fn complete(&self, res: i32) {
+        let waker = {
+            let mut s = self.0.lock().unwrap();
+            s.result = Some(res);
+            s.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    /// The result once the operation completed; else keeps `cx`'s waker for it.
+    fn poll(&self, cx: &mut Context<'_>) -> Poll<i32> {
+        let mut s = self.0.lock().unwrap();
+        if let Some(res) = s.result.take() {
+            s.waker = None;
+            return Poll::Ready(res);
+        }
+        match &mut s.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            w => *w = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+}
+
+/// A connection's `recv` and the buffer the kernel fills.
+pub(super) struct RecvOp {
+    pub(super) slot: Slot,
+    buf: UnsafeCell<Vec<u8>>,
+}
+
+// SAFETY: `buf` is touched by the connection only while no recv is in flight (its `armed`
+// flag, set before the submission, cleared after the completion was taken under the slot's
+// lock), and by the kernel only while one is.
+unsafe impl Sync for RecvOp {}
+
+/// A plain TCP client on the ring.
+pub(crate) struct UringWire {
+    /// Shared with direct writers (`direct.rs`): the socket closes when both let go.
+    fd: Arc<OwnedFd>,
+    ring: Arc<Ring>,
+    recv: Arc<RecvOp>,
+    send: Arc<SendOp>,
+    /// A recv is in flight: submitted, its completion not taken yet.
+    recv_armed: bool,
+    /// The next recv's buffer size.
+    recv_size: usize,
+}
+
+impl UringWire {
+    /// Takes `stream` off tokio's reactor and onto `ring`.
+    pub(crate) fn new(stream: tokio::net::TcpStream, ring: Arc<Ring>) -> io::Result<UringWire> {
+        let fd = Arc::new(OwnedFd::from(stream.into_std()?));
+        Ok(UringWire {
+            fd,
+            ring,
+            recv: Arc::new(RecvOp {
+                slot: Slot::default(),
+                buf: UnsafeCell::new(Vec::new()),
+            }),
+            send: SendOp::new(),
+            recv_armed: false,
+            recv_size: RECV_MIN,
+        })
+    }
+
+    fn arm_recv(&mut self) {
+        // SAFETY: no recv is in flight (`recv_armed` is false), so only this task uses `buf`.
+        let buf = unsafe { &mut *self.recv.buf.get() };
+        if buf.len() != self.recv_size {
+            *buf = vec![0; self.recv_size];
+        }
+        let entry = opcode::Recv::new(
+            types::Fd(self.fd.as_raw_fd()),
+            buf.as_mut_ptr(),
+            buf.len() as u32,
+        )
+        .build()
+        .user_data(Arc::into_raw(self.recv.clone()) as u64 | TAG_RECV);
+        // SAFETY (of the buffer's life): the entry's user data is a strong reference to the
+        // `RecvOp` owning `buf`, released only by the reactor at the completion; `buf` is not
+        // resized until then (`recv_armed`).
+        self.recv_armed = true;
+        self.ring.push(entry);
+    }
+
+    /// Takes the send's completion, waiting for it with `wait` (see [`SendOp::poll_settle`]).
+    pub(super) fn poll_send(&mut self, cx: &mut Context<'_>, wait: bool) -> Poll<io::Result<()>> {
+        self.send.poll_settle(cx, wait, &self.fd, &self.ring)
+    }
+}
+
+impl Wire for UringWire {
+    fn poll_read_into(
+        &mut self,
+        cx: &mut Context<'_>,
+        rbuf: &mut BytesMut,
+    ) -> Poll<io::Result<Option<usize>>> {
+        if !self.recv_armed {
+            self.arm_recv();
+        }
+        let Poll::Ready(res) = self.recv.slot.poll(cx) else {
+            // Waiting: a direct writer's short write or error must be able to wake the task.
+            self.send.register(cx);
+            return Poll::Pending;
+        };
+        self.recv_armed = false;
+        if res < 0 {
+            return Poll::Ready(Err(io::Error::from_raw_os_error(-res)));
+        }
+        let n = res as usize;
+        if n == 0 {
+            return Poll::Ready(Ok(None));
+        }
+        // SAFETY: the recv completed (its result taken), so the kernel is done with `buf`.
+        let buf = unsafe { &*self.recv.buf.get() };
+        rbuf.extend_from_slice(&buf[..n]);
+        if n == buf.len() {
+            self.recv_size = (self.recv_size * 2).min(RECV_MAX);
+        } else if n < self.recv_size / 8 {
+            self.recv_size = (self.recv_size / 2).max(RECV_MIN);
+        }
+        Poll::Ready(Ok(Some(n)))
+    }
+
+    fn write_pending(&self, out: &VecDeque<Bytes>) -> bool {
+        !out.is_empty() || self.send.attention()
+    }
+
+    fn poll_write_from(
+        &mut self,
+        cx: &mut Context<'_>,
+        out: &mut VecDeque<Bytes>,
+    ) -> Poll<io::Result<usize>> {
+        self.send.poll_write(cx, out, &self.fd, &self.ring)
+    }
+
+    async fn shutdown(&mut self) {
+        // What is in flight goes first (a shutdown would fail it).
+        if std::future::poll_fn(|cx| self.poll_send(cx, true))
+            .await
+            .is_ok()
+        {
+            let _ = socket2::SockRef::from(&*self.fd).shutdown(std::net::Shutdown::Write);
+        }
+    }
+
+    fn direct(&self) -> Option<Direct> {
+        Some(Direct::Uring(Arc::new(DirectSend {
+            fd: self.fd.clone(),
+            ring: self.ring.clone(),
+            send: self.send.clone(),
+        })))
+    }
+}
+
+impl Drop for UringWire {
+    /// Cancels what is in flight (its buffers live on in the operations until the kernel
+    /// completes them); the socket closes once the last operation holding it is done.
+    fn drop(&mut self) {
+        if self.recv_armed {
+            let ud = Arc::as_ptr(&self.recv) as u64 | TAG_RECV;
+            self.ring
+                .push(opcode::AsyncCancel::new(ud).build().user_data(TAG_NONE));
+        }
+        self.send.cancel(&self.ring);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::reactor;
+    use super::*;
+    use crate::edge::wire::write_all;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn read_some(w: &mut UringWire, buf: &mut BytesMut) -> Option<usize> {
+        std::future::poll_fn(|cx| w.poll_read_into(cx, buf))
+            .await
+            .unwrap()
+    }
+
+    /// Writes `out` and waits until the kernel took all of it (`write_all` returns once the
+    /// last send is submitted; the connection's loop takes completions as they come).
+    async fn flush(w: &mut UringWire, out: &mut VecDeque<Bytes>) {
+        write_all(w, out).await.unwrap();
+        std::future::poll_fn(|cx| w.poll_send(cx, true))
+            .await
+            .unwrap();
+    }
+
+    async fn echo_round_trips() {
+        let (ring, r) = Ring::new().unwrap();
+        tokio::spawn(reactor(r));
+        let (mut client, server) = crate::net::tcp_pair().await;
+        let mut w = UringWire::new(server, ring.clone()).unwrap();
+        let mut buf = BytesMut::new();
+        for round in 0..100u32 {
+            let msg = format!("message {round}");
+            client.write_all(msg.as_bytes()).await.unwrap();
+            buf.clear();
+            while buf.len() < msg.len() {
+                read_some(&mut w, &mut buf).await.unwrap();
+            }
+            assert_eq!(&buf[..], msg.as_bytes());
+            let mut out: VecDeque<Bytes> =
+                [Bytes::from(msg.clone()), Bytes::from_static(b"!")].into();
+            flush(&mut w, &mut out).await;
+            let mut got = vec![0; msg.len() + 1];
+            client.read_exact(&mut got).await.unwrap();
+            assert_eq!(got, format!("{msg}!").as_bytes());
+        }
+        // A large write goes out in several sends, in order.
+        let big: Vec<u8> = (0..4_000_000u32).map(|i| i as u8).collect();
+        let mut out: VecDeque<Bytes> = big.chunks(100_000).map(Bytes::copy_from_slice).collect();
+        let reader = tokio::spawn(async move {
+            let mut got = vec![0; 4_000_000];
+            client.read_exact(&mut got).await.unwrap();
+            (client, got)
+        });
+        flush(&mut w, &mut out).await;
+        let (client, got) = reader.await.unwrap();
+        assert!(got == big, "the bytes differ");
+        // The client's close ends the stream.
+        drop(client);
+        assert_eq!(read_some(&mut w, &mut buf).await, None);
+    }
+
+    #[tokio::test]
+    async fn a_wire_on_the_ring_reads_and_writes_in_order() {
+        tokio::time::timeout(std::time::Duration::from_secs(20), echo_round_trips())
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_wire_on_a_multi_threaded_runtime_too() {
+        tokio::time::timeout(std::time::Duration::from_secs(20), echo_round_trips())
+            .await
+            .unwrap();
+    }
+
+    /// A wire dropped with its recv in flight cancels it: the socket closes (the peer sees
+    /// the end of the stream) and the operation's buffer is released.
+    #[tokio::test]
+    async fn a_dropped_wire_cancels_its_recv_and_closes() {
+        let (ring, r) = Ring::new().unwrap();
+        tokio::spawn(reactor(r));
+        let (mut client, server) = crate::net::tcp_pair().await;
+        let mut w = UringWire::new(server, ring).unwrap();
+        let mut buf = BytesMut::new();
+        let pending = tokio::time::timeout(
+            std::time::Duration::from_millis(50),
+            read_some(&mut w, &mut buf),
+        )
+        .await;
+        assert!(pending.is_err(), "nothing to read yet");
+        let op = Arc::downgrade(&w.recv);
+        drop(w);
+        let mut rest = Vec::new();
+        let n = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            client.read_to_end(&mut rest),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(n, 0);
+        for _ in 0..100 {
+            if op.strong_count() == 0 {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+        panic!("the recv's buffer is still held");
+    }
+
+    /// Frames for an idle client go out through direct writes on the ring; what a direct
+    /// write cannot take (a send in flight, a short write on small socket buffers) waits for
+    /// the task, and the client reads every byte in order.
+    #[tokio::test]
+    async fn direct_writes_on_the_ring_keep_the_order() {
+        use crate::edge::clients::{Conn, ConnLimits};
+        let (ring, r) = Ring::new().unwrap();
+        tokio::spawn(reactor(r));
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.set_recv_buffer_size(4096).unwrap();
+        let mut client = sock.connect(l.local_addr().unwrap()).await.unwrap();
+        let (server, _) = l.accept().await.unwrap();
+        socket2::SockRef::from(&server)
+            .set_send_buffer_size(4096)
+            .unwrap();
+        let mut w = UringWire::new(server, ring).unwrap();
+        let limits = Arc::new(ConnLimits {
+            send_queue_bytes: 64 << 20,
+            max_in_flight: 8,
+            drops: Arc::default(),
+        });
+        let conn = Arc::new(Conn::new(1, limits, w.direct()));
+        let frames: Vec<Bytes> = (0..200u32)
+            .map(|i| Bytes::from(vec![i as u8; 1000 + (i as usize * 37) % 5000]))
+            .collect();
+        let expected: Vec<u8> = frames.iter().flat_map(|f| f.iter().copied()).collect();
+        let reading = tokio::spawn(async move {
+            let mut got = vec![0; expected.len()];
+            client.read_exact(&mut got).await.unwrap();
+            assert!(got == expected, "the bytes differ from the frames in order");
+        });
+        let mut out = VecDeque::new();
+        let task = async {
+            for chunk in frames.chunks(10) {
+                // Idle: direct writes.
+                assert!(conn.take(&mut out, true));
+                for f in chunk {
+                    conn.send(f.clone());
+                }
+                tokio::task::yield_now().await;
+                // The task's turn: what the direct writes left, in order after them.
+                conn.wake();
+                conn.take(&mut out, false);
+                flush(&mut w, &mut out).await;
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(20), task)
+            .await
+            .unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(20), reading)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+}
