@@ -252,3 +252,82 @@ impl Reactor {
         n
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Makes `io_uring_setup` fail with EPERM on this thread (a seccomp filter: what a
+    /// container's profile or `io_uring_disabled` do to the whole process).
+    fn forbid_io_uring_on_this_thread() {
+        let nr = libc::SYS_io_uring_setup as u32;
+        let mut filter = [
+            // A = seccomp_data.nr
+            libc::sock_filter {
+                code: (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16,
+                jt: 0,
+                jf: 0,
+                k: 0,
+            },
+            libc::sock_filter {
+                code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+                jt: 0,
+                jf: 1,
+                k: nr,
+            },
+            libc::sock_filter {
+                code: (libc::BPF_RET | libc::BPF_K) as u16,
+                jt: 0,
+                jf: 0,
+                k: libc::SECCOMP_RET_ERRNO | libc::EPERM as u32,
+            },
+            libc::sock_filter {
+                code: (libc::BPF_RET | libc::BPF_K) as u16,
+                jt: 0,
+                jf: 0,
+                k: libc::SECCOMP_RET_ALLOW,
+            },
+        ];
+        let prog = libc::sock_fprog {
+            len: filter.len() as u16,
+            filter: filter.as_mut_ptr(),
+        };
+        // SAFETY: plain prctl calls; `prog` points at `filter`, alive for the call (the
+        // kernel copies the program). Both act on this thread only (no TSYNC).
+        unsafe {
+            assert_eq!(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), 0);
+            assert_eq!(
+                libc::prctl(
+                    libc::PR_SET_SECCOMP,
+                    libc::SECCOMP_MODE_FILTER,
+                    &prog as *const libc::sock_fprog
+                ),
+                0
+            );
+        }
+    }
+
+    /// No io_uring: a clear error naming the cause, no ring, no fallback.
+    #[test]
+    fn a_ring_that_cannot_be_set_up_is_an_error_naming_the_cause() {
+        std::thread::spawn(|| {
+            forbid_io_uring_on_this_thread();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let err = rt.block_on(async { Ring::new().err().expect("no ring") });
+            let msg = err.to_string();
+            assert_eq!(err.kind(), io::ErrorKind::PermissionDenied, "{msg}");
+            for needle in [
+                "io_uring_setup failed",
+                "/proc/sys/kernel/io_uring_disabled is",
+                "Linux >= 6.1",
+            ] {
+                assert!(msg.contains(needle), "{needle:?} not in {msg}");
+            }
+        })
+        .join()
+        .unwrap();
+    }
+}

@@ -333,9 +333,17 @@ mod tests {
             .map(|i| Bytes::from(vec![i as u8; 1000 + (i as usize * 37) % 5000]))
             .collect();
         let expected: Vec<u8> = frames.iter().flat_map(|f| f.iter().copied()).collect();
+        // A slow reader (small reads, a yield between them): the sends fill the socket and
+        // complete short.
         let reading = tokio::spawn(async move {
-            let mut got = vec![0; expected.len()];
-            client.read_exact(&mut got).await.unwrap();
+            let mut got = Vec::with_capacity(expected.len());
+            let mut buf = [0u8; 700];
+            while got.len() < expected.len() {
+                let n = client.read(&mut buf).await.unwrap();
+                assert!(n > 0, "closed early");
+                got.extend_from_slice(&buf[..n]);
+                tokio::task::yield_now().await;
+            }
             assert!(got == expected, "the bytes differ from the frames in order");
         });
         let mut out = VecDeque::new();
@@ -345,8 +353,12 @@ mod tests {
                 assert!(conn.take(&mut out, true));
                 for f in chunk {
                     conn.send(f.clone());
+                    // Let the send complete (often short, on these buffers) before the next
+                    // direct write: it must leave a short write's rest to the task.
+                    for _ in 0..3 {
+                        tokio::task::yield_now().await;
+                    }
                 }
-                tokio::task::yield_now().await;
                 // The task's turn: what the direct writes left, in order after them.
                 conn.wake();
                 conn.take(&mut out, false);
