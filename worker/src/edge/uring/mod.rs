@@ -70,9 +70,15 @@ const TAG_NONE: u64 = 2;
 
 /// A connector's ring as connections see it: where they queue submissions.
 pub(crate) struct Ring {
-    queued: Mutex<Vec<squeue::Entry>>,
-    /// The reactor, when it waits.
-    reactor: Mutex<Option<Waker>>,
+    pending: Mutex<Pending>,
+}
+
+/// What connections queued since the reactor's last turn, and the reactor's waker (one lock
+/// for both: a push takes it once).
+#[derive(Default)]
+struct Pending {
+    entries: Vec<squeue::Entry>,
+    reactor: Option<Waker>,
 }
 
 impl Ring {
@@ -110,8 +116,7 @@ impl Ring {
         let efd = unsafe { OwnedFd::from_raw_fd(efd) };
         ring.submitter().register_eventfd(efd.as_raw_fd())?;
         let shared = Arc::new(Ring {
-            queued: Mutex::new(Vec::new()),
-            reactor: Mutex::new(None),
+            pending: Mutex::default(),
         });
         // SAFETY: `efd` is an open eventfd owned by the `AsyncFd` (an `OwnedFd` keeps its
         // number for its life).
@@ -128,8 +133,12 @@ impl Ring {
 
     /// Queues `entry` for the reactor's next submission.
     fn push(&self, entry: squeue::Entry) {
-        self.queued.lock().unwrap().push(entry);
-        if let Some(w) = self.reactor.lock().unwrap().take() {
+        let reactor = {
+            let mut p = self.pending.lock().unwrap();
+            p.entries.push(entry);
+            p.reactor.take()
+        };
+        if let Some(w) = reactor {
             w.wake();
         }
     }
@@ -163,8 +172,14 @@ impl Reactor {
                 guard.clear_ready();
                 signalled = true;
             }
-            *self.shared.reactor.lock().unwrap() = Some(cx.waker().clone());
-            std::mem::swap(&mut self.batch, &mut *self.shared.queued.lock().unwrap());
+            {
+                let mut p = self.shared.pending.lock().unwrap();
+                match &mut p.reactor {
+                    Some(w) if w.will_wake(cx.waker()) => {}
+                    w => *w = Some(cx.waker().clone()),
+                }
+                std::mem::swap(&mut self.batch, &mut p.entries);
+            }
             if !self.batch.is_empty() || signalled || self.work_waits() {
                 // No signal for what completes while this turn runs (inline sends, the
                 // deferred work the enter runs): it is reaped below, and a signal would only
@@ -177,7 +192,7 @@ impl Reactor {
             // the completion before it checks whether to signal; each side fences).
             self.ring.completion().enable_eventfd();
             std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
-            if !self.work_waits() && self.shared.queued.lock().unwrap().is_empty() {
+            if !self.work_waits() && self.shared.pending.lock().unwrap().entries.is_empty() {
                 return Poll::Pending;
             }
         }
