@@ -185,8 +185,12 @@ impl Reactor {
                 // deferred work the enter runs): it is reaped below, and a signal would only
                 // cost another epoll_wait and turn.
                 self.ring.completion().disable_eventfd();
-                self.submit();
+                let submitted = self.submit();
                 self.reap();
+                if !submitted {
+                    self.ring.completion().enable_eventfd();
+                    return Poll::Pending;
+                }
             }
             // Signals on again, then a last look (the kernel sets the TASKRUN flag or posts
             // the completion before it checks whether to signal; each side fences).
@@ -204,8 +208,9 @@ impl Reactor {
     }
 
     /// Pushes `batch` to the ring and enters the kernel once (more when over the queue size):
-    /// submissions in, deferred completion work run (`GETEVENTS`, no wait).
-    fn submit(&mut self) {
+    /// submissions in, deferred completion work run (`GETEVENTS`, no wait). False when the
+    /// kernel refused the enter (logged).
+    fn submit(&mut self) -> bool {
         let mut from = 0;
         loop {
             let mut sq = self.ring.submission();
@@ -232,11 +237,24 @@ impl Reactor {
                 Ok(_) => {}
                 // EBUSY: completions must be reaped first; EINTR: a signal. Submitted again
                 // on the next round (what the kernel took is gone from the queue).
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY) | Some(libc::EINTR)) => {}
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EBUSY) | Some(libc::EINTR) | Some(libc::EAGAIN)
+                    ) => {}
                 Err(e) => {
-                    // Left queued for the next turn.
+                    // What the ring holds stays there; the rest goes back to the queue. Both
+                    // are submitted at the reactor's next wake-up (not in a busy loop).
                     tracing::error!(cause = %e, "io_uring_enter failed");
-                    break;
+                    let rest: Vec<_> = self.batch.drain(from..).collect();
+                    self.shared
+                        .pending
+                        .lock()
+                        .unwrap()
+                        .entries
+                        .splice(0..0, rest);
+                    self.batch.clear();
+                    return false;
                 }
             }
             if from == self.batch.len() && self.ring.submission().is_empty() {
@@ -245,6 +263,7 @@ impl Reactor {
             self.reap();
         }
         self.batch.clear();
+        true
     }
 
     /// Hands each completion to its operation; the number reaped.
