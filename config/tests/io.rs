@@ -9,19 +9,6 @@ use kennel_config::settings::{ConnectorConfig, Io, WarningKind};
 use kennel_config::{ConfigError, Problem};
 use serde_json::{Value, json};
 
-/// A project whose development frontend entry carries `extra`.
-fn frontend_with(extra: Value) -> tempfile::TempDir {
-    let mut entry =
-        json!({"id": "connector-server-1", "port": 4021, "frontend": true, "clientPort": 4001});
-    entry
-        .as_object_mut()
-        .unwrap()
-        .extend(extra.as_object().unwrap().clone());
-    with_servers(
-        &json!({"connector": [entry], "chat": [{"id": "chat-server-1", "port": 4101}]}).to_string(),
-    )
-}
-
 /// The load fails with a problem for `io` naming the file, environment, entry and `what`.
 fn refused(extra: Value, what: &str) {
     let dir = frontend_with(extra);

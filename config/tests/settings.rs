@@ -16,19 +16,6 @@ use serde_json::{Value, json};
 
 const DEV: &str = "environment \"development\"";
 
-/// A project whose development frontend entry carries `extra`.
-fn frontend_with(extra: Value) -> tempfile::TempDir {
-    let mut entry =
-        json!({"id": "connector-server-1", "port": 4021, "frontend": true, "clientPort": 4001});
-    entry
-        .as_object_mut()
-        .unwrap()
-        .extend(extra.as_object().unwrap().clone());
-    with_servers(
-        &json!({"connector": [entry], "chat": [{"id": "chat-server-1", "port": 4101}]}).to_string(),
-    )
-}
-
 /// A project whose development master entry carries `extra`.
 fn master_with(extra: Value) -> tempfile::TempDir {
     let mut entry = json!({"id": "master-server-1", "port": 3005});

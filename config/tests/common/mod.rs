@@ -55,6 +55,19 @@ pub fn with_servers(servers: &str) -> TempDir {
     project(&[("servers.json", &format!(r#"{{"development": {servers}}}"#))])
 }
 
+/// A project whose development frontend entry carries `extra`.
+pub fn frontend_with(extra: serde_json::Value) -> tempfile::TempDir {
+    let mut entry = serde_json::json!({"id": "connector-server-1", "port": 4021, "frontend": true, "clientPort": 4001});
+    entry
+        .as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    with_servers(
+        &serde_json::json!({"connector": [entry], "chat": [{"id": "chat-server-1", "port": 4101}]})
+            .to_string(),
+    )
+}
+
 pub fn load(dir: &Path) -> Result<Project, ConfigError> {
     Project::load(dir, "development")
 }
