@@ -110,6 +110,26 @@ fn status_kib(pid: i32, key: &str) -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
+/// Opens `n` raw TCP connections to `addr` that never handshake.
+pub async fn raw_connections(addr: &str, n: usize) -> Result<Vec<tokio::net::TcpStream>> {
+    let mut raw = Vec::with_capacity(n);
+    for _ in 0..n {
+        raw.push(tokio::net::TcpStream::connect(addr).await?);
+    }
+    Ok(raw)
+}
+
+/// Per socket: still open after `wait` (true: the read timed out), or closed by the server
+/// (EOF or reset: false). All waited at once.
+pub async fn still_open(raw: &mut [tokio::net::TcpStream], wait: Duration) -> Vec<bool> {
+    use tokio::io::AsyncReadExt;
+    let probes = raw.iter_mut().map(|s| async move {
+        let mut b = [0u8; 8];
+        tokio::time::timeout(wait, s.read(&mut b)).await.is_err()
+    });
+    futures_util::future::join_all(probes).await
+}
+
 /// Number of open file descriptors of process `pid` (entries of `/proc/<pid>/fd`).
 pub fn fd_count(pid: i32) -> Option<usize> {
     Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())

@@ -21,7 +21,8 @@ use integration_tests::TIMEOUT;
 use integration_tests::client::{Client, raw_frame};
 use integration_tests::cluster::Cluster;
 use integration_tests::load::{
-    Witness, fd_count, login_join, peak_rss_kib, reset_peak_rss, rss_kib,
+    Witness, fd_count, login_join, peak_rss_kib, raw_connections, reset_peak_rss, rss_kib,
+    still_open,
 };
 use kennel_config::Project;
 use kennel_proto::auth;
@@ -203,18 +204,8 @@ async fn connection_flood_past_max_connection_num() {
     let witness = witness(&cluster, Witness::tcp(&addr, 20, 2).await); // 2 connections
 
     // 15 raw connections that never handshake: 8 fit, 7 are closed at once.
-    let mut raw = Vec::new();
-    for _ in 0..15 {
-        raw.push(TcpStream::connect(&addr).await.unwrap());
-    }
-    let probes = raw.iter_mut().map(|s| async move {
-        let mut b = [0u8; 8];
-        // Still open after 3 s (a timeout), or closed by the server (EOF or reset).
-        timeout(Duration::from_secs(3), s.read(&mut b))
-            .await
-            .is_err()
-    });
-    let open = futures_util::future::join_all(probes).await;
+    let mut raw = raw_connections(&addr, 15).await.unwrap();
+    let open = still_open(&mut raw, Duration::from_secs(3)).await;
     let kept = open.iter().filter(|o| **o).count();
     assert_eq!(kept, 8, "open/closed: {open:?}");
     cluster

@@ -13,7 +13,9 @@ use bytes::BytesMut;
 use integration_tests::TIMEOUT;
 use integration_tests::client::{Client, raw_frame};
 use integration_tests::cluster::{Cluster, ClusterOptions};
-use integration_tests::load::{Witness, fd_count, login_join, rss_kib};
+use integration_tests::load::{
+    Witness, fd_count, login_join, raw_connections, rss_kib, still_open,
+};
 use kennel_proto::client::{TYPE_HANDSHAKE, put_frame, put_message};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -225,17 +227,8 @@ async fn max_connection_num_on_uring() {
     );
     let addr = c.client_addr(0).to_string();
     let witness = Witness::tcp(&addr, 20, 2).await.unwrap(); // 2 connections
-    let mut raw = Vec::new();
-    for _ in 0..15 {
-        raw.push(TcpStream::connect(&addr).await.unwrap());
-    }
-    let probes = raw.iter_mut().map(|s| async move {
-        let mut b = [0u8; 8];
-        timeout(Duration::from_secs(3), s.read(&mut b))
-            .await
-            .is_err()
-    });
-    let open = futures_util::future::join_all(probes).await;
+    let mut raw = raw_connections(&addr, 15).await.unwrap();
+    let open = still_open(&mut raw, Duration::from_secs(3)).await;
     assert_eq!(open.iter().filter(|o| **o).count(), 8, "{open:?}");
     assert!(Client::connect(&addr).await.is_err(), "an 11th was served");
     drop(raw);
