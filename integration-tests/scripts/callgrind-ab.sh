@@ -15,6 +15,8 @@
 # IO_A / IO_B (`epoll`, the default, or `uring`) set the frontend's `io` key of each side, so
 # one binary can be compared with itself on epoll and io_uring:
 #   IO_B=uring integration-tests/scripts/callgrind-ab.sh target/release target/release
+# KEEP=<dir> keeps the callgrind files there (<dir>/A, <dir>/B: one file per server and route,
+# `cg.<pid>.out.<route number>`) for callgrind_annotate.
 set -euo pipefail
 io_a=${IO_A:-epoll}; io_b=${IO_B:-epoll}
 a=$1; b=$2; n=${3:-3000}; rounds=${4:-2}
@@ -22,7 +24,7 @@ here=$(cd "$(dirname "$0")" && pwd); repo=$(cd "$here/../.." && pwd)
 cargo build -q --manifest-path "$repo/Cargo.toml" -p integration-tests --bin fixed-client
 client=$(cargo metadata -q --format-version 1 --no-deps --manifest-path "$repo/Cargo.toml" \
   | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')/debug/fixed-client
-work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
+if [ -n "${KEEP:-}" ]; then work=$KEEP; mkdir -p "$work"; else work=$(mktemp -d); trap 'rm -rf "$work"' EXIT; fi
 mkdir -p "$work/proj/config/sys"
 cp "$repo/chat-demo/config/sys/route.json" "$work/proj/config/sys/"
 echo '{ "cg": { "id": "master-server-1", "host": "127.0.0.1", "port": 3005 } }' > "$work/proj/config/sys/master.json"

@@ -23,10 +23,12 @@
 //!   was made, no task wake-up, and every such write of a turn shares one `io_uring_enter`).
 //!   `send.rs`. `sendQueueBytes` bounds what waits behind the send in flight (at most 64
 //!   frames more).
-//! - **Buffers outlive their operation.** Each submission carries a strong reference to its
-//!   operation (`Arc::into_raw` as the user data), given back only by its completion, so a
-//!   connection dropped with operations in flight leaves their buffers alive until the
-//!   kernel is done with them; its drop queues a cancellation of each. Should the reactor end
+//! - **Buffers and sockets outlive their operation.** Each submission carries a strong
+//!   reference to its operation (`Arc::into_raw` as the user data), given back only by its
+//!   completion, so a connection dropped with operations in flight leaves their buffers
+//!   alive until the kernel is done with them; its drop queues a cancellation of each. The
+//!   operations also hold the socket: an entry names it by number, and one still queued when
+//!   the connection lets go must not find that number given to the next accepted client. Should the reactor end
 //!   with operations in flight, their references are never given back (leaked, not freed).
 //!
 //! A ring that cannot be set up (`io_uring_setup` refused: EPERM when

@@ -20,6 +20,9 @@ use super::{Ring, SEND_SLICES, TAG_NONE, TAG_SEND};
 
 /// A connection's send operation.
 pub(super) struct SendOp {
+    /// The socket, held for as long as the operation: a submission still queued when the
+    /// connection lets go keeps it open, so its number cannot go to another client first.
+    fd: Arc<OwnedFd>,
     inner: Mutex<SendInner>,
     /// A completion the task must act on (short write, error) is waiting.
     attention: AtomicBool,
@@ -47,8 +50,9 @@ struct SendInner {
 unsafe impl Send for SendInner {}
 
 impl SendOp {
-    pub(super) fn new() -> Arc<SendOp> {
+    pub(super) fn new(fd: Arc<OwnedFd>) -> Arc<SendOp> {
         Arc::new(SendOp {
+            fd,
             inner: Mutex::new(SendInner {
                 armed: false,
                 result: None,
@@ -99,11 +103,10 @@ impl SendOp {
         self: &Arc<Self>,
         cx: &mut Context<'_>,
         wait: bool,
-        fd: &OwnedFd,
         ring: &Ring,
     ) -> Poll<io::Result<()>> {
         let mut s = self.inner.lock().unwrap();
-        settle(self, &mut s, cx, wait, fd, ring)
+        settle(self, &mut s, cx, wait, ring)
     }
 
     /// Submits up to 64 frames from the front of `out` once no send is in flight (the task,
@@ -112,12 +115,11 @@ impl SendOp {
         self: &Arc<Self>,
         cx: &mut Context<'_>,
         out: &mut VecDeque<Bytes>,
-        fd: &OwnedFd,
         ring: &Ring,
     ) -> Poll<io::Result<usize>> {
         let mut s = self.inner.lock().unwrap();
         let more = !out.is_empty();
-        match settle(self, &mut s, cx, more, fd, ring) {
+        match settle(self, &mut s, cx, more, ring) {
             Poll::Ready(Ok(())) => {}
             other => return other.map_ok(|()| 0),
         }
@@ -125,7 +127,7 @@ impl SendOp {
             return Poll::Ready(Ok(0));
         }
         keep_waker(&mut s.waker, cx);
-        Poll::Ready(Ok(take_and_arm(self, &mut s, out, fd, ring)))
+        Poll::Ready(Ok(take_and_arm(self, &mut s, out, ring)))
     }
 
     /// Queues the cancellation of the send in flight, if any (its buffers stay with the
@@ -151,7 +153,6 @@ fn settle(
     s: &mut SendInner,
     cx: &mut Context<'_>,
     wait: bool,
-    fd: &OwnedFd,
     ring: &Ring,
 ) -> Poll<io::Result<()>> {
     loop {
@@ -184,7 +185,7 @@ fn settle(
         if s.frames.is_empty() {
             return Poll::Ready(Ok(()));
         }
-        arm(op, s, fd, ring); // a short write: its rest goes before anything else
+        arm(op, s, ring); // a short write: its rest goes before anything else
         if !wait {
             return Poll::Ready(Ok(()));
         }
@@ -196,18 +197,17 @@ fn take_and_arm(
     op: &Arc<SendOp>,
     s: &mut SendInner,
     frames: &mut VecDeque<Bytes>,
-    fd: &OwnedFd,
     ring: &Ring,
 ) -> usize {
     let n = frames.len().min(SEND_SLICES);
     s.frames.extend(frames.drain(..n));
     let taken = s.frames.iter().map(Bytes::len).sum();
-    arm(op, s, fd, ring);
+    arm(op, s, ring);
     taken
 }
 
 /// Submits the frames in `s` (not armed).
-fn arm(op: &Arc<SendOp>, s: &mut SendInner, fd: &OwnedFd, ring: &Ring) {
+fn arm(op: &Arc<SendOp>, s: &mut SendInner, ring: &Ring) {
     let SendInner {
         frames, iov, msg, ..
     } = s;
@@ -224,17 +224,17 @@ fn arm(op: &Arc<SendOp>, s: &mut SendInner, fd: &OwnedFd, ring: &Ring) {
     // SAFETY (of the buffers' life): the user data is a strong reference to the `SendOp`
     // owning the header, the iovecs and the frames' `Bytes` (inside its mutex, at a stable
     // heap address), released only by the reactor at the completion; none of them is
-    // changed until then (`armed`).
-    let entry = opcode::SendMsg::new(types::Fd(fd.as_raw_fd()), &s.msg)
+    // changed until then (`armed`); it holds the socket open as long (`SendOp::fd`).
+    let entry = opcode::SendMsg::new(types::Fd(op.fd.as_raw_fd()), &s.msg)
         .flags(libc::MSG_NOSIGNAL as u32)
         .build()
         .user_data(Arc::into_raw(op.clone()) as u64 | TAG_SEND);
     ring.push(entry);
 }
 
-/// What a direct writer needs of an idle client on the ring: its socket and its send.
+/// What a direct writer needs of an idle client on the ring: its send (which holds its
+/// socket) and the ring.
 pub(crate) struct DirectSend {
-    pub(super) fd: Arc<OwnedFd>,
     pub(super) ring: Arc<Ring>,
     pub(super) send: Arc<SendOp>,
 }
@@ -256,9 +256,7 @@ impl DirectSend {
             s.result = None;
             s.frames.clear();
         }
-        written(take_and_arm(
-            &self.send, &mut s, frames, &self.fd, &self.ring,
-        ));
+        written(take_and_arm(&self.send, &mut s, frames, &self.ring));
         frames.is_empty()
     }
 }

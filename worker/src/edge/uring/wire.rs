@@ -57,6 +57,10 @@ impl Slot {
 /// A connection's `recv` and the buffer the kernel fills.
 pub(super) struct RecvOp {
     pub(super) slot: Slot,
+    /// The socket, held for as long as the operation: a recv still queued (not yet handed to
+    /// the kernel) when the connection lets go must not read from another client's socket
+    /// that took its number.
+    fd: Arc<OwnedFd>,
     buf: UnsafeCell<Vec<u8>>,
 }
 
@@ -67,7 +71,8 @@ unsafe impl Sync for RecvOp {}
 
 /// A plain TCP client on the ring.
 pub(crate) struct UringWire {
-    /// Shared with direct writers (`direct.rs`): the socket closes when both let go.
+    /// Shared with the operations (`RecvOp`, `SendOp`): the socket closes once the wire and
+    /// every operation submitted on it are done.
     fd: Arc<OwnedFd>,
     ring: Arc<Ring>,
     recv: Arc<RecvOp>,
@@ -83,13 +88,14 @@ impl UringWire {
     pub(crate) fn new(stream: tokio::net::TcpStream, ring: Arc<Ring>) -> io::Result<UringWire> {
         let fd = Arc::new(OwnedFd::from(stream.into_std()?));
         Ok(UringWire {
-            fd,
+            fd: fd.clone(),
             ring,
             recv: Arc::new(RecvOp {
                 slot: Slot::default(),
+                fd: fd.clone(),
                 buf: UnsafeCell::new(Vec::new()),
             }),
-            send: SendOp::new(),
+            send: SendOp::new(fd),
             recv_armed: false,
             recv_size: RECV_MIN,
         })
@@ -102,7 +108,7 @@ impl UringWire {
             *buf = vec![0; self.recv_size];
         }
         let entry = opcode::Recv::new(
-            types::Fd(self.fd.as_raw_fd()),
+            types::Fd(self.recv.fd.as_raw_fd()),
             buf.as_mut_ptr(),
             buf.len() as u32,
         )
@@ -117,7 +123,7 @@ impl UringWire {
 
     /// Takes the send's completion, waiting for it with `wait` (see [`SendOp::poll_settle`]).
     pub(super) fn poll_send(&mut self, cx: &mut Context<'_>, wait: bool) -> Poll<io::Result<()>> {
-        self.send.poll_settle(cx, wait, &self.fd, &self.ring)
+        self.send.poll_settle(cx, wait, &self.ring)
     }
 }
 
@@ -163,7 +169,7 @@ impl Wire for UringWire {
         cx: &mut Context<'_>,
         out: &mut VecDeque<Bytes>,
     ) -> Poll<io::Result<usize>> {
-        self.send.poll_write(cx, out, &self.fd, &self.ring)
+        self.send.poll_write(cx, out, &self.ring)
     }
 
     async fn shutdown(&mut self) {
@@ -178,7 +184,6 @@ impl Wire for UringWire {
 
     fn direct(&self) -> Option<Direct> {
         Some(Direct::Uring(Arc::new(DirectSend {
-            fd: self.fd.clone(),
             ring: self.ring.clone(),
             send: self.send.clone(),
         })))
@@ -186,8 +191,9 @@ impl Wire for UringWire {
 }
 
 impl Drop for UringWire {
-    /// Cancels what is in flight (its buffers live on in the operations until the kernel
-    /// completes them); the socket closes once the last operation holding it is done.
+    /// Cancels what is in flight (its buffers and the socket live on in the operations until
+    /// the kernel completes them); the socket closes once the last operation holding it is
+    /// done.
     fn drop(&mut self) {
         if self.recv_armed {
             let ud = Arc::as_ptr(&self.recv) as u64 | TAG_RECV;
@@ -304,6 +310,49 @@ mod tests {
             tokio::task::yield_now().await;
         }
         panic!("the recv's buffer is still held");
+    }
+
+    /// The inode of the file behind `fd` (`None`: not open).
+    fn inode(fd: i32) -> Option<u64> {
+        // SAFETY: `st` is a plain struct `fstat` fills; an unknown number is EBADF, not UB.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        (unsafe { libc::fstat(fd, &mut st) } == 0).then_some(st.st_ino)
+    }
+
+    /// A wire dropped before the reactor handed its recv and send to the kernel: its socket
+    /// stays open until those operations completed, so its number cannot go to another
+    /// client first (whose bytes the stale recv would take, and to whom the stale send would
+    /// write); the frame queued before the drop still reaches the peer, then the stream ends.
+    #[tokio::test]
+    async fn a_socket_outlives_the_operations_queued_on_it() {
+        let (ring, r) = Ring::new().unwrap();
+        let (mut client, server) = crate::net::tcp_pair().await;
+        let mut w = UringWire::new(server, ring).unwrap();
+        let (raw, ino) = (w.fd.as_raw_fd(), inode(w.fd.as_raw_fd()));
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut buf = BytesMut::new();
+        assert!(w.poll_read_into(&mut cx, &mut buf).is_pending());
+        let mut out: VecDeque<Bytes> = [Bytes::from_static(b"last words")].into();
+        assert!(matches!(
+            w.poll_write_from(&mut cx, &mut out),
+            Poll::Ready(Ok(10))
+        ));
+        drop(w);
+        assert_eq!(
+            inode(raw),
+            ino,
+            "the socket closed with operations still queued on its number"
+        );
+        tokio::spawn(reactor(r));
+        let mut got = Vec::new();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            client.read_to_end(&mut got),
+        )
+        .await
+        .expect("the socket closes once its operations are done")
+        .unwrap();
+        assert_eq!(got, b"last words");
     }
 
     /// Frames for an idle client go out through direct writes on the ring; what a direct
