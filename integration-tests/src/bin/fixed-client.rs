@@ -9,6 +9,9 @@
 //!
 //! `fixed-client <port> <route> <n> [think ms]`
 //!
+//! A route written `raw:<route>` skips the login: for the raw echo floor (`bench raw-echo`),
+//! which echoes every message and knows no login.
+//!
 //! With the route `room-chat`, 20 players log in to one room and join it, and the first sends
 //! `n` `chat.main.send` messages, each awaited at every player (20 pushes per message).
 
@@ -54,13 +57,18 @@ fn callgrind_control(flag: &str) {
 /// Players in the `room-chat` room.
 const ROOM: usize = 20;
 
-/// One player: connected and logged in to room 7, joined when `join`.
-async fn player(port: &str, uid: u64, join: bool) -> Result<Connection> {
-    let mut c = ClientBuilder::new(format!("127.0.0.1:{port}"))
+/// A connection, handshaken.
+async fn connect(port: &str) -> Result<Connection> {
+    Ok(ClientBuilder::new(format!("127.0.0.1:{port}"))
         .no_route_cache()
         .connect_timeout(REPLY_TIMEOUT)
         .connect_raw()
-        .await?;
+        .await?)
+}
+
+/// One player: connected and logged in to room 7, joined when `join`.
+async fn player(port: &str, uid: u64, join: bool) -> Result<Connection> {
+    let mut c = connect(port).await?;
     login_as(&mut c, uid, 7, join).await?;
     Ok(c)
 }
@@ -119,7 +127,10 @@ async fn main() -> Result<()> {
         println!("{route}: {n} messages in {:.1}s", dt.as_secs_f64());
         return Ok(());
     }
-    let mut c = player(port, base, false).await?;
+    let (mut c, route) = match route.strip_prefix("raw:") {
+        Some(route) => (connect(port).await?, route),
+        None => (player(port, base, false).await?, route.as_str()),
+    };
     let cmd = c.handshake.routes.cmd(route)?;
     requests(&mut c, cmd, 100, think).await?;
     callgrind_control("-z");
