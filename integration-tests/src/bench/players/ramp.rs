@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use super::{Backend, Kind, Mode, Pinning, Spec, StepResult, cpu, run_step};
 use crate::bench::load::Window;
@@ -271,7 +271,8 @@ fn step(t: &Target, spec: &Spec, backend: Backend, label: &str) -> Result<StepRe
             t.system.name()
         ));
     }
-    let r = run_step(&t.addrs, &t.pids, spec, backend)?;
+    let r = run_step(&t.addrs, &t.pids, spec, backend)
+        .with_context(|| format!("{label} on {}", t.system.name()))?;
     let chat = spec.kind.is_chat();
     say(format!(
         "{label}: {:<6} {:>8.0} msg/s{}  p50 {:>7.2} ms  p99 {:>7.2} ms  server {:>6.2} µs/msg ({:.2} cores)  load gen {:>5.2} µs/msg ({:.0}% CPU){}{}",
