@@ -52,7 +52,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
-use io_uring::{IoUring, cqueue, squeue};
+use io_uring::{IoUring, cqueue, opcode, squeue};
 use tokio::io::unix::AsyncFd;
 
 pub(crate) use send::DirectSend;
@@ -141,6 +141,11 @@ impl Ring {
             batch: Vec::new(),
         };
         Ok((shared, reactor))
+    }
+
+    /// Queues `entry` from the reactor itself (no wake-up: its turn looks at the queue again).
+    fn push_quiet(&self, entry: squeue::Entry) {
+        self.pending.lock().unwrap().entries.push(entry);
     }
 
     /// Queues `entry` for the reactor's next submission.
@@ -301,7 +306,12 @@ impl Reactor {
                     // SAFETY: the user data of a multishot recv holds the strong reference
                     // taken by `Arc::into_raw` at its submission, alive until its last
                     // completion (the one without `F_MORE`), which gives it back here, once.
-                    unsafe { &*(ptr as *const RecvOp) }.complete(res, data, more);
+                    let pause = unsafe { &*(ptr as *const RecvOp) }.complete(res, data, more);
+                    if pause {
+                        // Submitted at the next round of this turn (the queue is not empty).
+                        self.shared
+                            .push_quiet(opcode::AsyncCancel::new(ud).build().user_data(TAG_NONE));
+                    }
                     if !more {
                         drop(unsafe { Arc::from_raw(ptr as *const RecvOp) });
                     }

@@ -32,30 +32,45 @@ struct RecvState {
     inbox: BytesMut,
     /// Submitted, and its last completion (the one without `IORING_CQE_F_MORE`) not seen.
     armed: bool,
+    /// The inbox reached [`PAUSE_AT`] and the reactor cancelled the receive: the connection
+    /// submits it again once it has taken the inbox (the socket's buffer holds the rest, and
+    /// the client feels TCP's back-pressure, as on epoll).
+    paused: bool,
     /// How it ended: 0 the end of the stream, else a negative errno (`ENOBUFS`: the ring ran
-    /// out of buffers, the connection submits it again).
+    /// out of buffers; `ECANCELED`: paused; the connection submits it again for either).
     end: Option<i32>,
     waker: Option<Waker>,
 }
 
+/// Bytes a connection's inbox holds before its receive is paused: what a connection that does
+/// not read (at `maxInFlight`, or closing) can be made to buffer is this and the reads already
+/// under way.
+const PAUSE_AT: usize = 64 * 1024;
+
 impl RecvOp {
     /// One completion (the reactor): `data` received (empty for an end); `more` whether the
-    /// receive goes on.
-    pub(super) fn complete(&self, res: i32, data: &[u8], more: bool) {
-        let waker = {
+    /// receive goes on. True when the receive must be paused (the reactor cancels it).
+    pub(super) fn complete(&self, res: i32, data: &[u8], more: bool) -> bool {
+        let (waker, pause) = {
             let mut s = self.state.lock().unwrap();
             s.inbox.extend_from_slice(data);
+            let pause = more && !s.paused && s.inbox.len() >= PAUSE_AT;
+            if pause {
+                s.paused = true;
+            }
             if !more {
                 s.armed = false;
-                if res <= 0 {
+                s.paused = false;
+                if res <= 0 && res != -libc::ECANCELED {
                     s.end = Some(res);
                 }
             }
-            s.waker.take()
+            (s.waker.take(), pause)
         };
         if let Some(w) = waker {
             w.wake();
         }
+        pause
     }
 }
 
@@ -321,6 +336,47 @@ mod tests {
         })
         .await
         .expect("every connection read everything");
+    }
+
+    /// A connection that does not read (at `maxInFlight`, say) while its client sends 8 MiB:
+    /// the receive pauses once the inbox holds `PAUSE_AT` (the rest waits in the socket, the
+    /// client is held back by TCP), and once the connection reads again every byte arrives,
+    /// in order.
+    #[tokio::test]
+    async fn a_connection_that_does_not_read_buffers_a_bounded_inbox() {
+        let (ring, r) = Ring::new().unwrap();
+        tokio::spawn(reactor(r));
+        let (mut client, server) = crate::net::tcp_pair().await;
+        let mut w = UringWire::new(server, ring).unwrap();
+        let mut buf = BytesMut::new();
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(w.poll_read_into(&mut cx, &mut buf).is_pending());
+        let sent: Vec<u8> = (0..8 << 20).map(|i: u32| (i % 253) as u8).collect();
+        let expected = sent.clone();
+        let writer = tokio::spawn(async move { client.write_all(&sent).await.unwrap() });
+        // Paused: the cancel's completion ended the receive (not armed any more).
+        tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            while w.recv.state.lock().unwrap().armed {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the receive pauses");
+        let held = w.recv.state.lock().unwrap().inbox.len();
+        assert!(
+            (PAUSE_AT..PAUSE_AT + 256 * 1024).contains(&held),
+            "inbox holds {held} B"
+        );
+        assert!(!writer.is_finished(), "the client was not held back");
+        tokio::time::timeout(std::time::Duration::from_secs(20), async {
+            while buf.len() < expected.len() {
+                read_some(&mut w, &mut buf).await.expect("not the end yet");
+            }
+        })
+        .await
+        .expect("everything arrives once the connection reads");
+        assert!(buf[..] == expected[..], "the bytes differ");
+        writer.await.unwrap();
     }
 
     /// The inode of the file behind `fd` (`None`: not open).
