@@ -13,9 +13,13 @@
 //! - **Waking the reactor.** An eventfd registered with the ring, itself registered with
 //!   tokio ([`AsyncFd`]), signals that completions (or deferred completion work) wait. It is
 //!   never read: tokio's edge-triggered epoll reports every signal.
-//! - **Reads.** One single-shot `recv` in flight per connection, into a buffer owned by the
-//!   operation (`RecvOp`, adaptive 512 B .. 64 KiB), copied into the connection's read
-//!   buffer at completion and re-armed at the next read.
+//! - **Reads.** One multishot `recv` per connection (`RecvMulti`), submitted once and
+//!   completing for every read until it ends, into buffers the kernel picks from the
+//!   connector's buffer ring (`bufring.rs`). The reactor copies each read into the
+//!   connection's inbox and gives the buffer straight back, so a waiting connection holds no
+//!   receive buffer and a read costs no submission. A receive the ring could not serve
+//!   (`ENOBUFS`: more reads between two reaps than buffers) ends; its connection submits it
+//!   again when it next reads.
 //! - **Writes.** One `sendmsg` in flight per connection carrying up to 64 queued frames,
 //!   optimistic (the frames count as written once submitted; only a short write or an error
 //!   wakes the connection), submitted by the connection's task or, while it is idle, by a
@@ -36,8 +40,10 @@
 //! at start ([`Ring::new`]'s error names the cause); there is no silent fallback to epoll.
 //!
 //! Layout: this file (the ring and its reactor), `wire.rs` (the `Wire`: reads, and the
-//! tests), `send.rs` (the send side and [`DirectSend`]).
+//! tests), `send.rs` (the send side and [`DirectSend`]), `bufring.rs` (the provided
+//! buffers).
 
+mod bufring;
 mod send;
 mod wire;
 
@@ -46,7 +52,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
-use io_uring::{IoUring, squeue};
+use io_uring::{IoUring, cqueue, opcode, squeue};
 use tokio::io::unix::AsyncFd;
 
 pub(crate) use send::DirectSend;
@@ -58,9 +64,6 @@ pub(crate) use wire::UringWire;
 const SQ_ENTRIES: u32 = 1024;
 /// Completion queue entries (the kernel buffers an overflow: `IORING_FEAT_NODROP`).
 const CQ_ENTRIES: u32 = 8 * SQ_ENTRIES;
-/// Smallest and largest receive buffer of a connection.
-const RECV_MIN: usize = 512;
-const RECV_MAX: usize = 64 * 1024;
 /// Frames one `sendmsg` carries at most.
 const SEND_SLICES: usize = 64;
 /// The tag in the low bits of a submission's user data (the rest: the operation's address).
@@ -87,6 +90,11 @@ impl Ring {
     /// Sets up the ring (on the calling thread, which must be the runtime's when it is
     /// current-thread) and its reactor, to be spawned on the same runtime.
     pub(crate) fn new() -> io::Result<(Arc<Ring>, Reactor)> {
+        Ring::with_buffers(bufring::ENTRIES)
+    }
+
+    /// [`Ring::new`] with `buffers` receive buffers (a power of two; tests use few).
+    fn with_buffers(buffers: u16) -> io::Result<(Arc<Ring>, Reactor)> {
         let single_thread = tokio::runtime::Handle::try_current()
             .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread);
         let mut b = IoUring::builder();
@@ -117,6 +125,7 @@ impl Ring {
         // SAFETY: `efd` is a fresh descriptor nobody else owns.
         let efd = unsafe { OwnedFd::from_raw_fd(efd) };
         ring.submitter().register_eventfd(efd.as_raw_fd())?;
+        let bufs = bufring::BufRing::register(&ring, buffers)?;
         let shared = Arc::new(Ring {
             pending: Mutex::default(),
         });
@@ -126,11 +135,17 @@ impl Ring {
             .map_err(io::Error::from)?;
         let reactor = Reactor {
             ring,
+            bufs,
             signal,
             shared: shared.clone(),
             batch: Vec::new(),
         };
         Ok((shared, reactor))
+    }
+
+    /// Queues `entry` from the reactor itself (no wake-up: its turn looks at the queue again).
+    fn push_quiet(&self, entry: squeue::Entry) {
+        self.pending.lock().unwrap().entries.push(entry);
     }
 
     /// Queues `entry` for the reactor's next submission.
@@ -149,6 +164,8 @@ impl Ring {
 /// The reactor's side of the ring: submits what connections queued, reaps completions.
 pub(crate) struct Reactor {
     ring: IoUring,
+    /// The buffers the multishot receives fill.
+    bufs: bufring::BufRing,
     /// The eventfd the ring signals when completions (or their deferred work) wait.
     signal: AsyncFd<OwnedFd>,
     shared: Arc<Ring>,
@@ -268,22 +285,49 @@ impl Reactor {
         true
     }
 
-    /// Hands each completion to its operation; the number reaped.
+    /// Hands each completion to its operation, and the buffers of received bytes back to the
+    /// ring once copied out; the number reaped.
     fn reap(&mut self) -> usize {
         let mut n = 0;
+        let mut gave_back = false;
         for cqe in self.ring.completion() {
             n += 1;
             let ud = cqe.user_data();
             let ptr = (ud & !TAG_MASK) as usize;
             match ud & TAG_MASK {
-                // SAFETY: the user data of a recv/send holds the strong reference taken by
+                TAG_RECV => {
+                    let (res, flags) = (cqe.result(), cqe.flags());
+                    let more = cqueue::more(flags);
+                    let bid = cqueue::buffer_select(flags);
+                    let data = match bid {
+                        Some(bid) => self.bufs.filled(bid, res.max(0) as usize),
+                        None => &[],
+                    };
+                    // SAFETY: the user data of a multishot recv holds the strong reference
+                    // taken by `Arc::into_raw` at its submission, alive until its last
+                    // completion (the one without `F_MORE`), which gives it back here, once.
+                    let pause = unsafe { &*(ptr as *const RecvOp) }.complete(res, data, more);
+                    if pause {
+                        // Submitted at the next round of this turn (the queue is not empty).
+                        self.shared
+                            .push_quiet(opcode::AsyncCancel::new(ud).build().user_data(TAG_NONE));
+                    }
+                    if !more {
+                        drop(unsafe { Arc::from_raw(ptr as *const RecvOp) });
+                    }
+                    if let Some(bid) = bid {
+                        self.bufs.give_back(bid);
+                        gave_back = true;
+                    }
+                }
+                // SAFETY: the user data of a send holds the strong reference taken by
                 // `Arc::into_raw` at its submission, given back here once, at its completion.
-                TAG_RECV => unsafe { Arc::from_raw(ptr as *const RecvOp) }
-                    .slot
-                    .complete(cqe.result()),
                 TAG_SEND => unsafe { Arc::from_raw(ptr as *const SendOp) }.complete(cqe.result()),
                 _ => {}
             }
+        }
+        if gave_back {
+            self.bufs.publish();
         }
         n
     }

@@ -1,7 +1,7 @@
-//! A plain TCP client on the ring ([`UringWire`], a [`Wire`]): its `recv` ([`RecvOp`], one
-//! in flight, into a buffer the operation owns) and its send side (`send.rs`).
+//! A plain TCP client on the ring ([`UringWire`], a [`Wire`]): its multishot `recv`
+//! ([`RecvOp`]: one submission, its reads copied out of the ring's provided buffers into the
+//! connection's inbox) and its send side (`send.rs`).
 
-use std::cell::UnsafeCell;
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -12,62 +12,67 @@ use bytes::{Bytes, BytesMut};
 use io_uring::{opcode, types};
 
 use super::send::{DirectSend, SendOp};
-use super::{RECV_MAX, RECV_MIN, Ring, TAG_NONE, TAG_RECV};
+use super::{Ring, TAG_NONE, TAG_RECV, bufring};
 use crate::edge::direct::Direct;
 use crate::edge::wire::Wire;
 
-/// The state of an operation shared by its connection and the reactor.
-#[derive(Default)]
-pub(super) struct Slot(Mutex<SlotState>);
-
-#[derive(Default)]
-struct SlotState {
-    /// The completion's result, until the connection takes it.
-    result: Option<i32>,
-    waker: Option<Waker>,
-}
-
-impl Slot {
-    pub(super) fn complete(&self, res: i32) {
-        let waker = {
-            let mut s = self.0.lock().unwrap();
-            s.result = Some(res);
-            s.waker.take()
-        };
-        if let Some(w) = waker {
-            w.wake();
-        }
-    }
-
-    /// The result once the operation completed; else keeps `cx`'s waker for it.
-    fn poll(&self, cx: &mut Context<'_>) -> Poll<i32> {
-        let mut s = self.0.lock().unwrap();
-        if let Some(res) = s.result.take() {
-            s.waker = None;
-            return Poll::Ready(res);
-        }
-        match &mut s.waker {
-            Some(w) if w.will_wake(cx.waker()) => {}
-            w => *w = Some(cx.waker().clone()),
-        }
-        Poll::Pending
-    }
-}
-
-/// A connection's `recv` and the buffer the kernel fills.
+/// A connection's multishot `recv` (one submission, a completion per read until it ends):
+/// what its completions delivered, until the connection takes it.
 pub(super) struct RecvOp {
-    pub(super) slot: Slot,
     /// The socket, held for as long as the operation: a recv still queued (not yet handed to
     /// the kernel) when the connection lets go must not read from another client's socket
     /// that took its number.
     fd: Arc<OwnedFd>,
-    buf: UnsafeCell<Vec<u8>>,
+    state: Mutex<RecvState>,
 }
 
-// SAFETY: `buf` is touched by the connection only while no recv is in flight (its `armed`
-// flag, set before the submission, cleared after the completion was taken under the slot's
-// lock), and by the kernel only while one is.
-unsafe impl Sync for RecvOp {}
+#[derive(Default)]
+struct RecvState {
+    /// Bytes received and not taken yet (copied out of the ring's buffers by the reactor).
+    inbox: BytesMut,
+    /// Submitted, and its last completion (the one without `IORING_CQE_F_MORE`) not seen.
+    armed: bool,
+    /// The inbox reached [`PAUSE_AT`] and the reactor cancelled the receive: the connection
+    /// submits it again once it has taken the inbox (the socket's buffer holds the rest, and
+    /// the client feels TCP's back-pressure, as on epoll).
+    paused: bool,
+    /// How it ended: 0 the end of the stream, else a negative errno (`ENOBUFS`: the ring ran
+    /// out of buffers; `ECANCELED`: paused; the connection submits it again for either).
+    end: Option<i32>,
+    waker: Option<Waker>,
+}
+
+/// Bytes a connection's inbox holds before its receive is paused: what a connection that does
+/// not read (at `maxInFlight`, or closing) can be made to buffer is this and the reads already
+/// under way.
+const PAUSE_AT: usize = 64 * 1024;
+
+impl RecvOp {
+    /// One completion (the reactor): `data` received (empty for an end); `more` whether the
+    /// receive goes on. True when the receive must be paused (the reactor cancels it).
+    pub(super) fn complete(&self, res: i32, data: &[u8], more: bool) -> bool {
+        let (waker, pause) = {
+            let mut s = self.state.lock().unwrap();
+            s.inbox.extend_from_slice(data);
+            let pause = more && !s.paused && s.inbox.len() >= PAUSE_AT;
+            if pause {
+                s.paused = true;
+            }
+            if !more {
+                s.armed = false;
+                s.paused = false;
+                if res <= 0 && res != -libc::ECANCELED {
+                    s.end = Some(res);
+                }
+            }
+            (s.waker.take(), pause)
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+        pause
+    }
+}
 
 /// A plain TCP client on the ring.
 pub(crate) struct UringWire {
@@ -77,10 +82,6 @@ pub(crate) struct UringWire {
     ring: Arc<Ring>,
     recv: Arc<RecvOp>,
     send: Arc<SendOp>,
-    /// A recv is in flight: submitted, its completion not taken yet.
-    recv_armed: bool,
-    /// The next recv's buffer size.
-    recv_size: usize,
 }
 
 impl UringWire {
@@ -91,33 +92,20 @@ impl UringWire {
             fd: fd.clone(),
             ring,
             recv: Arc::new(RecvOp {
-                slot: Slot::default(),
                 fd: fd.clone(),
-                buf: UnsafeCell::new(Vec::new()),
+                state: Mutex::default(),
             }),
             send: SendOp::new(fd),
-            recv_armed: false,
-            recv_size: RECV_MIN,
         })
     }
 
-    fn arm_recv(&mut self) {
-        // SAFETY: no recv is in flight (`recv_armed` is false), so only this task uses `buf`.
-        let buf = unsafe { &mut *self.recv.buf.get() };
-        if buf.len() != self.recv_size {
-            *buf = vec![0; self.recv_size];
-        }
-        let entry = opcode::Recv::new(
-            types::Fd(self.recv.fd.as_raw_fd()),
-            buf.as_mut_ptr(),
-            buf.len() as u32,
-        )
-        .build()
-        .user_data(Arc::into_raw(self.recv.clone()) as u64 | TAG_RECV);
-        // SAFETY (of the buffer's life): the entry's user data is a strong reference to the
-        // `RecvOp` owning `buf`, released only by the reactor at the completion; `buf` is not
-        // resized until then (`recv_armed`).
-        self.recv_armed = true;
+    /// Submits the multishot recv (not armed).
+    fn arm_recv(&self) {
+        let entry = opcode::RecvMulti::new(types::Fd(self.recv.fd.as_raw_fd()), bufring::GROUP)
+            .build()
+            .user_data(Arc::into_raw(self.recv.clone()) as u64 | TAG_RECV);
+        // The entry's user data is a strong reference to the `RecvOp` (and so to the socket),
+        // released by the reactor at the receive's last completion.
         self.ring.push(entry);
     }
 
@@ -133,31 +121,36 @@ impl Wire for UringWire {
         cx: &mut Context<'_>,
         rbuf: &mut BytesMut,
     ) -> Poll<io::Result<Option<usize>>> {
-        if !self.recv_armed {
+        let mut s = self.recv.state.lock().unwrap();
+        let n = s.inbox.len();
+        if n > 0 {
+            rbuf.extend_from_slice(&s.inbox);
+            s.inbox.clear();
+            if s.inbox.capacity() > bufring::BUF_SIZE {
+                // A burst's buffer is not kept while the connection waits.
+                s.inbox = BytesMut::new();
+            }
+            return Poll::Ready(Ok(Some(n)));
+        }
+        match s.end {
+            Some(0) => return Poll::Ready(Ok(None)),
+            Some(e) if e == -libc::ENOBUFS => s.end = None,
+            Some(e) => return Poll::Ready(Err(io::Error::from_raw_os_error(-e))),
+            None => {}
+        }
+        match &mut s.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            w => *w = Some(cx.waker().clone()),
+        }
+        let arm = !s.armed;
+        s.armed = true;
+        drop(s);
+        if arm {
             self.arm_recv();
         }
-        let Poll::Ready(res) = self.recv.slot.poll(cx) else {
-            // Waiting: a direct writer's short write or error must be able to wake the task.
-            self.send.register(cx);
-            return Poll::Pending;
-        };
-        self.recv_armed = false;
-        if res < 0 {
-            return Poll::Ready(Err(io::Error::from_raw_os_error(-res)));
-        }
-        let n = res as usize;
-        if n == 0 {
-            return Poll::Ready(Ok(None));
-        }
-        // SAFETY: the recv completed (its result taken), so the kernel is done with `buf`.
-        let buf = unsafe { &*self.recv.buf.get() };
-        rbuf.extend_from_slice(&buf[..n]);
-        if n == buf.len() {
-            self.recv_size = (self.recv_size * 2).min(RECV_MAX);
-        } else if n < self.recv_size / 8 {
-            self.recv_size = (self.recv_size / 2).max(RECV_MIN);
-        }
-        Poll::Ready(Ok(Some(n)))
+        // Waiting: a direct writer's short write or error must be able to wake the task.
+        self.send.register(cx);
+        Poll::Pending
     }
 
     fn write_pending(&self, out: &VecDeque<Bytes>) -> bool {
@@ -195,7 +188,7 @@ impl Drop for UringWire {
     /// the kernel completes them); the socket closes once the last operation holding it is
     /// done.
     fn drop(&mut self) {
-        if self.recv_armed {
+        if self.recv.state.lock().unwrap().armed {
             let ud = Arc::as_ptr(&self.recv) as u64 | TAG_RECV;
             self.ring
                 .push(opcode::AsyncCancel::new(ud).build().user_data(TAG_NONE));
@@ -310,6 +303,80 @@ mod tests {
             tokio::task::yield_now().await;
         }
         panic!("the recv's buffer is still held");
+    }
+
+    /// Eight clients send 256 KiB each at once through a ring of two receive buffers: the
+    /// multishot receives keep running out (`ENOBUFS`) and are submitted again, and every
+    /// connection still reads all its bytes, in order.
+    #[tokio::test]
+    async fn a_ring_short_of_buffers_rearms_and_loses_nothing() {
+        let (ring, r) = Ring::with_buffers(2).unwrap();
+        tokio::spawn(reactor(r));
+        let mut tasks = Vec::new();
+        for c in 0..8u8 {
+            let (mut client, server) = crate::net::tcp_pair().await;
+            let mut w = UringWire::new(server, ring.clone()).unwrap();
+            let sent: Vec<u8> = (0..256 * 1024u32).map(|i| (i % 251) as u8 ^ c).collect();
+            let expected = sent.clone();
+            tasks.push(tokio::spawn(async move {
+                client.write_all(&sent).await.unwrap();
+            }));
+            tasks.push(tokio::spawn(async move {
+                let mut buf = BytesMut::new();
+                while buf.len() < expected.len() {
+                    read_some(&mut w, &mut buf).await.expect("not the end yet");
+                }
+                assert!(buf[..] == expected[..], "connection {c}: the bytes differ");
+            }));
+        }
+        tokio::time::timeout(std::time::Duration::from_secs(20), async {
+            for t in tasks {
+                t.await.unwrap();
+            }
+        })
+        .await
+        .expect("every connection read everything");
+    }
+
+    /// A connection that does not read (at `maxInFlight`, say) while its client sends 8 MiB:
+    /// the receive pauses once the inbox holds `PAUSE_AT` (the rest waits in the socket, the
+    /// client is held back by TCP), and once the connection reads again every byte arrives,
+    /// in order.
+    #[tokio::test]
+    async fn a_connection_that_does_not_read_buffers_a_bounded_inbox() {
+        let (ring, r) = Ring::new().unwrap();
+        tokio::spawn(reactor(r));
+        let (mut client, server) = crate::net::tcp_pair().await;
+        let mut w = UringWire::new(server, ring).unwrap();
+        let mut buf = BytesMut::new();
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(w.poll_read_into(&mut cx, &mut buf).is_pending());
+        let sent: Vec<u8> = (0..8 << 20).map(|i: u32| (i % 253) as u8).collect();
+        let expected = sent.clone();
+        let writer = tokio::spawn(async move { client.write_all(&sent).await.unwrap() });
+        // Paused: the cancel's completion ended the receive (not armed any more).
+        tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            while w.recv.state.lock().unwrap().armed {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the receive pauses");
+        let held = w.recv.state.lock().unwrap().inbox.len();
+        assert!(
+            (PAUSE_AT..PAUSE_AT + 256 * 1024).contains(&held),
+            "inbox holds {held} B"
+        );
+        assert!(!writer.is_finished(), "the client was not held back");
+        tokio::time::timeout(std::time::Duration::from_secs(20), async {
+            while buf.len() < expected.len() {
+                read_some(&mut w, &mut buf).await.expect("not the end yet");
+            }
+        })
+        .await
+        .expect("everything arrives once the connection reads");
+        assert!(buf[..] == expected[..], "the bytes differ");
+        writer.await.unwrap();
     }
 
     /// The inode of the file behind `fd` (`None`: not open).
