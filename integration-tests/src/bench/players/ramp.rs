@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use super::{Backend, Kind, Mode, Pinning, Spec, StepResult, cpu, run_step};
 use crate::bench::load::Window;
@@ -258,6 +258,55 @@ fn run_kinds(
     Ok(())
 }
 
+/// What the servers of a failed step are doing, on stderr, before they are stopped: each
+/// process's state, CPU use over one second, command line, and its threads' stacks (`gdb`,
+/// when installed). A stuck step then says whether a server spins, waits or is blocked.
+fn dump_state(pids: &[i32]) {
+    let ticks = |pid: i32| -> Option<u64> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let f: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+    };
+    let before: Vec<Option<u64>> = pids.iter().map(|&p| ticks(p)).collect();
+    std::thread::sleep(Duration::from_secs(1));
+    for (&pid, b) in pids.iter().zip(before) {
+        let cmd = std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+            .unwrap_or_default()
+            .replace('\0', " ");
+        let state = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("State:"))
+                    .map(str::to_owned)
+            })
+            .unwrap_or_default();
+        let cpu = match (b, ticks(pid)) {
+            (Some(b), Some(a)) => format!("{} % of a core", a.saturating_sub(b)),
+            _ => "gone".into(),
+        };
+        eprintln!("bench: stuck step: pid {pid} {cmd}: {state}, {cpu} over 1 s");
+        if let Ok(out) = std::process::Command::new("gdb")
+            .args([
+                "-batch",
+                "-p",
+                &pid.to_string(),
+                "-ex",
+                "thread apply all bt 25",
+            ])
+            .output()
+        {
+            let text = String::from_utf8_lossy(&out.stdout);
+            for l in text
+                .lines()
+                .filter(|l| l.starts_with('#') || l.starts_with("Thread"))
+            {
+                eprintln!("bench: stuck step: pid {pid}: {l}");
+            }
+        }
+    }
+}
+
 /// Whether a step meets the latency limit with every message sent and accounted for.
 fn within_limit(cfg: &PlayersConfig, r: &StepResult) -> bool {
     r.p99_ms < cfg.p99_limit_ms && r.overruns == 0 && r.accounting_problem().is_none()
@@ -271,8 +320,13 @@ fn step(t: &Target, spec: &Spec, backend: Backend, label: &str) -> Result<StepRe
             t.system.name()
         ));
     }
-    let r = run_step(&t.addrs, &t.pids, spec, backend)
-        .with_context(|| format!("{label} on {}", t.system.name()))?;
+    let r = match run_step(&t.addrs, &t.pids, spec, backend) {
+        Ok(r) => r,
+        Err(e) => {
+            dump_state(&t.pids);
+            return Err(e.context(format!("{label} on {}", t.system.name())));
+        }
+    };
     let chat = spec.kind.is_chat();
     say(format!(
         "{label}: {:<6} {:>8.0} msg/s{}  p50 {:>7.2} ms  p99 {:>7.2} ms  server {:>6.2} µs/msg ({:.2} cores)  load gen {:>5.2} µs/msg ({:.0}% CPU){}{}",
