@@ -187,9 +187,9 @@ fn run_kinds(
 
         let summary = format!("{} closed loop", kind.label());
         let mut best: HashMap<System, (usize, f64)> = HashMap::new();
-        for &n in &cfg.closed {
+        for (i, &n) in cfg.closed.iter().enumerate() {
             let label = format!("{} {n} x 1 in flight", kind.label());
-            for t in &systems {
+            for t in rotated(&systems, i) {
                 let r = step(t, &spec(Mode::Closed, n), cfg.backend, &label)?;
                 let ok = within_limit(cfg, &r);
                 if let Some(p) = r.accounting_problem() {
@@ -208,11 +208,11 @@ fn run_kinds(
         let summary = format!("{} open loop {}/s", kind.label(), cfg.rate);
         let mut best: HashMap<System, (usize, f64)> = HashMap::new();
         let mut alive = systems.clone();
-        for &n in &cfg.open {
+        for (i, &n) in cfg.open.iter().enumerate() {
             let label = format!("{} {n} x {}/s", kind.label(), cfg.rate);
             let mode = Mode::Open { rate: cfg.rate };
             let mut out = Vec::new();
-            for t in &alive {
+            for t in rotated(&alive, cfg.closed.len() + i) {
                 let r = step(t, &spec(mode, n), cfg.backend, &label)?;
                 let ok = within_limit(cfg, &r);
                 let problem = r.accounting_problem();
@@ -256,6 +256,13 @@ fn run_kinds(
         record_best(results, &summary, &systems, &best, cfg);
     }
     Ok(())
+}
+
+/// `systems` from the `k`-th on, round (mod their number): the steps rotate which system
+/// runs first, so that none always runs right after the same other one on the shared core.
+fn rotated<T>(systems: &[T], k: usize) -> impl Iterator<Item = &T> {
+    let n = systems.len().max(1);
+    systems.iter().cycle().skip(k % n).take(systems.len())
 }
 
 /// What the servers of a failed step are doing, on stderr, before they are stopped: each
