@@ -32,8 +32,9 @@
 //!   completion, so a connection dropped with operations in flight leaves their buffers
 //!   alive until the kernel is done with them; its drop queues a cancellation of each. The
 //!   operations also hold the socket: an entry names it by number, and one still queued when
-//!   the connection lets go must not find that number given to the next accepted client. Should the reactor end
-//!   with operations in flight, their references are never given back (leaked, not freed).
+//!   the connection lets go must not find that number given to the next accepted client.
+//!   Should the reactor end with operations in flight, their references are never given back
+//!   (leaked, not freed).
 //!
 //! A ring that cannot be set up (`io_uring_setup` refused: EPERM when
 //! `/proc/sys/kernel/io_uring_disabled` forbids it, ENOSYS on an old kernel) stops the server

@@ -140,7 +140,8 @@ impl SendOp {
     }
 }
 
-fn keep_waker(slot: &mut Option<Waker>, cx: &Context<'_>) {
+/// Keeps `cx`'s waker in `slot` (unless the one there wakes the same task).
+pub(super) fn keep_waker(slot: &mut Option<Waker>, cx: &Context<'_>) {
     match slot {
         Some(w) if w.will_wake(cx.waker()) => {}
         w => *w = Some(cx.waker().clone()),

@@ -11,7 +11,7 @@ use std::task::{Context, Poll, Waker};
 use bytes::{Bytes, BytesMut};
 use io_uring::{opcode, types};
 
-use super::send::{DirectSend, SendOp};
+use super::send::{DirectSend, SendOp, keep_waker};
 use super::{Ring, TAG_NONE, TAG_RECV, bufring};
 use crate::edge::direct::Direct;
 use crate::edge::wire::Wire;
@@ -138,10 +138,7 @@ impl Wire for UringWire {
             Some(e) => return Poll::Ready(Err(io::Error::from_raw_os_error(-e))),
             None => {}
         }
-        match &mut s.waker {
-            Some(w) if w.will_wake(cx.waker()) => {}
-            w => *w = Some(cx.waker().clone()),
-        }
+        keep_waker(&mut s.waker, cx);
         let arm = !s.armed;
         s.armed = true;
         drop(s);
@@ -219,11 +216,16 @@ mod tests {
             .unwrap();
     }
 
-    async fn echo_round_trips() {
+    /// A client socket and the server's end of it on a new ring whose reactor runs.
+    async fn client_and_wire() -> (tokio::net::TcpStream, UringWire) {
         let (ring, r) = Ring::new().unwrap();
         tokio::spawn(reactor(r));
-        let (mut client, server) = crate::net::tcp_pair().await;
-        let mut w = UringWire::new(server, ring.clone()).unwrap();
+        let (client, server) = crate::net::tcp_pair().await;
+        (client, UringWire::new(server, ring).unwrap())
+    }
+
+    async fn echo_round_trips() {
+        let (mut client, mut w) = client_and_wire().await;
         let mut buf = BytesMut::new();
         for round in 0..100u32 {
             let msg = format!("message {round}");
@@ -274,10 +276,7 @@ mod tests {
     /// the end of the stream) and the operation's buffer is released.
     #[tokio::test]
     async fn a_dropped_wire_cancels_its_recv_and_closes() {
-        let (ring, r) = Ring::new().unwrap();
-        tokio::spawn(reactor(r));
-        let (mut client, server) = crate::net::tcp_pair().await;
-        let mut w = UringWire::new(server, ring).unwrap();
+        let (mut client, mut w) = client_and_wire().await;
         let mut buf = BytesMut::new();
         let pending = tokio::time::timeout(
             std::time::Duration::from_millis(50),
@@ -344,10 +343,7 @@ mod tests {
     /// in order.
     #[tokio::test]
     async fn a_connection_that_does_not_read_buffers_a_bounded_inbox() {
-        let (ring, r) = Ring::new().unwrap();
-        tokio::spawn(reactor(r));
-        let (mut client, server) = crate::net::tcp_pair().await;
-        let mut w = UringWire::new(server, ring).unwrap();
+        let (mut client, mut w) = client_and_wire().await;
         let mut buf = BytesMut::new();
         let mut cx = Context::from_waker(Waker::noop());
         assert!(w.poll_read_into(&mut cx, &mut buf).is_pending());
