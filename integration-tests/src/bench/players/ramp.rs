@@ -269,6 +269,9 @@ fn rotated<T>(systems: &[T], k: usize) -> impl Iterator<Item = &T> {
 /// process's state, CPU use over one second, command line, and its threads' stacks (`gdb`,
 /// when installed). A stuck step then says whether a server spins, waits or is blocked.
 fn dump_state(pids: &[i32]) {
+    for l in queued_sockets() {
+        eprintln!("bench: stuck step: socket with bytes queued: {l}");
+    }
     let ticks = |pid: i32| -> Option<u64> {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
         let f: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
@@ -293,6 +296,9 @@ fn dump_state(pids: &[i32]) {
             _ => "gone".into(),
         };
         eprintln!("bench: stuck step: pid {pid} {cmd}: {state}, {cpu} over 1 s");
+        for l in uring_fdinfo(pid) {
+            eprintln!("bench: stuck step: pid {pid}: {l}");
+        }
         if let Ok(out) = std::process::Command::new("gdb")
             .args([
                 "-batch",
@@ -312,6 +318,59 @@ fn dump_state(pids: &[i32]) {
             }
         }
     }
+}
+
+/// The kernel's view of `pid`'s io_uring rings (`/proc/PID/fdinfo` of each: queue heads and
+/// tails, pending task work, overflowed completions), when it has any.
+pub(super) fn uring_fdinfo(pid: i32) -> Vec<String> {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for fd in fds.flatten() {
+        let is_ring =
+            std::fs::read_link(fd.path()).is_ok_and(|t| t.to_string_lossy().contains("io_uring"));
+        if !is_ring {
+            continue;
+        }
+        let name = fd.file_name().to_string_lossy().into_owned();
+        let info =
+            std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{name}")).unwrap_or_default();
+        out.push(format!("io_uring fd {name}:"));
+        // The lists (one line per armed poll, per overflowed completion) as counts.
+        let mut section = String::new();
+        let mut counts = std::collections::BTreeMap::<String, usize>::new();
+        for l in info.lines() {
+            if l.starts_with("  ") {
+                let key = l.trim().split(',').next().unwrap_or("").to_owned();
+                *counts.entry(format!("{section} {key}")).or_default() += 1;
+            } else {
+                if l.ends_with(':') {
+                    section = l.trim_end_matches(':').to_owned();
+                }
+                out.push(l.to_owned());
+            }
+        }
+        out.extend(counts.into_iter().map(|(k, n)| format!("{k}: {n} entries")));
+    }
+    out
+}
+
+/// Sockets with bytes queued (unread or unacknowledged; a listener: its accept queue and backlog)
+/// and their processes, as `ss` sees them.
+pub(super) fn queued_sockets() -> Vec<String> {
+    let Ok(o) = std::process::Command::new("ss").args(["-tanpH"]).output() else {
+        return Vec::new();
+    };
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 2 && (f[1] != "0" || f[2] != "0")
+        })
+        .take(80)
+        .map(str::to_owned)
+        .collect()
 }
 
 /// Whether a step meets the latency limit with every message sent and accounted for.

@@ -78,11 +78,20 @@ async fn one(
     room_size: usize,
     uid: u64,
 ) -> Result<(Ready, Cmds)> {
-    let mut c = ClientBuilder::new(addr)
+    let mut c = match ClientBuilder::new(addr)
         .no_route_cache()
         .connect_timeout(SETUP_TIMEOUT)
         .connect_raw()
-        .await?;
+        .await
+    {
+        Ok(c) => c,
+        Err(e) => {
+            // The server's end of the socket is still there (closing): its queues say
+            // whether the handshake was read.
+            dump_unanswered(i);
+            return Err(e.into());
+        }
+    };
     let routes = &c.handshake.routes;
     let cmds = Cmds {
         request: routes.cmd(kind.route())?,
@@ -90,8 +99,13 @@ async fn one(
         push: routes.cmd("chat.main.onChat")?,
     };
     let room = if kind.is_chat() { i / room_size } else { i };
-    if kind.logs_in() {
-        login_as(&mut c, uid, room as u64, kind.is_chat()).await?;
+    if kind.logs_in()
+        && let Err(e) = login_as(&mut c, uid, room as u64, kind.is_chat()).await
+    {
+        // The connection is still open: what its sockets and the connectors' rings hold says
+        // on which side the exchange stopped.
+        dump_unanswered(i);
+        return Err(e);
     }
     let (stream, leftover) = c
         .into_tcp()
@@ -104,4 +118,33 @@ async fn one(
         },
         cmds,
     ))
+}
+
+/// Prints, for a setup exchange left unanswered on connection `i`, the sockets with bytes
+/// queued and every connector's io_uring state.
+fn dump_unanswered(i: usize) {
+    static ONCE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if ONCE.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
+    for l in super::ramp::queued_sockets() {
+        eprintln!("bench: unanswered {i}: socket with bytes queued: {l}");
+    }
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for p in procs.flatten() {
+        let Ok(pid) = p.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmd = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if !cmd.contains("connector-server") {
+            continue;
+        }
+        let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());
+        eprintln!("bench: unanswered {i}: pid {pid}: {fds} open files");
+        for l in super::ramp::uring_fdinfo(pid) {
+            eprintln!("bench: unanswered {i}: pid {pid}: {l}");
+        }
+    }
 }

@@ -222,9 +222,13 @@ impl Reactor {
         }
     }
 
-    /// Whether completions, or deferred work that posts them, wait.
+    /// Whether completions, or deferred work that posts them, wait: in the queue, in the
+    /// kernel's overflow list (flushed by the next enter) or as deferred work.
     fn work_waits(&mut self) -> bool {
-        self.ring.submission().taskrun() || !self.ring.completion().is_empty()
+        let sq = self.ring.submission();
+        let kernel_holds = sq.taskrun() || sq.cq_overflow();
+        drop(sq);
+        kernel_holds || !self.ring.completion().is_empty()
     }
 
     /// Pushes `batch` to the ring and enters the kernel once (more when over the queue size):

@@ -337,6 +337,59 @@ mod tests {
         .expect("every connection read everything");
     }
 
+    /// Many connections' reads arrive in one burst while the reactor cannot run, and nothing
+    /// else happens after: every one is still delivered. The kernel runs at most a few dozen
+    /// deferred completions per `io_uring_enter` (`IO_LOCAL_TW_DEFAULT_MAX`, Linux >= 6.13)
+    /// and signals the eventfd only when its list of them goes from empty to not, so a reactor
+    /// that stops entering while some are left waits for a signal that never comes.
+    #[tokio::test]
+    async fn a_burst_of_reads_on_many_connections_is_all_delivered() {
+        const N: usize = 300;
+        let (ring, r) = Ring::new().unwrap();
+        tokio::spawn(reactor(r));
+        let mut clients = Vec::new();
+        let mut wires = Vec::new();
+        let mut cx = Context::from_waker(Waker::noop());
+        for _ in 0..N {
+            let (client, server) = crate::net::tcp_pair().await;
+            let mut w = UringWire::new(server, ring.clone()).unwrap();
+            assert!(w.poll_read_into(&mut cx, &mut BytesMut::new()).is_pending());
+            clients.push(client);
+            wires.push(w);
+        }
+        // Every receive armed in the kernel before the burst.
+        tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            while !ring.pending.lock().unwrap().entries.is_empty() {
+                tokio::task::yield_now().await;
+            }
+            tokio::task::yield_now().await;
+        })
+        .await
+        .unwrap();
+        // The burst: written without yielding, so the reactor sees all of it at once.
+        for c in &clients {
+            assert_eq!(socket2::SockRef::from(c).send(b"ping").unwrap(), 4);
+        }
+        let waited = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            for (i, w) in wires.iter_mut().enumerate() {
+                let mut buf = BytesMut::new();
+                while buf.len() < 4 {
+                    read_some(w, &mut buf).await.expect("not the end");
+                }
+                assert_eq!(&buf[..], b"ping", "connection {i}");
+            }
+        })
+        .await;
+        let delivered = wires
+            .iter()
+            .filter(|w| !w.recv.state.lock().unwrap().inbox.is_empty())
+            .count();
+        assert!(
+            waited.is_ok(),
+            "reads left undelivered ({delivered} inboxes hold data)"
+        );
+    }
+
     /// A connection that does not read (at `maxInFlight`, say) while its client sends 8 MiB:
     /// the receive pauses once the inbox holds `PAUSE_AT` (the rest waits in the socket, the
     /// client is held back by TCP), and once the connection reads again every byte arrives,
