@@ -180,6 +180,12 @@ async fn reply_on(rd: &mut FrameReader, cmd: u16) -> Result<Bytes> {
         match tokio::time::timeout_at(deadline, rd.next()).await {
             Err(_) => bail!("no reply on cmd {cmd} within {REPLY_TIMEOUT:?}"),
             Ok(Ok(Frame::Message { cmd: c, payload })) if c == cmd => return Ok(payload),
+            Ok(Ok(Frame::Message { cmd: c, payload })) => {
+                // Nothing else is sent to a connection during a login or join: a message on
+                // another cmd here was meant for someone else.
+                let head = String::from_utf8_lossy(&payload[..payload.len().min(120)]);
+                eprintln!("bench: a message on cmd {c} while waiting for cmd {cmd}: {head}");
+            }
             Ok(Ok(_)) => {}
             Ok(Err(e)) => return Err(e.into()),
         }
@@ -219,10 +225,16 @@ pub async fn login_as(c: &mut Connection, uid: u64, room: u64, join: bool) -> Re
     if r["code"] != 0 {
         bail!("login of uid {uid} refused: {r}");
     }
+    if r["uid"] != uid {
+        bail!("login of uid {uid} answered with another player's reply: {r}");
+    }
     if join {
         let j = exchange(c, "chat.main.join", &json!({"room": room})).await?;
         if j["code"] != 0 {
             bail!("join of uid {uid} to room {room} refused: {j}");
+        }
+        if j["room"] != room {
+            bail!("join of uid {uid} to room {room} answered with another room's reply: {j}");
         }
     }
     Ok(())
