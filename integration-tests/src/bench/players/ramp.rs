@@ -296,7 +296,7 @@ fn dump_state(pids: &[i32]) {
             _ => "gone".into(),
         };
         eprintln!("bench: stuck step: pid {pid} {cmd}: {state}, {cpu} over 1 s");
-        for l in uring_fdinfo(pid) {
+        for l in io_fdinfo(pid) {
             eprintln!("bench: stuck step: pid {pid}: {l}");
         }
         if let Ok(out) = std::process::Command::new("gdb")
@@ -321,19 +321,35 @@ fn dump_state(pids: &[i32]) {
 }
 
 /// The kernel's view of `pid`'s io_uring rings (`/proc/PID/fdinfo` of each: queue heads and
-/// tails, pending task work, overflowed completions), when it has any.
-pub(super) fn uring_fdinfo(pid: i32) -> Vec<String> {
+/// tails, armed polls, overflowed completions), when it has any, and of its epoll sets (the
+/// descriptors each watches).
+pub(super) fn io_fdinfo(pid: i32) -> Vec<String> {
     let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
         return Vec::new();
     };
     let mut out = Vec::new();
     for fd in fds.flatten() {
-        let is_ring =
-            std::fs::read_link(fd.path()).is_ok_and(|t| t.to_string_lossy().contains("io_uring"));
-        if !is_ring {
+        let target = std::fs::read_link(fd.path()).unwrap_or_default();
+        let name = fd.file_name().to_string_lossy().into_owned();
+        if target.to_string_lossy().contains("eventpoll") {
+            // The epoll set tokio waits on: which descriptors are still in it.
+            let info =
+                std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{name}")).unwrap_or_default();
+            let tfds: Vec<&str> = info
+                .lines()
+                .filter_map(|l| l.strip_prefix("tfd:"))
+                .filter_map(|l| l.split_whitespace().next())
+                .collect();
+            out.push(format!(
+                "epoll fd {name} watches {} fds: {}",
+                tfds.len(),
+                tfds.join(" ")
+            ));
             continue;
         }
-        let name = fd.file_name().to_string_lossy().into_owned();
+        if !target.to_string_lossy().contains("io_uring") {
+            continue;
+        }
         let info =
             std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{name}")).unwrap_or_default();
         out.push(format!("io_uring fd {name}:"));

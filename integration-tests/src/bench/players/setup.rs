@@ -143,7 +143,7 @@ fn dump_unanswered(i: usize) {
         }
         let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());
         eprintln!("bench: unanswered {i}: pid {pid}: {fds} open files");
-        for l in super::ramp::uring_fdinfo(pid) {
+        for l in super::ramp::io_fdinfo(pid) {
             eprintln!("bench: unanswered {i}: pid {pid}: {l}");
         }
     }
