@@ -344,7 +344,7 @@ mod tests {
     /// that stops entering while some are left waits for a signal that never comes.
     #[tokio::test]
     async fn a_burst_of_reads_on_many_connections_is_all_delivered() {
-        const N: usize = 300;
+        const N: usize = 200;
         let (ring, r) = Ring::new().unwrap();
         tokio::spawn(reactor(r));
         let mut clients = Vec::new();
