@@ -120,8 +120,9 @@ async fn one(
     ))
 }
 
-/// Prints, for a setup exchange left unanswered on connection `i`, the sockets with bytes
-/// queued and every connector's io_uring state.
+/// Prints, for the first setup exchange left unanswered (connection `i`), the sockets with
+/// bytes queued and, for every connector process on the machine, its open files, rings and
+/// epoll sets (once per bench process: later failures usually follow from the first).
 fn dump_unanswered(i: usize) {
     static ONCE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     if ONCE.swap(true, std::sync::atomic::Ordering::Relaxed) {
