@@ -406,6 +406,14 @@ fn step(t: &Target, spec: &Spec, backend: Backend, label: &str) -> Result<StepRe
         Ok(r) => r,
         Err(e) => {
             dump_state(&t.pids);
+            // For a look at the stuck servers by hand (strace, gdb) before they are stopped.
+            if let Some(secs) = std::env::var("BENCH_HOLD_STUCK_SECS")
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok())
+            {
+                say(format!("holding the stuck servers for {secs} s"));
+                std::thread::sleep(Duration::from_secs(secs));
+            }
             return Err(e.context(format!("{label} on {}", t.system.name())));
         }
     };
