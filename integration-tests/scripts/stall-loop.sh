@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Repeats a short `bench players` run (chat and frontend echo, no mydog, about a minute each)
+# until a step fails, to reproduce the io_uring connector's stall (docs/benchmarks.md, "An
+# open defect"). At the first setup dump it straces, for 6 s, every connector with bytes
+# queued (the stall lifts after the step's own dump, so this is the moment to look); the
+# failed step's servers are then held for HOLD seconds (default 600) for gdb or strace.
+#
+#   cargo build --release -p chat-demo -p kennel-master -p integration-tests
+#   integration-tests/scripts/stall-loop.sh [RUNS] [OUT_DIR]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+runs=${1:-100}
+out=${2:-$(mktemp -d)}
+hold=${HOLD:-600}
+mkdir -p "$out"
+echo "stall-loop: logs in $out"
+for i in $(seq 1 "$runs"); do
+  log="$out/run-$i.err"
+  BENCH_HOLD_STUCK_SECS=$hold CARGO=/bin/true target/release/bench players-chat \
+    players-frontend-echo --no-mydog --profile release --players 1000,5000 \
+    --open-players 1000,2000,5000 --warmup 0.5 --measure 1 >"$out/run-$i.md" 2>"$log" &
+  bench=$!
+  traced=0
+  while kill -0 "$bench" 2>/dev/null; do
+    if [ "$traced" = 0 ] && grep -q "bench: unanswered" "$log"; then
+      traced=1
+      sleep 1 # the dump's lines
+      for pid in $(grep "bench: unanswered.*ESTAB" "$log" | grep -o 'chat-demo",pid=[0-9]*' \
+        | cut -d= -f2 | sort -u); do
+        echo "== strace of $pid during the stall" >>"$out/run-$i.strace"
+        timeout 6 strace -tt -p "$pid" >>"$out/run-$i.strace" 2>&1 || true
+      done
+      echo "stall-loop: run $i stalled; $out/run-$i.err, $out/run-$i.strace"
+    fi
+    sleep 0.5
+  done
+  if wait "$bench"; then
+    echo "stall-loop: run $i passed"
+    rm -f "$out/run-$i.md" "$log"
+  else
+    echo "stall-loop: run $i failed: $(grep 'bench: failed' "$log" || true)"
+    exit 1
+  fi
+done
