@@ -2,8 +2,11 @@
 # Repeats a short `bench players` run (chat and frontend echo, no mydog, about a minute each)
 # until a step fails, to reproduce the io_uring connector's stall (docs/benchmarks.md, "An
 # open defect"). At the first setup dump it straces, for 6 s, every connector with bytes
-# queued (the stall lifts after the step's own dump, so this is the moment to look); the
-# failed step's servers are then held for HOLD seconds (default 600) for gdb or strace.
+# queued (the stall lifts after the step's own dump, so this is the moment to look) and copies
+# every server's log; the failed step's servers are then held for HOLD seconds (default 600)
+# for gdb or strace. `polldebug.patch` (git apply, build, run with KENNEL_POLL_DEBUG=1) makes
+# every server log, every 500 ms, how often its accept loop, ring reactor and link readers
+# were polled: a diagnostic, never to be committed into worker/.
 #
 #   cargo build --release -p chat-demo -p kennel-master -p integration-tests
 #   integration-tests/scripts/stall-loop.sh [RUNS] [OUT_DIR]
@@ -25,12 +28,21 @@ for i in $(seq 1 "$runs"); do
     if [ "$traced" = 0 ] && grep -q "bench: unanswered" "$log"; then
       traced=1
       sleep 1 # the dump's lines
-      for pid in $(grep "bench: unanswered.*ESTAB" "$log" | grep -o 'chat-demo",pid=[0-9]*' \
-        | cut -d= -f2 | sort -u); do
-        echo "== strace of $pid during the stall" >>"$out/run-$i.strace"
-        timeout 6 strace -tt -p "$pid" >>"$out/run-$i.strace" 2>&1 || true
+      # The io_uring connectors (those with a ring in the dump), traced side by side.
+      for pid in $(grep -o 'unanswered [0-9]*: pid [0-9]*: io_uring fd' "$log" \
+        | awk '{print $4}' | tr -d : | sort -u); do
+        { echo "== strace of $pid during the stall"
+          timeout 6 strace -tt -p "$pid" 2>&1 || true; } >"$out/run-$i.$pid.strace" &
       done
-      echo "stall-loop: run $i stalled; $out/run-$i.err, $out/run-$i.strace"
+      wait_logs() { # every server's log as it stands (stdout and stderr go to it)
+        for pid in $(grep -o 'server started server=[^ ]* pid=[0-9]*' "$log" | cut -d= -f3); do
+          cp -L "/proc/$pid/fd/2" "$out/run-$i.$pid.$1.log" 2>/dev/null || true
+        done
+      }
+      wait_logs stall
+      sleep 7
+      wait_logs later
+      echo "stall-loop: run $i stalled; $out/run-$i.*"
     fi
     sleep 0.5
   done
