@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Repeats a short `bench players` run (chat and frontend echo, no mydog, about a minute each)
 # until a step fails, to reproduce the io_uring connector's stall (docs/benchmarks.md, "An
-# open defect"). At the first setup dump it straces, for 6 s, every connector with bytes
-# queued (the stall lifts after the step's own dump, so this is the moment to look) and copies
-# every server's log; the failed step's servers are then held for HOLD seconds (default 600)
-# for gdb or strace. `polldebug.patch` (git apply, build, run with KENNEL_POLL_DEBUG=1) makes
+# open defect"). At the first setup dump it straces, for 6 s and side by side, every io_uring
+# connector (the stall lifts after the step's own dump, so this is the moment to look) and
+# copies every server's log then and 7 s later; the failed step's servers are then held for
+# HOLD seconds (default 600) for gdb or strace. `polldebug.patch` (git apply, build, run with KENNEL_POLL_DEBUG=1) makes
 # every server log, every 500 ms, how often its accept loop, ring reactor and link readers
 # were polled: a diagnostic, never to be committed into worker/.
 #
@@ -16,6 +16,13 @@ runs=${1:-100}
 out=${2:-$(mktemp -d)}
 hold=${HOLD:-600}
 mkdir -p "$out"
+# copy_logs BENCH_LOG PREFIX TAG: every server the master started (its log lines in the bench's
+# stderr name each pid), its log as it stands (stdout and stderr go to it) to PREFIX.PID.TAG.log.
+copy_logs() {
+  for pid in $(grep -o 'server started server=[^ ]* pid=[0-9]*' "$1" | cut -d= -f3 | sort -u); do
+    cp -L "/proc/$pid/fd/2" "$2.$pid.$3.log" 2>/dev/null || true
+  done
+}
 echo "stall-loop: logs in $out"
 for i in $(seq 1 "$runs"); do
   log="$out/run-$i.err"
@@ -34,14 +41,9 @@ for i in $(seq 1 "$runs"); do
         { echo "== strace of $pid during the stall"
           timeout 6 strace -tt -p "$pid" 2>&1 || true; } >"$out/run-$i.$pid.strace" &
       done
-      wait_logs() { # every server's log as it stands (stdout and stderr go to it)
-        for pid in $(grep -o 'server started server=[^ ]* pid=[0-9]*' "$log" | cut -d= -f3); do
-          cp -L "/proc/$pid/fd/2" "$out/run-$i.$pid.$1.log" 2>/dev/null || true
-        done
-      }
-      wait_logs stall
+      copy_logs "$log" "$out/run-$i" stall
       sleep 7
-      wait_logs later
+      copy_logs "$log" "$out/run-$i" later
       echo "stall-loop: run $i stalled; $out/run-$i.*"
     fi
     sleep 0.5
