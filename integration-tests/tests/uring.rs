@@ -23,7 +23,8 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 
 /// A cluster of `tcp` TCP frontends, the first `uring` on io_uring, `chats` chat servers and
-/// `extra` in every frontend's entry; checks the uring ones say so in their logs.
+/// `extra` in every frontend's entry; checks the uring ones say so in their logs and waits for
+/// the mesh.
 fn cluster(tcp: u16, uring: u16, chats: u16, extra: Value) -> Cluster {
     let c = Cluster::start_opts(&ClusterOptions {
         tcp,
@@ -37,6 +38,9 @@ fn cluster(tcp: u16, uring: u16, chats: u16, extra: Value) -> Cluster {
         c.wait_log(&format!("connector-server-{i}"), "transport=\"tcp+uring\"")
             .expect("the frontend runs on io_uring");
     }
+    // Every mesh link is up, so a frontend's fd count taken now is its baseline (a link that
+    // comes up after it would read as a leaked fd).
+    c.wait_meshed(TIMEOUT).expect("the mesh is complete");
     c
 }
 
