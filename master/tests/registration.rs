@@ -302,6 +302,13 @@ async fn readiness_lines_once_every_server_registered() {
         .current_dir(cluster.path())
         .spawn()
         .unwrap();
+    // `spawn` may return while the child is still inside `execve`, its command line empty:
+    // the master would see no `--id` and take it for a wrapper.
+    wait_until("the copy's command line", || {
+        std::fs::read(format!("/proc/{}/cmdline", copy.id()))
+            .is_ok_and(|c| c.windows(4).any(|w| w == b"--id"))
+            .then_some(())
+    });
     let mut me = info(&project, "chat-server-1");
     me.pid = copy.id();
     let (_, reply) = register(addr, &secret, me.clone()).await;
