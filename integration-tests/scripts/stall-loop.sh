@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Repeats a short `bench players` run (chat and frontend echo, no mydog, about a minute each)
-# until a step fails, to reproduce the io_uring connector's stall (docs/benchmarks.md, "An
-# open defect"). At the first setup dump it straces, for 6 s and side by side, every io_uring
+# until a step fails: the regression loop of the io_uring connector's stall (docs/benchmarks.md,
+# "An open defect" and "Found": the reactor spun on a stale TASKRUN flag, fixed 2026-12-04). At the first dump (a setup exchange unanswered, or a step stuck or with
+# replies unaccounted for) it straces, for 6 s and side by side, every io_uring
 # connector (the stall lifts after the step's own dump, so this is the moment to look) and
 # copies every server's log then and 7 s later; the failed step's servers are then held for
 # HOLD seconds (default 600) for gdb or strace. `polldebug.patch` (git apply, build, run with KENNEL_POLL_DEBUG=1) makes
@@ -26,21 +27,22 @@ copy_logs() {
 echo "stall-loop: logs in $out"
 for i in $(seq 1 "$runs"); do
   log="$out/run-$i.err"
-  BENCH_HOLD_STUCK_SECS=$hold CARGO=/bin/true target/release/bench players-chat \
+  BENCH_DUMP_NO_GDB=1 BENCH_HOLD_STUCK_SECS=$hold CARGO=/bin/true target/release/bench players-chat \
     players-frontend-echo --no-mydog --profile release --players 1000,5000 \
     --open-players 1000,2000,5000 --warmup 0.5 --measure 1 >"$out/run-$i.md" 2>"$log" &
   bench=$!
   traced=0
   while kill -0 "$bench" 2>/dev/null; do
-    if [ "$traced" = 0 ] && grep -q "bench: unanswered" "$log"; then
+    if [ "$traced" = 0 ] && grep -q "bench: unanswered\|bench: stuck step" "$log"; then
       traced=1
       sleep 1 # the dump's lines
       # The io_uring connectors (those with a ring in the dump), traced side by side.
-      for pid in $(grep -o 'unanswered [0-9]*: pid [0-9]*: io_uring fd' "$log" \
-        | awk '{print $4}' | tr -d : | sort -u); do
+      for pid in $(grep -o 'pid [0-9]*: io_uring fd' "$log" \
+        | awk '{print $2}' | tr -d : | sort -u); do
         { echo "== strace of $pid during the stall"
           timeout 6 strace -tt -p "$pid" 2>&1 || true; } >"$out/run-$i.$pid.strace" &
       done
+      ss -tanpi >"$out/run-$i.ss" 2>&1 || true
       copy_logs "$log" "$out/run-$i" stall
       sleep 7
       copy_logs "$log" "$out/run-$i" later

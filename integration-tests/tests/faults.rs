@@ -146,7 +146,13 @@ async fn until(what: &str, mut cond: impl FnMut() -> bool) -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_a_backend_while_100_players_chat() {
-    let cluster = Cluster::start(2, 2).unwrap();
+    // The calls in flight at the kill must fail for the drop, not for their timeout (10 s by
+    // default, which the freeze below may outlast on a loaded machine).
+    let cluster = Cluster::start_opts(&ClusterOptions {
+        master_extra: json!({"rpc": {"timeout": 60}}),
+        ..ClusterOptions::new(2, 0, 2)
+    })
+    .unwrap();
     // Rooms 0..10: even rooms on chat-server-1, odd rooms on chat-server-2.
     let mut ps = players(&cluster, 100, &[0, 1], 10, 1000).await;
     let all = |_: &Player| true;

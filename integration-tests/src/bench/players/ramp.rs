@@ -299,6 +299,10 @@ fn dump_state(pids: &[i32]) {
         for l in io_fdinfo(pid) {
             eprintln!("bench: stuck step: pid {pid}: {l}");
         }
+        // `BENCH_DUMP_NO_GDB=1`: no stacks, so that a tracer (strace) can attach meanwhile.
+        if std::env::var_os("BENCH_DUMP_NO_GDB").is_some() {
+            continue;
+        }
         if let Ok(out) = std::process::Command::new("gdb")
             .args([
                 "-batch",
@@ -381,10 +385,11 @@ pub(super) fn queued_sockets() -> Vec<String> {
     String::from_utf8_lossy(&o.stdout)
         .lines()
         .filter(|l| {
+            // A listener's Send-Q is its backlog: only its accept queue (Recv-Q) counts.
             let f: Vec<&str> = l.split_whitespace().collect();
-            f.len() > 2 && (f[1] != "0" || f[2] != "0")
+            f.len() > 2 && (f[1] != "0" || (f[2] != "0" && f[0] != "LISTEN"))
         })
-        .take(80)
+        .take(200)
         .map(str::to_owned)
         .collect()
 }
@@ -392,6 +397,20 @@ pub(super) fn queued_sockets() -> Vec<String> {
 /// Whether a step meets the latency limit with every message sent and accounted for.
 fn within_limit(cfg: &PlayersConfig, r: &StepResult) -> bool {
     r.p99_ms < cfg.p99_limit_ms && r.overruns == 0 && r.accounting_problem().is_none()
+}
+
+/// A step that went wrong (stuck, or replies unaccounted for): the servers' state, then, with
+/// `BENCH_HOLD_STUCK_SECS`, the servers held that long for a look by hand (strace, gdb)
+/// before they are stopped.
+fn dump_and_hold(pids: &[i32]) {
+    dump_state(pids);
+    if let Some(secs) = std::env::var("BENCH_HOLD_STUCK_SECS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        say(format!("holding the stuck servers for {secs} s"));
+        std::thread::sleep(Duration::from_secs(secs));
+    }
 }
 
 /// Runs one step on fresh connections once `t`'s servers are quiet.
@@ -405,18 +424,13 @@ fn step(t: &Target, spec: &Spec, backend: Backend, label: &str) -> Result<StepRe
     let r = match run_step(&t.addrs, &t.pids, spec, backend) {
         Ok(r) => r,
         Err(e) => {
-            dump_state(&t.pids);
-            // For a look at the stuck servers by hand (strace, gdb) before they are stopped.
-            if let Some(secs) = std::env::var("BENCH_HOLD_STUCK_SECS")
-                .ok()
-                .and_then(|v| v.parse::<u64>().ok())
-            {
-                say(format!("holding the stuck servers for {secs} s"));
-                std::thread::sleep(Duration::from_secs(secs));
-            }
+            dump_and_hold(&t.pids);
             return Err(e.context(format!("{label} on {}", t.system.name())));
         }
     };
+    if r.accounting_problem().is_some() {
+        dump_and_hold(&t.pids);
+    }
     let chat = spec.kind.is_chat();
     say(format!(
         "{label}: {:<6} {:>8.0} msg/s{}  p50 {:>7.2} ms  p99 {:>7.2} ms  server {:>6.2} µs/msg ({:.2} cores)  load gen {:>5.2} µs/msg ({:.0}% CPU){}{}",

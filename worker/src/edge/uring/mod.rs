@@ -12,7 +12,10 @@
 //!   ring with `COOP_TASKRUN`.
 //! - **Waking the reactor.** An eventfd registered with the ring, itself registered with
 //!   tokio ([`AsyncFd`]), signals that completions (or deferred completion work) wait. It is
-//!   never read: tokio's edge-triggered epoll reports every signal.
+//!   never read: tokio's edge-triggered epoll reports every signal. The kernel's TASKRUN flag
+//!   (deferred work queued) is a hint that can stay set with nothing left to run, so the
+//!   reactor never loops on it alone: a pass that brings nothing ends the turn (a timer looks
+//!   again while the flag stays set), or it would starve every other task of the thread.
 //! - **Reads.** One multishot `recv` per connection (`RecvMulti`), submitted once and
 //!   completing for every read until it ends, into buffers the kernel picks from the
 //!   connector's buffer ring (`bufring.rs`). The reactor copies each read into the
@@ -140,6 +143,8 @@ impl Ring {
             signal,
             shared: shared.clone(),
             batch: Vec::new(),
+            recheck: None,
+            backoff: RECHECK_MIN,
         };
         Ok((shared, reactor))
     }
@@ -172,7 +177,15 @@ pub(crate) struct Reactor {
     shared: Arc<Ring>,
     /// The queue taken from connections, being pushed to the ring.
     batch: Vec<squeue::Entry>,
+    /// A look again at a TASKRUN flag that an enter left set with nothing to show for it.
+    recheck: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    /// The delay of the next such look.
+    backoff: std::time::Duration,
 }
+
+/// The first and the longest delay of a look again at a TASKRUN flag left set.
+const RECHECK_MIN: std::time::Duration = std::time::Duration::from_millis(1);
+const RECHECK_MAX: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Runs the reactor for as long as the runtime runs (operations of closing connections still
 /// complete during shutdown).
@@ -185,6 +198,11 @@ impl Reactor {
     /// also runs deferred completion work), reaps and dispatches the completions. Pending
     /// with the reactor's waker left for connections and the eventfd.
     fn turn(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if let Some(t) = &mut self.recheck
+            && t.as_mut().poll(cx).is_ready()
+        {
+            self.recheck = None;
+        }
         loop {
             // Cleared before the enter: a signal after it makes the eventfd ready again.
             let mut signalled = false;
@@ -200,17 +218,28 @@ impl Reactor {
                 }
                 std::mem::swap(&mut self.batch, &mut p.entries);
             }
-            if !self.batch.is_empty() || signalled || self.work_waits() {
+            let queued = !self.batch.is_empty();
+            if queued || signalled || self.work_waits() {
                 // No signal for what completes while this turn runs (inline sends, the
                 // deferred work the enter runs): it is reaped below, and a signal would only
                 // cost another epoll_wait and turn.
                 self.ring.completion().disable_eventfd();
                 let submitted = self.submit();
-                self.reap();
+                let reaped = self.reap();
+                self.ring.completion().enable_eventfd();
                 if !submitted {
-                    self.ring.completion().enable_eventfd();
                     return Poll::Pending;
                 }
+                if !queued && reaped == 0 {
+                    // Nothing came of it: the TASKRUN flag may be stale (work queued while
+                    // the enter ran sets it, and the kernel clears it only when it runs work
+                    // again, never when it finds none). Looping on it starved every other
+                    // task of the thread until new work arrived. One more enter with the
+                    // eventfd on runs whatever came while it was off; work queued after it
+                    // signals the eventfd.
+                    return self.settle(cx);
+                }
+                self.backoff = RECHECK_MIN;
             }
             // Signals on again, then a last look (the kernel sets the TASKRUN flag or posts
             // the completion before it checks whether to signal; each side fences).
@@ -220,6 +249,33 @@ impl Reactor {
                 return Poll::Pending;
             }
         }
+    }
+
+    /// The end of a turn whose last pass brought nothing: one enter with the eventfd on, then
+    /// sleep. Should the TASKRUN flag still be set after it (stale, or deferred work the
+    /// kernel left for a later pass, which would not signal), a timer looks again, from 1 ms
+    /// doubling to 1 s while nothing comes.
+    fn settle(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let submitted = self.submit();
+        let reaped = self.reap();
+        if submitted && reaped > 0 {
+            // Work after all: the next turn takes the rest.
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        let sq = self.ring.submission();
+        let flagged = sq.taskrun() || sq.cq_overflow();
+        drop(sq);
+        if flagged && self.recheck.is_none() {
+            let mut t = Box::pin(tokio::time::sleep(self.backoff));
+            self.backoff = (self.backoff * 2).min(RECHECK_MAX);
+            if t.as_mut().poll(cx).is_ready() {
+                cx.waker().wake_by_ref();
+            } else {
+                self.recheck = Some(t);
+            }
+        }
+        Poll::Pending
     }
 
     /// Whether completions, or deferred work that posts them, wait: in the queue, in the
