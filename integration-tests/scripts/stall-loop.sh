@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Repeats a short `bench players` run (chat and frontend echo, no mydog, about a minute each)
 # until a step fails: the regression loop of the io_uring connector's stall (docs/benchmarks.md,
-# "An open defect" and "Found": the reactor spun on a stale TASKRUN flag, fixed 2026-12-04). At the first dump (a setup exchange unanswered, or a step stuck or with
-# replies unaccounted for) it straces, for 6 s and side by side, every io_uring
+# "An open defect" and "Found": the reactor spun on a stale TASKRUN flag, fixed 2026-12-04).
+# At the first dump (a setup exchange unanswered, or a step stuck or with replies unaccounted
+# for) it straces, for 6 s and side by side, every io_uring
 # connector (the stall lifts after the step's own dump, so this is the moment to look) and
 # copies every server's log then and 7 s later; the failed step's servers are then held for
 # HOLD seconds (default 600) for gdb or strace. `polldebug.patch` (git apply, build, run with KENNEL_POLL_DEBUG=1) makes

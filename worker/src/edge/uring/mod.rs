@@ -251,22 +251,21 @@ impl Reactor {
         }
     }
 
-    /// The end of a turn whose last pass brought nothing: one enter with the eventfd on, then
-    /// sleep. Should the TASKRUN flag still be set after it (stale, or deferred work the
-    /// kernel left for a later pass, which would not signal), a timer looks again, from 1 ms
-    /// doubling to 1 s while nothing comes.
+    /// The end of a turn whose last pass brought nothing. Work queued while the eventfd was
+    /// off set the TASKRUN flag; with the flag set, one more enter (the eventfd on) runs it,
+    /// and work queued after that signals. Should the flag still be set after it (stale, or
+    /// deferred work the kernel left for a later pass, which would not signal), a timer
+    /// looks again, from 1 ms doubling to 1 s while nothing comes.
     fn settle(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        let submitted = self.submit();
-        let reaped = self.reap();
-        if submitted && reaped > 0 {
+        if !self.kernel_flags() {
+            return Poll::Pending;
+        }
+        if self.submit() && self.reap() > 0 {
             // Work after all: the next turn takes the rest.
             cx.waker().wake_by_ref();
             return Poll::Pending;
         }
-        let sq = self.ring.submission();
-        let flagged = sq.taskrun() || sq.cq_overflow();
-        drop(sq);
-        if flagged && self.recheck.is_none() {
+        if self.kernel_flags() && self.recheck.is_none() {
             let mut t = Box::pin(tokio::time::sleep(self.backoff));
             self.backoff = (self.backoff * 2).min(RECHECK_MAX);
             if t.as_mut().poll(cx).is_ready() {
@@ -278,13 +277,16 @@ impl Reactor {
         Poll::Pending
     }
 
+    /// The kernel's flags for deferred work queued or completions overflowed.
+    fn kernel_flags(&mut self) -> bool {
+        let sq = self.ring.submission();
+        sq.taskrun() || sq.cq_overflow()
+    }
+
     /// Whether completions, or deferred work that posts them, wait: in the queue, in the
     /// kernel's overflow list (flushed by the next enter) or as deferred work.
     fn work_waits(&mut self) -> bool {
-        let sq = self.ring.submission();
-        let kernel_holds = sq.taskrun() || sq.cq_overflow();
-        drop(sq);
-        kernel_holds || !self.ring.completion().is_empty()
+        self.kernel_flags() || !self.ring.completion().is_empty()
     }
 
     /// Pushes `batch` to the ring and enters the kernel once (more when over the queue size):
